@@ -36,11 +36,15 @@ def extensions():
     except ImportError:
         print("WARNING: Cython missing; using the pure-Python framer", file=sys.stderr)
         return []
-    exts = cythonize(
-        [Extension("protocol._framing", ["protocol/_framing.pyx"], extra_compile_args=["-O3"])],
-        compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
-        quiet=True,
-    )
+    try:
+        exts = cythonize(
+            [Extension("protocol._framing", ["protocol/_framing.pyx"], extra_compile_args=["-O3"])],
+            compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
+            quiet=True,
+        )
+    except Exception as exc:  # noqa: BLE001 - a failed cythonize degrades to the pure-Python framer
+        print(f"WARNING: cythonize failed ({exc}); using the pure-Python framer", file=sys.stderr)
+        return []
     for ext in exts:  # cythonize() drops optional=True; set it again
         ext.optional = True
     return exts

@@ -1,0 +1,152 @@
+"""Composition root: builds the store, hub, domain, listeners and HTTP apps; starts and stops them
+in order. A graceful stop closes sessions and flushes every pending write."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import string
+import sys
+
+from aiohttp import web
+
+from blynk_server.config import Settings
+from blynk_server.domain import Domain
+from blynk_server.hardware.server import HardwareServer
+from blynk_server.http.admin import build_admin_app
+from blynk_server.hub import Hub
+from blynk_server.model import Datastream
+from blynk_server.store import SqliteStore
+
+log = logging.getLogger(__name__)
+
+API_KEY_SETTING = "admin_api_key"
+API_KEY_FILE = "admin-api-key"
+
+
+def _template_id() -> str:
+    alphabet = string.ascii_letters + string.digits
+    return "TMPL" + "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+class BlynkServer:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store: SqliteStore | None = None
+        self.hub = Hub()
+        self.domain: Domain | None = None
+        self.hardware: HardwareServer | None = None
+        self._admin_runner: web.AppRunner | None = None
+        self.admin_address: tuple[str, int] | None = None
+        self.api_key: str = ""
+        self.out = sys.stdout
+        self._quickstart: tuple[str, str] | None = None
+
+    def _say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def _first_start(self) -> None:
+        """On an empty data dir: a Quickstart template and device, and the admin API key."""
+        store = self.store
+        assert store is not None
+        key = store.get_setting(API_KEY_SETTING)
+        if key is None:
+            key = secrets.token_urlsafe(32)
+            store.set_setting(API_KEY_SETTING, key)
+            path = self.settings.data_dir / API_KEY_FILE
+            path.write_text(key + "\n")
+            os.chmod(path, 0o600)
+            self._say(f"Admin API key (also in {path}): {key}")
+        self.api_key = key
+        if store.get_setting("initialized") is not None:
+            return
+        store.set_setting("initialized", "1")
+        if store.list_templates():
+            return
+        tid = _template_id()
+        store.create_template(
+            tid,
+            "Quickstart",
+            [
+                Datastream("v0", "Switch", "int", 0, 1, "0", sync=True),
+                Datastream("v1", "Value", "double", history=True),
+                Datastream("v2", "Text", "string"),
+            ],
+        )
+        device = store.create_device(tid, "Quickstart Device")
+        self._quickstart = (tid, device.token)
+
+    def _print_quickstart(self) -> None:
+        if self._quickstart is None or self.hardware is None or self.hardware.address is None:
+            return
+        tid, token = self._quickstart
+        port = self.hardware.address[1]
+        self._say(
+            "Quickstart device created. Put these lines at the top of your sketch:\n"
+            f'  #define BLYNK_TEMPLATE_ID "{tid}"\n'
+            '  #define BLYNK_TEMPLATE_NAME "Quickstart"\n'
+            f'  #define BLYNK_AUTH_TOKEN "{token}"\n'
+            f'and connect to this server: Blynk.begin(BLYNK_AUTH_TOKEN, ssid, pass, "<this host>", {port});'
+        )
+
+    async def start(self) -> None:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        self.store = SqliteStore(s.data_dir, s.flush_interval)
+        self._first_start()
+        self.store.start_writer()
+        self.domain = Domain(self.store, self.hub)
+        self.hardware = HardwareServer(s, self.domain, self.hub, loop)
+        await self.hardware.start()
+        self._print_quickstart()
+        self._admin_runner = web.AppRunner(build_admin_app(self), access_log=None)
+        await self._admin_runner.setup()
+        site = web.TCPSite(self._admin_runner, s.admin_host, s.admin_port)
+        await site.start()
+        self.admin_address = self._admin_runner.addresses[0][:2]
+        line = f"blynk-server ready hardware={_hostport(self.hardware.address)} admin={_hostport(self.admin_address)}"
+        if self.hardware.tls_address:
+            line += f" tls={_hostport(self.hardware.tls_address)}"
+        self._say(line)
+
+    async def stop(self) -> None:
+        if self.hardware is not None:
+            await self.hardware.stop()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+        if self.store is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.store.close)
+        log.info("stopped; every pending write flushed")
+
+
+def _hostport(addr) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def serve(settings: Settings) -> None:
+    server = BlynkServer(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await server.stop()
+
+
+def run(settings: Settings) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency where supported
+        uvloop = None
+    if uvloop is not None:
+        uvloop.run(serve(settings))
+    else:  # pragma: no cover
+        asyncio.run(serve(settings))

@@ -1,0 +1,1 @@
+"""The device side: listeners and per-connection sessions speaking the Blynk binary protocol."""

@@ -1,0 +1,71 @@
+"""The device listeners (TCP and TLS) and the set of live sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+
+from blynk_server.config import Settings
+from blynk_server.domain import Domain
+from blynk_server.hardware.session import HardwareSession
+from blynk_server.hardware.stats import HardwareStats
+from blynk_server.hub import Hub
+
+log = logging.getLogger(__name__)
+
+
+class HardwareServer:
+    def __init__(self, settings: Settings, domain: Domain, hub: Hub, loop: asyncio.AbstractEventLoop) -> None:
+        self.settings = settings
+        self.domain = domain
+        self.hub = hub
+        self.loop = loop
+        self.stats = HardwareStats()
+        self.sessions: set[HardwareSession] = set()
+        # Set by the HTTP part: builds an asyncio protocol that takes over a sniffed HTTP connection.
+        self.http_handoff: Callable[[], asyncio.Protocol] | None = None
+        self.login_hooks: list[Callable[[HardwareSession], None]] = []
+        self._servers: list[asyncio.AbstractServer] = []
+        self.address: tuple[str, int] | None = None
+        self.tls_address: tuple[str, int] | None = None
+
+    def on_login(self, session: HardwareSession) -> None:
+        for hook in self.login_hooks:
+            try:
+                hook(session)
+            except Exception:
+                log.exception("login hook failed device=%s", session.device.id if session.device else "-")
+
+    def _factory(self) -> HardwareSession:
+        return HardwareSession(self)
+
+    async def start(self) -> None:
+        s = self.settings
+        server = await self.loop.create_server(self._factory, s.host, s.port, backlog=4096, reuse_address=True)
+        self._servers.append(server)
+        self.address = server.sockets[0].getsockname()[:2]
+        if s.tls_port is not None:
+            if not (s.cert and s.key):
+                raise ValueError("--tls-port needs --cert and --key")
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(str(s.cert), str(s.key))
+            tls = await self.loop.create_server(
+                self._factory, s.host, s.tls_port, ssl=ctx, backlog=4096, reuse_address=True
+            )
+            self._servers.append(tls)
+            self.tls_address = tls.sockets[0].getsockname()[:2]
+
+    async def stop(self) -> None:
+        """Stop accepting, then close every session."""
+        for server in self._servers:
+            server.close()
+        for session in list(self.sessions):
+            session.close("server shutting down")
+        for server in self._servers:
+            try:
+                await asyncio.wait_for(server.wait_closed(), 5)
+            except asyncio.TimeoutError:
+                log.warning("listener did not close within 5 s")
+        self._servers.clear()

@@ -1,0 +1,526 @@
+"""One device connection: login, info, heartbeat, flood control, and one handler per command.
+
+An ``asyncio.BufferedProtocol`` with a small receive buffer: the loop reads at most
+``recv_buffer`` bytes per read into a buffer we own, and when a read fills it we pause reading until
+the next loop turn, so one busy socket cannot starve the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from protocol import Command, Decoder, FrameTooLarge, Status, encode_frame, encode_response
+from protocol.body import (
+    BodyError,
+    BridgeInit,
+    Pin,
+    internal_body,
+    is_info,
+    parse_bridge,
+    parse_event_clear,
+    parse_event_log,
+    parse_group,
+    parse_hardware,
+    parse_info,
+    parse_internal,
+    parse_property,
+    parse_sync,
+)
+
+from blynk_server.config import read_timeout
+from blynk_server.domain import DeviceState, EventRejected, InvalidValue
+from blynk_server.model import now_ms
+from blynk_server.timeutil import rtc_seconds, utc_answer
+
+if TYPE_CHECKING:
+    from blynk_server.hardware.server import HardwareServer
+
+log = logging.getLogger(__name__)
+
+HTTP_PREFIXES = (b"GET ", b"POST", b"PUT ", b"HEAD", b"OPTI", b"PATC", b"DELE", b"TRAC", b"CONN")
+LOGINS = (Command.LOGIN, Command.HW_LOGIN)
+NOTIFICATIONS = (Command.TWEET, Command.EMAIL, Command.NOTIFY, Command.SMS)
+MAX_HELD = 64  # pushes held while waiting for the info message
+MAX_BRIDGES = 100  # per connection, as the legacy server
+
+
+class HardwareSession(asyncio.BufferedProtocol):
+    """The server side of one device TCP/TLS connection."""
+
+    def __init__(self, server: HardwareServer) -> None:
+        self.server = server
+        self.settings = server.settings
+        self.stats = server.stats
+        self.domain = server.domain
+        self.loop = server.loop
+        self.decoder = Decoder(self.settings.max_frame)
+        self._buf = bytearray(self.settings.recv_buffer)
+        self._view = memoryview(self._buf)
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.device: DeviceState | None = None
+        self.closed = False
+        self.sniffed = False
+        self.last_read = 0.0
+        self.timeout = float(self.settings.login_timeout)
+        self._timer: asyncio.TimerHandle | None = None
+        self.buff_in = self.settings.default_buff_in
+        self.info_acked = False
+        self._held: list[tuple[int, bytes, int | None]] = []
+        self._msg_id = 0
+        self._rate = self.settings.message_rate
+        self._burst = self.settings.message_burst or self._rate
+        self._tokens = self._burst
+        self._tokens_at = 0.0
+        self._flood_paused = False
+        self._turn_paused = False
+        self._last_quota = -1e9
+        self._group_ts: int | None = None
+        self._bridges: dict[int, int] = {}
+        self._handlers = {
+            Command.RESPONSE: self._on_response,
+            Command.PING: self._on_ping,
+            Command.HARDWARE: self._on_hardware,
+            Command.HARDWARE_SYNC: self._on_sync,
+            Command.INTERNAL: self._on_internal,
+            Command.PROPERTY: self._on_property,
+            Command.EVENT_LOG: self._on_event_log,
+            Command.EVENT_CLEAR: self._on_event_clear,
+            Command.GROUP: self._on_group,
+            Command.BRIDGE: self._on_bridge,
+            Command.LOGIN: self._on_login_again,
+            Command.HW_LOGIN: self._on_login_again,
+        }
+        for cmd in NOTIFICATIONS:
+            self._handlers[cmd] = lambda msg_id, body, cmd=cmd: self._on_notification(cmd, msg_id)
+
+    # --- transport callbacks ------------------------------------------------------------------
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.stats.connections += 1
+        self.last_read = self.loop.time()
+        self.server.sessions.add(self)
+        self._arm(self.timeout)
+
+    def get_buffer(self, sizehint: int):  # type: ignore[override]
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.stats.bytes_in += nbytes
+        self.last_read = self.loop.time()
+        if not self.sniffed:
+            self.sniffed = True
+            if self._buf[:4] in HTTP_PREFIXES and self.server.http_handoff is not None:
+                self._handoff_http(bytes(self._view[:nbytes]))
+                return
+        try:
+            frames = self.decoder.feed(self._view[:nbytes])
+        except FrameTooLarge as exc:
+            self._handle_frames(exc.frames)
+            self.stats.oversize_frames_in += 1
+            log.warning(
+                "frame too large device=%s peer=%s command=%d length=%d limit=%d",
+                self._who(), self.peer, exc.command, exc.length, exc.limit,
+            )
+            if exc.msg_id and not self.closed:
+                self._write(encode_response(exc.msg_id, Status.ILLEGAL_COMMAND), 0)
+            self.close("frame too large")
+            return
+        if frames:
+            self._handle_frames(frames)
+        if self.closed:
+            return
+        if nbytes == len(self._buf) and not self._turn_paused:
+            # A full buffer: let every other socket have its turn before reading this one again.
+            self._turn_paused = True
+            self.transport.pause_reading()
+            self.loop.call_soon(self._resume_turn)
+
+    def _handle_frames(self, frames: list) -> None:
+        counts = self.stats.messages_in
+        if self.device is None:
+            for frame in frames:
+                if self.closed:
+                    return
+                counts[frame[0]] += 1
+                if self.device is None:
+                    self._before_login(frame)
+                else:
+                    self._dispatch(frame)
+            return
+        handlers = self._handlers
+        for frame in frames:
+            if self.closed:
+                return
+            cmd = frame[0]
+            counts[cmd] += 1
+            handler = handlers.get(cmd)
+            if handler is None:
+                self._reply(frame[1], Status.ILLEGAL_COMMAND)
+            else:
+                handler(frame[1], frame[2])
+        self._charge(len(frames), frames[-1][1])
+
+    def _dispatch(self, frame) -> None:
+        handler = self._handlers.get(frame[0])
+        if handler is None:
+            self._reply(frame[1], Status.ILLEGAL_COMMAND)
+        else:
+            handler(frame[1], frame[2])
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        self.server.sessions.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+        dev = self.device
+        if dev is not None and self.server.hub.detach(dev.id, self):
+            self.domain.set_offline(dev)
+            log.info("device offline device=%d peer=%s reason=%s", dev.id, self.peer, exc or "closed")
+
+    def eof_received(self) -> bool:
+        return False
+
+    # --- sending ------------------------------------------------------------------------------
+
+    def _write(self, data: bytes, command: int) -> None:
+        if self.closed or self.transport is None:
+            return
+        self.stats.messages_out[command] += 1
+        self.stats.bytes_out += len(data)
+        self.transport.write(data)
+
+    def _reply(self, msg_id: int, status: int) -> None:
+        if msg_id:
+            self._write(encode_response(msg_id, status), 0)
+
+    def _next_msg_id(self) -> int:
+        self._msg_id = self._msg_id % 0xFFFF + 1
+        return self._msg_id
+
+    def _send(self, command: int, body: bytes, msg_id: int) -> bool:
+        """Send a frame, unless it exceeds the device's buff-in: then drop it, count it, log it."""
+        if len(body) + 5 > self.buff_in:
+            self.stats.dropped_oversize += 1
+            log.warning(
+                "dropped frame larger than buff-in device=%s command=%d size=%d buff_in=%d",
+                self._who(), command, len(body) + 5, self.buff_in,
+            )
+            return False
+        if msg_id == 0:
+            msg_id = self._next_msg_id()
+        self._write(encode_frame(command, msg_id, body), command)
+        return True
+
+    def push(self, command: int, body: bytes, msg_id: int | None = None) -> bool:
+        """A server-initiated message (HTTP write, bridge, OTA). Held until the info message is
+        answered, because blynklib reads the next frame after its info as the info's reply."""
+        if self.closed:
+            return False
+        if not self.info_acked:
+            if len(body) + 5 > self.buff_in and len(self._held) >= MAX_HELD:
+                return False
+            if len(self._held) >= MAX_HELD:
+                self._held.pop(0)
+            self._held.append((command, body, msg_id))
+            return True
+        return self._send(command, body, msg_id or 0)
+
+    def _release_held(self) -> None:
+        held, self._held = self._held, []
+        for command, body, msg_id in held:
+            self._send(command, body, msg_id or 0)
+
+    def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        log.info("closing device=%s peer=%s reason=%s", self._who(), self.peer, reason)
+        if self.transport is not None:
+            self.transport.close()
+
+    def _who(self) -> str:
+        return str(self.device.id) if self.device is not None else "-"
+
+    # --- timers and flow control ----------------------------------------------------------------
+
+    def _arm(self, delay: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.closed:
+            return
+        if self.device is None:
+            self.stats.login_timeouts += 1
+            self.stats.logins["timeout"] += 1
+            self.close("login timeout")
+            return
+        idle = self.loop.time() - self.last_read
+        if idle >= self.timeout:
+            self.stats.idle_timeouts += 1
+            self.close(f"read idle for {idle:.0f}s (timeout {self.timeout:.0f}s)")
+        else:
+            self._arm(self.timeout - idle)
+
+    def _resume_turn(self) -> None:
+        self._turn_paused = False
+        if not self._flood_paused and not self.closed:
+            self.transport.resume_reading()
+
+    def _charge(self, count: int, msg_id: int) -> None:
+        """Token bucket per connection: over the rate, stop reading for as long as the excess takes."""
+        now = self.loop.time()
+        tokens = min(self._burst, self._tokens + (now - self._tokens_at) * self._rate) - count
+        self._tokens_at = now
+        self._tokens = tokens
+        if tokens >= 0 or self._flood_paused or self.closed:
+            return
+        self._flood_paused = True
+        self.stats.flood_pauses += 1
+        self.transport.pause_reading()
+        self.loop.call_later(-tokens / self._rate, self._resume_flood)
+        if now - self._last_quota >= self.settings.quota_warning_period:
+            self._last_quota = now
+            self.stats.quota_sent += 1
+            log.warning("flood control device=%s peer=%s rate>%g msg/s", self._who(), self.peer, self._rate)
+            self._reply(msg_id, Status.QUOTA_LIMIT)
+
+    def _resume_flood(self) -> None:
+        self._flood_paused = False
+        if not self._turn_paused and not self.closed:
+            self.transport.resume_reading()
+
+    def _handoff_http(self, first: bytes) -> None:
+        """The first bytes are an HTTP request: give the connection to the HTTP application."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self.server.sessions.discard(self)
+        self.closed = True
+        protocol = self.server.http_handoff()
+        self.transport.set_protocol(protocol)
+        protocol.connection_made(self.transport)
+        protocol.data_received(first)
+
+    # --- login ----------------------------------------------------------------------------------
+
+    def _before_login(self, frame) -> None:
+        cmd, msg_id, body = frame
+        if cmd not in LOGINS:
+            self.stats.logins["not_logged_in"] += 1
+            log.info("message before login peer=%s command=%d", self.peer, cmd)
+            self.close(f"command {cmd} before login")
+            return
+        token = body.decode("utf-8", "replace").strip()
+        dev = self.domain.authenticate(token) if token else None
+        if dev is None:
+            self.stats.logins["invalid_token"] += 1
+            log.info("invalid token peer=%s", self.peer)
+            self._reply(msg_id, Status.INVALID_TOKEN)
+            return
+        self.device = dev
+        self.stats.logins["ok"] += 1
+        old = self.server.hub.attach(dev.id, self)
+        if old is not None:
+            self.stats.replaced += 1
+            old.close("replaced by a newer connection with the same token")
+        self.domain.set_online(dev)
+        self.timeout = float(self.settings.heartbeat_timeout_default)
+        self._arm(self.timeout)
+        self._reply(msg_id, Status.SUCCESS)
+        self.loop.call_later(self.settings.info_grace, self._info_grace_over)
+        log.info("device online device=%d peer=%s", dev.id, self.peer)
+        self.server.on_login(self)
+
+    def _info_grace_over(self) -> None:
+        if not self.info_acked and not self.closed:
+            self.info_acked = True
+            self._release_held()
+
+    def _on_login_again(self, msg_id: int, body: bytes) -> None:
+        self._reply(msg_id, Status.ALREADY_REGISTERED)
+
+    # --- handlers -------------------------------------------------------------------------------
+
+    def _on_response(self, msg_id: int, status: int) -> None:
+        pass  # answers to our pushes; nothing waits on them
+
+    def _on_ping(self, msg_id: int, body: bytes) -> None:
+        self._reply(msg_id, Status.SUCCESS)
+
+    def _on_hardware(self, msg_id: int, body: bytes) -> None:
+        # Fast path for writes: "vw\0<pin>\0<value…>" (the value keeps its NULs).
+        if len(body) >= 4 and body[1] == 0x77:  # 'w'
+            parts = body.split(b"\0", 2)
+            kind = parts[0]
+            if len(parts) == 3 and parts[2] and len(kind) == 2 and parts[1].isdigit():
+                k = kind[0] | 0x20
+                number = int(parts[1])
+                if number <= 255 and k in (0x76, 0x64, 0x61):  # v d a
+                    try:
+                        self.domain.write_pin(self.device, Pin(chr(k), number), parts[2], self._group_ts)
+                    except InvalidValue as exc:
+                        log.info("invalid value device=%d pin=%s%d: %s", self.device.id, chr(k), number, exc)
+                        self._reply(msg_id, Status.ILLEGAL_COMMAND)
+                    return
+            self._reply(msg_id, Status.ILLEGAL_COMMAND)
+            return
+        try:
+            op = parse_hardware(body)
+        except BodyError:
+            self._reply(msg_id, Status.ILLEGAL_COMMAND)
+            return
+        if op.op == "pm":
+            self._reply(msg_id, Status.ILLEGAL_COMMAND)  # pin modes go server→device only
+        # A device sending vr/dr/ar asks nothing of the server: ignored, as the legacy server does.
+
+    def _on_sync(self, msg_id: int, body: bytes) -> None:
+        try:
+            pins = parse_sync(body)
+        except BodyError:
+            self._reply(msg_id, Status.ILLEGAL_COMMAND)
+            return
+        for pin, value in self.domain.sync_values(self.device, pins):
+            self._send(Command.HARDWARE, f"{pin.kind}w\0{pin.number}\0".encode() + value, msg_id)
+
+    def _on_internal(self, msg_id: int, body: bytes) -> None:
+        if not body:
+            self._reply(msg_id, Status.ILLEGAL_COMMAND)
+            return
+        if is_info(body):
+            self._on_info(msg_id, body)
+            return
+        sub, args = parse_internal(body)
+        tz = self.device.record.timezone or self.device.meta.get("Timezone")
+        if sub == "rtc":
+            self._send(Command.INTERNAL, internal_body("rtc", rtc_seconds(tz)), msg_id)
+        elif sub == "utc":
+            for what in args or [b"time"]:
+                answer = utc_answer(what.decode("ascii", "replace"), tz)
+                if answer is None:
+                    self._reply(msg_id, Status.ILLEGAL_COMMAND)
+                else:
+                    self._send(Command.INTERNAL, internal_body("utc", *answer), msg_id)
+        elif sub == "meta":
+            self._on_meta(msg_id, args)
+        elif sub in ("dbg", "acon", "adis", "ota", "vfs"):
+            log.debug("internal %s from device=%d ignored", sub, self.device.id)
+        else:
+            self._reply(msg_id, Status.ILLEGAL_COMMAND)
+
+    def _on_info(self, msg_id: int, body: bytes) -> None:
+        info = parse_info(body)
+        if info.buff_in:
+            self.buff_in = info.buff_in
+        if info.heartbeat:
+            self.timeout = float(read_timeout(info.heartbeat))
+            self._arm(max(0.0, self.timeout - (self.loop.time() - self.last_read)))
+        self._reply(msg_id, Status.SUCCESS)
+        first = not self.info_acked
+        self.info_acked = True
+        self.domain.set_info(self.device, info)
+        if first and self._held:
+            # Not in the same segment as the info's reply: blynklib reads one frame per recv().
+            self.loop.call_later(0.05, self._release_held)
+
+    def _on_meta(self, msg_id: int, args: list[bytes]) -> None:
+        if len(args) >= 2 and args[0] == b"get":
+            name = args[1].decode("utf-8", "replace")
+            value = self.domain.meta_get(self.device, name)
+            if value is None:
+                self._reply(msg_id, Status.NO_DATA)
+            else:
+                self._send(Command.INTERNAL, internal_body("meta", name, value), msg_id)
+        elif len(args) >= 3 and args[0] == b"set":
+            self.domain.meta_set(
+                self.device, args[1].decode("utf-8", "replace"), args[2].decode("utf-8", "replace")
+            )
+            self._reply(msg_id, Status.SUCCESS)
+        else:
+            self._reply(msg_id, Status.ILLEGAL_COMMAND)
+
+    def _on_property(self, msg_id: int, body: bytes) -> None:
+        try:
+            update = parse_property(body)
+        except BodyError as exc:
+            fields = body.split(b"\0", 1)
+            bad_pin = not fields[0].strip().lstrip(b"vVdDaA").isdigit()
+            log.info("bad property device=%d: %s", self.device.id, exc)
+            self._reply(msg_id, Status.ILLEGAL_COMMAND if bad_pin else Status.ILLEGAL_COMMAND_BODY)
+            return
+        self.domain.set_property(self.device, update.pins, update.name, list(update.values))
+        self._reply(msg_id, Status.SUCCESS)
+
+    def _on_event_log(self, msg_id: int, body: bytes) -> None:
+        try:
+            code, description = parse_event_log(body)
+            self.domain.log_event(self.device, code, description)
+        except BodyError:
+            self._reply(msg_id, Status.ILLEGAL_COMMAND)
+        except EventRejected as exc:
+            log.info("event rejected device=%d: %s", self.device.id, exc)
+            too_often = "apart" in str(exc)
+            self._reply(msg_id, Status.QUOTA_LIMIT if too_often else Status.ILLEGAL_COMMAND_BODY)
+        else:
+            self._reply(msg_id, Status.SUCCESS)
+
+    def _on_event_clear(self, msg_id: int, body: bytes) -> None:
+        try:
+            code, resolve_all = parse_event_clear(body)
+        except BodyError:
+            self._reply(msg_id, Status.ILLEGAL_COMMAND)
+            return
+        self.domain.clear_event(self.device, code, resolve_all)
+        self._reply(msg_id, Status.SUCCESS)
+
+    def _on_group(self, msg_id: int, body: bytes) -> None:
+        try:
+            what, ts = parse_group(body)
+        except BodyError:
+            self._reply(msg_id, Status.ILLEGAL_COMMAND)
+            return
+        if what == "begin":
+            self._group_ts = ts or now_ms()
+        else:
+            self._group_ts = None
+
+    def _on_bridge(self, msg_id: int, body: bytes) -> None:
+        try:
+            msg = parse_bridge(body)
+        except BodyError:
+            self._reply(msg_id, Status.ILLEGAL_COMMAND)
+            return
+        if isinstance(msg, BridgeInit):
+            target = self.domain.device_by_token(msg.token) if len(msg.token) == 32 else None
+            if target is None or (len(self._bridges) >= MAX_BRIDGES and msg.bridge_pin not in self._bridges):
+                self._reply(msg_id, Status.NOT_ALLOWED)
+                return
+            self._bridges[msg.bridge_pin] = target.id
+            self._reply(msg_id, Status.SUCCESS)
+            return
+        target_id = self._bridges.get(msg.bridge_pin)
+        target = self.domain.device(target_id) if target_id is not None else None
+        if target is None:
+            self._reply(msg_id, Status.NOT_ALLOWED)
+            return
+        try:
+            op = parse_hardware(msg.hardware)
+            if op.is_write:
+                self.domain.write_pin(target, op.pin, op.value)
+        except (BodyError, InvalidValue):
+            self._reply(msg_id, Status.ILLEGAL_COMMAND)
+            return
+        if not self.server.hub.send(target.id, Command.BRIDGE, msg.hardware, msg_id):
+            self._reply(msg_id, Status.DEVICE_NOT_IN_NETWORK)
+
+    def _on_notification(self, command: int, msg_id: int) -> None:
+        # Tweets, e-mails, pushes and SMS are not delivered by this server: say so, don't drop silently.
+        log.info("notification command=%d from device=%d not supported", command, self.device.id)
+        self._reply(msg_id, Status.NTF_NOT_AUTHORIZED)

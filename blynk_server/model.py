@@ -1,0 +1,89 @@
+"""Plain records: templates, datastreams, devices. The rules that use them live in ``domain``."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+
+DATASTREAM_TYPES = ("int", "double", "string", "enum", "location")
+
+
+def now_ms() -> int:
+    """Wall-clock UTC milliseconds, the unit of every stored timestamp."""
+    return time.time_ns() // 1_000_000
+
+
+def new_token() -> str:
+    """32-character URL-safe token (24 random bytes in base64), as the Blynk cloud issues."""
+    return secrets.token_urlsafe(24)
+
+
+@dataclass(slots=True)
+class Datastream:
+    """A virtual/digital/analog pin of a template, with its type and limits."""
+
+    pin: str  # storage key: "v5", "d3", "a0"
+    name: str
+    type: str = "string"
+    min: float | None = None
+    max: float | None = None
+    default: str | None = None
+    enum_values: tuple[int, ...] = ()
+    history: bool = False  # keep raw history
+    sync: bool = False  # sent on HARDWARE_SYNC with an empty body (syncAll)
+
+    def as_dict(self) -> dict:
+        return {
+            "pin": self.pin.upper(),
+            "name": self.name,
+            "type": self.type,
+            "min": self.min,
+            "max": self.max,
+            "default": self.default,
+            "enum_values": list(self.enum_values),
+            "history": self.history,
+            "sync": self.sync,
+        }
+
+
+@dataclass(slots=True)
+class Template:
+    id: str
+    name: str
+    created_at: int = 0
+    datastreams: dict[str, Datastream] = field(default_factory=dict)  # by pin key
+
+    def as_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "created_at": self.created_at,
+            "datastreams": [ds.as_dict() for ds in self.datastreams.values()],
+        }
+
+
+@dataclass(slots=True)
+class DeviceRecord:
+    """A device row as stored: identity, template, and what it last reported."""
+
+    id: int
+    token: str
+    name: str
+    template_id: str
+    created_at: int
+    last_seen: int | None = None
+    info: dict | None = None
+    timezone: str | None = None
+
+    def as_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "token": self.token,
+            "name": self.name,
+            "template_id": self.template_id,
+            "created_at": self.created_at,
+            "last_seen": self.last_seen,
+            "info": self.info,
+            "timezone": self.timezone,
+        }

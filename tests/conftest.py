@@ -1,0 +1,152 @@
+"""Shared fixtures: a real ``blynk-server`` process on ephemeral loopback ports, and its CLI.
+
+The server runs as a subprocess from a temporary working directory, so what is tested is the
+installed package, not the in-tree sources.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+READY = re.compile(r"blynk-server ready hardware=(\S+):(\d+) admin=(\S+):(\d+)(?: tls=(\S+):(\d+))?")
+
+
+class ServerProcess:
+    """A running server: its ports, data dir, output, and CLI on the same data dir."""
+
+    def __init__(self, data_dir: Path, *extra: str, env: dict | None = None) -> None:
+        self.data_dir = data_dir
+        self.extra = extra
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen | None = None
+        self.lines: list[str] = []
+        self.stderr_path = data_dir.parent / f"{data_dir.name}-stderr.log"
+
+    def start(self, timeout: float = 20.0) -> ServerProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.lines = []
+        stderr = open(self.stderr_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "blynk_server", "serve", "--data-dir", str(self.data_dir), "--host", "127.0.0.1",
+             "--port", "0", "--admin-port", "0", *self.extra],
+            stdout=subprocess.PIPE, stderr=stderr, cwd=self.data_dir.parent, env=self.env, text=True,
+        )
+        deadline = time.monotonic() + timeout
+        ready = threading.Event()
+
+        def pump() -> None:
+            assert self.proc and self.proc.stdout
+            for line in self.proc.stdout:
+                self.lines.append(line.rstrip("\n"))
+                if READY.search(line):
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        ready.wait(max(0.0, deadline - time.monotonic()))
+        match = next((m for m in map(READY.search, self.lines) if m), None)
+        if match is None:
+            self.kill()
+            raise RuntimeError(f"server did not become ready: {self.lines}\n{self.stderr()}")
+        self.host, self.port = match.group(1), int(match.group(2))
+        self.admin_host, self.admin_port = match.group(3), int(match.group(4))
+        self.tls_port = int(match.group(6)) if match.group(6) else None
+        return self
+
+    def stderr(self) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    @property
+    def api_key(self) -> str:
+        return (self.data_dir / "admin-api-key").read_text().strip()
+
+    @property
+    def quickstart_token(self) -> str | None:
+        for line in self.lines:
+            m = re.search(r'BLYNK_AUTH_TOKEN "([^"]+)"', line)
+            if m:
+                return m.group(1)
+        return None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        """Signal the server and wait for it; returns its exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.proc = None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return run_cli(self.data_dir, *args, check=check)
+
+    def new_template(self, tid: str, *datastreams: str) -> dict:
+        args = ["template", "create", "--id", tid, "--name", tid]
+        for ds in datastreams:
+            args += ["--datastream", ds]
+        return json.loads(self.cli(*args).stdout)
+
+    def new_device(self, template: str, name: str = "dev") -> str:
+        return self.cli("device", "create", "--template", template, "--name", name).stdout.strip()
+
+
+def run_cli(data_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``blynk-server <args> --data-dir DIR`` (the flag goes after the sub-command)."""
+    argv = [sys.executable, "-m", "blynk_server", *args, "--data-dir", str(data_dir)]
+    result = subprocess.run(argv, capture_output=True, text=True, cwd=data_dir.parent, timeout=60)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{argv} failed ({result.returncode}): {result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One server per test module (fast); tests provision their own templates and devices."""
+    srv = ServerProcess(tmp_path_factory.mktemp("srv") / "data").start()
+    yield srv
+    srv.kill()
+
+
+@pytest.fixture
+def make_server(tmp_path):
+    """Factory for servers a test owns (restarts, special flags); all are stopped afterwards."""
+    started: list[ServerProcess] = []
+
+    def make(*extra: str, data_dir: Path | None = None, env: dict | None = None) -> ServerProcess:
+        srv = ServerProcess(data_dir or tmp_path / f"data{len(started)}", *extra, env=env).start()
+        started.append(srv)
+        return srv
+
+    yield make
+    for srv in started:
+        srv.kill()
+
+
+_counter = iter(range(1, 10**9))
+
+
+@pytest.fixture
+def unique():
+    """A unique id for templates and names inside a shared server."""
+    return f"T{os.getpid()}x{next(_counter)}"
