@@ -100,8 +100,18 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
 
 
 _SETTING_FLAGS = (
-    "data_dir", "host", "port", "tls_port", "cert", "key", "admin_host", "admin_port", "external_url",
-    "flush_interval", "message_rate", "log_level",
+    "data_dir",
+    "host",
+    "port",
+    "tls_port",
+    "cert",
+    "key",
+    "admin_host",
+    "admin_port",
+    "external_url",
+    "flush_interval",
+    "message_rate",
+    "log_level",
 )
 
 
@@ -147,7 +157,14 @@ def parse_datastream(spec: str) -> Datastream:
     if mn is not None and mx is not None and mn > mx:
         raise CliError(f"datastream {spec!r}: min is greater than max")
     return Datastream(
-        pin.key, values.get("name", str(pin)), typ, mn, mx, values.get("default"), enum, "history" in flags,
+        pin.key,
+        values.get("name", str(pin)),
+        typ,
+        mn,
+        mx,
+        values.get("default"),
+        enum,
+        "history" in flags,
         "sync" in flags,
     )
 
@@ -228,32 +245,31 @@ def _check_token(token: str) -> None:
 
 def _read_import(path: Path, default_template: str | None, store: SqliteStore) -> list[tuple[str, str, str]]:
     try:
-        fh = open(path, newline="")
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise CliError(f"cannot read {path}: {exc.strerror}") from None
     rows = []
     seen: set[str] = set()
-    with fh:
-        for lineno, row in enumerate(csv.reader(fh), 1):
-            if not row or row[0].strip().startswith("#"):
-                continue
-            if lineno == 1 and row[0].strip().lower() == "token":
-                continue
-            token = row[0].strip()
-            name = row[1].strip() if len(row) > 1 and row[1].strip() else f"Device {token[:6]}"
-            template = row[2].strip() if len(row) > 2 and row[2].strip() else default_template
-            if not template:
-                raise CliError(f"{path}:{lineno}: no template (add a third column or --template)")
-            try:
-                _check_token(token)
-            except CliError as exc:
-                raise CliError(f"{path}:{lineno}: {exc}") from None
-            if token in seen or store.get_device_by_token(token) is not None:
-                raise CliError(f"{path}:{lineno}: token {token} already exists")
-            if store.get_template(template) is None:
-                raise CliError(f"{path}:{lineno}: no template {template!r}")
-            seen.add(token)
-            rows.append((template, name, token))
+    for lineno, row in enumerate(csv.reader(text.splitlines()), 1):
+        if not row or row[0].strip().startswith("#"):
+            continue
+        if lineno == 1 and row[0].strip().lower() == "token":
+            continue
+        token = row[0].strip()
+        name = row[1].strip() if len(row) > 1 and row[1].strip() else f"Device {token[:6]}"
+        template = row[2].strip() if len(row) > 2 and row[2].strip() else default_template
+        if not template:
+            raise CliError(f"{path}:{lineno}: no template (add a third column or --template)")
+        try:
+            _check_token(token)
+        except CliError as exc:
+            raise CliError(f"{path}:{lineno}: {exc}") from None
+        if token in seen or store.get_device_by_token(token) is not None:
+            raise CliError(f"{path}:{lineno}: token {token} already exists")
+        if store.get_template(template) is None:
+            raise CliError(f"{path}:{lineno}: no template {template!r}")
+        seen.add(token)
+        rows.append((template, name, token))
     return rows
 
 

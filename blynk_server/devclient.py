@@ -46,8 +46,14 @@ class DeviceClient:
 
     @classmethod
     async def connect(
-        cls, host: str, port: int, token: str, info: dict | None = DEFAULT_INFO, login: int = Command.HW_LOGIN,
-        timeout: float = 5.0, ssl=None,
+        cls,
+        host: str,
+        port: int,
+        token: str,
+        info: dict | None = DEFAULT_INFO,
+        login: int = Command.HW_LOGIN,
+        timeout: float = 5.0,
+        ssl=None,
     ) -> DeviceClient:
         """Open, log in (raising LoginFailed on a non-200), and send the info message if given."""
         client = await cls.open(host, port, ssl=ssl)

@@ -13,12 +13,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from protocol import Command
-from protocol.body import SEP, Pin, hardware_write_raw
-
 from blynk_server.hub import Hub
 from blynk_server.model import Datastream, DeviceRecord, Template, now_ms
 from blynk_server.store import SqliteStore
+from protocol import Command
+from protocol.body import SEP, Pin, hardware_write_raw
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,22 @@ SEP = b"\0"
 
 # Keys of the INTERNAL info message, old and new sets (reference protocol.md §4.3).
 INFO_KEYS = frozenset(
-    {b"mcu", b"ncp", b"fw", b"fw-type", b"ver", b"blynk", b"build", b"h-beat", b"buff-in", b"dev", b"cpu",
-     b"con", b"conn", b"tmpl"}
+    {
+        b"mcu",
+        b"ncp",
+        b"fw",
+        b"fw-type",
+        b"ver",
+        b"blynk",
+        b"build",
+        b"h-beat",
+        b"buff-in",
+        b"dev",
+        b"cpu",
+        b"con",
+        b"conn",
+        b"tmpl",
+    }
 )
 INTERNAL_SUBCOMMANDS = frozenset({b"rtc", b"utc", b"meta", b"ota", b"dbg", b"vfs", b"acon", b"adis"})
 PIN_KINDS = {"v": "v", "d": "d", "a": "a"}

@@ -7,6 +7,7 @@ place of a length, and no body follows).
 
 from __future__ import annotations
 
+from operator import index
 from struct import Struct
 
 from protocol.errors import FrameTooLarge
@@ -31,6 +32,7 @@ class Decoder:
     __slots__ = ("_buf", "max_body")
 
     def __init__(self, max_body: int = MAX_WIRE_BODY) -> None:
+        max_body = index(max_body)
         if not 0 <= max_body <= MAX_WIRE_BODY:
             raise ValueError(f"max_body must be within 0..{MAX_WIRE_BODY}")
         self.max_body = max_body
@@ -51,7 +53,10 @@ class Decoder:
         Raises ``FrameTooLarge`` when a header declares a body over ``max_body``; the frames that
         came before it are on the exception, and the decoder keeps nothing of the chunk.
         """
-        buf = self._buf + bytes(data) if self._buf else bytes(data)
+        if type(data) is not bytes:
+            # memoryview() refuses what is not bytes-like (bytes(5) would be five NULs, bytes([1]) a list)
+            data = bytes(memoryview(data))
+        buf = self._buf + data if self._buf else data
         frames: list = []
         append = frames.append
         pos = 0

@@ -35,12 +35,29 @@ class ServerProcess:
     def start(self, timeout: float = 20.0) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.lines = []
-        stderr = open(self.stderr_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "blynk_server", "serve", "--data-dir", str(self.data_dir), "--host", "127.0.0.1",
-             "--port", "0", "--admin-port", "0", *self.extra],
-            stdout=subprocess.PIPE, stderr=stderr, cwd=self.data_dir.parent, env=self.env, text=True,
-        )
+        with open(self.stderr_path, "ab") as stderr:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "blynk_server",
+                    "serve",
+                    "--data-dir",
+                    str(self.data_dir),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--admin-port",
+                    "0",
+                    *self.extra,
+                ],
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                cwd=self.data_dir.parent,
+                env=self.env,
+                text=True,
+            )
         deadline = time.monotonic() + timeout
         ready = threading.Event()
 

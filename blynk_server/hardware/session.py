@@ -11,6 +11,10 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from blynk_server.config import read_timeout
+from blynk_server.domain import DeviceState, EventRejected, InvalidValue
+from blynk_server.model import now_ms
+from blynk_server.timeutil import rtc_seconds, utc_answer
 from protocol import Command, Decoder, FrameTooLarge, Status, encode_frame, encode_response
 from protocol.body import (
     BodyError,
@@ -28,11 +32,6 @@ from protocol.body import (
     parse_property,
     parse_sync,
 )
-
-from blynk_server.config import read_timeout
-from blynk_server.domain import DeviceState, EventRejected, InvalidValue
-from blynk_server.model import now_ms
-from blynk_server.timeutil import rtc_seconds, utc_answer
 
 if TYPE_CHECKING:
     from blynk_server.hardware.server import HardwareServer
@@ -121,11 +120,16 @@ class HardwareSession(asyncio.BufferedProtocol):
         try:
             frames = self.decoder.feed(self._view[:nbytes])
         except FrameTooLarge as exc:
-            self._handle_frames(exc.frames)
+            if exc.frames:
+                self._handle_frames(exc.frames)
             self.stats.oversize_frames_in += 1
             log.warning(
                 "frame too large device=%s peer=%s command=%d length=%d limit=%d",
-                self._who(), self.peer, exc.command, exc.length, exc.limit,
+                self._who(),
+                self.peer,
+                exc.command,
+                exc.length,
+                exc.limit,
             )
             if exc.msg_id and not self.closed:
                 self._write(encode_response(exc.msg_id, Status.ILLEGAL_COMMAND), 0)
@@ -209,7 +213,10 @@ class HardwareSession(asyncio.BufferedProtocol):
             self.stats.dropped_oversize += 1
             log.warning(
                 "dropped frame larger than buff-in device=%s command=%d size=%d buff_in=%d",
-                self._who(), command, len(body) + 5, self.buff_in,
+                self._who(),
+                command,
+                len(body) + 5,
+                self.buff_in,
             )
             return False
         if msg_id == 0:
@@ -439,9 +446,7 @@ class HardwareSession(asyncio.BufferedProtocol):
             else:
                 self._send(Command.INTERNAL, internal_body("meta", name, value), msg_id)
         elif len(args) >= 3 and args[0] == b"set":
-            self.domain.meta_set(
-                self.device, args[1].decode("utf-8", "replace"), args[2].decode("utf-8", "replace")
-            )
+            self.domain.meta_set(self.device, args[1].decode("utf-8", "replace"), args[2].decode("utf-8", "replace"))
             self._reply(msg_id, Status.SUCCESS)
         else:
             self._reply(msg_id, Status.ILLEGAL_COMMAND)

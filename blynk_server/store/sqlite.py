@@ -58,7 +58,9 @@ class SqliteStore:
         self._values: dict[tuple[int, str], tuple[bytes, int]] = {}
         self._props: dict[tuple[int, str, str], tuple[bytes, int]] = {}
         self._history: list[tuple[int, str, int, bytes]] = []
-        self._events: list[tuple] = []  # ("log", device_id, code, description, ts) | ("clear", device_id, code, all, ts)
+        self._events: list[
+            tuple
+        ] = []  # ("log", device_id, code, description, ts) | ("clear", device_id, code, all, ts)
         self._devices: dict[int, tuple[int | None, str | None]] = {}  # device_id -> (last_seen, info json)
         self.stats = FlushStats()
         self._writer: threading.Thread | None = None
@@ -333,9 +335,7 @@ class SqliteStore:
     def load_values(self, device_id: int) -> dict[str, tuple[bytes, int]]:
         return {
             pin: (bytes(value), ts)
-            for pin, value, ts in self._query(
-                "SELECT pin, value, ts FROM pin_values WHERE device_id = ?", (device_id,)
-            )
+            for pin, value, ts in self._query("SELECT pin, value, ts FROM pin_values WHERE device_id = ?", (device_id,))
         }
 
     def load_properties(self, device_id: int) -> dict[tuple[str, str], bytes]:
@@ -390,7 +390,15 @@ class _transaction:
 def _datastream(row: tuple) -> Datastream:
     pin, name, typ, mn, mx, default, enum_values, history, sync = row
     return Datastream(
-        pin, name, typ, mn, mx, default, tuple(json.loads(enum_values)) if enum_values else (), bool(history), bool(sync)
+        pin,
+        name,
+        typ,
+        mn,
+        mx,
+        default,
+        tuple(json.loads(enum_values)) if enum_values else (),
+        bool(history),
+        bool(sync),
     )
 
 
