@@ -43,6 +43,8 @@ LOGINS = (Command.LOGIN, Command.HW_LOGIN)
 NOTIFICATIONS = (Command.TWEET, Command.EMAIL, Command.NOTIFY, Command.SMS)
 MAX_HELD = 64  # pushes held while waiting for the info message
 MAX_BRIDGES = 100  # per connection, as the legacy server
+PACE_GAP = 0.05  # seconds between frames to a client that parses one frame per recv() (blynklib)
+MAX_PACED = 1024  # frames queued for such a client before further ones are dropped
 
 
 class HardwareSession(asyncio.BufferedProtocol):
@@ -68,6 +70,9 @@ class HardwareSession(asyncio.BufferedProtocol):
         self.buff_in = self.settings.default_buff_in
         self.info_acked = False
         self._held: list[tuple[int, bytes, int | None]] = []
+        self.login_command = 0
+        self._paced: list[bytes] | None = None  # a queue once the client is known to need pacing
+        self._paced_next = 0.0
         self._msg_id = 0
         self._rate = self.settings.message_rate
         self._burst = self.settings.message_burst or self._rate
@@ -197,7 +202,35 @@ class HardwareSession(asyncio.BufferedProtocol):
             return
         self.stats.messages_out[command] += 1
         self.stats.bytes_out += len(data)
+        if self._paced is not None:
+            self._paced_write(data)
+            return
         self.transport.write(data)
+
+    def _paced_write(self, data: bytes) -> None:
+        """blynklib parses only the first frame of each recv() and loses the rest, so frames that
+        would share a segment (a multi-pin sync reply, pushes in a row) go out PACE_GAP apart."""
+        queue = self._paced
+        now = self.loop.time()
+        if not queue and now >= self._paced_next:
+            self.transport.write(data)
+            self._paced_next = now + PACE_GAP
+            return
+        if len(queue) >= MAX_PACED:
+            self.stats.dropped_oversize += 1
+            log.warning("dropped frame: paced output queue full device=%s", self._who())
+            return
+        queue.append(data)
+        if len(queue) == 1:
+            self.loop.call_at(max(now, self._paced_next), self._drain_paced)
+
+    def _drain_paced(self) -> None:
+        if self.closed or not self._paced or self.transport is None:
+            return
+        self.transport.write(self._paced.pop(0))
+        self._paced_next = self.loop.time() + PACE_GAP
+        if self._paced:
+            self.loop.call_later(PACE_GAP, self._drain_paced)
 
     def _reply(self, msg_id: int, status: int) -> None:
         if msg_id:
@@ -333,6 +366,7 @@ class HardwareSession(asyncio.BufferedProtocol):
             self._reply(msg_id, Status.INVALID_TOKEN)
             return
         self.device = dev
+        self.login_command = cmd
         self.stats.logins["ok"] += 1
         old = self.server.hub.attach(dev.id, self)
         if old is not None:
@@ -429,6 +463,8 @@ class HardwareSession(asyncio.BufferedProtocol):
         if info.heartbeat:
             self.timeout = float(read_timeout(info.heartbeat))
             self._arm(max(0.0, self.timeout - (self.loop.time() - self.last_read)))
+        if info.device == "python" and self.login_command == Command.LOGIN and self._paced is None:
+            self._paced = []  # blynklib (PyPI 0.2.x): LOGIN (2) and "dev python"; see _paced_write
         self._reply(msg_id, Status.SUCCESS)
         first = not self.info_acked
         self.info_acked = True
