@@ -15,8 +15,13 @@ def now_ms() -> int:
 
 
 def new_token() -> str:
-    """32-character URL-safe token (24 random bytes in base64), as the Blynk cloud issues."""
-    return secrets.token_urlsafe(24)
+    """32-character URL-safe token (24 random bytes in base64), as the Blynk cloud issues.
+
+    Never starting with "-", so it can be passed on a command line without being taken for a flag."""
+    while True:
+        token = secrets.token_urlsafe(24)
+        if not token.startswith("-"):
+            return token
 
 
 @dataclass(slots=True)
