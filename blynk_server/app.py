@@ -17,6 +17,7 @@ from blynk_server.config import Settings
 from blynk_server.domain import Domain
 from blynk_server.hardware.server import HardwareServer
 from blynk_server.http.admin import build_admin_app
+from blynk_server.http.frontend import HttpFrontend
 from blynk_server.hub import Hub
 from blynk_server.model import Datastream
 from blynk_server.store import SqliteStore
@@ -39,6 +40,7 @@ class BlynkServer:
         self.hub = Hub()
         self.domain: Domain | None = None
         self.hardware: HardwareServer | None = None
+        self.http: HttpFrontend | None = None
         self._admin_runner: web.AppRunner | None = None
         self.admin_address: tuple[str, int] | None = None
         self.api_key: str = ""
@@ -100,6 +102,8 @@ class BlynkServer:
         self.store.start_writer()
         self.domain = Domain(self.store, self.hub)
         self.hardware = HardwareServer(s, self.domain, self.hub, loop)
+        self.http = HttpFrontend(self)
+        await self.http.start()  # before the listener, so the first HTTP connection finds the app
         await self.hardware.start()
         self._print_quickstart()
         self._admin_runner = web.AppRunner(build_admin_app(self), access_log=None)
@@ -115,6 +119,8 @@ class BlynkServer:
     async def stop(self) -> None:
         if self.hardware is not None:
             await self.hardware.stop()
+        if self.http is not None:
+            await self.http.stop()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
         if self.store is not None:

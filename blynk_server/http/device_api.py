@@ -1,0 +1,345 @@
+"""The Blynk device HTTPS API, ``/external/api/...`` (reference protocol.md §10.2).
+
+Every rule goes through ``Domain``; this module only maps query parameters to domain calls and
+domain errors to the cloud's ``400 {"error": {"message": ...}}``.
+
+``dataStreamId``: the cloud numbers datastreams; this server keys them by pin, so ``dataStreamId=N``
+means virtual pin ``VN`` (documented in the OpenAPI description and docs/http.md).
+``metaFieldId``: likewise, metadata here is keyed by field name, so ``metaFieldId`` is the field name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from aiohttp import web
+from multidict import MultiDictProxy
+
+from blynk_server.domain import DeviceState, EventRejected, InvalidValue
+from blynk_server.http.common import ApiError, json_error, json_to_raw, parse_pin_name, typed_value
+from blynk_server.model import now_ms
+from protocol.body import SEP, Pin
+
+if TYPE_CHECKING:
+    from blynk_server.app import BlynkServer
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 10_000
+MONTH_MS = 31 * 24 * 3600 * 1000
+PERIODS_MS = {
+    "HOUR": 3600_000,
+    "DAY": 24 * 3600_000,
+    "WEEK": 7 * 24 * 3600_000,
+    "MONTH": 30 * 24 * 3600_000,
+    "THREE_MONTHS": 90 * 24 * 3600_000,
+}
+GRANULARITY_MS = {"RAW_DATA": 0, "MINUTE": 60_000, "HOURLY": 3600_000, "DAILY": 24 * 3600_000}
+SOURCE_TYPES = ("AVG", "MIN", "MAX", "SUM", "COUNT")
+FORMATS = ("TS", "ISO_US", "ISO_SIMPLE")
+RESERVED = {"token", "pin", "dataStreamId", "value"}
+
+
+def _device(server: BlynkServer, q: MultiDictProxy) -> DeviceState:
+    token = q.get("token")
+    if not token:
+        raise ApiError("No token provided.")
+    dev = server.domain.device_by_token(token)
+    if dev is None:
+        raise ApiError("Invalid token.")
+    return dev
+
+
+def _datastream_pin(q: MultiDictProxy) -> Pin:
+    raw = q.get("dataStreamId", "")
+    if not raw.isdigit() or int(raw) > 255:
+        raise ApiError("Wrong dataStreamId format.")
+    return Pin("v", int(raw))
+
+
+def _pin_param(q: MultiDictProxy) -> Pin:
+    """The pin of ``pin=`` or ``dataStreamId=``."""
+    if "dataStreamId" in q:
+        return _datastream_pin(q)
+    pin = parse_pin_name(q.get("pin", ""))
+    if pin is None:
+        raise ApiError("Wrong pin format.")
+    return pin
+
+
+def _bare_pins(q: MultiDictProxy, skip: set[str]) -> list[tuple[str, Pin]]:
+    """Pins given as parameter names (``&v1`` or ``&v1=42``); any other unknown name is a bad pin."""
+    out = []
+    for name in dict.fromkeys(q.keys()):
+        if name in skip:
+            continue
+        pin = parse_pin_name(name)
+        if pin is None:
+            raise ApiError("Wrong pin format.")
+        out.append((name, pin))
+    return out
+
+
+def _write(server: BlynkServer, dev: DeviceState, pin: Pin, values: list[str]) -> None:
+    if pin.key not in dev.template.datastreams:
+        raise ApiError("No datastream setup for that pin.")
+    raw = SEP.join(v.encode() for v in values)
+    try:
+        server.domain.write_pin(dev, pin, raw, deliver=True)
+    except InvalidValue as exc:
+        raise ApiError(str(exc)) from None
+
+
+def add_routes(app: web.Application, server: BlynkServer) -> None:
+    domain = server.domain
+    assert domain is not None
+
+    async def get(request: web.Request) -> web.Response:
+        q = request.query
+        dev = _device(server, q)
+        if "dataStreamId" in q:
+            pin = _datastream_pin(q)
+            if pin.key not in dev.template.datastreams:
+                raise ApiError("Requested dataStream doesn't exist in the product.")
+            pins = [(pin.key, pin)]
+        else:
+            pins = _bare_pins(q, {"token"})
+            if not pins:
+                raise ApiError("Wrong pin format.")
+        if len(pins) == 1:
+            pin = pins[0][1]
+            value = domain.read_pin(dev, pin.key)
+            if value is None:
+                if pin.key not in dev.template.datastreams:
+                    raise ApiError("No datastream setup for that pin.")
+                return web.Response(text="")
+            return web.Response(text=value.decode("utf-8", "replace").replace("\0", ","))
+        out = {}
+        for name, pin in pins:
+            value = domain.read_pin(dev, pin.key)
+            out[name] = None if value is None else typed_value(dev.template.datastreams.get(pin.key), value)
+        return web.json_response(out)
+
+    async def get_all(request: web.Request) -> web.Response:
+        dev = _device(server, request.query)
+        keys = set(dev.values) | set(dev.template.datastreams)
+        out = {}
+        for key in sorted(keys, key=lambda k: (k[0], int(k[1:]))):
+            value = domain.read_pin(dev, key)
+            if value is not None:
+                out[key] = typed_value(dev.template.datastreams.get(key), value)
+        return web.json_response(out)
+
+    async def update(request: web.Request) -> web.Response:
+        q = request.query
+        dev = _device(server, q)
+        if "pin" in q or "dataStreamId" in q:
+            values = q.getall("value", [])
+            if not values:
+                raise ApiError("Wrong request format.")
+            _write(server, dev, _pin_param(q), values)
+            return web.Response(text="")
+        pins = _bare_pins(q, {"token"})
+        if not pins:
+            raise ApiError("Wrong pin format.")
+        for name, pin in pins:
+            _write(server, dev, pin, q.getall(name))
+        return web.Response(text="")
+
+    async def batch_update(request: web.Request) -> web.Response:
+        q = request.query
+        dev = _device(server, q)
+        if request.method == "GET":
+            pins = _bare_pins(q, {"token"})
+            if not pins:
+                raise ApiError("Wrong pin format.")
+            for name, pin in pins:
+                _write(server, dev, pin, q.getall(name))
+            return web.Response(text="")
+        pin = _pin_param(q)
+        if request.content_type != "application/json":
+            raise ApiError("Unknown content type.")
+        try:
+            body = json.loads(await request.read())
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError("Request with incorrect parameters") from None
+        if not isinstance(body, list):
+            raise ApiError("Request with incorrect parameters")
+        if len(body) > MAX_BATCH:
+            raise ApiError(f"Too much data in batch. Maximum batch size is {MAX_BATCH} points.")
+        oldest = now_ms() - MONTH_MS
+        points = []
+        for point in body:
+            if not (isinstance(point, list) and len(point) == 2 and isinstance(point[0], int)):
+                raise ApiError("Request with incorrect parameters")
+            if point[0] < oldest:
+                raise ApiError("Timestamp is more than 1 month old.")
+            try:
+                points.append((point[0], json_to_raw(point[1])))
+            except ValueError as exc:
+                raise ApiError(str(exc)) from None
+        if pin.key not in dev.template.datastreams:
+            raise ApiError("No datastream setup for that pin.")
+        try:
+            domain.write_history(dev, pin, points)
+        except InvalidValue as exc:
+            raise ApiError(str(exc)) from None
+        return web.Response(text="OK")
+
+    async def update_property(request: web.Request) -> web.Response:
+        q = request.query
+        dev = _device(server, q)
+        pin = _pin_param(q)
+        names = [n for n in dict.fromkeys(q.keys()) if n not in RESERVED]
+        if not names:
+            raise ApiError("Wrong request format.")
+        for name in names:
+            domain.set_property(dev, [pin], name, [v.encode() for v in q.getall(name)])
+        return web.Response(text="")
+
+    async def log_event(request: web.Request) -> web.Response:
+        q = request.query
+        dev = _device(server, q)
+        try:
+            domain.log_event(dev, q.get("code", ""), q.get("description"))
+        except EventRejected as exc:
+            raise ApiError(str(exc)) from None
+        return web.Response(text="")
+
+    async def is_connected(request: web.Request) -> web.Response:
+        dev = _device(server, request.query)
+        return web.Response(text="true" if server.hub.is_online(dev.id) else "false")
+
+    async def data_get(request: web.Request) -> web.Response:
+        q = request.query
+        dev = _device(server, q)
+        return web.json_response(_history(server, dev, q))
+
+    async def meta_get(request: web.Request) -> web.Response:
+        q = request.query
+        dev = _device(server, q)
+        name = q.get("metaFieldId", "")
+        if not name:
+            raise ApiError("Wrong metaField format.")
+        value = domain.meta_get(dev, name)
+        if value is None:
+            raise ApiError("MetaField doesn't exist.")
+        return web.json_response({"type": "Text", "value": value})
+
+    async def meta_update(request: web.Request) -> web.Response:
+        q = request.query
+        dev = _device(server, q)
+        name = q.get("metaFieldId", "")
+        if not name:
+            raise ApiError("Wrong metaField format")
+        if domain.meta_get(dev, name) is None:
+            raise ApiError("MetaField doesn't exist")
+        value = q.get("value")
+        if value is None or name == "Auth Token":
+            raise ApiError("Wrong value")
+        domain.meta_set(dev, name, value)
+        return web.Response(text="")
+
+    r = app.router
+    r.add_get("/external/api/get", get)
+    r.add_get("/external/api/getAll", get_all)
+    r.add_get("/external/api/update", update)
+    r.add_get("/external/api/batch/update", batch_update)
+    r.add_post("/external/api/batch/update", batch_update)
+    r.add_get("/external/api/update/property", update_property)
+    r.add_get("/external/api/logEvent", log_event)
+    r.add_get("/external/api/isHardwareConnected", is_connected)
+    r.add_get("/external/api/data/get", data_get)
+    r.add_get("/external/api/device/meta", meta_get)
+    r.add_get("/external/api/device/meta/update", meta_update)
+
+
+def _history(server: BlynkServer, dev: DeviceState, q: MultiDictProxy) -> dict:
+    """``data/get`` with ``output=JSON``: raw points or buckets aggregated by ``sourceType``."""
+    period = q.get("period", "MONTH")
+    if period not in PERIODS_MS:
+        raise ApiError(f"No enum constant Period.{period}", 500)
+    granularity = q.get("granularityType", "RAW_DATA")
+    source = q.get("sourceType", "AVG")
+    fmt = q.get("format", "TS")
+    if granularity not in GRANULARITY_MS or source not in SOURCE_TYPES or fmt not in FORMATS:
+        raise ApiError("Request with incorrect parameters")
+    if granularity == "RAW_DATA" and period == "THREE_MONTHS":
+        raise ApiError("Request with incorrect parameters")
+    try:
+        tz = ZoneInfo(q.get("tzName", "UTC"))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ApiError("Request with incorrect parameters") from None
+    if q.get("output", "FILE") != "JSON":
+        raise ApiError("Only output=JSON is supported by this server.")
+    if "pin" not in q and "dataStreamId" not in q:
+        raise ApiError("Request with incorrect parameters")
+    pin = _pin_param(q)
+    until = now_ms()
+    points = server.domain.store.history(dev.id, pin.key, until - PERIODS_MS[period], until)
+    if not points:
+        raise ApiError("No data", 500)
+    ds = dev.template.datastreams.get(pin.key)
+    step = GRANULARITY_MS[granularity]
+    if step == 0:
+        rows = [(ts, typed_value(ds, v)) for ts, v in points]
+        value_type = "Float64" if ds is not None and ds.type in ("int", "double", "enum") else "String"
+    else:
+        rows = _aggregate(points, step, source, tz)
+        value_type = "Float64"
+
+    def when(ts: int) -> object:
+        if fmt == "TS":
+            return ts
+        dt = datetime.fromtimestamp(ts / 1000, timezone.utc).astimezone(tz)
+        return dt.strftime("%m/%d/%Y %H:%M:%S") if fmt == "ISO_US" else dt.isoformat(timespec="milliseconds")
+
+    data = [{"ts": when(ts), "value": value} for ts, value in rows]
+    ts_type = "UInt64" if fmt == "TS" else "String"
+    return {
+        "meta": [{"name": "ts", "type": ts_type}, {"name": "value", "type": value_type}],
+        "data": data,
+        "rows": len(data),
+        "rows_before_limit_at_least": len(data),
+    }
+
+
+def _aggregate(points: list[tuple[int, bytes]], step: int, source: str, tz: ZoneInfo) -> list[tuple[int, float]]:
+    """Bucket numeric points by ``step`` (aligned to the time zone's midnight for daily buckets)."""
+    buckets: dict[int, list[float]] = {}
+    for ts, raw in points:
+        try:
+            x = float(raw.split(SEP, 1)[0])
+        except ValueError:
+            continue
+        if not math.isfinite(x):
+            continue
+        offset = 0
+        if step >= 3600_000:
+            utcoffset = datetime.fromtimestamp(ts / 1000, tz).utcoffset()
+            offset = int(utcoffset.total_seconds() * 1000) if utcoffset else 0
+        start = (ts + offset) // step * step - offset
+        buckets.setdefault(start, []).append(x)
+    out = []
+    for start in sorted(buckets):
+        xs = buckets[start]
+        if source == "AVG":
+            value = sum(xs) / len(xs)
+        elif source == "MIN":
+            value = min(xs)
+        elif source == "MAX":
+            value = max(xs)
+        elif source == "SUM":
+            value = sum(xs)
+        else:
+            value = float(len(xs))
+        out.append((start, value))
+    return out
+
+
+__all__ = ["add_routes", "json_error"]

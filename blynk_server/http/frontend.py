@@ -1,0 +1,92 @@
+"""Wiring of the HTTP side: the device-port aiohttp app (reached by hand-off from the hardware
+listener), the metrics registry and the event-loop lag probe.
+
+The device app has no listening socket of its own: ``AppRunner.server`` is aiohttp's low-level
+``web_server.Server``, a protocol factory; the hardware listener sniffs the first bytes of a
+connection and, for HTTP, swaps that protocol in on the same transport (``http_handoff``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from blynk_server.http import device_api, legacy_api, websocket
+from blynk_server.http.common import ApiError, Handler, json_error, metrics_middleware
+from blynk_server.metrics import HttpStats, LoopLag, build_registry
+
+if TYPE_CHECKING:
+    from blynk_server.app import BlynkServer
+
+log = logging.getLogger(__name__)
+DEVICE_APP_MAX_BODY = 4 * 1024 * 1024  # a 10,000-point batch fits with room to spare
+
+
+@web.middleware
+async def device_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """``ApiError`` → JSON for ``/external/api``, text/plain for the legacy paths; both carry CORS ``*``."""
+    external = request.path.startswith("/external/")
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        if external:
+            response = json_error(exc.message, exc.status)
+        else:
+            response = web.Response(text=exc.message, status=exc.status)
+        log.info("http error path=%s status=%d message=%s", request.path, exc.status, exc.message)
+    except web.HTTPException as exc:
+        if exc.status >= 400 and external:
+            response = json_error(exc.reason, exc.status)
+        else:
+            raise
+    except Exception as exc:
+        log.exception("http handler failed path=%s", request.path)
+        response = json_error(str(exc), 500) if external else web.Response(text=str(exc), status=500)
+    if not response.prepared:
+        response.headers.setdefault("Access-Control-Allow-Origin", "*")
+    return response
+
+
+def build_device_app(server: BlynkServer, stats: HttpStats) -> web.Application:
+    app = web.Application(
+        middlewares=[metrics_middleware(stats, "device"), device_errors], client_max_size=DEVICE_APP_MAX_BODY
+    )
+    websocket.add_routes(app, server)
+    device_api.add_routes(app, server)
+    try:
+        from blynk_server.ota.http import add_device_routes
+    except ImportError:
+        log.debug("no OTA module: firmware download routes not added")
+    else:
+        add_device_routes(app, server)
+    legacy_api.add_routes(app, server)  # last: its /{token}/... patterns must not shadow the others
+    return app
+
+
+class HttpFrontend:
+    """Starts and stops the device HTTP app, metrics and the loop-lag probe, for ``BlynkServer``."""
+
+    def __init__(self, server: BlynkServer) -> None:
+        self.server = server
+        self.stats = HttpStats()
+        self.lag = LoopLag()
+        self.registry = build_registry(server, self.stats, self.lag)
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(build_device_app(self.server, self.stats), access_log=None)
+        await self._runner.setup()
+        assert self.server.hardware is not None
+        self.server.hardware.http_handoff = self._runner.server
+        self.lag.start(asyncio.get_running_loop())
+
+    async def stop(self) -> None:
+        self.lag.stop()
+        if self.server.hardware is not None:
+            self.server.hardware.http_handoff = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

@@ -1,0 +1,127 @@
+"""The legacy blynk-server token API, ``/{token}/...`` (reference protocol.md §10.1).
+
+Errors are ``text/plain`` with the legacy messages (the device app's error middleware renders
+``ApiError`` as plain text for these paths). Only the device-facing calls are served: the app-only
+ones (notify, email, qr, project, rtc, data export) have no equivalent here and answer 404.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from blynk_server.domain import DeviceState, InvalidValue
+from blynk_server.http.common import ApiError, parse_pin_name
+from protocol.body import SEP, Pin
+
+if TYPE_CHECKING:
+    from blynk_server.app import BlynkServer
+
+JSON_UTF8 = "application/json"
+
+
+def _json(value: object) -> web.Response:
+    return web.Response(text=json.dumps(value), content_type=JSON_UTF8, charset="utf-8")
+
+
+def add_routes(app: web.Application, server: BlynkServer) -> None:
+    domain = server.domain
+    assert domain is not None
+
+    def device(request: web.Request) -> DeviceState:
+        token = request.match_info.get("token", "")
+        if not token:
+            raise ApiError("No token provided.")
+        dev = domain.device_by_token(token)
+        if dev is None:
+            raise ApiError("Invalid token.")
+        return dev
+
+    def pin(request: web.Request) -> Pin:
+        p = parse_pin_name(request.match_info["pin"])
+        if p is None:
+            raise ApiError("Wrong pin format.")
+        return p
+
+    def write(dev: DeviceState, p: Pin, values: list[str], ts: int | None = None) -> None:
+        try:
+            domain.write_pin(dev, p, SEP.join(v.encode() for v in values), ts, deliver=True)
+        except InvalidValue as exc:
+            raise ApiError(str(exc)) from None
+
+    async def json_body(request: web.Request) -> object:
+        if request.content_type != "application/json":
+            raise ApiError("Unexpected content type. Expecting application/json.", 500)
+        try:
+            return json.loads(await request.read())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(str(exc), 500) from None
+
+    async def get_pin(request: web.Request) -> web.Response:
+        dev = device(request)
+        p = pin(request)
+        value = domain.read_pin(dev, p.key)
+        if value is None:
+            raise ApiError("Requested pin doesn't exist in the app.")
+        return _json([v.decode("utf-8", "replace") for v in value.split(SEP)])
+
+    async def update_get(request: web.Request) -> web.Response:
+        dev = device(request)
+        p = pin(request)
+        q = request.query
+        if "value" in q:
+            write(dev, p, q.getall("value"))
+            return web.Response()
+        names = list(dict.fromkeys(q.keys()))
+        if not names:
+            raise ApiError("Wrong request format.")
+        for name in names:
+            domain.set_property(dev, [p], name, [v.encode() for v in q.getall(name)])
+        return web.Response()
+
+    async def update_put(request: web.Request) -> web.Response:
+        dev = device(request)
+        p = pin(request)
+        body = await json_body(request)
+        if not isinstance(body, list) or not body:
+            raise ApiError("No pin for update provided.")
+        write(dev, p, [str(v) for v in body])
+        return web.Response()
+
+    async def extra_put(request: web.Request) -> web.Response:
+        dev = device(request)
+        p = pin(request)
+        body = await json_body(request)
+        if not isinstance(body, list) or not body:
+            raise ApiError("No pin for update provided.")
+        points = []
+        for item in body:
+            if not isinstance(item, dict) or "value" not in item or not isinstance(item.get("timestamp"), int):
+                raise ApiError("Wrong request format.")
+            points.append((item["timestamp"], str(item["value"]).encode()))
+        try:
+            # Every point goes to history; the first one becomes the current value and reaches the device.
+            domain.write_history(dev, p, points[1:])
+        except InvalidValue as exc:
+            raise ApiError(str(exc)) from None
+        write(dev, p, [points[0][1].decode()], points[0][0])
+        return web.Response()
+
+    async def is_hw_connected(request: web.Request) -> web.Response:
+        dev = device(request)
+        return _json(server.hub.is_online(dev.id))
+
+    async def is_app_connected(request: web.Request) -> web.Response:
+        device(request)
+        return _json(False)  # no mobile-app connections on this server
+
+    r = app.router
+    r.add_get("/{token}/get/{pin}", get_pin)
+    r.add_get("/{token}/update/{pin}", update_get)
+    r.add_put("/{token}/update/{pin}", update_put)
+    r.add_put("/{token}/pin/{pin}", update_put)
+    r.add_put("/{token}/extra/pin/{pin}", extra_put)
+    r.add_get("/{token}/isHardwareConnected", is_hw_connected)
+    r.add_get("/{token}/isAppConnected", is_app_connected)

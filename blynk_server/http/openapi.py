@@ -1,0 +1,243 @@
+"""OpenAPI 3 description of the admin API, served at ``/api/openapi.json`` (no key needed).
+
+Tests iterate its paths to check that every keyed route refuses a request without the key, so a new
+admin route belongs here too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+KEYED = [{"bearer": []}, {"apiKey": []}]
+OPEN: list = []
+
+_error = {"$ref": "#/components/responses/Error"}
+_unauth = {"$ref": "#/components/responses/Unauthorized"}
+
+
+def _op(
+    summary: str,
+    ok: dict | None = None,
+    *,
+    body: str | None = None,
+    public: bool = False,
+    params: list | None = None,
+    errors: tuple[str, ...] = ("400", "404"),
+) -> dict:
+    op: dict[str, Any] = {"summary": summary, "responses": {}}
+    op["responses"].update(ok or {"200": {"description": "OK"}})
+    for code in errors:
+        op["responses"][code] = _error
+    if public:
+        op["security"] = OPEN
+    else:
+        op["responses"]["401"] = _unauth
+    if body:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"$ref": body}}}}
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def _json(schema: dict, code: str = "200", description: str = "OK") -> dict:
+    return {code: {"description": description, "content": {"application/json": {"schema": schema}}}}
+
+
+def _path(name: str, description: str = "") -> dict:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}, "description": description}
+
+
+TEMPLATE = {"$ref": "#/components/schemas/Template"}
+DEVICE = {"$ref": "#/components/schemas/Device"}
+DATASTREAM = {"$ref": "#/components/schemas/Datastream"}
+
+
+def spec() -> dict:
+    tid = _path("template_id")
+    did = _path("device_id", "numeric device id")
+    pin = _path("pin", "V1, d3, a0")
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "blynk-server admin API",
+            "version": "1",
+            "description": (
+                "Provisioning and inspection on the admin listener (127.0.0.1 by default). Every path needs "
+                "the API key (`Authorization: Bearer <key>` or `X-API-Key: <key>`; the key is printed at first "
+                "start and kept in `<data-dir>/admin-api-key`), except `/metrics`, `/api/health` and this "
+                "document. The device HTTP APIs (`/external/api/...`, legacy `/{token}/...`) live on the device "
+                "port and are authenticated by device token; there `dataStreamId=N` means virtual pin VN and "
+                "`metaFieldId` is the metadata field's name."
+            ),
+        },
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
+            "responses": {
+                "Error": {
+                    "description": "Error",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                },
+                "Unauthorized": {
+                    "description": "Missing or invalid API key",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                },
+            },
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "properties": {"error": {"type": "object", "properties": {"message": {"type": "string"}}}},
+                },
+                "Datastream": {
+                    "type": "object",
+                    "properties": {
+                        "pin": {"type": "string", "example": "V1"},
+                        "name": {"type": "string"},
+                        "type": {"type": "string", "enum": ["int", "double", "string", "enum", "location"]},
+                        "min": {"type": "number", "nullable": True},
+                        "max": {"type": "number", "nullable": True},
+                        "default": {"type": "string", "nullable": True},
+                        "enum_values": {"type": "array", "items": {"type": "integer"}},
+                        "history": {"type": "boolean"},
+                        "sync": {"type": "boolean"},
+                    },
+                },
+                "Template": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "name": {"type": "string"},
+                        "created_at": {"type": "integer"},
+                        "datastreams": {"type": "array", "items": DATASTREAM},
+                    },
+                },
+                "NewDevice": {
+                    "type": "object",
+                    "required": ["template_id"],
+                    "properties": {
+                        "template_id": {"type": "string"},
+                        "name": {"type": "string"},
+                        "token": {"type": "string", "description": "optional; generated when absent"},
+                    },
+                },
+                "Device": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "token": {"type": "string"},
+                        "name": {"type": "string"},
+                        "template_id": {"type": "string"},
+                        "created_at": {"type": "integer"},
+                        "last_seen": {"type": "integer", "nullable": True},
+                        "online": {"type": "boolean"},
+                        "info": {"type": "object", "nullable": True},
+                        "timezone": {"type": "string", "nullable": True},
+                    },
+                },
+                "Value": {
+                    "type": "object",
+                    "properties": {
+                        "value": {
+                            "oneOf": [
+                                {"type": "string"},
+                                {"type": "number"},
+                                {"type": "array", "items": {"type": "string"}},
+                            ]
+                        }
+                    },
+                },
+                "MetaValue": {"type": "object", "properties": {"value": {"type": "string"}}},
+            },
+        },
+        "security": KEYED,
+        "paths": {
+            "/api/health": {"get": _op("Liveness and session count", public=True, errors=())},
+            "/metrics": {
+                "get": _op(
+                    "Prometheus metrics (text exposition format)",
+                    public=True,
+                    errors=(),
+                    ok={"200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+                )
+            },
+            "/api/openapi.json": {"get": _op("This document", public=True, errors=())},
+            "/api/templates": {
+                "get": _op("List templates", _json({"type": "array", "items": TEMPLATE}), errors=()),
+                "post": _op(
+                    "Create a template (id generated when absent)",
+                    _json(TEMPLATE, "201", "Created"),
+                    body="#/components/schemas/Template",
+                    errors=("400", "409"),
+                ),
+            },
+            "/api/templates/{template_id}": {
+                "get": _op("Show a template", _json(TEMPLATE), params=[tid]),
+                "delete": _op(
+                    "Delete a template without devices",
+                    {"204": {"description": "Deleted"}},
+                    params=[tid],
+                    errors=("404", "409"),
+                ),
+            },
+            "/api/templates/{template_id}/datastreams/{pin}": {
+                "put": _op(
+                    "Create or replace a datastream",
+                    _json(DATASTREAM),
+                    body="#/components/schemas/Datastream",
+                    params=[tid, pin],
+                ),
+                "delete": _op("Delete a datastream", {"204": {"description": "Deleted"}}, params=[tid, pin]),
+            },
+            "/api/devices": {
+                "get": _op(
+                    "List devices with online state and last_seen",
+                    _json({"type": "array", "items": DEVICE}),
+                    params=[{"name": "template_id", "in": "query", "schema": {"type": "string"}}],
+                    errors=(),
+                ),
+                "post": _op(
+                    "Create a device (token generated when absent)",
+                    _json(DEVICE, "201", "Created"),
+                    body="#/components/schemas/NewDevice",
+                    errors=("400", "404", "409"),
+                ),
+            },
+            "/api/devices/{device_id}": {
+                "get": _op("Show a device", _json(DEVICE), params=[did]),
+                "delete": _op(
+                    "Delete a device and close its live session", {"204": {"description": "Deleted"}}, params=[did]
+                ),
+            },
+            "/api/devices/{device_id}/values": {
+                "get": _op("Latest pin values: {pin: {value, ts}}", _json({"type": "object"}), params=[did]),
+            },
+            "/api/devices/{device_id}/values/{pin}": {
+                "put": _op(
+                    "Write a pin value (stored, and sent to the device when online)",
+                    _json({"type": "object"}),
+                    body="#/components/schemas/Value",
+                    params=[did, pin],
+                ),
+            },
+            "/api/devices/{device_id}/events": {
+                "get": _op(
+                    "Event timeline, newest first",
+                    _json({"type": "array", "items": {"type": "object"}}),
+                    params=[did, {"name": "limit", "in": "query", "schema": {"type": "integer"}}],
+                ),
+            },
+            "/api/devices/{device_id}/meta": {
+                "get": _op("Metadata fields", _json({"type": "object"}), params=[did]),
+            },
+            "/api/devices/{device_id}/meta/{name}": {
+                "put": _op(
+                    "Set a metadata field",
+                    _json({"type": "object"}),
+                    body="#/components/schemas/MetaValue",
+                    params=[did, _path("name")],
+                ),
+            },
+        },
+    }

@@ -1,0 +1,212 @@
+"""Prometheus metrics, built at scrape time from the plain counters the hot path bumps.
+
+Sessions, the domain, the store and the HTTP middleware only increment integers on plain objects
+(``HardwareStats``, ``DomainStats``, ``FlushStats``, ``HttpStats``); ``BlynkCollector`` reads them when
+Prometheus scrapes, on a registry of its own, so a device message never touches a lock or a label
+lookup of prometheus-client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+from prometheus_client.registry import Collector
+
+from protocol import Command
+
+if TYPE_CHECKING:
+    from blynk_server.app import BlynkServer
+
+log = logging.getLogger(__name__)
+
+COMMAND_NAMES = {int(c): c.name.lower() for c in Command}
+HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class HttpStats:
+    """Requests by (app, route, method, status) and a latency histogram by (app, route): plain numbers."""
+
+    __slots__ = ("requests", "latency")
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, str, int], int] = {}
+        # (app, route) -> [bucket counts (non-cumulative, last = +Inf), sum of seconds]
+        self.latency: dict[tuple[str, str], list] = {}
+
+    def observe(self, app: str, route: str, method: str, status: int, seconds: float) -> None:
+        key = (app, route, method, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        entry = self.latency.get((app, route))
+        if entry is None:
+            entry = self.latency[(app, route)] = [[0] * (len(HTTP_BUCKETS) + 1), 0.0]
+        entry[0][bisect.bisect_left(HTTP_BUCKETS, seconds)] += 1
+        entry[1] += seconds
+
+
+class LoopLag:
+    """Measures event-loop lag: how late a ``call_later`` callback runs. A blocked loop shows here first."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval = interval
+        self.last = 0.0
+        self.max = 0.0
+        self.total = 0.0
+        self.samples = 0
+        self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._due = 0.0
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._schedule()
+
+    def _schedule(self) -> None:
+        assert self._loop is not None
+        self._due = self._loop.time() + self.interval
+        self._handle = self._loop.call_at(self._due, self._tick)
+
+    def _tick(self) -> None:
+        assert self._loop is not None
+        lag = max(0.0, self._loop.time() - self._due)
+        self.last = lag
+        self.max = max(self.max, lag)
+        self.total += lag
+        self.samples += 1
+        self._schedule()
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
+class BlynkCollector(Collector):
+    """Reads the server's counters at scrape time."""
+
+    def __init__(self, server: BlynkServer, http: HttpStats, lag: LoopLag) -> None:
+        self.server = server
+        self.http = http
+        self.lag = lag
+
+    def collect(self) -> Iterator[Metric]:
+        server = self.server
+        yield GaugeMetricFamily("blynk_sessions_online", "Devices with a live session", value=len(server.hub))
+        hw = server.hardware
+        if hw is not None:
+            yield from _hardware(hw.stats, len(hw.sessions))
+        if server.domain is not None:
+            d = server.domain.stats
+            yield CounterMetricFamily("blynk_pin_writes", "Pin values stored", value=d.writes)
+            yield CounterMetricFamily(
+                "blynk_pin_writes_invalid", "Pin writes rejected by a datastream", value=d.invalid_writes
+            )
+            yield CounterMetricFamily("blynk_events_logged", "Events logged", value=d.events)
+            yield CounterMetricFamily("blynk_events_rejected", "Events rejected (limits)", value=d.events_rejected)
+            yield CounterMetricFamily(
+                "blynk_http_writes_delivered",
+                "HTTP/admin pin writes delivered to a live device",
+                value=d.http_writes_delivered,
+            )
+        if server.store is not None:
+            yield from _store(server.store)
+        yield from _http(self.http)
+        yield GaugeMetricFamily(
+            "blynk_event_loop_lag_seconds", "Lateness of the last periodic timer", value=self.lag.last
+        )
+        yield GaugeMetricFamily(
+            "blynk_event_loop_lag_max_seconds", "Largest timer lateness since start", value=self.lag.max
+        )
+
+
+def _hardware(s, sessions: int) -> Iterator[Metric]:
+    yield GaugeMetricFamily("blynk_connections_open", "Open device connections (logged in or not)", value=sessions)
+    yield CounterMetricFamily("blynk_connections", "Device connections accepted", value=s.connections)
+    logins = CounterMetricFamily("blynk_logins", "Login attempts by result", labels=["result"])
+    for result, n in s.logins.items():
+        logins.add_metric([result], n)
+    yield logins
+    for name, counts, doc in (
+        ("blynk_messages_in", s.messages_in, "Frames received from devices by command"),
+        ("blynk_messages_out", s.messages_out, "Frames sent to devices by command"),
+    ):
+        family = CounterMetricFamily(name, doc, labels=["command"])
+        for code, n in enumerate(counts):
+            if n:
+                family.add_metric([COMMAND_NAMES.get(code, str(code))], n)
+        yield family
+    yield CounterMetricFamily("blynk_received_bytes", "Bytes received on device connections", value=s.bytes_in)
+    yield CounterMetricFamily("blynk_sent_bytes", "Bytes sent on device connections", value=s.bytes_out)
+    yield CounterMetricFamily("blynk_flood_pauses", "Times flood control paused reading a device", value=s.flood_pauses)
+    yield CounterMetricFamily("blynk_quota_limit_sent", "QUOTA_LIMIT responses sent", value=s.quota_sent)
+    yield CounterMetricFamily(
+        "blynk_dropped_oversize_frames",
+        "Server frames dropped for exceeding the device's buff-in",
+        value=s.dropped_oversize,
+    )
+    yield CounterMetricFamily(
+        "blynk_oversize_frames_received",
+        "Device frames over the size limit (connection closed)",
+        value=s.oversize_frames_in,
+    )
+    yield CounterMetricFamily("blynk_idle_timeouts", "Sessions closed for read idleness", value=s.idle_timeouts)
+    yield CounterMetricFamily("blynk_sessions_replaced", "Sessions replaced by a newer login", value=s.replaced)
+
+
+def _store(store) -> Iterator[Metric]:
+    f = store.stats
+    yield GaugeMetricFamily(
+        "blynk_store_pending_rows", "Write-behind queue depth (rows not yet flushed)", value=store.pending()
+    )
+    yield SummaryMetricFamily(
+        "blynk_store_flush_rows", "Rows per write-behind flush batch", count_value=f.batches, sum_value=f.rows
+    )
+    yield SummaryMetricFamily(
+        "blynk_store_flush_duration_seconds",
+        "Write-behind flush latency",
+        count_value=f.batches,
+        sum_value=f.seconds_total,
+    )
+    yield GaugeMetricFamily("blynk_store_last_flush_rows", "Rows in the last flush", value=f.last_batch_rows)
+    yield GaugeMetricFamily("blynk_store_last_flush_seconds", "Duration of the last flush", value=f.last_seconds)
+    yield CounterMetricFamily("blynk_store_flush_errors", "Failed flushes", value=f.errors)
+
+
+def _http(h: HttpStats) -> Iterator[Metric]:
+    requests = CounterMetricFamily(
+        "blynk_http_requests", "HTTP requests by app, route and status", labels=["app", "route", "method", "status"]
+    )
+    for (app, route, method, status), n in list(h.requests.items()):
+        requests.add_metric([app, route, method, str(status)], n)
+    yield requests
+    latency = HistogramMetricFamily(
+        "blynk_http_request_duration_seconds", "HTTP request latency by route", labels=["app", "route"]
+    )
+    for (app, route), (counts, total) in list(h.latency.items()):
+        cumulative, buckets = 0, []
+        for bound, n in zip((*HTTP_BUCKETS, float("inf")), counts, strict=True):
+            cumulative += n
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        latency.add_metric([app, route], buckets, total)
+    yield latency
+
+
+def build_registry(server: BlynkServer, http: HttpStats, lag: LoopLag) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(BlynkCollector(server, http, lag))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
