@@ -1,0 +1,1 @@
+"""Benchmarks: the load harness (benchmarks.harness) and micro-benchmarks; not an installed package."""

@@ -1,0 +1,379 @@
+"""The scenarios: one orchestrator per workload, run against blynk-server and the MQTT peers alike.
+
+The orchestrator starts the target, spreads simulated devices over worker processes, runs the
+timed window while sampling the server's processed counter and its CPU/RSS from ``/proc``, then
+waits for a quiet period so ``sent == processed`` can be checked. Every loop here is bounded in
+count and time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from benchmarks.harness.engine import worker_main
+from benchmarks.harness.targets import (
+    AmqttTarget,
+    BlynkTarget,
+    MosquittoTarget,
+    Target,
+    make_workdir,
+    proc_cpu_seconds,
+    proc_rss,
+)
+
+_POOL = ThreadPoolExecutor(max_workers=64)  # blocking Pipe.recv() calls, one per worker
+
+
+def pct(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+
+
+def ms(x: float | None) -> float | None:
+    return None if x is None else round(x * 1000, 3)
+
+
+def split(items: list, parts: int) -> list[list]:
+    parts = max(1, min(parts, len(items) or 1))
+    return [items[i::parts] for i in range(parts)]
+
+
+class Workers:
+    """Worker processes (spawned: never fork a running event loop) and their pipes."""
+
+    def __init__(self, specs: list[dict]) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.pipes = []
+        self.procs = []
+        for spec in specs:
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=worker_main, args=(child, spec), daemon=True)
+            proc.start()
+            self.pipes.append(parent)
+            self.procs.append(proc)
+
+    async def _recv(self, conn, timeout: float):
+        loop = asyncio.get_running_loop()
+        ok = await loop.run_in_executor(_POOL, conn.poll, timeout)
+        if not ok:
+            raise TimeoutError("worker did not answer")
+        return conn.recv()
+
+    async def gather(self, timeout: float = 120) -> list:
+        return list(await asyncio.gather(*(self._recv(c, timeout) for c in self.pipes)))
+
+    async def run(self, duration: float) -> list[dict]:
+        for c in self.pipes:
+            c.send(("run", duration))
+        return await self.gather(duration + 60)
+
+    def cpu(self) -> float:
+        return sum(proc_cpu_seconds(p.pid) for p in self.procs if p.is_alive())
+
+    async def close(self) -> None:
+        for c in self.pipes:
+            try:
+                c.send(("close",))
+            except OSError:
+                pass
+        try:
+            await self.gather(30)
+        except (TimeoutError, EOFError, OSError):
+            pass
+        for p in self.procs:
+            p.join(5)
+            if p.is_alive():
+                p.kill()  # our own worker, by its handle
+                p.join(5)
+
+
+@dataclass
+class Sampler:
+    """Polls the target's processed counter about once a second during the window."""
+
+    target: Target
+    samples: list[tuple[float, float]] = field(default_factory=list)
+    sys_source: list | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(100_000):
+            if self.target.kind == "blynk":
+                value = await loop.run_in_executor(_POOL, self.target.processed)
+                self.samples.append((time.time(), value))
+            try:
+                await asyncio.wait_for(stop.wait(), 1.0)
+                return
+            except asyncio.TimeoutError:
+                pass
+
+    @staticmethod
+    def rate(samples: list[tuple[float, float]], t0: float, t1: float) -> float | None:
+        inside = [s for s in samples if t0 <= s[0] <= t1]
+        if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+            return None
+        return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
+
+
+async def _settle_blynk(target: BlynkTarget, expected: float, base: float, timeout: float = 15) -> float:
+    """Wait until the processed counter reaches ``expected`` or stops moving; returns the processed delta."""
+    loop = asyncio.get_running_loop()
+    deadline = time.monotonic() + timeout
+    last, still = -1.0, 0
+    while time.monotonic() < deadline:
+        value = await loop.run_in_executor(_POOL, target.processed) - base
+        if value >= expected:
+            return value
+        still = still + 1 if value == last else 0
+        if still >= 4:
+            return value
+        last = value
+        await asyncio.sleep(0.25)
+    return last
+
+
+async def _sys_value(workdir, target: MosquittoTarget, wait: float = 2.5) -> float | None:
+    """Read the broker's $SYS received-publish counter once (a short-lived subscriber)."""
+    w = Workers(
+        [
+            {
+                "kind": "mqtt",
+                "host": "127.0.0.1",
+                "port": target.port,
+                "ids": ["sysread"],
+                "mode": "sys",
+                "subscribe": target.sys_topic,
+                "drain": 0,
+            }
+        ]
+    )
+    try:
+        await w.gather(30)
+        res = await w.run(wait)
+    finally:
+        await w.close()
+    samples = res[0]["sys_samples"]
+    return samples[-1][2] if samples else None
+
+
+def _login_summary(conn: list[dict]) -> dict:
+    lat = [x for c in conn for x in c["login_lat"]]
+    return {
+        "logged_in": sum(c["logged_in"] for c in conn),
+        "login_errors": sum(c["errors"] for c in conn),
+        "login_error_samples": [e for c in conn for e in c["error_samples"]][:3],
+        "login_p50_ms": ms(pct(lat, 50)),
+        "login_p99_ms": ms(pct(lat, 99)),
+        "login_wall_s": round(max(c["t_all"] for c in conn) - min(c["t_connect"] for c in conn), 3),
+    }
+
+
+async def run_load(
+    target: Target,
+    *,
+    mode: str,
+    ids: list[str],
+    duration: float,
+    workers: int = 2,
+    batch: int = 32,
+    rate: float = 10.0,
+    probes: list[str] = (),
+    new_ids: list[str] = (),
+    command_ids: list[str] = (),
+    concurrency: int = 500,
+    connect_at: float | None = None,
+    probe_interval: float = 0.1,
+) -> dict:
+    """One timed run of ``mode`` over ``ids`` (plus quiet probes and fresh logins) against a started target."""
+    host, port, kind = "127.0.0.1", target.port, target.kind
+    specs = [
+        {
+            "kind": kind,
+            "host": host,
+            "port": port,
+            "ids": part,
+            "mode": mode,
+            "batch": batch,
+            "rate": rate,
+            "concurrency": concurrency,
+            "connect_at": connect_at,
+        }
+        for part in split(list(ids), workers)
+    ]
+    extra: list[dict] = []
+    if probes or new_ids:
+        extra.append(
+            {
+                "kind": kind,
+                "host": host,
+                "port": port,
+                "ids": list(probes),
+                "mode": "probe",
+                "new_ids": list(new_ids),
+                "interval": probe_interval,
+                "concurrency": 100,
+            }
+        )
+    if command_ids:
+        extra.append(
+            {
+                "kind": kind,
+                "host": host,
+                "port": port,
+                "ids": list(command_ids),
+                "mode": "command",
+                "interval": 0.02,
+                "concurrency": 50,
+            }
+        )
+    if kind == "mqtt":
+        extra.append(
+            {"kind": kind, "host": host, "port": port, "ids": ["sysmon"], "mode": "sys", "subscribe": target.sys_topic}
+        )
+    rss_empty = proc_rss(target.pid)
+    pool = Workers(specs + extra)
+    try:
+        conn = await pool.gather(300)
+        out: dict = {"target": target.name, "mode": mode, "devices": len(ids), **_login_summary(conn[: len(specs)])}
+        await asyncio.sleep(2.0 if len(ids) > 2000 else 0.5)  # let logins, info messages and GC settle
+        out["rss_empty_mb"] = round(rss_empty / 2**20, 1)
+        out["rss_loaded_mb"] = round(proc_rss(target.pid) / 2**20, 1)
+        if out["logged_in"]:
+            out["rss_per_session_kb"] = round((proc_rss(target.pid) - rss_empty) / out["logged_in"] / 1024, 3)
+        base = target.processed() if kind == "blynk" else None
+        sampler = Sampler(target)
+        stop = asyncio.Event()
+        sampling = asyncio.create_task(sampler.run(stop))
+        cpu0, hcpu0, t0 = proc_cpu_seconds(target.pid), pool.cpu(), time.time()
+        res = await pool.run(duration)
+        t1 = time.time()
+        cpu1, hcpu1 = proc_cpu_seconds(target.pid), pool.cpu()
+        stop.set()
+        await sampling
+        main = res[: len(specs)]
+        elapsed = max(r["elapsed"] for r in main) if main else duration
+        sent = sum(r["sent"] for r in main)
+        window = elapsed + (t1 - t0 - elapsed) * 0  # CPU is measured over the whole run() call
+        out.update(
+            {
+                "duration_s": round(elapsed, 2),
+                "sent": sent,
+                "sent_per_s": round(sent / elapsed),
+                "server_cpu_pct": round(100 * (cpu1 - cpu0) / (t1 - t0), 1),
+                "harness_cpu_pct": round(100 * (hcpu1 - hcpu0) / (t1 - t0), 1),
+                "rss_end_mb": round(proc_rss(target.pid) / 2**20, 1),
+                "dropped_connections": sum(r["dropped"] for r in res),
+                "alive": sum(r["alive"] for r in main),
+                "bad_status": {k: v for r in res for k, v in r["bad_status"].items()},
+            }
+        )
+        del window
+        if mode == "telemetry":
+            out["skipped_behind_schedule"] = sum(r["skipped"] for r in main)
+        if mode == "pingpong":
+            rtts = [x for r in main for x in r["rtts"]]
+            out["pongs_per_s"] = round(sum(len(r["rtts"]) for r in main) / elapsed)
+            out["rtt_p50_ms"], out["rtt_p99_ms"] = ms(pct(rtts, 50)), ms(pct(rtts, 99))
+        if extra and (probes or new_ids):
+            pr = res[len(specs)]
+            out["probe_pings"] = len(pr["rtts"])
+            out["probe_p50_ms"], out["probe_p99_ms"] = ms(pct(pr["rtts"], 50)), ms(pct(pr["rtts"], 99))
+            out["probe_max_ms"] = ms(max(pr["rtts"]) if pr["rtts"] else None)
+            out["new_logins"] = len(pr["new_login_lat"])
+            out["new_login_errors"] = pr["new_login_errors"]
+            out["new_login_p50_ms"] = ms(pct(pr["new_login_lat"], 50))
+            out["new_login_max_ms"] = ms(max(pr["new_login_lat"]) if pr["new_login_lat"] else None)
+        if command_ids:
+            cr = res[len(specs) + (1 if (probes or new_ids) else 0)]
+            out["commands_delivered"] = len(cr["cmd_lat"])
+            out["commands_sent"] = cr["sent"]
+            out["command_p50_ms"], out["command_p99_ms"] = ms(pct(cr["cmd_lat"], 50)), ms(pct(cr["cmd_lat"], 99))
+        # processed, from the server's own side
+        if kind == "blynk" and mode in ("flood", "telemetry"):
+            out["processed_per_s"] = _r(Sampler.rate(sampler.samples, t0 + 1, t0 + elapsed + 0.5))
+            out["processed_total"] = await _settle_blynk(target, sent, base)
+            out["sent_equals_processed"] = out["processed_total"] == sent
+            out["metrics_source"] = target.metrics_source
+        elif kind == "mqtt" and mode in ("flood", "telemetry"):
+            samples = [(t, v) for t, _, v in res[-1]["sys_samples"]]
+            out["processed_per_s"] = _r(Sampler.rate(samples, t0 + 1, t0 + elapsed + 0.5))
+            out["metrics_source"] = target.sys_topic
+        return out
+    finally:
+        await pool.close()
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x)
+
+
+def targets_for(peers: list[str], workdir) -> list[Target]:
+    out: list[Target] = [BlynkTarget(workdir / "blynk")]
+    for name in peers:
+        cls = {"mosquitto": MosquittoTarget, "amqtt": AmqttTarget}[name]
+        why = cls.available()
+        if why:
+            print(f"# skipping {name}: {why}")
+            continue
+        out.append(cls(workdir / name))
+    return out
+
+
+async def scenario(name: str, args) -> list[dict]:
+    """Run scenario ``name`` on blynk-server and each peer; returns one result dict per run."""
+    workdir = make_workdir()
+    results: list[dict] = []
+    for target in targets_for(args.peers, workdir):
+        runs = [("", args.message_rate)]
+        if name == "flood" and target.kind == "blynk" and not args.no_default_limit:
+            runs.append((" (default --message-rate 100)", None))
+        n_main = args.devices
+        n_probe = args.probes if name == "flood" else 0
+        n_new = int(args.duration / 0.25) + 10 if name == "flood" else 0
+        n_cmd = 20 if name == "command" else 0
+        for label, message_rate in runs:
+            ids = target.provision(n_main + n_probe + n_new + n_cmd)
+            main, probes = ids[:n_main], ids[n_main : n_main + n_probe]
+            new_ids = ids[n_main + n_probe : n_main + n_probe + n_new]
+            cmd_ids = ids[n_main + n_probe + n_new :]
+            target.start(message_rate=message_rate)
+            try:
+                if name == "command" and target.kind == "blynk" and not target.has_http_api():
+                    results.append(
+                        {
+                            "target": target.name,
+                            "mode": "command",
+                            "status": "pending: the device"
+                            " HTTP API (/external/api/update) is not served on the device port yet",
+                        }
+                    )
+                    continue
+                kw: dict = {"workers": args.workers, "duration": args.duration}
+                if name == "flood":
+                    res = await run_load(
+                        target, mode="flood", ids=main, probes=probes, new_ids=new_ids, batch=args.batch, **kw
+                    )
+                elif name in ("telemetry", "command"):
+                    res = await run_load(target, mode="telemetry", ids=main, rate=args.rate, command_ids=cmd_ids, **kw)
+                elif name == "pingpong":
+                    res = await run_load(target, mode="pingpong", ids=main, **kw)
+                elif name == "idle":
+                    res = await run_load(target, mode="idle", ids=main, concurrency=args.concurrency, **kw)
+                elif name == "loginstorm":
+                    res = await run_load(
+                        target, mode="idle", ids=main, concurrency=0, connect_at=time.time() + 4.0, **kw
+                    )
+                else:
+                    raise ValueError(name)
+                res["target"] = target.name + label
+                res["message_rate_flag"] = message_rate if target.kind == "blynk" else None
+                results.append(res)
+            finally:
+                target.stop()
+    return results

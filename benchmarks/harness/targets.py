@@ -1,0 +1,324 @@
+"""The servers under test: blynk-server, mosquitto and amqtt, each started by us on loopback.
+
+Each target knows how to provision client identities, start and stop its process (we end only the
+PID we started), report the process's CPU time and RSS from ``/proc``, and read its count of
+processed messages from its own side (Prometheus ``/metrics`` for blynk-server, ``$SYS`` for MQTT).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import re
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+READY = re.compile(r"blynk-server ready hardware=(\S+):(\d+) admin=(\S+):(\d+)")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _raise_nofile() -> None:  # runs in the child before exec
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_rss(pid: int) -> int:
+    """Resident set size in bytes, from /proc/<pid>/statm."""
+    with open(f"/proc/{pid}/statm") as fh:
+        return int(fh.read().split()[1]) * PAGE
+
+
+def _wait_port(port: int, timeout: float, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"port {port} did not open within {timeout}s")
+
+
+class Target:
+    """A server process under test."""
+
+    name = "?"
+    kind = "?"  # client protocol: "blynk" or "mqtt"
+    proc: subprocess.Popen | None = None
+    host = "127.0.0.1"
+    port = 0
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def provision(self, n: int) -> list[str]:
+        raise NotImplementedError
+
+    def start(self, **options) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """SIGTERM the process we started, then SIGKILL it if it does not go."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+    def processed(self) -> float | None:
+        """Messages the server has processed (writes/publishes); None when it reports them via $SYS."""
+        return None
+
+
+class BlynkTarget(Target):
+    name = "blynk-server"
+    kind = "blynk"
+    template = "TMPLbench01"
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.data_dir = workdir / "data"
+        self.admin_port = 0
+        self.lines: list[str] = []
+        self.metrics_source = "?"
+        self._created_template = False
+
+    def _cli(self, *args: str) -> str:
+        argv = [sys.executable, "-m", "blynk_server", *args, "--data-dir", str(self.data_dir)]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=self.workdir)
+        if out.returncode != 0:
+            raise RuntimeError(f"{argv} failed: {out.stderr}")
+        return out.stdout
+
+    def provision(self, n: int) -> list[str]:
+        """``n`` new devices with distinct tokens, imported in one CSV (fast for thousands)."""
+        if not self._created_template:
+            self._cli(
+                "template",
+                "create",
+                "--id",
+                self.template,
+                "--name",
+                "bench",
+                "--datastream",
+                "pin=V1,name=Value,type=double",
+            )
+            self._created_template = True
+        tokens = [secrets.token_hex(16) for _ in range(n)]
+        csv = self.workdir / f"devices-{secrets.token_hex(4)}.csv"
+        csv.write_text(
+            "token,name,template\n" + "".join(f"{t},bench{i},{self.template}\n" for i, t in enumerate(tokens))
+        )
+        self._cli("device", "import", str(csv))
+        return tokens
+
+    def start(self, message_rate: float | None = None, **_: object) -> None:
+        extra = ["--message-rate", str(message_rate)] if message_rate else []
+        has_metrics = importlib.util.find_spec("blynk_server.metrics") is not None
+        # Until blynk_server.metrics exists, a thin wrapper adds a JSON counter route to the admin app.
+        module = "blynk_server" if has_metrics else "benchmarks.harness._stats_server"
+        self.metrics_source = "/metrics" if has_metrics else "/bench/stats (fallback: no blynk_server.metrics yet)"
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(Path(__file__).resolve().parents[2]) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        }
+        self.stderr_path = self.workdir / "server-stderr.log"
+        with open(self.stderr_path, "ab") as err:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    module,
+                    "serve",
+                    "--data-dir",
+                    str(self.data_dir),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--admin-port",
+                    "0",
+                    "--log-level",
+                    "WARNING",
+                    *extra,
+                ],
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                cwd=self.workdir,
+                env=env,
+                preexec_fn=_raise_nofile,
+            )
+        ready = threading.Event()
+        self.lines = []
+
+        def pump() -> None:
+            assert self.proc is not None and self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self.lines.append(line.rstrip())
+                if READY.search(line):
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        ready.wait(30)
+        match = next((m for m in map(READY.search, self.lines) if m), None)
+        if match is None:
+            self.stop()
+            raise RuntimeError(f"blynk-server did not start: {self.lines} {self.stderr_path.read_text()[-2000:]}")
+        self.port, self.admin_port = int(match.group(2)), int(match.group(4))
+
+    def _get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=10) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, ""
+
+    def counters(self) -> dict[str, float]:
+        """Messages received by command name, from the server's own counters."""
+        if self.metrics_source == "/metrics":
+            status, text = self._get("/metrics")
+            out: dict[str, float] = {}
+            # blynk_messages_in_total{command="hardware"} (frames received from devices, by command)
+            pattern = r'^blynk_messages_(?:in|received)_total\{[^}]*command="(\w+)"[^}]*\}\s+(\S+)'
+            for m in re.finditer(pattern, text, re.M):
+                key = m.group(1).upper()
+                out[key] = out.get(key, 0.0) + float(m.group(2))
+            return out
+        import json
+
+        status, text = self._get("/bench/stats")
+        return json.loads(text) if status == 200 else {}
+
+    def processed(self) -> float:
+        return self.counters().get("HARDWARE", 0.0)
+
+    def has_http_api(self) -> bool:
+        """Is the device HTTP API there (a 404 for an unknown token is 'there'; a closed socket is not)?"""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=3) as s:
+                s.sendall(b"GET /external/api/isHardwareConnected?token=x HTTP/1.1\r\nHost: x\r\n\r\n")
+                s.settimeout(3)
+                data = s.recv(100)
+            return data.startswith(b"HTTP/1.")
+        except OSError:
+            return False
+
+
+class MosquittoTarget(Target):
+    name = "mosquitto"
+    kind = "mqtt"
+    sys_topic = "$SYS/broker/publish/messages/received"
+
+    @staticmethod
+    def available() -> str | None:
+        """None when usable; otherwise why not."""
+        return None if MosquittoTarget.binary() else "mosquitto is not installed (apt-get install mosquitto)"
+
+    @staticmethod
+    def binary() -> str | None:
+        return shutil.which("mosquitto") or next(
+            (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(p)), None
+        )
+
+    def provision(self, n: int) -> list[str]:
+        return [f"c{secrets.token_hex(8)}" for _ in range(n)]
+
+    def start(self, **_: object) -> None:
+        self.port = free_port()
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(
+            f"per_listener_settings false\nlistener {self.port} 127.0.0.1\nmax_connections -1\n"
+            "allow_anonymous true\npersistence false\nsys_interval 1\nlog_dest stderr\n"
+            "log_type error\nlog_type warning\n"
+        )
+        with open(self.workdir / "mosquitto.log", "ab") as err:
+            self.proc = subprocess.Popen(
+                [self.binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=err, preexec_fn=_raise_nofile
+            )
+        _wait_port(self.port, 10, self.proc)
+
+    def version(self) -> str:
+        out = subprocess.run([self.binary(), "-h"], capture_output=True, text=True)
+        return (out.stdout + out.stderr).splitlines()[0] if out.stdout or out.stderr else "?"
+
+
+class AmqttTarget(MosquittoTarget):
+    name = "amqtt"
+    sys_topic = "$SYS/broker/messages/publish/received"
+
+    @staticmethod
+    def available() -> str | None:
+        if importlib.util.find_spec("amqtt") is None:
+            return "amqtt is not installed (pip install amqtt)"
+        return None
+
+    def start(self, **_: object) -> None:
+        self.port = free_port()
+        conf = self.workdir / "amqtt.yaml"
+        conf.write_text(
+            "listeners:\n  default:\n    type: tcp\n"
+            f"    bind: 127.0.0.1:{self.port}\n    max_connections: -1\n"
+            "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n"
+            "  amqtt.plugins.sys.broker.BrokerSysPlugin:\n    sys_interval: 1\n"
+        )
+        with open(self.workdir / "amqtt.log", "ab") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", "from amqtt.scripts.broker_script import main; main()", "-c", str(conf)],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                preexec_fn=_raise_nofile,
+            )
+        _wait_port(self.port, 20, self.proc)
+
+    def version(self) -> str:
+        from importlib.metadata import version
+
+        return f"amqtt {version('amqtt')}"
+
+
+def make_workdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="blynk-bench-"))
+
+
+def cleanup(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        shutil.rmtree(path)
