@@ -317,9 +317,12 @@ class NodeClient:
         self.proc.stdin.write(json.dumps(command) + "\n")
         self.proc.stdin.flush()
 
-    def wait(self, predicate: Callable[[dict], bool], timeout: float = 5.0, what: str = "event") -> dict:
+    def wait(
+        self, predicate: Callable[[dict], bool], timeout: float = 5.0, what: str = "event", start: int = 0
+    ) -> dict:
+        """The first event from index ``start`` on that matches ``predicate``."""
         deadline = time.monotonic() + timeout
-        seen = 0
+        seen = start
         with self._lock:
             while True:
                 for event in self.events[seen:]:
