@@ -41,6 +41,7 @@ class BlynkServer:
         self.domain: Domain | None = None
         self.hardware: HardwareServer | None = None
         self.http: HttpFrontend | None = None
+        self.ota = None  # OtaService, built in start() once the domain exists
         self._admin_runner: web.AppRunner | None = None
         self.admin_address: tuple[str, int] | None = None
         self.api_key: str = ""
@@ -105,6 +106,10 @@ class BlynkServer:
         self.http = HttpFrontend(self)
         await self.http.start()  # before the listener, so the first HTTP connection finds the app
         await self.hardware.start()
+        from blynk_server.ota.service import OtaService
+
+        self.ota = OtaService(self)
+        self.ota.start()
         self._print_quickstart()
         self._admin_runner = web.AppRunner(build_admin_app(self), access_log=None)
         await self._admin_runner.setup()
@@ -121,6 +126,8 @@ class BlynkServer:
             await self.hardware.stop()
         if self.http is not None:
             await self.http.stop()
+        if self.ota is not None:
+            await self.ota.stop()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
         if self.store is not None:

@@ -37,6 +37,10 @@ class Settings:
     default_buff_in: int = 250  # assumed device buffer before the info message (legacy default)
     info_grace: float = 2.0  # seconds to hold pushes while waiting for the info message
     log_level: str = "INFO"
+    # OTA: a download with no progress for this long fails ("Upload failure").
+    ota_stall_timeout: float = 10.0
+    ota_poll_interval: float = 0.5  # seconds between checks for shipment changes made by the CLI
+    ota_request_timeout: float = 300.0  # seconds a sent ota command holds an in-flight slot without a download
 
     @property
     def heartbeat_timeout_default(self) -> int:

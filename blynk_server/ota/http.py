@@ -1,0 +1,323 @@
+"""OTA over HTTP: the firmware download on the device port, and the admin API.
+
+Download: ``GET /static/fw_<shipment>_<sha256 prefix>.bin?token=<device token>[&mobile=1]``. The
+``mobile=1`` variant is the phone fetching the image on the device's behalf (Blynk's "uploaded to
+mobile"): the same bytes and headers, but the delivered status is *Firmware uploaded to mobile*.
+
+The response is what Edgent clients check (reference ota.md §1.4, §7): 200 (206 for a Range), an
+exact Content-Length, identity encoding, ``x-MD5`` (hex), ``x-sha256`` (base64), ``x-fw-type``,
+``x-fw-ver``, ``x-fw-build``. Bytes go out in small chunks paced per device (``rate`` bytes/s) and only
+while the socket drains; a download that makes no progress for ``ota_stall_timeout`` seconds fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from blynk_server.ota import shipments as ships
+from blynk_server.ota import status as st
+from blynk_server.ota.registry import FirmwareError, register, sha256_b64
+
+if TYPE_CHECKING:
+    from blynk_server.app import BlynkServer
+    from blynk_server.ota.service import OtaService
+
+log = logging.getLogger(__name__)
+
+FW_PATH = re.compile(r"^fw_(\d+)_([0-9a-f]{6,64})\.bin$")
+RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+MAX_CHUNK = 16384
+TICK = 0.05  # seconds of the rate per chunk: small chunks keep the gaps between bytes short
+
+
+def _error(message: str, status: int) -> web.Response:
+    return web.json_response({"error": {"message": message}}, status=status)
+
+
+def _service(server: BlynkServer) -> OtaService | None:
+    return getattr(server, "ota", None)
+
+
+def add_device_routes(app: web.Application, server: BlynkServer) -> None:
+    """Mount the firmware download on the device-port HTTP app."""
+
+    async def download(request: web.Request) -> web.StreamResponse:
+        ota = _service(server)
+        if ota is None:
+            return _error("OTA is not running.", 503)
+        return await _download(ota, request)
+
+    app.router.add_get("/static/{name}", download)
+
+
+async def _download(ota: OtaService, request: web.Request) -> web.StreamResponse:
+    m = FW_PATH.match(request.match_info["name"])
+    if m is None:
+        return _error("Not found.", 404)
+    token = request.query.get("token", "")
+    dev = ota.server.domain.device_by_token(token) if token else None
+    if dev is None:
+        return _error("Invalid token.", 403)
+    sid = int(m.group(1))
+    ship = ota.shipments.get(sid)
+    fw = ota.firmware.get(ship.firmware_id) if ship is not None else None
+    if ship is None or fw is None or not fw.sha256.startswith(m.group(2)):
+        return _error("No such firmware shipment, or it is no longer active.", 404)
+    if ship.state != st.LIVE:
+        return _error(f"The shipment is {ship.state}.", 409)
+    if not ota.is_target(ship, dev.id):
+        return _error("This device is not a target of the shipment.", 403)
+    e = ota.entry(sid, dev.id, create=True)
+    if e.status in (st.TYPE_MISMATCH, st.SUCCESS):
+        return _error(f"No update for this device: {e.status}.", 409)
+    mobile = request.query.get("mobile") in ("1", "true", "yes")
+    size = fw.size
+    start, end = 0, size - 1
+    rng = request.headers.get("Range")
+    if rng:
+        rm = RANGE.match(rng.strip())
+        if rm is None or (rm.group(1) == "" and rm.group(2) == ""):
+            return _error("Unsupported Range.", 416)
+        if rm.group(1) == "":
+            start = max(0, size - int(rm.group(2)))
+        else:
+            start = int(rm.group(1))
+            if rm.group(2):
+                end = min(size - 1, int(rm.group(2)))
+        if start >= size or start > end:
+            resp = _error("Range not satisfiable.", 416)
+            resp.headers["Content-Range"] = f"bytes */{size}"
+            return resp
+    resume = start > 0 and e.attempt_open
+    head = request.method == "HEAD"
+    if not resume and not head:
+        if not ota._attempts_left(ship, e):
+            ota.stats.limit_refusals += 1
+            if e.status != st.DOWNLOAD_LIMIT:
+                ota.set_status(e, st.DOWNLOAD_LIMIT, f"{e.attempts} attempts of {ship.attempts_limit}")
+            return _error(f"Download limit reached: {ship.attempts_limit} attempts per "
+                          f"{ship.reset_period:g} s.", 429)
+        if e.attempts == 0:
+            e.attempts_since = _now_ms()
+        e.attempts += 1
+        e.attempt_open = True
+        e.bytes = 0
+        if e.old_version is None:
+            e.old_version = (dev.record.info or {}).get("firmware_version")
+    headers = {
+        "Content-Type": "application/octet-stream",
+        "Accept-Ranges": "bytes",
+        "x-MD5": fw.md5,
+        "x-sha256": sha256_b64(fw),
+        "x-fw-type": fw.type or "",
+        "x-fw-ver": fw.version or "",
+        "x-fw-build": fw.build or "",
+        "Cache-Control": "no-store",
+    }
+    length = end - start + 1
+    resp = web.StreamResponse(status=206 if rng else 200, headers=headers)
+    if rng:
+        resp.headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    resp.content_length = length
+    if head:
+        await resp.prepare(request)
+        return resp
+    detail = f"bytes {start}-{end}" + (" (mobile)" if mobile else "") + (" resume" if resume else "")
+    if e.status != st.FIRMWARE_REQUESTED or resume:
+        ota.set_status(e, st.FIRMWARE_REQUESTED, detail)
+    else:
+        ota.save(e)
+    data = ota.file_bytes(fw)
+    e.downloading += 1
+    ota.stats.downloads_in_flight += 1
+    ota.stats.downloads_started += 1
+    try:
+        await _stream(ota, request, resp, data, start, end + 1, ship.rate, e)
+    except (ConnectionError, TimeoutError, asyncio.TimeoutError, asyncio.CancelledError, RuntimeError) as exc:
+        ota.stats.downloads_failed += 1
+        reason = "stalled" if isinstance(exc, (TimeoutError, asyncio.TimeoutError)) else "connection closed"
+        ota.save(e)
+        if e.status not in st.SETTLED:
+            ota.set_status(e, st.UPLOAD_FAILURE, f"{reason} after {e.bytes} of {size} bytes")
+        log.info("ota download failed shipment=%d device=%d reason=%s bytes=%d", sid, dev.id, reason, e.bytes)
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        request.transport and request.transport.close()
+        return resp
+    finally:
+        e.downloading -= 1
+        ota.stats.downloads_in_flight -= 1
+    ota.stats.downloads_completed += 1
+    if end + 1 == size:
+        e.attempt_open = False
+        ota.set_status(e, st.UPLOADED_TO_MOBILE if mobile else st.FIRMWARE_UPLOADED, f"{e.bytes} bytes")
+    else:
+        ota.save(e)
+    return resp
+
+
+def _now_ms() -> int:
+    from blynk_server.model import now_ms
+
+    return now_ms()
+
+
+async def _stream(ota: OtaService, request: web.Request, resp: web.StreamResponse, data: bytes, pos: int,
+                  stop: int, rate: int, e) -> None:
+    """Send data[pos:stop] paced at ``rate`` bytes/s, in chunks of about TICK seconds' worth, each
+    only after the socket has taken the previous ones (back-pressure), failing after a stall."""
+    loop = asyncio.get_running_loop()
+    stall = ota.settings.ota_stall_timeout
+    chunk = min(MAX_CHUNK, max(512, int(rate * TICK))) if rate else MAX_CHUNK
+    transport = request.transport
+    if transport is None:
+        raise ConnectionResetError("client went away")
+    high = max(2 * chunk, 8192)
+    transport.set_write_buffer_limits(high=high, low=high // 2)
+    sock = transport.get_extra_info("socket")
+    if sock is not None and rate:
+        try:  # a small kernel buffer keeps "sent" close to "received", and stalls visible
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, max(4 * chunk, 16384))
+        except OSError:
+            pass
+    await resp.prepare(request)
+    t0 = loop.time()
+    first = pos
+    stats = ota.stats
+    timeout_cm = _timeout(loop.time() + stall)
+    async with timeout_cm as cm:
+        while pos < stop:
+            if rate:
+                due = t0 + (pos - first) / rate
+                delay = due - loop.time()
+                if delay > 0:
+                    cm.reschedule(due + stall)
+                    await asyncio.sleep(delay)
+            piece = data[pos : min(stop, pos + chunk)]
+            await resp.write(piece)
+            await _drained(transport, high, loop, stall)
+            pos += len(piece)
+            e.bytes = pos
+            stats.bytes_served += len(piece)
+            cm.reschedule(loop.time() + stall)
+        await resp.write_eof()
+        await _drained(transport, 0, loop, stall)
+
+
+def _timeout(when: float):
+    return asyncio.timeout_at(when)
+
+
+async def _drained(transport, limit: int, loop, stall: float) -> None:
+    """Wait until the transport's buffer is at most ``limit`` bytes; a buffer that does not shrink for
+    ``stall`` seconds means the client stopped reading."""
+    size = transport.get_write_buffer_size()
+    last_progress = loop.time()
+    while size > limit:
+        if transport.is_closing():
+            raise ConnectionResetError("client closed the connection")
+        await asyncio.sleep(0.02)
+        now_size = transport.get_write_buffer_size()
+        now = loop.time()
+        if now_size < size:
+            last_progress = now
+        elif now - last_progress > stall:
+            raise TimeoutError("no progress")
+        size = now_size
+
+
+# --- admin API ------------------------------------------------------------------------------------
+
+
+def add_admin_routes(app: web.Application, server: BlynkServer) -> None:
+    """Firmware and shipments under /api/ota (JSON; errors as {"error": {"message": ...}})."""
+
+    def authorized(request: web.Request) -> bool:
+        key = server.api_key
+        got = request.headers.get("X-API-Key") or ""
+        auth = request.headers.get("Authorization", "")
+        if auth.lower().startswith("bearer "):
+            got = auth[7:].strip()
+        return not key or got == key
+
+    def guarded(fn):
+        async def handler(request: web.Request) -> web.StreamResponse:
+            if not authorized(request):
+                return _error("Invalid API key.", 401)
+            ota = _service(server)
+            if ota is None:
+                return _error("OTA is not running.", 503)
+            try:
+                return await fn(request, ota)
+            except ships.ShipmentError as exc:
+                return _error(str(exc), exc.status)
+            except FirmwareError as exc:
+                return _error(str(exc), 400)
+            except (ValueError, KeyError, TypeError) as exc:
+                return _error(f"Bad request: {exc}", 400)
+
+        return handler
+
+    async def upload(request: web.Request, ota: OtaService) -> web.Response:
+        q = request.query
+        name = q.get("name")
+        if request.content_type.startswith("multipart/"):
+            reader = await request.multipart()
+            data = b""
+            async for part in reader:
+                if part.filename:
+                    name = name or part.filename
+                    data = bytes(await part.read())
+                    break
+        else:
+            data = await request.read()
+        fw, created = register(ota.db, ota.settings.data_dir, data, name, q.get("type"), q.get("version"),
+                               q.get("build"))
+        return web.json_response(fw.as_dict(), status=201 if created else 200)
+
+    async def list_firmware(request: web.Request, ota: OtaService) -> web.Response:
+        return web.json_response([f.as_dict() for f in ota.db.list_firmware()])
+
+    async def create(request: web.Request, ota: OtaService) -> web.Response:
+        body = await request.json()
+        allowed = {"name", "firmware", "template", "devices", "condition", "window", "attempts", "reset", "rate",
+                   "max_in_flight", "user_control", "first_wave", "max_failure_ratio", "host_url"}
+        unknown = set(body) - allowed
+        if unknown:
+            raise ships.ShipmentError(f"unknown field(s): {', '.join(sorted(unknown))}")
+        ship = ships.create(ota.db, server.store, **body)
+        ota.reload(ship.id)
+        return web.json_response(ship.as_dict(), status=201)
+
+    async def list_shipments(request: web.Request, ota: OtaService) -> web.Response:
+        return web.json_response([s.as_dict() for s in ota.db.list_shipments(request.query.get("state"))])
+
+    async def show(request: web.Request, ota: OtaService) -> web.StreamResponse:
+        rep = ships.report(ota.db, server.store, request.match_info["id"])
+        if request.query.get("format") == "csv":
+            return web.Response(text=ships.report_csv(rep), content_type="text/csv")
+        return web.json_response(rep)
+
+    async def action(request: web.Request, ota: OtaService) -> web.Response:
+        act = request.match_info["action"]
+        ref = request.match_info["id"]
+        if act == "approve":
+            body = await request.json()
+            ship = ships.approve(ota.db, server.store, ref, int(body["device"]))
+        else:
+            ship = ships.control(ota.db, ref, act)
+        ota.reload(ship.id)
+        return web.json_response(ships.find(ota.db, ship.id).as_dict())
+
+    app.router.add_post("/api/ota/firmware", guarded(upload))
+    app.router.add_get("/api/ota/firmware", guarded(list_firmware))
+    app.router.add_post("/api/ota/shipments", guarded(create))
+    app.router.add_get("/api/ota/shipments", guarded(list_shipments))
+    app.router.add_get("/api/ota/shipments/{id}", guarded(show))
+    app.router.add_post("/api/ota/shipments/{id}/{action:pause|resume|cancel|approve}", guarded(action))
