@@ -32,6 +32,7 @@ INFO_KEYS = frozenset(
 )
 INTERNAL_SUBCOMMANDS = frozenset({b"rtc", b"utc", b"meta", b"ota", b"dbg", b"vfs", b"acon", b"adis"})
 PIN_KINDS = {"v": "v", "d": "d", "a": "a"}
+HARDWARE_OPS = frozenset({"vw", "vr", "dw", "dr", "aw", "ar", "pm"})
 MAX_PIN = 255
 
 
@@ -132,16 +133,19 @@ def parse_hardware(body: bytes) -> HardwareOp:
     if len(op) != 2 or op[0].lower() not in "vdap" or op[1] not in "wrm":
         raise BodyError(f"unknown hardware operation {parts[0]!r}")
     op = op[0].lower() + op[1]
+    if op not in HARDWARE_OPS:  # e.g. "pw", "vm"
+        raise BodyError(f"unknown hardware operation {parts[0]!r}")
     if op == "pm":
         fields = split_fields(body)[1:]
         if fields and fields[-1] == b"":
             fields.pop()
         if not fields or len(fields) % 2:
             raise BodyError("pm needs pin/mode pairs")
-        modes = tuple((fields[i].decode(), fields[i + 1].decode()) for i in range(0, len(fields), 2))
+        try:
+            modes = tuple((fields[i].decode(), fields[i + 1].decode()) for i in range(0, len(fields), 2))
+        except UnicodeDecodeError as exc:
+            raise BodyError(f"pm pin/mode is not text: {exc}") from None
         return HardwareOp("pm", None, modes=modes)
-    if op[1] == "m":
-        raise BodyError(f"unknown hardware operation {op!r}")
     if len(parts) < 2:
         raise BodyError("missing pin")
     pin = parse_pin(parts[1], default_kind=op[0])
@@ -381,4 +385,7 @@ def parse_redirect(body: bytes) -> tuple[str, int | None]:
     if not fields or not fields[0]:
         raise BodyError("redirect without a host")
     port = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
-    return fields[0].decode(), port
+    try:
+        return fields[0].decode(), port
+    except UnicodeDecodeError as exc:
+        raise BodyError(f"redirect host is not text: {exc}") from None
