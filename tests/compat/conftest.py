@@ -17,6 +17,9 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -384,3 +387,19 @@ def compat():
 def device_info(srv, token: str) -> dict:
     shown = json.loads(srv.cli("device", "show", token).stdout)
     return shown.get("info") or {}
+
+
+def http_update(srv, token: str, pin: str, value: str) -> None:
+    """``GET /external/api/update?token=T&V1=42`` on the device port: the server stores the value and
+    sends it to the device as HARDWARE (20). Skips the test where the HTTP API is not there (yet)."""
+    url = f"http://127.0.0.1:{srv.port}/external/api/update?" + urllib.parse.urlencode({"token": token, pin: value})
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            status = resp.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (urllib.error.URLError, OSError) as exc:
+        pytest.skip(f"HTTP API not available on the device port: {exc}")
+    if status == 404:
+        pytest.skip("HTTP API /external/api/update not available on the device port (404)")
+    assert status == 200, f"{url} -> {status}"

@@ -64,3 +64,12 @@ def test_invalid_token_gets_status_9(server, node_client):
     client = node_client("y" * 32, server.port)
     client.wait(lambda e: e["event"] == "error" and e["error"] == "INVALID_TOKEN", 5, "INVALID_TOKEN")
     assert [(f["id"], f["len"]) for f in client.frames(0) if f["dir"] == "in"] == [(1, 9)]
+
+
+def test_receives_http_api_writes(compat, provision, node_client):
+    srv, token, _ = provision()
+    client = connect(node_client, token, srv.port)
+    compat.http_update(srv, token, "V1", "11")
+    compat.http_update(srv, token, "V2", "abc")
+    assert client.wait(lambda e: e["event"] == "write" and e["pin"] == 1, 5, "write V1")["values"] == ["11"]
+    assert client.wait(lambda e: e["event"] == "write" and e["pin"] == 2, 5, "write V2")["values"] == ["abc"]

@@ -69,3 +69,15 @@ def test_invalid_token_gets_status_9(compat, server, py_clients, runner_cls):
     else:
         compat.wait_for(lambda: (0, 1, (9,)) in runner.received, 5, "RESPONSE 9 to the login")
     assert not runner.connected()
+
+
+def test_receives_http_api_writes_in_a_row(compat, provision, py_clients, runner_cls):
+    """Two HTTP API writes back to back reach the client as two HARDWARE frames; blynklib, which parses
+    one frame per recv(), gets both only because the server paces its output to it."""
+    srv, token, _ = provision()
+    runner = py_clients(runner_cls, token, srv.port)
+    connected(compat, runner)
+    compat.http_update(srv, token, "V1", "11")
+    compat.http_update(srv, token, "V2", "abc")
+    assert runner.next_write(1) == ["11"]
+    assert runner.next_write(2) == ["abc"]
