@@ -64,6 +64,7 @@ class HardwareSession(asyncio.BufferedProtocol):
         self.device: DeviceState | None = None
         self.closed = False
         self.sniffed = False
+        self._sniff_held = b""
         self.last_read = 0.0
         self.timeout = float(self.settings.login_timeout)
         self._timer: asyncio.TimerHandle | None = None
@@ -117,11 +118,8 @@ class HardwareSession(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         self.stats.bytes_in += nbytes
         self.last_read = self.loop.time()
-        if not self.sniffed:
-            self.sniffed = True
-            if self._buf[:4] in HTTP_PREFIXES and self.server.http_handoff is not None:
-                self._handoff_http(bytes(self._view[:nbytes]))
-                return
+        if not self.sniffed and self._sniff(nbytes):
+            return
         try:
             frames = self.decoder.feed(self._view[:nbytes])
         except FrameTooLarge as exc:
@@ -337,6 +335,23 @@ class HardwareSession(asyncio.BufferedProtocol):
         self._flood_paused = False
         if not self._turn_paused and not self.closed:
             self.transport.resume_reading()
+
+    def _sniff(self, nbytes: int) -> bool:
+        """True when the bytes were taken: handed to HTTP, or a partial HTTP method held back (a slow
+        client may send ``G``, ``E``, ``T`` one read at a time). Binary logins never wait: no HTTP
+        method starts with their first byte."""
+        head = self._sniff_held + bytes(self._view[:nbytes])
+        if len(head) < 4 and any(p.startswith(head) for p in HTTP_PREFIXES):
+            self._sniff_held = head
+            return True
+        self.sniffed = True
+        if head[:4] in HTTP_PREFIXES and self.server.http_handoff is not None:
+            self._handoff_http(head)
+            return True
+        if self._sniff_held:
+            self.decoder.feed(self._sniff_held)  # fewer than 5 bytes: no frame yet, just buffered
+            self._sniff_held = b""
+        return False
 
     def _handoff_http(self, first: bytes) -> None:
         """The first bytes are an HTTP request: give the connection to the HTTP application."""

@@ -1,0 +1,169 @@
+"""The device HTTPS API (/external/api) on the device port: every endpoint and its errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from blynk_server.devclient import DeviceClient
+from protocol import Command
+
+
+def _ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+async def test_update_reaches_connected_device_and_get_returns_it(device, http):
+    client = await DeviceClient.connect(device.srv.host, device.srv.port, device.token)
+    try:
+        status, body, _ = await http.fetch("GET", device.ext("update", "v1=42"))
+        assert (status, body) == (200, "")
+        frame = await client.expect(lambda f: f[0] == Command.HARDWARE)
+        assert frame[1] != 0
+        assert frame[2] == b"vw\x001\x0042"
+        status, body, _ = await http.fetch("GET", device.ext("get", "v1"))
+        assert (status, body) == (200, "42")
+        status, body, _ = await http.fetch("GET", device.ext("isHardwareConnected"))
+        assert body == "true"
+    finally:
+        await client.close()
+
+
+async def test_update_offline_is_stored(device, http):
+    assert (await http.fetch("GET", device.ext("isHardwareConnected")))[1] == "false"
+    assert (await http.fetch("GET", device.ext("update", "V1=250")))[0] == 200  # clamped to max
+    assert (await http.fetch("GET", device.ext("get", "V1")))[1] == "100"
+
+
+async def test_get_errors(device, http):
+    base = device.base + "/external/api/get"
+    assert await http.error(base + "?v1") == (400, "No token provided.")
+    assert await http.error(base + "?token=nope&v1") == (400, "Invalid token.")
+    assert await http.error(device.ext("get", "x1")) == (400, "Wrong pin format.")
+    assert await http.error(device.ext("get", "v256")) == (400, "Wrong pin format.")
+    assert await http.error(device.ext("get")) == (400, "Wrong pin format.")
+    assert await http.error(device.ext("get", "v77")) == (400, "No datastream setup for that pin.")
+
+
+async def test_get_several_pins_typed_json_and_default(device, http):
+    await http.fetch("GET", device.ext("batch/update", "v1=5&v2=2.5&v3=hello"))
+    status, body, resp = await http.fetch("GET", device.ext("get", "v1&v2&v3&v6&V5"))
+    assert status == 200 and resp.content_type == "application/json"
+    assert json.loads(body) == {"v1": 5, "v2": 2.5, "v3": "hello", "v6": 7, "V5": None}
+    assert (await http.fetch("GET", device.ext("get", "v6")))[1] == "7"  # datastream default
+
+
+async def test_get_and_update_by_datastream_id(device, http):
+    assert (await http.fetch("GET", device.ext("update", "dataStreamId=3&value=abc")))[0] == 200
+    assert (await http.fetch("GET", device.ext("get", "dataStreamId=3")))[1] == "abc"
+    assert await http.error(device.ext("get", "dataStreamId=99")) == (
+        400,
+        "Requested dataStream doesn't exist in the product.",
+    )
+    assert await http.error(device.ext("update", "dataStreamId=x&value=1")) == (400, "Wrong dataStreamId format.")
+
+
+async def test_update_errors(device, http):
+    assert await http.error(device.ext("update", "v1=abc")) == (400, "Value doesn't match the Datastream data type.")
+    assert await http.error(device.ext("update", "v99=1")) == (400, "No datastream setup for that pin.")
+    assert await http.error(device.ext("update", "q1=1")) == (400, "Wrong pin format.")
+    assert await http.error(device.base + "/external/api/update?token=bad&v1=1") == (400, "Invalid token.")
+
+
+async def test_multi_value_update_and_get_all(device, http):
+    assert (await http.fetch("GET", device.ext("update", "pin=V4&value=24.03&value=49.84")))[0] == 200
+    await http.fetch("GET", device.ext("update", "v2=1.5"))
+    status, body, _ = await http.fetch("GET", device.ext("getAll"))
+    assert status == 200
+    assert json.loads(body) == {"v2": 1.5, "v4": [24.03, 49.84], "v6": 7}
+    assert await http.error(device.ext("update", "pin=V4&value=500&value=1")) == (
+        400,
+        "Value doesn't match the Datastream data type.",
+    )
+
+
+async def test_batch_post(device, http):
+    now = _ms()
+    points = [[now - 2000, 10], [now - 1000, 11], [now, 12]]
+    status, body, _ = await http.fetch("POST", device.ext("batch/update", "pin=v5"), json=points)
+    assert (status, body) == (200, "OK")
+    assert (await http.fetch("GET", device.ext("get", "v5")))[1] == "12"
+    url = device.ext("batch/update", "pin=v5")
+    assert await http.error(url, "POST", data=json.dumps(points)) == (400, "Unknown content type.")
+    big = [[now, 1]] * 10_001
+    assert await http.error(url, "POST", json=big) == (
+        400,
+        "Too much data in batch. Maximum batch size is 10000 points.",
+    )
+    assert await http.error(device.ext("batch/update", "pin=zz"), "POST", json=points) == (400, "Wrong pin format.")
+    assert await http.error(url, "POST", json=[[now, "text"]]) == (
+        400,
+        "Value doesn't match the Datastream data type.",
+    )
+    assert (await http.fetch("POST", url, json=[[now, 1]] * 10_000))[0] == 200
+
+
+async def test_property_and_log_event(device, http):
+    assert (await http.fetch("GET", device.ext("update/property", "pin=v1&label=Temp&color=%23FF0000")))[0] == 200
+    assert await http.error(device.ext("update/property", "pin=v1")) == (400, "Wrong request format.")
+    assert await http.error(device.ext("update/property", "pin=w1&label=x")) == (400, "Wrong pin format.")
+    assert (await http.fetch("GET", device.ext("logEvent", "code=overheat&description=hot")))[0] == 200
+    assert await http.error(device.ext("logEvent")) == (400, "Event code is not provided.")
+    assert await http.error(device.ext("logEvent", "code=overheat")) == (
+        400,
+        "Events of one code must be at least 1 second apart.",
+    )
+
+
+async def test_history_json(device, http):
+    now = _ms()
+    hour = now // 3_600_000 * 3_600_000 - 3_600_000
+    points = [[hour + 1000, 1], [hour + 2000, 3], [hour + 3_600_000 + 5, 10]]
+    assert (await http.fetch("POST", device.ext("batch/update", "pin=v5"), json=points))[0] == 200
+    await asyncio.sleep(1.5)  # history is written behind
+    status, body, _ = await http.fetch("GET", device.ext("data/get", "pin=v5&period=DAY&output=JSON"))
+    assert status == 200
+    out = json.loads(body)
+    assert out["rows"] == 3 and [r["value"] for r in out["data"]] == [1, 3, 10]
+    q = "dataStreamId=5&period=DAY&granularityType=HOURLY&sourceType=AVG&output=JSON"
+    out = json.loads((await http.fetch("GET", device.ext("data/get", q)))[1])
+    assert [(r["ts"], r["value"]) for r in out["data"]] == [(hour, 2.0), (hour + 3_600_000, 10.0)]
+    q = "pin=v5&period=DAY&granularityType=HOURLY&sourceType=COUNT&output=JSON"
+    assert [r["value"] for r in json.loads((await http.fetch("GET", device.ext("data/get", q)))[1])["data"]] == [2, 1]
+    assert await http.error(device.ext("data/get", "pin=v5&period=YEAR&output=JSON")) == (
+        500,
+        "No enum constant Period.YEAR",
+    )
+    assert await http.error(device.ext("data/get", "pin=v5&sourceType=MEDIAN&output=JSON")) == (
+        400,
+        "Request with incorrect parameters",
+    )
+    assert await http.error(device.ext("data/get", "pin=v5")) == (400, "Only output=JSON is supported by this server.")
+    assert await http.error(device.ext("data/get", "pin=v1&output=JSON")) == (500, "No data")
+    assert await http.error(device.base + "/external/api/data/get?pin=v5") == (400, "No token provided.")
+
+
+async def test_device_meta(device, http):
+    assert await http.error(device.ext("device/meta")) == (400, "Wrong metaField format.")
+    assert await http.error(device.ext("device/meta", "metaFieldId=Serial")) == (400, "MetaField doesn't exist.")
+    admin = f"{device.admin}/api/devices"
+    headers = {"X-API-Key": device.srv.api_key}
+    devices = json.loads((await http.fetch("GET", admin, headers=headers))[1])
+    did = next(d["id"] for d in devices if d["token"] == device.token)
+    assert (await http.fetch("PUT", f"{admin}/{did}/meta/Serial", json={"value": "A1"}, headers=headers))[0] == 200
+    status, body, _ = await http.fetch("GET", device.ext("device/meta", "metaFieldId=Serial"))
+    assert json.loads(body) == {"type": "Text", "value": "A1"}
+    assert (await http.fetch("GET", device.ext("device/meta/update", "metaFieldId=Serial&value=B2")))[0] == 200
+    assert json.loads((await http.fetch("GET", device.ext("device/meta", "metaFieldId=Serial")))[1])["value"] == "B2"
+    assert await http.error(device.ext("device/meta/update", "value=1")) == (400, "Wrong metaField format")
+    assert await http.error(device.ext("device/meta/update", "metaFieldId=Nope&value=1")) == (
+        400,
+        "MetaField doesn't exist",
+    )
+    assert await http.error(device.ext("device/meta/update", "metaFieldId=Serial")) == (400, "Wrong value")
+
+
+async def test_unknown_external_path_is_json_404(device, http):
+    status, message = await http.error(device.ext("nothing"))
+    assert status == 404
