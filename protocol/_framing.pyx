@@ -19,10 +19,9 @@ raise exactly the same errors with the same messages.
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.list cimport PyList_New, PyList_SET_ITEM
-from cpython.long cimport PyLong_AsLongAndOverflow, PyLong_Check, PyLong_FromLong
-from cpython.ref cimport PyObject, Py_INCREF
-from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
+from cpython.list cimport PyList_New
+from cpython.long cimport PyLong_AsLongAndOverflow, PyLong_Check
+from cpython.ref cimport PyObject
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy
 
@@ -44,37 +43,63 @@ Frame = tuple  # (command: int, msg_id: int, payload: bytes | int)
 cdef PyObject *_ints[WIRE_MAX + 1]
 
 
-cdef inline object _int(unsigned int value):
+cdef extern from "Python.h":
+    # Raw-pointer spellings of the C API, so building a frame costs no reference juggling: the
+    # tuple steals the new references, and a NULL (out of memory) is checked once per frame.
+    PyObject *_PyTuple_New "PyTuple_New"(Py_ssize_t size)
+    void _PyTuple_SET_ITEM "PyTuple_SET_ITEM"(PyObject *t, Py_ssize_t i, PyObject *o)
+    void _PyList_SET_ITEM "PyList_SET_ITEM"(PyObject *t, Py_ssize_t i, PyObject *o)
+    PyObject *_PyBytes_FromStringAndSize "PyBytes_FromStringAndSize"(const char *s, Py_ssize_t n)
+    PyObject *_PyLong_FromLong "PyLong_FromLong"(long v)
+    void _Py_INCREF "Py_INCREF"(PyObject *o)
+    void _Py_DECREF "Py_DECREF"(PyObject *o)
+
+
+cdef inline PyObject *_int(unsigned int value) noexcept:
+    """A new reference to the int ``value`` (0..65535), or NULL when out of memory."""
     cdef PyObject *p = _ints[value]
     if p is NULL:
-        obj = PyLong_FromLong(value)
-        Py_INCREF(obj)
-        _ints[value] = <PyObject *>obj
-        return obj
-    return <object>p
+        p = _PyLong_FromLong(value)
+        if p is NULL:
+            return NULL
+        _ints[value] = p  # the table keeps this reference for ever
+    _Py_INCREF(p)
+    return p
 
 
-cdef inline tuple _frame(unsigned int command, unsigned int msg_id, object payload):
-    cdef tuple t = PyTuple_New(3)
-    cdef object c = _int(command)
-    cdef object m = _int(msg_id)
-    Py_INCREF(c)
-    PyTuple_SET_ITEM(t, 0, c)
-    Py_INCREF(m)
-    PyTuple_SET_ITEM(t, 1, m)
-    Py_INCREF(payload)
-    PyTuple_SET_ITEM(t, 2, payload)
+cdef inline PyObject *_frame(unsigned int command, unsigned int msg_id, PyObject *payload) noexcept:
+    """A new tuple (command, msg_id, payload), stealing ``payload``; NULL when out of memory."""
+    cdef PyObject *t
+    cdef PyObject *c
+    cdef PyObject *m
+    if payload is NULL:
+        return NULL
+    t = _PyTuple_New(3)
+    c = _int(command)
+    m = _int(msg_id)
+    if t is NULL or c is NULL or m is NULL:
+        if t is not NULL:
+            _Py_DECREF(t)
+        if c is not NULL:
+            _Py_DECREF(c)
+        if m is not NULL:
+            _Py_DECREF(m)
+        _Py_DECREF(payload)
+        return NULL
+    _PyTuple_SET_ITEM(t, 0, c)
+    _PyTuple_SET_ITEM(t, 1, m)
+    _PyTuple_SET_ITEM(t, 2, payload)
     return t
 
 
-cdef inline tuple _body_frame(const unsigned char *h):
+cdef inline PyObject *_body_frame(const unsigned char *h) noexcept:
     """The frame whose header starts at ``h`` and whose body follows it (known to be complete)."""
     cdef unsigned int length = (<unsigned int>h[3] << 8) | h[4]
     return _frame(h[0], (<unsigned int>h[1] << 8) | h[2],
-                  PyBytes_FromStringAndSize(<const char *>h + HDR, length))
+                  _PyBytes_FromStringAndSize(<const char *>h + HDR, length))
 
 
-cdef inline tuple _response_frame(const unsigned char *h):
+cdef inline PyObject *_response_frame(const unsigned char *h) noexcept:
     return _frame(0, (<unsigned int>h[1] << 8) | h[2], _int((<unsigned int>h[3] << 8) | h[4]))
 
 
@@ -151,8 +176,8 @@ cdef class Decoder:
         cdef Py_ssize_t pos = 0
         cdef Py_ssize_t take, need, length, count, scan, stop, i
         cdef unsigned int command
-        cdef tuple first = None
-        cdef tuple t
+        cdef PyObject *first = NULL
+        cdef PyObject *t
         cdef list frames
         cdef object exc_frames
         cdef const unsigned char *h
@@ -173,6 +198,8 @@ cdef class Decoder:
             if h[0] == 0:
                 first = _response_frame(h)
                 self._len = 0
+                if first is NULL:
+                    raise MemoryError()
             else:
                 length = (<Py_ssize_t>h[3] << 8) | h[4]
                 if length > max_body:
@@ -191,6 +218,8 @@ cdef class Decoder:
                     return []
                 first = _body_frame(h)
                 self._len = 0
+                if first is NULL:
+                    raise MemoryError()
 
         # 2. Count the complete frames of the chunk (headers only), stopping at an incomplete or
         #    oversized one, so the list can be built at its final size.
@@ -211,10 +240,9 @@ cdef class Decoder:
             count += 1
 
         # 3. Build the frames.
-        if first is not None:
-            frames = PyList_New(count + 1)
-            Py_INCREF(first)
-            PyList_SET_ITEM(frames, 0, first)
+        if first is not NULL:
+            frames = PyList_New(count + 1)  # (a failure here leaks ``first``: out of memory anyway)
+            _PyList_SET_ITEM(<PyObject *>frames, 0, first)
             i = 1
             count += 1
         else:
@@ -228,8 +256,10 @@ cdef class Decoder:
             else:
                 t = _body_frame(h)
                 pos += HDR + ((<Py_ssize_t>h[3] << 8) | h[4])
-            Py_INCREF(t)
-            PyList_SET_ITEM(frames, i, t)
+            if t is NULL:
+                # the list's empty slots are NULL, which list_dealloc accepts
+                raise MemoryError()
+            _PyList_SET_ITEM(<PyObject *>frames, i, t)
             i += 1
 
         # 4. An oversized header ends the chunk; otherwise keep the incomplete tail.
