@@ -111,8 +111,14 @@ def build_admin_app(server: BlynkServer) -> web.Application:
         return server.domain
 
     def device_json(record) -> dict:
+        """A device row plus its online state; last_seen of a live device comes from memory (the store's
+        copy is written behind)."""
         d = record.as_dict()
-        d["online"] = server.hub.is_online(record.id)
+        d["online"] = online = server.hub.is_online(record.id)
+        if online:
+            live = domain().device(record.id)
+            if live is not None:
+                d["last_seen"] = max(record.last_seen or 0, live.record.last_seen or 0) or None
         return d
 
     def device_or_404(request: web.Request):
@@ -218,6 +224,7 @@ def build_admin_app(server: BlynkServer) -> web.Application:
         record = store().get_device(dev.id) or dev.record
         out = device_json(record)
         out["last_seen"] = max(record.last_seen or 0, dev.record.last_seen or 0) or None
+        out["info"] = dev.record.info or record.info
         return web.json_response(out)
 
     async def delete_device(request: web.Request) -> web.Response:
