@@ -122,6 +122,10 @@ class BlynkCollector(Collector):
         if server.store is not None:
             yield from _store(server.store)
         yield from _http(self.http)
+        if getattr(server, "ota", None) is not None:
+            from blynk_server.ota.metrics import ota_metrics
+
+            yield from ota_metrics(server)
         yield GaugeMetricFamily(
             "blynk_event_loop_lag_seconds", "Lateness of the last periodic timer", value=self.lag.last
         )
