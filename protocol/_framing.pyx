@@ -33,6 +33,7 @@ from protocol.errors import FrameTooLarge
 cdef enum:
     HDR = 5
     WIRE_MAX = 0xFFFF
+    _KEEP = 4096  # a partial-frame buffer up to this size is kept between frames
 
 HEADER_SIZE = HDR
 MAX_WIRE_BODY = WIRE_MAX
@@ -137,6 +138,15 @@ cdef class Decoder:
     def reset(self):
         """Drop any partial frame."""
         self._len = 0
+        self._shrink()
+
+    cdef inline void _shrink(self) noexcept:
+        """Give back a buffer grown for one big frame: thousands of idle sessions should not each
+        keep 64 KB because of a single large message."""
+        if self._cap > _KEEP and self._len == 0:
+            free(self._buf)
+            self._buf = NULL
+            self._cap = 0
 
     cdef int _reserve(self, Py_ssize_t size) except -1:
         cdef unsigned char *p
@@ -218,6 +228,7 @@ cdef class Decoder:
                     return []
                 first = _body_frame(h)
                 self._len = 0
+                self._shrink()
                 if first is NULL:
                     raise MemoryError()
 

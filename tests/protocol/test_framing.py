@@ -380,3 +380,17 @@ def test_same_exception_class(python_framing, cython_framing):
     for mod in (python_framing, cython_framing):
         with pytest.raises(FrameTooLarge):
             mod.Decoder(max_body=1).feed(CPP_VW)
+
+
+def test_big_and_small_partial_frames_alternate(framing):
+    """The partial-frame buffer grows for a big frame, is given back, and grows again."""
+    d = framing.Decoder()
+    for size in (10_000, 3, 65_535, 0, 5_000, 4_097, 7):
+        body = bytes([size % 251]) * size
+        wire = framing.encode_frame(20, 1 + size % 65535, body)
+        cut = max(2, len(wire) // 3)
+        assert d.feed(wire[:2]) == []
+        assert d.feed(wire[2:cut]) == []
+        assert d.feed(wire[cut:] + CPP_VW[:6]) == [(20, 1 + size % 65535, body)]
+        assert d.feed(CPP_VW[6:]) == [(20, 3, b"vw\x000\x0010")]
+        assert d.buffered == 0

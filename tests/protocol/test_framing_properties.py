@@ -120,3 +120,13 @@ def test_twins_identical_on_frames_with_bytearray_chunks(python_framing, cython_
     stream = _stream(frame_list)
     chunks = [bytearray(c) for c in _chunks(stream, data.draw(_cuts(stream)))]
     assert _trace(python_framing, chunks, max_body) == _trace(cython_framing, chunks, max_body)
+
+
+big_frame = st.tuples(st.integers(1, 255), u16, st.binary(min_size=4000, max_size=9000))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data(), frame_list=st.lists(st.one_of(frame, big_frame), max_size=5), tail=st.binary(max_size=30))
+def test_big_frames_cut_anywhere_decode_like_the_oracle(framing, data, frame_list, tail):
+    stream = _stream(frame_list) + tail
+    assert _run(framing, _chunks(stream, data.draw(_cuts(stream)))) == _oracle(stream)
