@@ -1,0 +1,186 @@
+"""OTA wave: N simulated Edgent devices download a firmware at once under a per-device rate limit.
+
+Reports per-device achieved rates (median, spread vs the limit), the largest gap between bytes, the
+server's CPU, the ping RTT of 100 other devices during the wave, and the final status of every device.
+
+    python benchmarks/ota_wave.py --devices 1000 --size 1048576 --rate 50000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import random
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psutil
+
+from blynk_server.devclient import DeviceClient
+from protocol import Command
+from protocol.firmware import build_tag
+
+READY = re.compile(r"blynk-server ready hardware=(\S+):(\d+) admin=(\S+):(\d+)")
+
+
+def cli(data: Path, *args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "blynk_server", *args, "--data-dir", str(data)], capture_output=True,
+                         text=True, check=True)
+    return out.stdout
+
+
+def info(version: str, build: str) -> dict:
+    return {"mcu": version, "fw-type": "TMPLwave", "build": build, "blynk": "1.4.0", "h-beat": "60",
+            "buff-in": "1024", "dev": "sim", "tmpl": "TMPLwave"}
+
+
+async def download(url: str) -> tuple[int, float, float, bytes]:
+    u = urlsplit(url)
+    reader, writer = await asyncio.open_connection(u.hostname, u.port, limit=2**20)
+    writer.write(f"GET {u.path}?{u.query} HTTP/1.0\r\nHost: {u.hostname}\r\n\r\n".encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
+    body = bytearray()
+    t0 = last = time.monotonic()
+    gap = 0.0
+    while len(body) < length:
+        chunk = await reader.read(65536)
+        if not chunk:
+            break
+        now = time.monotonic()
+        gap = max(gap, now - last)
+        last = now
+        body += chunk
+    writer.close()
+    return len(body), time.monotonic() - t0, gap, bytes(body)
+
+
+async def device(host: str, port: int, token: str, build: str, out: dict, start: asyncio.Event) -> None:
+    c = await DeviceClient.connect(host, port, token, info=info("1.0.0", "Nov  1 2026 00:00:00"), timeout=30)
+    await start.wait()
+    frame = await c.expect(lambda f: f[0] == Command.INTERNAL and f[2].startswith(b"ota\0"), timeout=120)
+    url = frame[2].split(b"\0")[1].decode()
+    await c.close()
+    n, secs, gap, body = await download(url)
+    out["bytes"], out["secs"], out["gap"] = n, secs, gap
+    out["ok"] = body == out["expected"]
+    c = await DeviceClient.connect(host, port, token, info=info("2.0.0", build), timeout=30)
+    await asyncio.sleep(1.0)
+    await c.close()
+
+
+async def pinger(host: str, port: int, token: str, rtts: list, stop: asyncio.Event) -> None:
+    c = await DeviceClient.connect(host, port, token, info=info("9.9.9", "x"), timeout=30)
+    while not stop.is_set():
+        t = time.perf_counter()
+        await c.ping(timeout=30)
+        rtts.append(time.perf_counter() - t)
+        await asyncio.sleep(0.2)
+    await c.close()
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--devices", type=int, default=1000)
+    ap.add_argument("--size", type=int, default=1024 * 1024)
+    ap.add_argument("--rate", type=int, default=50_000, help="per-device limit, bytes/s")
+    ap.add_argument("--pingers", type=int, default=100)
+    args = ap.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, max(soft, 4 * (args.devices + args.pingers) + 1000))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+    tmp = Path(tempfile.mkdtemp(prefix="ota-wave-"))
+    data = tmp / "data"
+    cli(data, "template", "create", "--id", "TMPLwave", "--name", "wave")
+    rows = [(f"wave{i:06d}tok{random.randrange(10**9):09d}", f"d{i}") for i in range(args.devices + args.pingers)]
+    with open(tmp / "devices.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows((t, n, "TMPLwave") for t, n in rows)
+    cli(data, "device", "import", str(tmp / "devices.csv"))
+    build = "Nov 22 2026 12:00:00"
+    fw = bytearray(random.Random(1).randbytes(args.size))
+    tag = build_tag(mcu="2.0.0", fw_type="TMPLwave", build=build)
+    fw[4096 : 4096 + len(tag)] = tag
+    (tmp / "fw.bin").write_bytes(fw)
+    fw_id = json.loads(cli(data, "ota", "upload", str(tmp / "fw.bin")))["id"]
+    ids = {d["token"]: d["id"] for d in json.loads(cli(data, "device", "list", "--json"))}
+    targets = [ids[t] for t, _ in rows[: args.devices]]
+
+    proc = subprocess.Popen([sys.executable, "-m", "blynk_server", "serve", "--data-dir", str(data), "--host",
+                             "127.0.0.1", "--port", "0", "--admin-port", "0", "--log-level", "WARNING"],
+                            stdout=subprocess.PIPE, stderr=open(tmp / "server.log", "w"), text=True,
+                            env={**__import__("os").environ, "BLYNK_OTA_POLL_INTERVAL": "0.2"})
+    host = port = None
+    for line in proc.stdout:
+        m = READY.search(line)
+        if m:
+            host, port = m.group(1), int(m.group(2))
+            break
+    ps = psutil.Process(proc.pid)
+    try:
+        results = [{"expected": bytes(fw)} for _ in range(args.devices)]
+        start = asyncio.Event()
+        sem = asyncio.Semaphore(200)
+
+        async def guarded(coro):
+            async with sem:
+                return await coro
+
+        stop = asyncio.Event()
+        rtts: list[float] = []
+        pingers = [asyncio.create_task(pinger(host, port, t, rtts, stop)) for t, _ in rows[args.devices:]]
+        tasks = [asyncio.create_task(device(host, port, t, build, results[i], start))
+                 for i, (t, _) in enumerate(rows[: args.devices])]
+        await asyncio.sleep(0.1)
+        while sum(1 for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port
+                  and c.status == "ESTABLISHED") < args.devices + args.pingers:
+            await asyncio.sleep(0.5)
+        del guarded, sem
+        rtts.clear()
+        cpu0 = ps.cpu_times()
+        t0 = time.monotonic()
+        cmd = ["ota", "ship", "--name", "wave", "--firmware", str(fw_id), "--template", "TMPLwave",
+               "--rate", str(args.rate)] + sum((["--device", str(i)] for i in targets), [])
+        start.set()
+        cli(data, *cmd)
+        await asyncio.gather(*tasks)
+        wall = time.monotonic() - t0
+        cpu1 = ps.cpu_times()
+        stop.set()
+        await asyncio.gather(*pingers)
+        rep = json.loads(cli(data, "ota", "report", "wave"))
+        rates = [r["bytes"] / r["secs"] for r in results]
+        gaps = [r["gap"] for r in results]
+        med = statistics.median(rates)
+        cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+        rtts.sort()
+        summary = {
+            "devices": args.devices, "size": args.size, "rate_limit": args.rate, "wall_s": round(wall, 1),
+            "all_bytes_ok": all(r["ok"] for r in results),
+            "rate_median": round(med), "rate_min": round(min(rates)), "rate_max": round(max(rates)),
+            "rate_p5": round(statistics.quantiles(rates, n=20)[0]), "rate_p95": round(statistics.quantiles(rates, n=20)[-1]),
+            "median_vs_limit_pct": round(100 * (med - args.rate) / args.rate, 2),
+            "max_gap_s": round(max(gaps), 3), "gap_p99_s": round(sorted(gaps)[int(0.99 * len(gaps))], 3),
+            "server_cpu_s": round(cpu, 1), "server_cpu_pct": round(100 * cpu / wall, 1),
+            "ping_rtt_ms": {"n": len(rtts), "p50": round(1000 * rtts[len(rtts) // 2], 2),
+                            "p99": round(1000 * rtts[int(0.99 * len(rtts))], 2), "max": round(1000 * rtts[-1], 2)},
+            "final_status": {k: v for k, v in rep["counts"].items() if v},
+            "shipment_state": rep["shipment"]["state"],
+        }
+        print(json.dumps(summary, indent=2))
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
