@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import csv
 import json
+import os
 import random
 import re
 import resource
@@ -115,10 +116,11 @@ async def main() -> None:
     ids = {d["token"]: d["id"] for d in json.loads(cli(data, "device", "list", "--json"))}
     targets = [ids[t] for t, _ in rows[: args.devices]]
 
+    log_fh = open(tmp / "server.log", "w")  # noqa: SIM115 - lives as long as the server
     proc = subprocess.Popen([sys.executable, "-m", "blynk_server", "serve", "--data-dir", str(data), "--host",
                              "127.0.0.1", "--port", "0", "--admin-port", "0", "--log-level", "WARNING"],
-                            stdout=subprocess.PIPE, stderr=open(tmp / "server.log", "w"), text=True,
-                            env={**__import__("os").environ, "BLYNK_OTA_POLL_INTERVAL": "0.2"})
+                            stdout=subprocess.PIPE, stderr=log_fh, text=True,
+                            env={**os.environ, "BLYNK_OTA_POLL_INTERVAL": "0.2"})
     host = port = None
     for line in proc.stdout:
         m = READY.search(line)
@@ -129,12 +131,6 @@ async def main() -> None:
     try:
         results = [{"expected": bytes(fw)} for _ in range(args.devices)]
         start = asyncio.Event()
-        sem = asyncio.Semaphore(200)
-
-        async def guarded(coro):
-            async with sem:
-                return await coro
-
         stop = asyncio.Event()
         rtts: list[float] = []
         pingers = [asyncio.create_task(pinger(host, port, t, rtts, stop)) for t, _ in rows[args.devices:]]
@@ -144,7 +140,6 @@ async def main() -> None:
         while sum(1 for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port
                   and c.status == "ESTABLISHED") < args.devices + args.pingers:
             await asyncio.sleep(0.5)
-        del guarded, sem
         rtts.clear()
         cpu0 = ps.cpu_times()
         t0 = time.monotonic()
