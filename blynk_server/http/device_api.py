@@ -4,8 +4,9 @@ Every rule goes through ``Domain``; this module only maps query parameters to do
 domain errors to the cloud's ``400 {"error": {"message": ...}}``.
 
 ``dataStreamId``: the cloud numbers datastreams; this server keys them by pin, so ``dataStreamId=N``
-means virtual pin ``VN`` (documented in the OpenAPI description and docs/http.md).
-``metaFieldId``: likewise, metadata here is keyed by field name, so ``metaFieldId`` is the field name.
+means virtual pin ``VN``.
+``metaFieldId``: likewise, metadata here is keyed by field name, so ``metaFieldId`` is the field name
+(both documented in the OpenAPI description and blynk_server/http/README.md).
 """
 
 from __future__ import annotations
