@@ -223,22 +223,27 @@ class Domain:
     def write_pin(self, dev: DeviceState, pin: Pin, raw: bytes, ts: int | None = None, deliver: bool = False) -> bytes:
         """Store a pin value (validated against its datastream); ``deliver`` also sends it to the
         device when it is online. Returns the stored value."""
-        key = pin.key
+        value = self.write_key(dev, pin.key, raw, ts)
+        if deliver and self.hub.send(dev.id, Command.HARDWARE, hardware_write_raw(pin, value)):
+            self.stats.http_writes_delivered += 1
+        return value
+
+    def write_key(self, dev: DeviceState, key: str, raw: bytes, ts: int | None = None) -> bytes:
+        """``write_pin`` without delivery, by pin key (``"v1"``): the device hot path, which has the key
+        at hand and should not build a ``Pin`` per frame. Returns the stored value."""
+        ds = dev.template.datastreams.get(key)
         try:
-            value = coerce_value(dev.template.datastreams.get(key), raw)
+            value = coerce_value(ds, raw)
         except InvalidValue:
             self.stats.invalid_writes += 1
             raise
         ts = ts or now_ms()
         dev.values[key] = (value, ts)
-        store = self.store
-        store.put_value(dev.id, key, value, ts)
-        ds = dev.template.datastreams.get(key)
+        device_id = dev.record.id
+        self.store.put_value(device_id, key, value, ts)
         if ds is not None and ds.history:
-            store.put_history(dev.id, key, ts, value)
+            self.store.put_history(device_id, key, ts, value)
         self.stats.writes += 1
-        if deliver and self.hub.send(dev.id, Command.HARDWARE, hardware_write_raw(pin, value)):
-            self.stats.http_writes_delivered += 1
         return value
 
     def write_history(self, dev: DeviceState, pin: Pin, points: list[tuple[int, bytes]]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import resource
+import socket
 import time
 from typing import Any
 
@@ -123,6 +124,9 @@ class Device(asyncio.Protocol):
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self.transport = transport
         transport.set_write_buffer_limits(high=64 * 1024)
+        sndbuf = self.w.spec.get("sndbuf")
+        if sndbuf:  # a flooding device's kernel queue stays small, like a microcontroller's TCP stack
+            transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
         if self.blynk:
             transport.write(encode_frame(Command.HW_LOGIN, 1, self.ident.encode()))
         else:

@@ -203,6 +203,7 @@ async def run_load(
             "rate": rate,
             "concurrency": concurrency,
             "connect_at": connect_at,
+            "sndbuf": 32768 if mode == "flood" else 0,
         }
         for part in split(list(ids), workers)
     ]

@@ -1,13 +1,14 @@
 """One device connection: login, info, heartbeat, flood control, and one handler per command.
 
 An ``asyncio.BufferedProtocol`` with a small receive buffer: the loop reads at most
-``recv_buffer`` bytes per read into a buffer we own, and when a read fills it we pause reading until
-the next loop turn, so one busy socket cannot starve the others.
+``recv_buffer`` bytes per read into a buffer we own, and when a read fills it we pause reading and
+queue the session for a later loop turn (``ReadTurns``), so busy sockets cannot starve the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from typing import TYPE_CHECKING
 
@@ -19,7 +20,6 @@ from protocol import Command, Decoder, FrameTooLarge, Status, encode_frame, enco
 from protocol.body import (
     BodyError,
     BridgeInit,
-    Pin,
     internal_body,
     is_info,
     parse_bridge,
@@ -45,6 +45,58 @@ MAX_HELD = 64  # pushes held while waiting for the info message
 MAX_BRIDGES = 100  # per connection, as the legacy server
 PACE_GAP = 0.05  # seconds between frames to a client that parses one frame per recv() (blynklib)
 MAX_PACED = 1024  # frames queued for such a client before further ones are dropped
+READS_PER_TURN = 8  # busy (full-buffer) sockets resumed per loop turn: bounds one turn's work in a flood
+
+
+_WRITE_KEYS: dict[bytes, str] = {}  # b"vw\0" b"1" -> "v1": few distinct pins, so parse each once
+
+
+def _write_key(prefix: bytes) -> str | None:
+    """The pin key of a write's ``<op>\0<pin>`` prefix (op ``vw``/``dw``/``aw`` in any case, pin 0..255
+    in decimal), or None when it is not a valid write."""
+    key = _WRITE_KEYS.get(prefix)
+    if key is None:
+        if len(prefix) < 4 or prefix[2] != 0 or prefix[1] != 0x77 or not prefix[3:].isdigit():
+            return None
+        kind = prefix[0] | 0x20
+        number = int(prefix[3:])
+        if number > 255 or kind not in (0x76, 0x64, 0x61):  # v d a
+            return None
+        key = f"{chr(kind)}{number}"
+        if len(_WRITE_KEYS) < 4096:
+            _WRITE_KEYS[prefix] = key
+    return key
+
+
+class ReadTurns:
+    """Round robin over the sessions whose last read filled their buffer.
+
+    Resuming every such socket on the very next turn makes a turn's work grow with the number of busy
+    sockets: 1,000 flooding devices x 4 KiB is ~290,000 frames per turn, so a quiet device's ping or a
+    new login waits a second or more. Resuming at most ``READS_PER_TURN`` of them per turn bounds a
+    turn to a few milliseconds; quiet sockets (pings, logins, commands) are never queued and are read
+    every turn. Busy sockets wait in order, and TCP flow control holds their senders meanwhile.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.waiting: collections.deque[HardwareSession] = collections.deque()
+        self.scheduled = False
+
+    def defer(self, session: HardwareSession) -> None:
+        self.waiting.append(session)
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self._turn)
+
+    def _turn(self) -> None:
+        waiting = self.waiting
+        for _ in range(min(READS_PER_TURN, len(waiting))):
+            waiting.popleft()._resume_turn()
+        if waiting:
+            self.loop.call_soon(self._turn)  # runs on the next turn, after this turn's reads
+        else:
+            self.scheduled = False
 
 
 class HardwareSession(asyncio.BufferedProtocol):
@@ -75,6 +127,7 @@ class HardwareSession(asyncio.BufferedProtocol):
         self._paced: list[bytes] | None = None  # a queue once the client is known to need pacing
         self._paced_next = 0.0
         self._msg_id = 0
+        self._batch_ms = 0
         self._rate = self.settings.message_rate
         self._burst = self.settings.message_burst or self._rate
         self._tokens = self._burst
@@ -146,7 +199,10 @@ class HardwareSession(asyncio.BufferedProtocol):
             # A full buffer: let every other socket have its turn before reading this one again.
             self._turn_paused = True
             self.transport.pause_reading()
-            self.loop.call_soon(self._resume_turn)
+            turns = getattr(self.server, "read_turns", None)
+            if turns is None:
+                turns = self.server.read_turns = ReadTurns(self.loop)
+            turns.defer(self)
 
     def _handle_frames(self, frames: list) -> None:
         counts = self.stats.messages_in
@@ -161,6 +217,7 @@ class HardwareSession(asyncio.BufferedProtocol):
                     self._dispatch(frame)
             return
         handlers = self._handlers
+        self._batch_ms = now_ms()  # one timestamp for the frames of one read
         for frame in frames:
             if self.closed:
                 return
@@ -414,18 +471,15 @@ class HardwareSession(asyncio.BufferedProtocol):
     def _on_hardware(self, msg_id: int, body: bytes) -> None:
         # Fast path for writes: "vw\0<pin>\0<value…>" (the value keeps its NULs).
         if len(body) >= 4 and body[1] == 0x77:  # 'w'
-            parts = body.split(b"\0", 2)
-            kind = parts[0]
-            if len(parts) == 3 and parts[2] and len(kind) == 2 and parts[1].isdigit():
-                k = kind[0] | 0x20
-                number = int(parts[1])
-                if number <= 255 and k in (0x76, 0x64, 0x61):  # v d a
-                    try:
-                        self.domain.write_pin(self.device, Pin(chr(k), number), parts[2], self._group_ts)
-                    except InvalidValue as exc:
-                        log.info("invalid value device=%d pin=%s%d: %s", self.device.id, chr(k), number, exc)
-                        self._reply(msg_id, Status.ILLEGAL_COMMAND)
-                    return
+            sep = body.find(b"\0", 3)
+            key = _write_key(body[:sep]) if sep > 0 else None
+            if key is not None and sep + 1 < len(body):
+                try:
+                    self.domain.write_key(self.device, key, body[sep + 1 :], self._group_ts or self._batch_ms)
+                except InvalidValue as exc:
+                    log.info("invalid value device=%d pin=%s: %s", self.device.id, key, exc)
+                    self._reply(msg_id, Status.ILLEGAL_COMMAND)
+                return
             self._reply(msg_id, Status.ILLEGAL_COMMAND)
             return
         try:
