@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import csv
 import json
+import multiprocessing
 import os
 import random
 import re
@@ -89,6 +90,24 @@ async def pinger(host: str, port: int, token: str, rtts: list, stop: asyncio.Eve
     await c.close()
 
 
+def ping_process(host: str, port: int, tokens: list[str], conn, seconds_file: str) -> None:
+    """Pingers in a process of their own, so the downloaders' busy loop does not inflate their RTTs."""
+
+    async def run() -> list[float]:
+        rtts: list[float] = []
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(pinger(host, port, t, rtts, stop)) for t in tokens]
+        conn.send("ready")
+        await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # "measure"
+        rtts.clear()
+        await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # "stop"
+        stop.set()
+        await asyncio.gather(*tasks)
+        return rtts
+
+    conn.send(asyncio.run(run()))
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--devices", type=int, default=1000)
@@ -131,16 +150,19 @@ async def main() -> None:
     try:
         results = [{"expected": bytes(fw)} for _ in range(args.devices)]
         start = asyncio.Event()
-        stop = asyncio.Event()
-        rtts: list[float] = []
-        pingers = [asyncio.create_task(pinger(host, port, t, rtts, stop)) for t, _ in rows[args.devices:]]
+        parent, child = multiprocessing.Pipe()
+        pinger_proc = multiprocessing.Process(
+            target=ping_process, args=(host, port, [t for t, _ in rows[args.devices:]], child, ""), daemon=True
+        )
+        pinger_proc.start()
+        await asyncio.get_running_loop().run_in_executor(None, parent.recv)  # "ready"
         tasks = [asyncio.create_task(device(host, port, t, build, results[i], start))
                  for i, (t, _) in enumerate(rows[: args.devices])]
         await asyncio.sleep(0.1)
         while sum(1 for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port
                   and c.status == "ESTABLISHED") < args.devices + args.pingers:
             await asyncio.sleep(0.5)
-        rtts.clear()
+        parent.send("measure")
         cpu0 = ps.cpu_times()
         t0 = time.monotonic()
         cmd = ["ota", "ship", "--name", "wave", "--firmware", str(fw_id), "--template", "TMPLwave",
@@ -150,8 +172,9 @@ async def main() -> None:
         await asyncio.gather(*tasks)
         wall = time.monotonic() - t0
         cpu1 = ps.cpu_times()
-        stop.set()
-        await asyncio.gather(*pingers)
+        parent.send("stop")
+        rtts = await asyncio.get_running_loop().run_in_executor(None, parent.recv)
+        pinger_proc.join(10)
         rep = json.loads(cli(data, "ota", "report", "wave"))
         rates = [r["bytes"] / r["secs"] for r in results]
         gaps = [r["gap"] for r in results]
