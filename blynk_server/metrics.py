@@ -122,16 +122,27 @@ class BlynkCollector(Collector):
         if server.store is not None:
             yield from _store(server.store)
         yield from _http(self.http)
-        if getattr(server, "ota", None) is not None:
-            from blynk_server.ota.metrics import ota_metrics
-
-            yield from ota_metrics(server)
+        yield from _ota(server)
         yield GaugeMetricFamily(
             "blynk_event_loop_lag_seconds", "Lateness of the last periodic timer", value=self.lag.last
         )
         yield GaugeMetricFamily(
             "blynk_event_loop_lag_max_seconds", "Largest timer lateness since start", value=self.lag.max
         )
+
+
+def _ota(server: BlynkServer) -> Iterator[Metric]:
+    """The OTA module's families, when it is installed; its failure must not fail the whole scrape."""
+    try:
+        from blynk_server.ota.metrics import ota_metrics
+    except ImportError:
+        return
+    try:
+        families = list(ota_metrics(server))
+    except Exception:
+        log.exception("ota metrics failed")
+        return
+    yield from families
 
 
 def _hardware(s, sessions: int) -> Iterator[Metric]:

@@ -93,7 +93,9 @@ async def test_rule_metrics_exist_in_a_real_scrape(make_server):
     srv = make_server()
     async with aiohttp.ClientSession() as s, s.get(f"http://{srv.admin_host}:{srv.admin_port}/metrics") as r:
         text = await r.text()
-    scraped = {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
+    families = list(text_string_to_metric_families(text))
+    assert len({f.name for f in families}) == len(families), "a metric family is exported twice"
+    scraped = {sample.name for family in families for sample in family.samples}
     for rule in _rules():
         for name in _metric_names(rule["expr"]):
             if name == "up":  # recorded by Prometheus per target, not exported
