@@ -144,9 +144,9 @@ def build_admin_app(server: BlynkServer) -> web.Application:
         return web.Response(body=render(server.http.registry), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
 
     async def openapi(request: web.Request) -> web.Response:
-        from blynk_server.http.openapi import spec
+        from blynk_server.http.openapi import add_undocumented, spec
 
-        return web.json_response(spec())
+        return web.json_response(add_undocumented(spec(), request.app.router.routes()))
 
     async def list_templates(request: web.Request) -> web.Response:
         return web.json_response([t.as_dict() for t in store().list_templates()])

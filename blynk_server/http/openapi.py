@@ -6,7 +6,10 @@ admin route belongs here too.
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+_PARAM = re.compile(r"\{([^}]+)\}")
 
 KEYED = [{"bearer": []}, {"apiKey": []}]
 OPEN: list = []
@@ -50,6 +53,21 @@ def _path(name: str, description: str = "") -> dict:
 TEMPLATE = {"$ref": "#/components/schemas/Template"}
 DEVICE = {"$ref": "#/components/schemas/Device"}
 DATASTREAM = {"$ref": "#/components/schemas/Datastream"}
+
+
+def add_undocumented(doc: dict, routes) -> dict:
+    """Routes other modules mounted (OTA) get a minimal entry, so the document lists every keyed route."""
+    paths = doc["paths"]
+    for route in routes:
+        if route.method in ("HEAD", "OPTIONS", "*") or route.resource is None:
+            continue
+        path = route.resource.canonical
+        entry = paths.setdefault(path, {})
+        method = route.method.lower()
+        if method not in entry:
+            params = [_path(n.split(":")[0]) for n in _PARAM.findall(path)]
+            entry[method] = _op(f"{route.method} {path} (added by another module)", params=params or None)
+    return doc
 
 
 def spec() -> dict:

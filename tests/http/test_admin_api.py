@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import re
 
 import pytest
@@ -25,6 +26,8 @@ async def test_openapi_is_open_and_every_keyed_route_refuses_without_key(admin, 
         assert r.status == 200
         spec = await r.json()
     assert spec["openapi"].startswith("3.")
+    if importlib.util.find_spec("blynk_server.ota.http") is not None:
+        assert any(p.startswith("/api/ota/") for p in spec["paths"]), "OTA admin routes are listed too"
     keyed = 0
     for path, ops in spec["paths"].items():
         url = admin + re.sub(r"\{[^}]+\}", "1", path)
