@@ -176,6 +176,20 @@ def _device(row) -> DeviceOta:
     return DeviceOta(*r)
 
 
+_UPSERT = (
+    f"INSERT INTO ota_devices ({_DEV_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (shipment_id, device_id) DO UPDATE SET status = excluded.status,"
+    " attempts = excluded.attempts, attempts_since = excluded.attempts_since,"
+    " approved = MAX(approved, excluded.approved), wave = excluded.wave,"
+    " old_version = excluded.old_version, bytes = excluded.bytes, updated_at = excluded.updated_at"
+)
+
+
+def _row(d: DeviceOta) -> tuple:
+    return (d.shipment_id, d.device_id, d.status, d.attempts, d.attempts_since, int(d.approved), d.wave,
+            d.old_version, d.bytes, d.updated_at)
+
+
 class OtaDB:
     def __init__(self, data_dir: Path) -> None:
         self.path = Path(data_dir) / DB_NAME
@@ -283,6 +297,15 @@ class OtaDB:
                 (shipment_id, device_id, now_ms()),
             )
             self.db.execute("UPDATE ota_shipments SET rev = rev + 1 WHERE id = ?", (shipment_id,))
+
+    def save_devices(self, rows: list[DeviceOta], events: list[tuple]) -> None:
+        """Upsert many device rows and append timeline events (shipment, device, ts, status, detail) in
+        one transaction: a wave start changes thousands of rows in one loop turn."""
+        with self.lock, self.db:
+            self.db.executemany(_UPSERT, [_row(d) for d in rows])
+            self.db.executemany(
+                "INSERT INTO ota_events (shipment_id, device_id, ts, status, detail) VALUES (?, ?, ?, ?, ?)", events
+            )
 
     def save_device(self, d: DeviceOta, status_changed: str | None = None, detail: str | None = None) -> None:
         """Upsert the device's row; with ``status_changed`` also append a timeline event."""

@@ -59,6 +59,9 @@ class OtaService:
         self._revs: dict[int, int] = {}
         self._files: dict[str, bytes] = {}
         self._task: asyncio.Task | None = None
+        self._dirty: dict[tuple[int, int], DeviceOta] = {}
+        self._events: list[tuple] = []
+        self._flush_scheduled = False
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
@@ -77,6 +80,7 @@ class OtaService:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        self.flush()
         self.db.close()
 
     async def _run(self) -> None:
@@ -194,14 +198,31 @@ class OtaService:
     def set_status(self, e: DeviceOta, status: str, detail: str | None = None) -> None:
         e.status = status
         e.updated_at = now_ms()
-        self.db.save_device(e, status, detail)
+        self._queue(e, (e.shipment_id, e.device_id, e.updated_at, status, detail))
         log.info("ota status shipment=%d device=%d status=%r%s", e.shipment_id, e.device_id, status,
                  f" detail={detail!r}" if detail else "")
         self._after_status(e)
 
     def save(self, e: DeviceOta) -> None:
         e.updated_at = now_ms()
-        self.db.save_device(e)
+        self._queue(e, None)
+
+    def _queue(self, e: DeviceOta, event: tuple | None) -> None:
+        """Writes made in one loop turn go to SQLite together, at the end of the turn (still on the
+        loop, so anything read afterwards sees them)."""
+        self._dirty[(e.shipment_id, e.device_id)] = e
+        if event is not None:
+            self._events.append(event)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        rows, self._dirty = list(self._dirty.values()), {}
+        events, self._events = self._events, []
+        if rows or events:
+            self.db.save_devices(rows, events)
 
     def is_target(self, ship: Shipment, did: int) -> bool:
         return ship.targets is None or did in ship.targets
