@@ -155,10 +155,9 @@ class BlynkTarget(Target):
         # Until blynk_server.metrics exists, a thin wrapper adds a JSON counter route to the admin app.
         module = "blynk_server" if has_metrics else "benchmarks.harness._stats_server"
         self.metrics_source = "/metrics" if has_metrics else "/bench/stats (fallback: no blynk_server.metrics yet)"
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(Path(__file__).resolve().parents[2]) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        }
+        env = dict(os.environ)
+        if not has_metrics:  # the wrapper lives in the checkout; the server itself is the installed package
+            env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
         self.stderr_path = self.workdir / "server-stderr.log"
         with open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen(
