@@ -252,9 +252,14 @@ async def run_load(
         stop = asyncio.Event()
         sampling = asyncio.create_task(sampler.run(stop))
         cpu0, hcpu0, t0 = proc_cpu_seconds(target.pid), pool.cpu(), time.time()
+
+        async def at_window_end() -> tuple[float, float, float]:
+            await asyncio.sleep(duration)  # CPU over the window only, not the drain after it
+            return proc_cpu_seconds(target.pid), pool.cpu(), time.time()
+
+        end = asyncio.create_task(at_window_end())
         res = await pool.run(duration)
-        t1 = time.time()
-        cpu1, hcpu1 = proc_cpu_seconds(target.pid), pool.cpu()
+        cpu1, hcpu1, t1 = await end
         stop.set()
         await sampling
         main = res[: len(specs)]

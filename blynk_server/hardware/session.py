@@ -46,6 +46,7 @@ MAX_BRIDGES = 100  # per connection, as the legacy server
 PACE_GAP = 0.05  # seconds between frames to a client that parses one frame per recv() (blynklib)
 MAX_PACED = 1024  # frames queued for such a client before further ones are dropped
 READS_PER_TURN = 8  # busy (full-buffer) sockets resumed per loop turn: bounds one turn's work in a flood
+SMALL_READ = 256  # bytes read from a socket not granted a turn while busy ones wait (pings, logins fit)
 
 
 _WRITE_KEYS: dict[bytes, str] = {}  # b"vw\0" b"1" -> "v1": few distinct pins, so parse each once
@@ -111,6 +112,13 @@ class HardwareSession(asyncio.BufferedProtocol):
         self.decoder = Decoder(self.settings.max_frame)
         self._buf = bytearray(self.settings.recv_buffer)
         self._view = memoryview(self._buf)
+        self._small = self._view[:SMALL_READ]
+        self._offered = len(self._buf)
+        self._granted = False  # this read was granted by ReadTurns: the full buffer even when busy
+        turns = getattr(server, "read_turns", None)
+        if turns is None:
+            turns = server.read_turns = ReadTurns(self.loop)
+        self._turns: ReadTurns = turns
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.device: DeviceState | None = None
@@ -166,7 +174,11 @@ class HardwareSession(asyncio.BufferedProtocol):
         self._arm(self.timeout)
 
     def get_buffer(self, sizehint: int):  # type: ignore[override]
-        return self._view
+        # While busy sockets wait their turn, a socket not granted one reads a little only: a pile of
+        # sockets turning busy at once (a flood starting) cannot make one loop turn long.
+        view = self._small if self._turns.waiting and not self._granted else self._view
+        self._offered = len(view)
+        return view
 
     def buffer_updated(self, nbytes: int) -> None:
         self.stats.bytes_in += nbytes
@@ -195,14 +207,12 @@ class HardwareSession(asyncio.BufferedProtocol):
             self._handle_frames(frames)
         if self.closed:
             return
-        if nbytes == len(self._buf) and not self._turn_paused:
+        self._granted = False
+        if nbytes == self._offered and not self._turn_paused:
             # A full buffer: let every other socket have its turn before reading this one again.
             self._turn_paused = True
             self.transport.pause_reading()
-            turns = getattr(self.server, "read_turns", None)
-            if turns is None:
-                turns = self.server.read_turns = ReadTurns(self.loop)
-            turns.defer(self)
+            self._turns.defer(self)
 
     def _handle_frames(self, frames: list) -> None:
         counts = self.stats.messages_in
@@ -367,6 +377,7 @@ class HardwareSession(asyncio.BufferedProtocol):
 
     def _resume_turn(self) -> None:
         self._turn_paused = False
+        self._granted = True
         if not self._flood_paused and not self.closed:
             self.transport.resume_reading()
 
