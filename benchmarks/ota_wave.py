@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import hashlib
 import json
 import multiprocessing
 import os
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -45,25 +47,53 @@ def info(version: str, build: str) -> dict:
             "buff-in": "1024", "dev": "sim", "tmpl": "TMPLwave"}
 
 
-async def download(url: str) -> tuple[int, float, float, bytes]:
-    u = urlsplit(url)
-    reader, writer = await asyncio.open_connection(u.hostname, u.port, limit=2**20)
-    writer.write(f"GET {u.path}?{u.query} HTTP/1.0\r\nHost: {u.hostname}\r\n\r\n".encode())
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
-    body = bytearray()
-    t0 = last = time.monotonic()
-    gap = 0.0
-    while len(body) < length:
-        chunk = await reader.read(65536)
-        if not chunk:
-            break
+class _Download(asyncio.Protocol):
+    """A lean HTTP/1.0 download: counts bytes, hashes them as they come, notes the longest gap."""
+
+    def __init__(self, done: asyncio.Future) -> None:
+        self.done = done
+        self.head = b""
+        self.length = -1
+        self.got = 0
+        self.md5 = hashlib.md5()
+        self.t0 = self.last = 0.0
+        self.gap = 0.0
+        self.x_md5 = ""
+
+    def data_received(self, data: bytes) -> None:
         now = time.monotonic()
-        gap = max(gap, now - last)
-        last = now
-        body += chunk
-    writer.close()
-    return len(body), time.monotonic() - t0, gap, bytes(body)
+        if self.length < 0:
+            self.head += data
+            if b"\r\n\r\n" not in self.head:
+                return
+            head, data = self.head.split(b"\r\n\r\n", 1)
+            self.length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
+            self.x_md5 = re.search(rb"(?i)x-md5:\s*(\w+)", head).group(1).decode()
+            self.t0 = self.last = now
+            if not data:
+                return
+        if self.got:
+            self.gap = max(self.gap, now - self.last)
+        self.last = now
+        self.got += len(data)
+        self.md5.update(data)
+        if self.got >= self.length and not self.done.done():
+            self.done.set_result(None)
+
+    def connection_lost(self, exc) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+async def download(url: str) -> tuple[int, float, float, bool]:
+    u = urlsplit(url)
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    transport, proto = await loop.create_connection(lambda: _Download(done), u.hostname, u.port)
+    transport.write(f"GET {u.path}?{u.query} HTTP/1.0\r\nHost: {u.hostname}\r\n\r\n".encode())
+    await done
+    transport.close()
+    return proto.got, proto.last - proto.t0, proto.gap, proto.md5.hexdigest() == proto.x_md5
 
 
 async def device(host: str, port: int, token: str, build: str, out: dict, start: asyncio.Event) -> None:
@@ -72,9 +102,9 @@ async def device(host: str, port: int, token: str, build: str, out: dict, start:
     frame = await c.expect(lambda f: f[0] == Command.INTERNAL and f[2].startswith(b"ota\0"), timeout=120)
     url = frame[2].split(b"\0")[1].decode()
     await c.close()
-    n, secs, gap, body = await download(url)
+    n, secs, gap, ok = await download(url)
     out["bytes"], out["secs"], out["gap"] = n, secs, gap
-    out["ok"] = body == out["expected"]
+    out["ok"] = ok and n == out["size"]
     c = await DeviceClient.connect(host, port, token, info=info("2.0.0", build), timeout=30)
     await asyncio.sleep(1.0)
     await c.close()
@@ -140,15 +170,15 @@ async def main() -> None:
                              "127.0.0.1", "--port", "0", "--admin-port", "0", "--log-level", "WARNING"],
                             stdout=subprocess.PIPE, stderr=log_fh, text=True,
                             env={**os.environ, "BLYNK_OTA_POLL_INTERVAL": "0.2"})
-    host = port = None
+    host = port = admin = None
     for line in proc.stdout:
         m = READY.search(line)
         if m:
-            host, port = m.group(1), int(m.group(2))
+            host, port, admin = m.group(1), int(m.group(2)), (m.group(3), int(m.group(4)))
             break
     ps = psutil.Process(proc.pid)
     try:
-        results = [{"expected": bytes(fw)} for _ in range(args.devices)]
+        results = [{"size": len(fw)} for _ in range(args.devices)]
         start = asyncio.Event()
         parent, child = multiprocessing.Pipe()
         pinger_proc = multiprocessing.Process(
@@ -176,6 +206,8 @@ async def main() -> None:
         rtts = await asyncio.get_running_loop().run_in_executor(None, parent.recv)
         pinger_proc.join(10)
         rep = json.loads(cli(data, "ota", "report", "wave"))
+        metrics = urllib.request.urlopen(f"http://{admin[0]}:{admin[1]}/metrics", timeout=10).read().decode()
+        server_gap = float(re.search(r"^blynk_ota_max_send_gap_seconds (\S+)", metrics, re.M).group(1))
         rates = [r["bytes"] / r["secs"] for r in results]
         gaps = [r["gap"] for r in results]
         med = statistics.median(rates)
@@ -187,7 +219,7 @@ async def main() -> None:
             "rate_median": round(med), "rate_min": round(min(rates)), "rate_max": round(max(rates)),
             "rate_p5": round(statistics.quantiles(rates, n=20)[0]), "rate_p95": round(statistics.quantiles(rates, n=20)[-1]),
             "median_vs_limit_pct": round(100 * (med - args.rate) / args.rate, 2),
-            "max_gap_s": round(max(gaps), 3), "gap_p99_s": round(sorted(gaps)[int(0.99 * len(gaps))], 3),
+            "max_gap_client_s": round(max(gaps), 3), "max_gap_server_s": round(server_gap, 3), "gap_p99_s": round(sorted(gaps)[int(0.99 * len(gaps))], 3),
             "server_cpu_s": round(cpu, 1), "server_cpu_pct": round(100 * cpu / wall, 1),
             "ping_rtt_ms": {"n": len(rtts), "p50": round(1000 * rtts[len(rtts) // 2], 2),
                             "p99": round(1000 * rtts[int(0.99 * len(rtts))], 2), "max": round(1000 * rtts[-1], 2)},
@@ -201,4 +233,9 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())

@@ -190,6 +190,7 @@ async def _stream(ota: OtaService, request: web.Request, resp: web.StreamRespons
     t0 = loop.time()
     first = pos
     stats = ota.stats
+    last_write = t0
     timeout_cm = _timeout(loop.time() + stall)
     async with timeout_cm as cm:
         while pos < stop:
@@ -200,6 +201,10 @@ async def _stream(ota: OtaService, request: web.Request, resp: web.StreamRespons
                     cm.reschedule(due + stall)
                     await asyncio.sleep(delay)
             piece = data[pos : min(stop, pos + chunk)]
+            now = loop.time()
+            if pos != first and now - last_write > stats.max_send_gap:
+                stats.max_send_gap = now - last_write
+            last_write = now
             await resp.write(piece)
             await _drained(transport, high, loop, stall)
             pos += len(piece)

@@ -20,6 +20,8 @@ def ota_metrics(server: BlynkServer) -> Iterator[Metric]:
     yield CounterMetricFamily("blynk_ota_bytes_served", "Firmware bytes sent to devices", value=s.bytes_served)
     yield GaugeMetricFamily("blynk_ota_downloads_in_flight", "Firmware downloads running now",
                             value=s.downloads_in_flight)
+    yield GaugeMetricFamily("blynk_ota_max_send_gap_seconds", "Longest pause between two chunks of a download",
+                            value=s.max_send_gap)
     downloads = CounterMetricFamily("blynk_ota_downloads", "Firmware downloads by outcome", labels=["outcome"])
     downloads.add_metric(["started"], s.downloads_started)
     downloads.add_metric(["completed"], s.downloads_completed)

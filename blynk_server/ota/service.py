@@ -34,7 +34,7 @@ class OtaStats:
     """Plain counters for /metrics."""
 
     __slots__ = ("bytes_served", "downloads_in_flight", "downloads_started", "downloads_completed",
-                 "downloads_failed", "commands_sent", "limit_refusals")
+                 "downloads_failed", "commands_sent", "limit_refusals", "max_send_gap")
 
     def __init__(self) -> None:
         self.bytes_served = 0
@@ -44,6 +44,7 @@ class OtaStats:
         self.downloads_failed = 0
         self.commands_sent = 0
         self.limit_refusals = 0
+        self.max_send_gap = 0.0  # seconds: the longest pause between two chunks of one download
 
 
 class OtaService:
