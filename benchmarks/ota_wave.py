@@ -128,7 +128,10 @@ def ping_process(host: str, port: int, tokens: list[str], conn, seconds_file: st
         stop = asyncio.Event()
         tasks = [asyncio.create_task(pinger(host, port, t, rtts, stop)) for t in tokens]
         conn.send("ready")
+        await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # "baseline"
+        rtts.clear()
         await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # "measure"
+        conn.send(list(rtts))
         rtts.clear()
         await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # "stop"
         stop.set()
@@ -192,7 +195,10 @@ async def main() -> None:
         while sum(1 for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port
                   and c.status == "ESTABLISHED") < args.devices + args.pingers:
             await asyncio.sleep(0.5)
+        parent.send("baseline")
+        await asyncio.sleep(3.0)  # the same pingers with no wave: the reference RTT
         parent.send("measure")
+        base = sorted(await asyncio.get_running_loop().run_in_executor(None, parent.recv))
         cpu0 = ps.cpu_times()
         t0 = time.monotonic()
         cmd = ["ota", "ship", "--name", "wave", "--firmware", str(fw_id), "--template", "TMPLwave",
@@ -221,6 +227,8 @@ async def main() -> None:
             "median_vs_limit_pct": round(100 * (med - args.rate) / args.rate, 2),
             "max_gap_client_s": round(max(gaps), 3), "max_gap_server_s": round(server_gap, 3), "gap_p99_s": round(sorted(gaps)[int(0.99 * len(gaps))], 3),
             "server_cpu_s": round(cpu, 1), "server_cpu_pct": round(100 * cpu / wall, 1),
+            "ping_rtt_ms_before_wave": {"n": len(base), "p50": round(1000 * base[len(base) // 2], 2),
+                                        "p99": round(1000 * base[int(0.99 * len(base))], 2)},
             "ping_rtt_ms": {"n": len(rtts), "p50": round(1000 * rtts[len(rtts) // 2], 2),
                             "p99": round(1000 * rtts[int(0.99 * len(rtts))], 2), "max": round(1000 * rtts[-1], 2)},
             "final_status": {k: v for k, v in rep["counts"].items() if v},

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 FW_PATH = re.compile(r"^fw_(\d+)_([0-9a-f]{6,64})\.bin$")
 RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 MAX_CHUNK = 16384
-TICK = 0.05  # seconds of the rate per chunk: small chunks keep the gaps between bytes short
+TICK = 0.1  # seconds of the rate per chunk: small chunks keep the gaps between bytes short
 
 
 def _error(message: str, status: int) -> web.Response:
