@@ -221,14 +221,17 @@ class Worker:
         self.new_login_lat: list[float] = []
         self.new_login_errors = 0
         self.skipped = 0
+        self.measured_pongs = 0
         self.running = False
 
     # callbacks from devices
     def on_pong(self, dev: Device, rtt: float) -> None:
         self.pongs += 1
         mode = self.spec["mode"]
-        if self.measuring and mode in ("probe", "pingpong") and (mode == "probe" or len(self.rtts) < 200_000):
-            self.rtts.append(rtt)
+        if self.measuring:
+            self.measured_pongs += 1
+            if mode == "probe" or (mode == "pingpong" and len(self.rtts) < 200_000):  # RTTs: the first 200k
+                self.rtts.append(rtt)
         if mode == "pingpong" and not self.closing and self.running:
             dev.ping()
 
@@ -315,7 +318,7 @@ class Worker:
         return {
             "sent": sent,
             "elapsed": elapsed,
-            "pongs": self.pongs,
+            "pongs": self.measured_pongs,
             "rtts": self.rtts,
             "dropped": self.dropped,
             "bad_status": self.bad_status,

@@ -284,7 +284,7 @@ async def run_load(
             out["skipped_behind_schedule"] = sum(r["skipped"] for r in main)
         if mode == "pingpong":
             rtts = [x for r in main for x in r["rtts"]]
-            out["pongs_per_s"] = round(sum(len(r["rtts"]) for r in main) / elapsed)
+            out["pongs_per_s"] = round(sum(r["pongs"] for r in main) / elapsed)
             out["rtt_p50_ms"], out["rtt_p99_ms"] = ms(pct(rtts, 50)), ms(pct(rtts, 99))
         if extra and (probes or new_ids):
             pr = res[len(specs)]
