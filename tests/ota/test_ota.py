@@ -245,3 +245,38 @@ async def test_state_survives_restart(make_server, tmp_path, unique):
     c = await DeviceClient.connect(srv.host, srv.port, token, info=info("5.0.0", unique, "Nov 22 2026 12:00:00"))
     await wait_status(srv, sid, did, st.SUCCESS)
     await c.close()
+
+
+async def test_admin_api_and_wildcard_host(make_server, tmp_path, unique):
+    """Upload and ship through the admin API; on a 0.0.0.0 listener the URL names the address the device used."""
+    srv = make_server("--host", "0.0.0.0", env={"BLYNK_OTA_POLL_INTERVAL": "0.1"})
+    srv.new_template(unique)
+    did, token = new_device(srv, unique, "api")
+    base = f"http://{srv.admin_host}:{srv.admin_port}/api/ota"
+    key = {"X-API-Key": srv.api_key}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{base}/firmware", data=image("0.1", unique, tag=False), headers=key) as r:
+            assert r.status == 400 and "no blnkinf tag" in (await r.json())["error"]["message"]
+        async with s.post(f"{base}/firmware?name=x.bin", data=image("7.0.0", unique, seed=8), headers=key) as r:
+            assert r.status == 201
+            fw = await r.json()
+        async with s.post(f"{base}/shipments", json={"name": "x" * 41, "firmware": fw["id"], "template": unique},
+                          headers=key) as r:
+            assert r.status == 400 and "40" in (await r.json())["error"]["message"]
+        async with s.post(f"{base}/shipments", json={"name": "api", "firmware": fw["id"], "template": unique},
+                          headers={"X-API-Key": "wrong"}) as r:
+            assert r.status in (401, 403)
+        c = await DeviceClient.connect("127.0.0.1", srv.port, token, info=info("1.0.0", unique))
+        async with s.post(f"{base}/shipments", json={"name": "api", "firmware": fw["id"], "template": unique,
+                                                     "devices": [did], "rate": 100000}, headers=key) as r:
+            assert r.status == 201, await r.text()
+            sid = (await r.json())["id"]
+        _, url = await wait_ota(c)
+        assert url.startswith(f"http://127.0.0.1:{srv.port}/static/fw_{sid}_")
+        await c.close()
+        await edgent_update(srv, token, url, "7.0.0", unique)
+        await wait_status(srv, sid, did, st.SUCCESS)
+        async with s.get(f"{base}/shipments/{sid}", headers=key) as r:
+            assert (await r.json())["shipment"]["state"] == "finished"
+        async with s.post(f"{base}/shipments/{sid}/pause", headers=key) as r:
+            assert r.status == 409
