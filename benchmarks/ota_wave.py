@@ -37,14 +37,26 @@ READY = re.compile(r"blynk-server ready hardware=(\S+):(\d+) admin=(\S+):(\d+)")
 
 
 def cli(data: Path, *args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "blynk_server", *args, "--data-dir", str(data)], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "blynk_server", *args, "--data-dir", str(data)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return out.stdout
 
 
 def info(version: str, build: str) -> dict:
-    return {"mcu": version, "fw-type": "TMPLwave", "build": build, "blynk": "1.4.0", "h-beat": "60",
-            "buff-in": "1024", "dev": "sim", "tmpl": "TMPLwave"}
+    return {
+        "mcu": version,
+        "fw-type": "TMPLwave",
+        "build": build,
+        "blynk": "1.4.0",
+        "h-beat": "60",
+        "buff-in": "1024",
+        "dev": "sim",
+        "tmpl": "TMPLwave",
+    }
 
 
 class _Download(asyncio.Protocol):
@@ -169,10 +181,28 @@ async def main() -> None:
     targets = [ids[t] for t, _ in rows[: args.devices]]
 
     log_fh = open(tmp / "server.log", "w")  # noqa: SIM115 - lives as long as the server
-    proc = subprocess.Popen([sys.executable, "-m", "blynk_server", "serve", "--data-dir", str(data), "--host",
-                             "127.0.0.1", "--port", "0", "--admin-port", "0", "--log-level", "WARNING"],
-                            stdout=subprocess.PIPE, stderr=log_fh, text=True,
-                            env={**os.environ, "BLYNK_OTA_POLL_INTERVAL": "0.2"})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "blynk_server",
+            "serve",
+            "--data-dir",
+            str(data),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--admin-port",
+            "0",
+            "--log-level",
+            "WARNING",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=log_fh,
+        text=True,
+        env={**os.environ, "BLYNK_OTA_POLL_INTERVAL": "0.2"},
+    )
     host = port = admin = None
     for line in proc.stdout:
         m = READY.search(line)
@@ -185,15 +215,23 @@ async def main() -> None:
         start = asyncio.Event()
         parent, child = multiprocessing.Pipe()
         pinger_proc = multiprocessing.Process(
-            target=ping_process, args=(host, port, [t for t, _ in rows[args.devices:]], child, ""), daemon=True
+            target=ping_process, args=(host, port, [t for t, _ in rows[args.devices :]], child, ""), daemon=True
         )
         pinger_proc.start()
         await asyncio.get_running_loop().run_in_executor(None, parent.recv)  # "ready"
-        tasks = [asyncio.create_task(device(host, port, t, build, results[i], start))
-                 for i, (t, _) in enumerate(rows[: args.devices])]
+        tasks = [
+            asyncio.create_task(device(host, port, t, build, results[i], start))
+            for i, (t, _) in enumerate(rows[: args.devices])
+        ]
         await asyncio.sleep(0.1)
-        while sum(1 for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port
-                  and c.status == "ESTABLISHED") < args.devices + args.pingers:
+        while (
+            sum(
+                1
+                for c in psutil.net_connections("tcp")
+                if c.laddr and c.laddr.port == port and c.status == "ESTABLISHED"
+            )
+            < args.devices + args.pingers
+        ):
             await asyncio.sleep(0.5)
         parent.send("baseline")
         await asyncio.sleep(3.0)  # the same pingers with no wave: the reference RTT
@@ -201,8 +239,18 @@ async def main() -> None:
         base = sorted(await asyncio.get_running_loop().run_in_executor(None, parent.recv))
         cpu0 = ps.cpu_times()
         t0 = time.monotonic()
-        cmd = ["ota", "ship", "--name", "wave", "--firmware", str(fw_id), "--template", "TMPLwave",
-               "--rate", str(args.rate)] + sum((["--device", str(i)] for i in targets), [])
+        cmd = [
+            "ota",
+            "ship",
+            "--name",
+            "wave",
+            "--firmware",
+            str(fw_id),
+            "--template",
+            "TMPLwave",
+            "--rate",
+            str(args.rate),
+        ] + sum((["--device", str(i)] for i in targets), [])
         start.set()
         cli(data, *cmd)
         await asyncio.gather(*tasks)
@@ -220,17 +268,33 @@ async def main() -> None:
         cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
         rtts.sort()
         summary = {
-            "devices": args.devices, "size": args.size, "rate_limit": args.rate, "wall_s": round(wall, 1),
+            "devices": args.devices,
+            "size": args.size,
+            "rate_limit": args.rate,
+            "wall_s": round(wall, 1),
             "all_bytes_ok": all(r["ok"] for r in results),
-            "rate_median": round(med), "rate_min": round(min(rates)), "rate_max": round(max(rates)),
-            "rate_p5": round(statistics.quantiles(rates, n=20)[0]), "rate_p95": round(statistics.quantiles(rates, n=20)[-1]),
+            "rate_median": round(med),
+            "rate_min": round(min(rates)),
+            "rate_max": round(max(rates)),
+            "rate_p5": round(statistics.quantiles(rates, n=20)[0]),
+            "rate_p95": round(statistics.quantiles(rates, n=20)[-1]),
             "median_vs_limit_pct": round(100 * (med - args.rate) / args.rate, 2),
-            "max_gap_client_s": round(max(gaps), 3), "max_gap_server_s": round(server_gap, 3), "gap_p99_s": round(sorted(gaps)[int(0.99 * len(gaps))], 3),
-            "server_cpu_s": round(cpu, 1), "server_cpu_pct": round(100 * cpu / wall, 1),
-            "ping_rtt_ms_before_wave": {"n": len(base), "p50": round(1000 * base[len(base) // 2], 2),
-                                        "p99": round(1000 * base[int(0.99 * len(base))], 2)},
-            "ping_rtt_ms": {"n": len(rtts), "p50": round(1000 * rtts[len(rtts) // 2], 2),
-                            "p99": round(1000 * rtts[int(0.99 * len(rtts))], 2), "max": round(1000 * rtts[-1], 2)},
+            "max_gap_client_s": round(max(gaps), 3),
+            "max_gap_server_s": round(server_gap, 3),
+            "gap_p99_s": round(sorted(gaps)[int(0.99 * len(gaps))], 3),
+            "server_cpu_s": round(cpu, 1),
+            "server_cpu_pct": round(100 * cpu / wall, 1),
+            "ping_rtt_ms_before_wave": {
+                "n": len(base),
+                "p50": round(1000 * base[len(base) // 2], 2),
+                "p99": round(1000 * base[int(0.99 * len(base))], 2),
+            },
+            "ping_rtt_ms": {
+                "n": len(rtts),
+                "p50": round(1000 * rtts[len(rtts) // 2], 2),
+                "p99": round(1000 * rtts[int(0.99 * len(rtts))], 2),
+                "max": round(1000 * rtts[-1], 2),
+            },
             "final_status": {k: v for k, v in rep["counts"].items() if v},
             "shipment_state": rep["shipment"]["state"],
         }

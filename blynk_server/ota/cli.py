@@ -37,20 +37,36 @@ def add_ota_parser(sub, common) -> None:
     p.add_argument("--name", required=True, help=f"unique name, at most {ships.MAX_NAME} characters")
     p.add_argument("--firmware", required=True, type=int, help="firmware id (from ota upload)")
     p.add_argument("--template", required=True)
-    p.add_argument("--device", type=int, action="append", help="target device id (repeatable; default: every"
-                   " device of the template, including ones created later)")
+    p.add_argument(
+        "--device",
+        type=int,
+        action="append",
+        help="target device id (repeatable; default: every device of the template, including ones created later)",
+    )
     p.add_argument("--condition", default="lower-version", choices=st.CONDITIONS)
-    p.add_argument("--window", default="any", choices=list(st.WINDOWS),
-                   help="preferred time in each device's time zone: night 00-06, morning 06-12, ...")
+    p.add_argument(
+        "--window",
+        default="any",
+        choices=list(st.WINDOWS),
+        help="preferred time in each device's time zone: night 00-06, morning 06-12, ...",
+    )
     p.add_argument("--attempts", type=int, default=3, help="download attempts per reset period (default 3)")
     p.add_argument("--reset", default="24h", help="attempts reset period: 24h, 30m, 10s (default 24h)")
     p.add_argument("--rate", type=int, default=0, help="per-device download rate in bytes/s (0 = unlimited)")
     p.add_argument("--max-in-flight", type=int, default=0, help="most devices updating at once (0 = no limit)")
     p.add_argument("--user-control", action="store_true", help="each device waits for 'ota approve'")
-    p.add_argument("--first-wave", type=float, default=100.0,
-                   help="staged rollout: percent of targets in the first wave (default 100 = no waves)")
-    p.add_argument("--max-failure-ratio", type=float, default=1.0,
-                   help="pause when failures in the first wave exceed this ratio (default 1 = never)")
+    p.add_argument(
+        "--first-wave",
+        type=float,
+        default=100.0,
+        help="staged rollout: percent of targets in the first wave (default 100 = no waves)",
+    )
+    p.add_argument(
+        "--max-failure-ratio",
+        type=float,
+        default=1.0,
+        help="pause when failures in the first wave exceed this ratio (default 1 = never)",
+    )
     p.add_argument("--host-url", help="download base URL for this shipment (default: server's external URL)")
 
     p = ota.add_parser("list", help="list shipments")
@@ -115,10 +131,22 @@ def _run(args, settings, store, db: OtaDB) -> int:
             print(f"{fw.id}\t{fw.type}\t{fw.version}\t{fw.build or '-'}\t{fw.size}\t{fw.md5}\t{fw.file_name or ''}")
     elif act == "ship":
         ship = ships.create(
-            db, store, name=args.name, firmware=args.firmware, template=args.template, devices=args.device,
-            condition=args.condition, window=args.window, attempts=args.attempts, reset=args.reset, rate=args.rate,
-            max_in_flight=args.max_in_flight, user_control=args.user_control, first_wave=args.first_wave,
-            max_failure_ratio=args.max_failure_ratio, host_url=args.host_url,
+            db,
+            store,
+            name=args.name,
+            firmware=args.firmware,
+            template=args.template,
+            devices=args.device,
+            condition=args.condition,
+            window=args.window,
+            attempts=args.attempts,
+            reset=args.reset,
+            rate=args.rate,
+            max_in_flight=args.max_in_flight,
+            user_control=args.user_control,
+            first_wave=args.first_wave,
+            max_failure_ratio=args.max_failure_ratio,
+            host_url=args.host_url,
         )
         print(json.dumps(ship.as_dict(), indent=2))
     elif act == "list":
@@ -128,8 +156,10 @@ def _run(args, settings, store, db: OtaDB) -> int:
         else:
             for s in shipments:
                 targets = "all" if s.targets is None else str(len(s.targets))
-                print(f"{s.id}\t{s.name}\t{s.state}\tfirmware={s.firmware_id}\ttemplate={s.template_id}"
-                      f"\ttargets={targets}\t{s.reason or ''}")
+                print(
+                    f"{s.id}\t{s.name}\t{s.state}\tfirmware={s.firmware_id}\ttemplate={s.template_id}"
+                    f"\ttargets={targets}\t{s.reason or ''}"
+                )
     elif act == "show":
         rep = ships.report(db, store, args.shipment)
         if args.json:
@@ -146,19 +176,24 @@ def _run(args, settings, store, db: OtaDB) -> int:
         rep = ships.report(db, store, args.shipment)
         sys.stdout.write(json.dumps(rep, indent=2) + "\n" if args.format == "json" else ships.report_csv(rep))
     else:
-        raise CliError("ota needs an action: upload, firmware, ship, list, show, pause, resume, cancel, approve,"
-                       " report")
+        raise CliError(
+            "ota needs an action: upload, firmware, ship, list, show, pause, resume, cancel, approve, report"
+        )
     return 0
 
 
 def _print_show(rep: dict) -> None:
     s, fw = rep["shipment"], rep["firmware"] or {}
     print(f"Shipment {s['id']} {s['name']!r}: {s['state']}" + (f" ({s['reason']})" if s["reason"] else ""))
-    print(f"Firmware {fw.get('id')}: type={fw.get('type')} version={fw.get('version')} build={fw.get('build')}"
-          f" size={fw.get('size')} md5={fw.get('md5')}")
-    print(f"Template {s['template_id']}, targets {'all' if s['targets'] is None else len(s['targets'])},"
-          f" condition {s['condition']}, window {s['time_window']}, attempts {s['attempts_limit']}"
-          f" per {s['reset_period']:g} s, rate {s['rate'] or 'unlimited'} B/s, wave {s['wave']}")
+    print(
+        f"Firmware {fw.get('id')}: type={fw.get('type')} version={fw.get('version')} build={fw.get('build')}"
+        f" size={fw.get('size')} md5={fw.get('md5')}"
+    )
+    print(
+        f"Template {s['template_id']}, targets {'all' if s['targets'] is None else len(s['targets'])},"
+        f" condition {s['condition']}, window {s['time_window']}, attempts {s['attempts_limit']}"
+        f" per {s['reset_period']:g} s, rate {s['rate'] or 'unlimited'} B/s, wave {s['wave']}"
+    )
     print()
     print(f"{'Status':<30}Devices")
     for status, n in rep["counts"].items():
@@ -166,7 +201,9 @@ def _print_show(rep: dict) -> None:
             print(f"{status:<30}{n}")
     for d in rep["devices"]:
         print()
-        print(f"Device {d['device_id']} {d['name']!r}: {d['status']} (firmware {d['firmware_version']},"
-              f" attempts {d['attempts']})")
+        print(
+            f"Device {d['device_id']} {d['name']!r}: {d['status']} (firmware {d['firmware_version']},"
+            f" attempts {d['attempts']})"
+        )
         for ev in d["timeline"]:
             print(f"  {_ts(ev['ts'])}  {ev['status']}" + (f"  {ev['detail']}" if ev["detail"] else ""))

@@ -186,8 +186,18 @@ _UPSERT = (
 
 
 def _row(d: DeviceOta) -> tuple:
-    return (d.shipment_id, d.device_id, d.status, d.attempts, d.attempts_since, int(d.approved), d.wave,
-            d.old_version, d.bytes, d.updated_at)
+    return (
+        d.shipment_id,
+        d.device_id,
+        d.status,
+        d.attempts,
+        d.attempts_since,
+        int(d.approved),
+        d.wave,
+        d.old_version,
+        d.bytes,
+        d.updated_at,
+    )
 
 
 class OtaDB:
@@ -225,9 +235,19 @@ class OtaDB:
         cur = self._x(
             "INSERT INTO ota_firmware (sha256, md5, size, type, version, build, board, library_version, tag,"
             " file_name, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (fw["sha256"], fw["md5"], fw["size"], fw.get("type"), fw.get("version"), fw.get("build"),
-             fw.get("board"), fw.get("library_version"), json.dumps(fw.get("tag")) if fw.get("tag") else None,
-             fw.get("file_name"), now_ms()),
+            (
+                fw["sha256"],
+                fw["md5"],
+                fw["size"],
+                fw.get("type"),
+                fw.get("version"),
+                fw.get("build"),
+                fw.get("board"),
+                fw.get("library_version"),
+                json.dumps(fw.get("tag")) if fw.get("tag") else None,
+                fw.get("file_name"),
+                now_ms(),
+            ),
         )
         return self.firmware(cur.lastrowid)
 
@@ -240,11 +260,26 @@ class OtaDB:
             " attempts_limit, reset_period, rate, max_in_flight, user_control, first_wave_percent,"
             " max_failure_ratio, host_url, wave, wave1, state, created_at, updated_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'live', ?, ?)",
-            (s["name"], s["firmware_id"], s["template_id"],
-             json.dumps(s["targets"]) if s.get("targets") is not None else None, s["condition"], s["time_window"],
-             s["attempts_limit"], s["reset_period"], s["rate"], s["max_in_flight"], int(s["user_control"]),
-             s["first_wave_percent"], s["max_failure_ratio"], s.get("host_url"), s["wave"],
-             json.dumps(s["wave1"]) if s.get("wave1") is not None else None, now, now),
+            (
+                s["name"],
+                s["firmware_id"],
+                s["template_id"],
+                json.dumps(s["targets"]) if s.get("targets") is not None else None,
+                s["condition"],
+                s["time_window"],
+                s["attempts_limit"],
+                s["reset_period"],
+                s["rate"],
+                s["max_in_flight"],
+                int(s["user_control"]),
+                s["first_wave_percent"],
+                s["max_failure_ratio"],
+                s.get("host_url"),
+                s["wave"],
+                json.dumps(s["wave1"]) if s.get("wave1") is not None else None,
+                now,
+                now,
+            ),
         )
         return self.shipment(cur.lastrowid)
 
@@ -267,11 +302,15 @@ class OtaDB:
 
     def set_state(self, shipment_id: int, state: str, reason: str | None = None, wave: int | None = None) -> None:
         if wave is None:
-            self._x("UPDATE ota_shipments SET state = ?, reason = ?, updated_at = ?, rev = rev + 1 WHERE id = ?",
-                    (state, reason, now_ms(), shipment_id))
+            self._x(
+                "UPDATE ota_shipments SET state = ?, reason = ?, updated_at = ?, rev = rev + 1 WHERE id = ?",
+                (state, reason, now_ms(), shipment_id),
+            )
         else:
-            self._x("UPDATE ota_shipments SET state = ?, reason = ?, wave = ?, updated_at = ?, rev = rev + 1"
-                    " WHERE id = ?", (state, reason, wave, now_ms(), shipment_id))
+            self._x(
+                "UPDATE ota_shipments SET state = ?, reason = ?, wave = ?, updated_at = ?, rev = rev + 1 WHERE id = ?",
+                (state, reason, wave, now_ms(), shipment_id),
+            )
 
     def bump(self, shipment_id: int) -> None:
         self._x("UPDATE ota_shipments SET rev = rev + 1 WHERE id = ?", (shipment_id,))
@@ -279,12 +318,17 @@ class OtaDB:
     # --- per-device -------------------------------------------------------------------------------
 
     def devices(self, shipment_id: int) -> list[DeviceOta]:
-        return [_device(r) for r in self._q(
-            f"SELECT {_DEV_COLS} FROM ota_devices WHERE shipment_id = ? ORDER BY device_id", (shipment_id,))]
+        return [
+            _device(r)
+            for r in self._q(
+                f"SELECT {_DEV_COLS} FROM ota_devices WHERE shipment_id = ? ORDER BY device_id", (shipment_id,)
+            )
+        ]
 
     def device(self, shipment_id: int, device_id: int) -> DeviceOta | None:
-        rows = self._q(f"SELECT {_DEV_COLS} FROM ota_devices WHERE shipment_id = ? AND device_id = ?",
-                       (shipment_id, device_id))
+        rows = self._q(
+            f"SELECT {_DEV_COLS} FROM ota_devices WHERE shipment_id = ? AND device_id = ?", (shipment_id, device_id)
+        )
         return _device(rows[0]) if rows else None
 
     def approve(self, shipment_id: int, device_id: int) -> None:
@@ -316,8 +360,18 @@ class OtaDB:
                 " attempts = excluded.attempts, attempts_since = excluded.attempts_since,"
                 " approved = MAX(approved, excluded.approved), wave = excluded.wave,"
                 " old_version = excluded.old_version, bytes = excluded.bytes, updated_at = excluded.updated_at",
-                (d.shipment_id, d.device_id, d.status, d.attempts, d.attempts_since, int(d.approved), d.wave,
-                 d.old_version, d.bytes, d.updated_at),
+                (
+                    d.shipment_id,
+                    d.device_id,
+                    d.status,
+                    d.attempts,
+                    d.attempts_since,
+                    int(d.approved),
+                    d.wave,
+                    d.old_version,
+                    d.bytes,
+                    d.updated_at,
+                ),
             )
             if status_changed:
                 self.db.execute(
@@ -326,14 +380,20 @@ class OtaDB:
                 )
 
     def approved_flags(self, shipment_id: int) -> dict[int, bool]:
-        return {r[0]: bool(r[1]) for r in self._q(
-            "SELECT device_id, approved FROM ota_devices WHERE shipment_id = ?", (shipment_id,))}
+        return {
+            r[0]: bool(r[1])
+            for r in self._q("SELECT device_id, approved FROM ota_devices WHERE shipment_id = ?", (shipment_id,))
+        }
 
     def events(self, shipment_id: int, device_id: int | None = None) -> list[dict]:
         if device_id is None:
-            rows = self._q("SELECT device_id, ts, status, detail FROM ota_events WHERE shipment_id = ? ORDER BY id",
-                           (shipment_id,))
+            rows = self._q(
+                "SELECT device_id, ts, status, detail FROM ota_events WHERE shipment_id = ? ORDER BY id", (shipment_id,)
+            )
         else:
-            rows = self._q("SELECT device_id, ts, status, detail FROM ota_events WHERE shipment_id = ?"
-                           " AND device_id = ? ORDER BY id", (shipment_id, device_id))
+            rows = self._q(
+                "SELECT device_id, ts, status, detail FROM ota_events WHERE shipment_id = ?"
+                " AND device_id = ? ORDER BY id",
+                (shipment_id, device_id),
+            )
         return [{"device_id": r[0], "ts": r[1], "status": r[2], "detail": r[3]} for r in rows]

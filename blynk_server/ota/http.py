@@ -101,8 +101,7 @@ async def _download(ota: OtaService, request: web.Request) -> web.StreamResponse
             ota.stats.limit_refusals += 1
             if e.status != st.DOWNLOAD_LIMIT:
                 ota.set_status(e, st.DOWNLOAD_LIMIT, f"{e.attempts} attempts of {ship.attempts_limit}")
-            return _error(f"Download limit reached: {ship.attempts_limit} attempts per "
-                          f"{ship.reset_period:g} s.", 429)
+            return _error(f"Download limit reached: {ship.attempts_limit} attempts per {ship.reset_period:g} s.", 429)
         if e.attempts == 0:
             e.attempts_since = _now_ms()
         e.attempts += 1
@@ -168,8 +167,9 @@ def _now_ms() -> int:
     return now_ms()
 
 
-async def _stream(ota: OtaService, request: web.Request, resp: web.StreamResponse, data: bytes, pos: int,
-                  stop: int, rate: int, e) -> None:
+async def _stream(
+    ota: OtaService, request: web.Request, resp: web.StreamResponse, data: bytes, pos: int, stop: int, rate: int, e
+) -> None:
     """Send data[pos:stop] paced at ``rate`` bytes/s, in chunks of about TICK seconds' worth, each
     only after the socket has taken the previous ones (back-pressure), failing after a stall."""
     loop = asyncio.get_running_loop()
@@ -282,8 +282,9 @@ def add_admin_routes(app: web.Application, server: BlynkServer) -> None:
                     break
         else:
             data = await request.read()
-        fw, created = register(ota.db, ota.settings.data_dir, data, name, q.get("type"), q.get("version"),
-                               q.get("build"))
+        fw, created = register(
+            ota.db, ota.settings.data_dir, data, name, q.get("type"), q.get("version"), q.get("build")
+        )
         return web.json_response(fw.as_dict(), status=201 if created else 200)
 
     async def list_firmware(request: web.Request, ota: OtaService) -> web.Response:
@@ -291,8 +292,22 @@ def add_admin_routes(app: web.Application, server: BlynkServer) -> None:
 
     async def create(request: web.Request, ota: OtaService) -> web.Response:
         body = await request.json()
-        allowed = {"name", "firmware", "template", "devices", "condition", "window", "attempts", "reset", "rate",
-                   "max_in_flight", "user_control", "first_wave", "max_failure_ratio", "host_url"}
+        allowed = {
+            "name",
+            "firmware",
+            "template",
+            "devices",
+            "condition",
+            "window",
+            "attempts",
+            "reset",
+            "rate",
+            "max_in_flight",
+            "user_control",
+            "first_wave",
+            "max_failure_ratio",
+            "host_url",
+        }
         unknown = set(body) - allowed
         if unknown:
             raise ships.ShipmentError(f"unknown field(s): {', '.join(sorted(unknown))}")

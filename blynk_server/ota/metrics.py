@@ -18,10 +18,12 @@ def ota_metrics(server: BlynkServer) -> Iterator[Metric]:
         return
     s = ota.stats
     yield CounterMetricFamily("blynk_ota_bytes_served", "Firmware bytes sent to devices", value=s.bytes_served)
-    yield GaugeMetricFamily("blynk_ota_downloads_in_flight", "Firmware downloads running now",
-                            value=s.downloads_in_flight)
-    yield GaugeMetricFamily("blynk_ota_max_send_gap_seconds", "Longest pause between two chunks of a download",
-                            value=s.max_send_gap)
+    yield GaugeMetricFamily(
+        "blynk_ota_downloads_in_flight", "Firmware downloads running now", value=s.downloads_in_flight
+    )
+    yield GaugeMetricFamily(
+        "blynk_ota_max_send_gap_seconds", "Longest pause between two chunks of a download", value=s.max_send_gap
+    )
     downloads = CounterMetricFamily("blynk_ota_downloads", "Firmware downloads by outcome", labels=["outcome"])
     downloads.add_metric(["started"], s.downloads_started)
     downloads.add_metric(["completed"], s.downloads_completed)
@@ -29,8 +31,9 @@ def ota_metrics(server: BlynkServer) -> Iterator[Metric]:
     downloads.add_metric(["refused_limit"], s.limit_refusals)
     yield downloads
     yield CounterMetricFamily("blynk_ota_commands_sent", "ota commands sent to devices", value=s.commands_sent)
-    devices = GaugeMetricFamily("blynk_ota_devices", "Devices of active shipments by status",
-                                labels=["shipment", "status"])
+    devices = GaugeMetricFamily(
+        "blynk_ota_devices", "Devices of active shipments by status", labels=["shipment", "status"]
+    )
     for sid, entries in list(ota.entries.items()):
         ship = ota.shipments.get(sid)
         if ship is None:

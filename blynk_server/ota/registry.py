@@ -33,8 +33,15 @@ def sha256_b64(fw: Firmware) -> str:
     return base64.b64encode(bytes.fromhex(fw.sha256)).decode()
 
 
-def register(db: OtaDB, data_dir: Path, data: bytes, file_name: str | None = None, type_: str | None = None,
-             version: str | None = None, build: str | None = None) -> tuple[Firmware, bool]:
+def register(
+    db: OtaDB,
+    data_dir: Path,
+    data: bytes,
+    file_name: str | None = None,
+    type_: str | None = None,
+    version: str | None = None,
+    build: str | None = None,
+) -> tuple[Firmware, bool]:
     """Store ``data`` and return (firmware, created). Explicit type/version/build override the tag;
     a file with no tag needs at least type and version."""
     if not data:
@@ -63,18 +70,21 @@ def register(db: OtaDB, data_dir: Path, data: bytes, file_name: str | None = Non
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
-    fw = db.add_firmware({
-        "sha256": sha,
-        "md5": hashlib.md5(data).hexdigest(),
-        "size": len(data),
-        "type": fw_type,
-        "version": fw_version,
-        "build": build or (tag.build if tag else None),
-        "board": tag.board if tag else None,
-        "library_version": tag.library_version if tag else None,
-        "tag": dict(tag.fields) if tag else None,
-        "file_name": file_name,
-    })
-    log.info("firmware stored id=%d sha256=%s size=%d type=%s version=%s", fw.id, sha[:12], fw.size, fw_type,
-             fw_version)
+    fw = db.add_firmware(
+        {
+            "sha256": sha,
+            "md5": hashlib.md5(data).hexdigest(),
+            "size": len(data),
+            "type": fw_type,
+            "version": fw_version,
+            "build": build or (tag.build if tag else None),
+            "board": tag.board if tag else None,
+            "library_version": tag.library_version if tag else None,
+            "tag": dict(tag.fields) if tag else None,
+            "file_name": file_name,
+        }
+    )
+    log.info(
+        "firmware stored id=%d sha256=%s size=%d type=%s version=%s", fw.id, sha[:12], fw.size, fw_type, fw_version
+    )
     return fw, True

@@ -33,8 +33,16 @@ MAX_CACHED_FILE = 16 * 1024 * 1024
 class OtaStats:
     """Plain counters for /metrics."""
 
-    __slots__ = ("bytes_served", "downloads_in_flight", "downloads_started", "downloads_completed",
-                 "downloads_failed", "commands_sent", "limit_refusals", "max_send_gap")
+    __slots__ = (
+        "bytes_served",
+        "downloads_in_flight",
+        "downloads_started",
+        "downloads_completed",
+        "downloads_failed",
+        "commands_sent",
+        "limit_refusals",
+        "max_send_gap",
+    )
 
     def __init__(self) -> None:
         self.bytes_served = 0
@@ -200,8 +208,13 @@ class OtaService:
         e.status = status
         e.updated_at = now_ms()
         self._queue(e, (e.shipment_id, e.device_id, e.updated_at, status, detail))
-        log.info("ota status shipment=%d device=%d status=%r%s", e.shipment_id, e.device_id, status,
-                 f" detail={detail!r}" if detail else "")
+        log.info(
+            "ota status shipment=%d device=%d status=%r%s",
+            e.shipment_id,
+            e.device_id,
+            status,
+            f" detail={detail!r}" if detail else "",
+        )
         self._after_status(e)
 
     def save(self, e: DeviceOta) -> None:
@@ -273,8 +286,11 @@ class OtaService:
             return
         if not st.condition_met(ship.condition, fw.version, fw.build, version, build):
             if status != st.VERSION_MISMATCH:
-                self.set_status(e, st.VERSION_MISMATCH,
-                                f"{ship.condition}: device {version} ({build}), firmware {fw.version} ({fw.build})")
+                self.set_status(
+                    e,
+                    st.VERSION_MISMATCH,
+                    f"{ship.condition}: device {version} ({build}), firmware {fw.version} ({fw.build})",
+                )
             return
         if not self._attempts_left(ship, e):
             if status != st.DOWNLOAD_LIMIT:
@@ -307,7 +323,8 @@ class OtaService:
         timeout = self.settings.ota_request_timeout
         now = time.monotonic()
         return sum(
-            1 for e in self.entries.get(sid, {}).values()
+            1
+            for e in self.entries.get(sid, {}).values()
             if e.downloading or (e.status in (st.REQUEST_SENT, st.FIRMWARE_REQUESTED) and now - e.sent_at < timeout)
         )
 

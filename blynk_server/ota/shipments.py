@@ -26,11 +26,25 @@ class ShipmentError(ValueError):
         self.status = status
 
 
-def create(db: OtaDB, store: SqliteStore, *, name: str, firmware: int, template: str,
-           devices: list[int] | None = None, condition: str = "lower-version", window: str = "any",
-           attempts: int = 3, reset: float | str = "24h", rate: int = 0, max_in_flight: int = 0,
-           user_control: bool = False, first_wave: float = 100.0, max_failure_ratio: float = 1.0,
-           host_url: str | None = None) -> Shipment:
+def create(
+    db: OtaDB,
+    store: SqliteStore,
+    *,
+    name: str,
+    firmware: int,
+    template: str,
+    devices: list[int] | None = None,
+    condition: str = "lower-version",
+    window: str = "any",
+    attempts: int = 3,
+    reset: float | str = "24h",
+    rate: int = 0,
+    max_in_flight: int = 0,
+    user_control: bool = False,
+    first_wave: float = 100.0,
+    max_failure_ratio: float = 1.0,
+    host_url: str | None = None,
+) -> Shipment:
     """Validate and store a live shipment."""
     name = (name or "").strip()
     if not name or len(name) > MAX_NAME:
@@ -72,13 +86,26 @@ def create(db: OtaDB, store: SqliteStore, *, name: str, firmware: int, template:
         ids = targets if targets is not None else sorted(d.id for d in store.list_devices(template))
         wave1 = ids[: max(1, math.ceil(len(ids) * first_wave / 100))] if ids else []
     try:
-        return db.add_shipment({
-            "name": name, "firmware_id": fw.id, "template_id": template, "targets": targets,
-            "condition": condition, "time_window": window, "attempts_limit": attempts, "reset_period": reset_s,
-            "rate": rate, "max_in_flight": max_in_flight, "user_control": user_control,
-            "first_wave_percent": first_wave, "max_failure_ratio": max_failure_ratio, "host_url": host_url,
-            "wave": 1 if wave1 is not None else 2, "wave1": wave1,
-        })
+        return db.add_shipment(
+            {
+                "name": name,
+                "firmware_id": fw.id,
+                "template_id": template,
+                "targets": targets,
+                "condition": condition,
+                "time_window": window,
+                "attempts_limit": attempts,
+                "reset_period": reset_s,
+                "rate": rate,
+                "max_in_flight": max_in_flight,
+                "user_control": user_control,
+                "first_wave_percent": first_wave,
+                "max_failure_ratio": max_failure_ratio,
+                "host_url": host_url,
+                "wave": 1 if wave1 is not None else 2,
+                "wave1": wave1,
+            }
+        )
     except sqlite3.IntegrityError:
         raise ShipmentError(f"a shipment named {name!r} already exists", 409) from None
 
@@ -128,8 +155,9 @@ def report(db: OtaDB, store: SqliteStore, ref: str | int) -> dict:
     events = db.events(ship.id)
     timeline: dict[int, list] = {}
     for ev in events:
-        timeline.setdefault(ev["device_id"], []).append({"ts": ev["ts"], "status": ev["status"],
-                                                         "detail": ev["detail"]})
+        timeline.setdefault(ev["device_id"], []).append(
+            {"ts": ev["ts"], "status": ev["status"], "detail": ev["detail"]}
+        )
     counts = dict.fromkeys(st.ALL_STATUSES, 0)
     counts["Pending"] = 0
     devices = []
@@ -139,24 +167,52 @@ def report(db: OtaDB, store: SqliteStore, ref: str | int) -> dict:
         status = e.status if e is not None and timeline.get(did) else "Pending"
         counts[status] = counts.get(status, 0) + 1
         info = (rec.info or {}) if rec else {}
-        devices.append({
-            "device_id": did, "name": rec.name if rec else None, "status": status,
-            "firmware_version": info.get("firmware_version"), "attempts": e.attempts if e else 0,
-            "bytes": e.bytes if e else 0, "wave": e.wave if e else None, "updated_at": e.updated_at if e else None,
-            "timeline": timeline.get(did, []),
-        })
-    return {"shipment": ship.as_dict(), "firmware": fw.as_dict() if fw else None, "counts": counts,
-            "devices": devices}
+        devices.append(
+            {
+                "device_id": did,
+                "name": rec.name if rec else None,
+                "status": status,
+                "firmware_version": info.get("firmware_version"),
+                "attempts": e.attempts if e else 0,
+                "bytes": e.bytes if e else 0,
+                "wave": e.wave if e else None,
+                "updated_at": e.updated_at if e else None,
+                "timeline": timeline.get(did, []),
+            }
+        )
+    return {"shipment": ship.as_dict(), "firmware": fw.as_dict() if fw else None, "counts": counts, "devices": devices}
 
 
 def report_csv(rep: dict) -> str:
     out = io.StringIO()
     w = csv.writer(out)
-    w.writerow(["shipment_id", "device_id", "name", "status", "firmware_version", "attempts", "bytes", "updated_at",
-                "timeline"])
+    w.writerow(
+        [
+            "shipment_id",
+            "device_id",
+            "name",
+            "status",
+            "firmware_version",
+            "attempts",
+            "bytes",
+            "updated_at",
+            "timeline",
+        ]
+    )
     sid = rep["shipment"]["id"]
     for d in rep["devices"]:
         tl = "; ".join(f"{e['ts']} {e['status']}" + (f" ({e['detail']})" if e["detail"] else "") for e in d["timeline"])
-        w.writerow([sid, d["device_id"], d["name"], d["status"], d["firmware_version"] or "", d["attempts"],
-                    d["bytes"], d["updated_at"] or "", tl])
+        w.writerow(
+            [
+                sid,
+                d["device_id"],
+                d["name"],
+                d["status"],
+                d["firmware_version"] or "",
+                d["attempts"],
+                d["bytes"],
+                d["updated_at"] or "",
+                tl,
+            ]
+        )
     return out.getvalue()

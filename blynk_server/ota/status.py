@@ -24,8 +24,18 @@ UPLOADED_TO_MOBILE = "Firmware uploaded to mobile"
 AWAITING_USER = "Awaiting user action"
 
 ALL_STATUSES = (
-    STARTED, REQUEST_SENT, FIRMWARE_REQUESTED, FIRMWARE_UPLOADED, SUCCESS, UPLOAD_FAILURE, DOWNLOAD_LIMIT,
-    ROLLBACK, TYPE_MISMATCH, VERSION_MISMATCH, UPLOADED_TO_MOBILE, AWAITING_USER,
+    STARTED,
+    REQUEST_SENT,
+    FIRMWARE_REQUESTED,
+    FIRMWARE_UPLOADED,
+    SUCCESS,
+    UPLOAD_FAILURE,
+    DOWNLOAD_LIMIT,
+    ROLLBACK,
+    TYPE_MISMATCH,
+    VERSION_MISMATCH,
+    UPLOADED_TO_MOBILE,
+    AWAITING_USER,
 )
 # After these the device may come back with the new firmware (Success) or the old one.
 DELIVERY_STATUSES = frozenset({REQUEST_SENT, FIRMWARE_REQUESTED, FIRMWARE_UPLOADED, UPLOADED_TO_MOBILE, UPLOAD_FAILURE})
@@ -67,7 +77,9 @@ def version_key(version: str | None) -> tuple[int, ...] | None:
     return tuple(key)
 
 
-_MONTHS = {m: i for i, m in enumerate(["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], 1)}
+_MONTHS = {
+    m: i for i, m in enumerate(["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], 1)
+}
 
 
 def build_time(build: str | None) -> datetime | None:
@@ -88,8 +100,9 @@ def normalize_build(build: str | None) -> str:
     return " ".join((build or "").split())
 
 
-def condition_met(condition: str, fw_version: str | None, fw_build: str | None, dev_version: str | None,
-                  dev_build: str | None) -> bool:
+def condition_met(
+    condition: str, fw_version: str | None, fw_build: str | None, dev_version: str | None, dev_build: str | None
+) -> bool:
     """Whether a device with (dev_version, dev_build) should get firmware (fw_version, fw_build)."""
     if condition == "none":
         return True
@@ -108,8 +121,9 @@ def condition_met(condition: str, fw_version: str | None, fw_build: str | None, 
     raise ValueError(f"unknown condition {condition!r}")
 
 
-def runs_new_firmware(fw_version: str | None, fw_build: str | None, dev_version: str | None,
-                      dev_build: str | None) -> bool:
+def runs_new_firmware(
+    fw_version: str | None, fw_build: str | None, dev_version: str | None, dev_build: str | None
+) -> bool:
     """Does the device's report match the shipped image? Version must match; build too when both are known."""
     if version_key(dev_version) != version_key(fw_version) or fw_version is None:
         return False

@@ -20,8 +20,14 @@ from protocol.firmware import build_tag
 OTA_ENV = {"BLYNK_OTA_STALL_TIMEOUT": "1", "BLYNK_OTA_POLL_INTERVAL": "0.1"}
 
 
-def image(version: str, fw_type: str, size: int = 64 * 1024, build: str = "Nov 22 2026 12:00:00", seed: int = 1,
-          tag: bool = True) -> bytes:
+def image(
+    version: str,
+    fw_type: str,
+    size: int = 64 * 1024,
+    build: str = "Nov 22 2026 12:00:00",
+    seed: int = 1,
+    tag: bool = True,
+) -> bytes:
     """A fake firmware: random bytes with a blnkinf tag 1 KB in."""
     rnd = random.Random(seed)
     data = bytearray(rnd.randbytes(size))
@@ -32,8 +38,16 @@ def image(version: str, fw_type: str, size: int = 64 * 1024, build: str = "Nov 2
 
 
 def info(version: str, fw_type: str, build: str = "Nov 20 2026 10:00:00") -> dict:
-    return {"mcu": version, "fw-type": fw_type, "build": build, "blynk": "1.4.0", "h-beat": "40",
-            "buff-in": "1024", "dev": "ESP32", "tmpl": fw_type}
+    return {
+        "mcu": version,
+        "fw-type": fw_type,
+        "build": build,
+        "blynk": "1.4.0",
+        "h-beat": "40",
+        "buff-in": "1024",
+        "dev": "ESP32",
+        "tmpl": fw_type,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +71,9 @@ def upload(srv, tmp_path, data: bytes, *extra: str) -> dict:
 
 
 def ship(srv, name: str, firmware: int, template: str, *extra: str) -> dict:
-    return json.loads(srv.cli("ota", "ship", "--name", name, "--firmware", str(firmware), "--template", template,
-                              *extra).stdout)
+    return json.loads(
+        srv.cli("ota", "ship", "--name", name, "--firmware", str(firmware), "--template", template, *extra).stdout
+    )
 
 
 async def report(srv, sid: int) -> dict:
@@ -105,9 +120,16 @@ class HttpResult:
         self.max_gap = 0.0
 
 
-async def http_get(url: str, *, range_from: int | None = None, stop_after: int | None = None,
-                   stall_after: int | None = None, stall_for: float = 0.0, rcvbuf: int | None = None,
-                   timeout: float = 30.0) -> HttpResult:
+async def http_get(
+    url: str,
+    *,
+    range_from: int | None = None,
+    stop_after: int | None = None,
+    stall_after: int | None = None,
+    stall_for: float = 0.0,
+    rcvbuf: int | None = None,
+    timeout: float = 30.0,
+) -> HttpResult:
     """An HTTP/1.0 GET as ESP8266 Edgent sends it, on a raw socket. ``stop_after``: close after that
     many body bytes; ``stall_after``: stop reading for ``stall_for`` seconds after that many."""
     u = urlsplit(url)
@@ -162,7 +184,9 @@ async def edgent_update(srv, token: str, url: str, new_version: str, fw_type: st
     res = await http_get(url)
     assert res.status == 200
     assert hashlib.md5(res.body).hexdigest() == res.headers["x-md5"]
-    client = await DeviceClient.connect(srv.host, srv.port, token, info=info(new_version, fw_type, res.headers["x-fw-build"]))
+    client = await DeviceClient.connect(
+        srv.host, srv.port, token, info=info(new_version, fw_type, res.headers["x-fw-build"])
+    )
     await client.silence(0.3)
     await client.close()
     return res

@@ -65,8 +65,13 @@ async def test_shipment_statuses(ota_server, tmp_path, unique):
     assert base64.b64decode(res.headers["x-sha256"]) == hashlib.sha256(res.body).digest()
     assert (res.headers["x-fw-type"], res.headers["x-fw-ver"]) == (unique, "1.1.0")
     d = await wait_status(srv, sid, ids["online"][0], st.SUCCESS)
-    assert [e["status"] for e in d["timeline"]] == [st.STARTED, st.REQUEST_SENT, st.FIRMWARE_REQUESTED,
-                                                     st.FIRMWARE_UPLOADED, st.SUCCESS]
+    assert [e["status"] for e in d["timeline"]] == [
+        st.STARTED,
+        st.REQUEST_SENT,
+        st.FIRMWARE_REQUESTED,
+        st.FIRMWARE_UPLOADED,
+        st.SUCCESS,
+    ]
     await wait_status(srv, sid, ids["other"][0], st.TYPE_MISMATCH)
     await wait_status(srv, sid, ids["newer"][0], st.VERSION_MISMATCH)
     await no_ota(other, 0.2)
@@ -107,7 +112,9 @@ async def test_shipment_statuses(ota_server, tmp_path, unique):
     assert rep["counts"][st.SUCCESS] == 2
     async with aiohttp.ClientSession() as s, s.get(f"http://{srv.admin_host}:{srv.admin_port}/metrics") as r:
         text = await r.text()
-    assert "blynk_ota_bytes_served" in text and f'blynk_ota_devices{{shipment="s-{unique}",status="Success"}} 2.0' in text
+    assert (
+        "blynk_ota_bytes_served" in text and f'blynk_ota_devices{{shipment="s-{unique}",status="Success"}} 2.0' in text
+    )
 
 
 async def test_range_resume_stall_and_rate(ota_server, tmp_path, unique):
@@ -200,9 +207,19 @@ async def test_staged_rollout_pauses_itself(ota_server, tmp_path, unique):
     fw = upload(srv, tmp_path, image("4.0.0", unique, seed=6))
     devs = [new_device(srv, unique, f"w{i}") for i in range(4)]
     clients = [await DeviceClient.connect(srv.host, srv.port, t, info=info("1.0.0", unique)) for _, t in devs]
-    sid = ship(srv, f"w-{unique}", fw["id"], unique, "--device", *[str(d) for d, _ in devs][:1],
-               *sum((["--device", str(d)] for d, _ in devs[1:]), []), "--first-wave", "50",
-               "--max-failure-ratio", "0.5")["id"]
+    sid = ship(
+        srv,
+        f"w-{unique}",
+        fw["id"],
+        unique,
+        "--device",
+        *[str(d) for d, _ in devs][:1],
+        *sum((["--device", str(d)] for d, _ in devs[1:]), []),
+        "--first-wave",
+        "50",
+        "--max-failure-ratio",
+        "0.5",
+    )["id"]
     urls = [(await wait_ota(c))[1] for c in clients[:2]]
     for c in clients[:2]:
         await c.close()
@@ -260,15 +277,22 @@ async def test_admin_api_and_wildcard_host(make_server, tmp_path, unique):
         async with s.post(f"{base}/firmware?name=x.bin", data=image("7.0.0", unique, seed=8), headers=key) as r:
             assert r.status == 201
             fw = await r.json()
-        async with s.post(f"{base}/shipments", json={"name": "x" * 41, "firmware": fw["id"], "template": unique},
-                          headers=key) as r:
+        async with s.post(
+            f"{base}/shipments", json={"name": "x" * 41, "firmware": fw["id"], "template": unique}, headers=key
+        ) as r:
             assert r.status == 400 and "40" in (await r.json())["error"]["message"]
-        async with s.post(f"{base}/shipments", json={"name": "api", "firmware": fw["id"], "template": unique},
-                          headers={"X-API-Key": "wrong"}) as r:
+        async with s.post(
+            f"{base}/shipments",
+            json={"name": "api", "firmware": fw["id"], "template": unique},
+            headers={"X-API-Key": "wrong"},
+        ) as r:
             assert r.status in (401, 403)
         c = await DeviceClient.connect("127.0.0.1", srv.port, token, info=info("1.0.0", unique))
-        async with s.post(f"{base}/shipments", json={"name": "api", "firmware": fw["id"], "template": unique,
-                                                     "devices": [did], "rate": 100000}, headers=key) as r:
+        async with s.post(
+            f"{base}/shipments",
+            json={"name": "api", "firmware": fw["id"], "template": unique, "devices": [did], "rate": 100000},
+            headers=key,
+        ) as r:
             assert r.status == 201, await r.text()
             sid = (await r.json())["id"]
         _, url = await wait_ota(c)
