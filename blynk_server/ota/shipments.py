@@ -118,7 +118,7 @@ def find(db: OtaDB, ref: str | int) -> Shipment:
 
 
 def control(db: OtaDB, ref: str | int, action: str) -> Shipment:
-    """pause / resume / cancel. Resuming a shipment its first wave paused moves on to the rest."""
+    """pause / resume / cancel. Resuming a shipment whose first wave paused it moves on to the rest."""
     ship = find(db, ref)
     allowed = {"pause": (st.LIVE,), "resume": (st.PAUSED,), "cancel": (st.LIVE, st.PAUSED)}
     if action not in allowed:
@@ -128,7 +128,8 @@ def control(db: OtaDB, ref: str | int, action: str) -> Shipment:
     if action == "pause":
         db.set_state(ship.id, st.PAUSED, "paused by operator")
     elif action == "resume":
-        db.set_state(ship.id, st.LIVE, None, wave=2)
+        # After the first wave paused itself, resuming is the operator's go-ahead for the rest.
+        db.set_state(ship.id, st.LIVE, None, wave=2 if (ship.reason or "").startswith("first wave") else None)
     else:
         db.set_state(ship.id, st.CANCELLED, "cancelled by operator")
     return find(db, ship.id)
