@@ -79,10 +79,13 @@ class ReadTurns:
     every turn. Busy sockets wait in order, and TCP flow control holds their senders meanwhile.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
         self.loop = loop
         self.waiting: collections.deque[HardwareSession] = collections.deque()
         self.scheduled = False
+        self.buf = bytearray(size)  # the receive buffer every session of this server shares
+        self.view = memoryview(self.buf)
+        self.small = self.view[:SMALL_READ]
 
     def defer(self, session: HardwareSession) -> None:
         self.waiting.append(session)
@@ -110,15 +113,18 @@ class HardwareSession(asyncio.BufferedProtocol):
         self.domain = server.domain
         self.loop = server.loop
         self.decoder = Decoder(self.settings.max_frame)
-        self._buf = bytearray(self.settings.recv_buffer)
-        self._view = memoryview(self._buf)
-        self._small = self._view[:SMALL_READ]
+        turns = getattr(server, "read_turns", None)
+        if turns is None or len(turns.buf) != self.settings.recv_buffer:
+            turns = server.read_turns = ReadTurns(self.loop, self.settings.recv_buffer)
+        self._turns: ReadTurns = turns
+        # One receive buffer for all sessions: the loop reads into it and calls buffer_updated at once,
+        # which consumes or copies every byte (the decoder keeps partial frames in its own buffer). A
+        # 4 KiB buffer per session was a third of an idle session's memory.
+        self._buf = turns.buf
+        self._view = turns.view
+        self._small = turns.small
         self._offered = len(self._buf)
         self._granted = False  # this read was granted by ReadTurns: the full buffer even when busy
-        turns = getattr(server, "read_turns", None)
-        if turns is None:
-            turns = server.read_turns = ReadTurns(self.loop)
-        self._turns: ReadTurns = turns
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.device: DeviceState | None = None
@@ -145,22 +151,6 @@ class HardwareSession(asyncio.BufferedProtocol):
         self._last_quota = -1e9
         self._group_ts: int | None = None
         self._bridges: dict[int, int] = {}
-        self._handlers = {
-            Command.RESPONSE: self._on_response,
-            Command.PING: self._on_ping,
-            Command.HARDWARE: self._on_hardware,
-            Command.HARDWARE_SYNC: self._on_sync,
-            Command.INTERNAL: self._on_internal,
-            Command.PROPERTY: self._on_property,
-            Command.EVENT_LOG: self._on_event_log,
-            Command.EVENT_CLEAR: self._on_event_clear,
-            Command.GROUP: self._on_group,
-            Command.BRIDGE: self._on_bridge,
-            Command.LOGIN: self._on_login_again,
-            Command.HW_LOGIN: self._on_login_again,
-        }
-        for cmd in NOTIFICATIONS:
-            self._handlers[cmd] = lambda msg_id, body, cmd=cmd: self._on_notification(cmd, msg_id)
 
     # --- transport callbacks ------------------------------------------------------------------
 
@@ -226,7 +216,7 @@ class HardwareSession(asyncio.BufferedProtocol):
                 else:
                     self._dispatch(frame)
             return
-        handlers = self._handlers
+        handlers = HANDLERS
         self._batch_ms = now_ms()  # one timestamp for the frames of one read
         for frame in frames:
             if self.closed:
@@ -237,15 +227,15 @@ class HardwareSession(asyncio.BufferedProtocol):
             if handler is None:
                 self._reply(frame[1], Status.ILLEGAL_COMMAND)
             else:
-                handler(frame[1], frame[2])
+                handler(self, frame[1], frame[2])
         self._charge(len(frames), frames[-1][1])
 
     def _dispatch(self, frame) -> None:
-        handler = self._handlers.get(frame[0])
+        handler = HANDLERS.get(frame[0])
         if handler is None:
             self._reply(frame[1], Status.ILLEGAL_COMMAND)
         else:
-            handler(frame[1], frame[2])
+            handler(self, frame[1], frame[2])
 
     def connection_lost(self, exc) -> None:
         self.closed = True
@@ -645,3 +635,22 @@ class HardwareSession(asyncio.BufferedProtocol):
         # Tweets, e-mails, pushes and SMS are not delivered by this server: say so, don't drop silently.
         log.info("notification command=%d from device=%d not supported", command, self.device.id)
         self._reply(msg_id, Status.NTF_NOT_AUTHORIZED)
+
+
+# One handler table for all sessions (a dict of bound methods per session cost ~1.5 KB each).
+HANDLERS = {
+    Command.RESPONSE: HardwareSession._on_response,
+    Command.PING: HardwareSession._on_ping,
+    Command.HARDWARE: HardwareSession._on_hardware,
+    Command.HARDWARE_SYNC: HardwareSession._on_sync,
+    Command.INTERNAL: HardwareSession._on_internal,
+    Command.PROPERTY: HardwareSession._on_property,
+    Command.EVENT_LOG: HardwareSession._on_event_log,
+    Command.EVENT_CLEAR: HardwareSession._on_event_clear,
+    Command.GROUP: HardwareSession._on_group,
+    Command.BRIDGE: HardwareSession._on_bridge,
+    Command.LOGIN: HardwareSession._on_login_again,
+    Command.HW_LOGIN: HardwareSession._on_login_again,
+}
+for _cmd in NOTIFICATIONS:
+    HANDLERS[_cmd] = lambda self, msg_id, body, cmd=_cmd: self._on_notification(cmd, msg_id)
