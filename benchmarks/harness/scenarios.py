@@ -340,8 +340,8 @@ async def scenario(name: str, args) -> list[dict]:
         if name == "flood" and target.kind == "blynk" and not args.no_default_limit:
             runs.append((" (default --message-rate 100)", None))
         n_main = args.devices
-        n_probe = args.probes if name == "flood" else 0
-        n_new = int(args.duration / 0.25) + 10 if name == "flood" else 0
+        n_probe = args.probes if name in ("flood", "telemetry", "command") else 0
+        n_new = int(args.duration / 0.25) + 10 if name in ("flood", "telemetry", "command") else 0
         n_cmd = 20 if name == "command" else 0
         for label, message_rate in runs:
             ids = target.provision(n_main + n_probe + n_new + n_cmd)
@@ -366,7 +366,16 @@ async def scenario(name: str, args) -> list[dict]:
                         target, mode="flood", ids=main, probes=probes, new_ids=new_ids, batch=args.batch, **kw
                     )
                 elif name in ("telemetry", "command"):
-                    res = await run_load(target, mode="telemetry", ids=main, rate=args.rate, command_ids=cmd_ids, **kw)
+                    res = await run_load(
+                        target,
+                        mode="telemetry",
+                        ids=main,
+                        rate=args.rate,
+                        command_ids=cmd_ids,
+                        probes=probes,
+                        new_ids=new_ids,
+                        **kw,
+                    )
                 elif name == "pingpong":
                     res = await run_load(target, mode="pingpong", ids=main, **kw)
                 elif name == "idle":
