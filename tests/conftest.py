@@ -160,6 +160,21 @@ def make_server(tmp_path):
         srv.kill()
 
 
+def pytest_sessionfinish(session, exitstatus):
+    """In CI, fail the run if the tests did not exercise the framer they were meant to (an in-tree
+    ``protocol/`` shadowing the installed one silently turns every Cython test into a skip)."""
+    expected = os.environ.get("BLYNK_EXPECT_IMPLEMENTATION")
+    if not expected:
+        return
+    import protocol
+
+    if expected != protocol.IMPLEMENTATION:
+        print(
+            f"\nERROR: tests ran on the {protocol.IMPLEMENTATION} framer from {protocol.__file__}, expected {expected}"
+        )
+        session.exitstatus = 1
+
+
 _counter = iter(range(1, 10**9))
 
 

@@ -8,14 +8,21 @@ after a quiet period. The MQTT peers skip with the reason when they are not inst
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # benchmarks/ is not an installed package
+# benchmarks/ is not an installed package. Expose it alone, through a directory holding a link to it, on
+# sys.path and PYTHONPATH (the harness's worker processes import it too). Putting the checkout itself
+# there would make `import protocol` find the uncompiled in-tree copy instead of the installed one.
+_LINKS = Path(tempfile.mkdtemp(prefix="blynk-bench-path-"))
+(_LINKS / "benchmarks").symlink_to(ROOT / "benchmarks", target_is_directory=True)
+sys.path.append(str(_LINKS))
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(_LINKS), os.environ.get("PYTHONPATH", "")) if p)
 
 from benchmarks.harness.scenarios import _sys_value, run_load  # noqa: E402
 from benchmarks.harness.targets import AmqttTarget, BlynkTarget, MosquittoTarget  # noqa: E402
@@ -29,8 +36,16 @@ def test_blynk_counts_and_probes(tmp_path):
     target.start()
     try:
         res = asyncio.run(
-            run_load(target, mode="telemetry", ids=ids[:20], rate=20, duration=1.5, workers=1, probes=ids[20:25],
-                     new_ids=ids[25:])
+            run_load(
+                target,
+                mode="telemetry",
+                ids=ids[:20],
+                rate=20,
+                duration=1.5,
+                workers=1,
+                probes=ids[20:25],
+                new_ids=ids[25:],
+            )
         )
         assert res["logged_in"] == 20 and res["login_errors"] == 0
         assert res["sent"] > 0
