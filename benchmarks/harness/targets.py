@@ -151,6 +151,7 @@ class BlynkTarget(Target):
 
     def start(self, message_rate: float | None = None, **_: object) -> None:
         extra = ["--message-rate", str(message_rate)] if message_rate else []
+        extra += os.environ.get("BENCH_SERVER_ARGS", "").split()  # e.g. "--flush-interval 10", for experiments
         has_metrics = importlib.util.find_spec("blynk_server.metrics") is not None
         # Until blynk_server.metrics exists, a thin wrapper adds a JSON counter route to the admin app.
         module = "blynk_server" if has_metrics else "benchmarks.harness._stats_server"
