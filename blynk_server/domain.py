@@ -228,6 +228,35 @@ class Domain:
             self.stats.http_writes_delivered += 1
         return value
 
+    def write_keys(self, dev: DeviceState, writes: list, ts: int) -> list | None:
+        """Several ``(key, raw, tag)`` writes of one device from one read, in order, under the rules of
+        ``write_key``: the device hot path, one call per read instead of one per frame. Returns the
+        ``(tag, key, error)`` of the rejected ones, or None when all were stored."""
+        datastreams = dev.template.datastreams
+        values = dev.values
+        store = self.store
+        put_value = store.put_value
+        device_id = dev.record.id
+        failed = None
+        stored = 0
+        for key, raw, tag in writes:
+            ds = datastreams.get(key)
+            try:
+                value = coerce_value(ds, raw)
+            except InvalidValue as exc:
+                self.stats.invalid_writes += 1
+                if failed is None:
+                    failed = []
+                failed.append((tag, key, exc))
+                continue
+            values[key] = (value, ts)
+            put_value(device_id, key, value, ts)
+            if ds is not None and ds.history:
+                store.put_history(device_id, key, ts, value)
+            stored += 1
+        self.stats.writes += stored
+        return failed
+
     def write_key(self, dev: DeviceState, key: str, raw: bytes, ts: int | None = None) -> bytes:
         """``write_pin`` without delivery, by pin key (``"v1"``): the device hot path, which has the key
         at hand and should not build a ``Pin`` per frame. Returns the stored value."""

@@ -218,17 +218,42 @@ class HardwareSession(asyncio.BufferedProtocol):
             return
         handlers = HANDLERS
         self._batch_ms = now_ms()  # one timestamp for the frames of one read
+        keys = _WRITE_KEYS
+        writes: list = []  # well-formed pin writes, applied in one Domain call before any other frame
         for frame in frames:
             if self.closed:
                 return
             cmd = frame[0]
             counts[cmd] += 1
+            if cmd == 20:  # HARDWARE: the hot path, "vw\0<pin>\0<value…>"
+                body = frame[2]
+                if len(body) >= 4 and body[1] == 0x77:
+                    sep = body.find(b"\0", 3)
+                    if sep > 0:
+                        key = keys.get(body[:sep]) or _write_key(body[:sep])
+                        if key is not None and sep + 1 < len(body):
+                            writes.append((key, body[sep + 1 :], frame[1]))
+                            continue
+            if writes:
+                self._apply_writes(writes)
+                writes = []
+                if self.closed:
+                    return
             handler = handlers.get(cmd)
             if handler is None:
                 self._reply(frame[1], Status.ILLEGAL_COMMAND)
             else:
                 handler(self, frame[1], frame[2])
+        if writes:
+            self._apply_writes(writes)
         self._charge(len(frames), frames[-1][1])
+
+    def _apply_writes(self, writes: list) -> None:
+        failed = self.domain.write_keys(self.device, writes, self._group_ts or self._batch_ms)
+        if failed:
+            for msg_id, key, exc in failed:
+                log.info("invalid value device=%d pin=%s: %s", self.device.id, key, exc)
+                self._reply(msg_id, Status.ILLEGAL_COMMAND)
 
     def _dispatch(self, frame) -> None:
         handler = HANDLERS.get(frame[0])
