@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from benchmarks.harness.targets import (
     BlynkTarget,
     MosquittoTarget,
     Target,
+    cleanup,
     make_workdir,
     proc_cpu_seconds,
     proc_rss,
@@ -335,60 +337,64 @@ async def scenario(name: str, args) -> list[dict]:
     """Run scenario ``name`` on blynk-server and each peer; returns one result dict per run."""
     workdir = make_workdir()
     results: list[dict] = []
-    for target in targets_for(args.peers, workdir):
-        runs = [("", args.message_rate)]
-        if name == "flood" and target.kind == "blynk" and not args.no_default_limit:
-            runs.append((" (default --message-rate 100)", None))
-        n_main = args.devices
-        n_probe = args.probes if name in ("flood", "telemetry", "command") else 0
-        n_new = int(args.duration / 0.25) + 10 if name in ("flood", "telemetry", "command") else 0
-        n_cmd = 20 if name == "command" else 0
-        for label, message_rate in runs:
-            ids = target.provision(n_main + n_probe + n_new + n_cmd)
-            main, probes = ids[:n_main], ids[n_main : n_main + n_probe]
-            new_ids = ids[n_main + n_probe : n_main + n_probe + n_new]
-            cmd_ids = ids[n_main + n_probe + n_new :]
-            target.start(message_rate=message_rate)
-            try:
-                if name == "command" and target.kind == "blynk" and not target.has_http_api():
-                    results.append(
-                        {
-                            "target": target.name,
-                            "mode": "command",
-                            "status": "pending: the device"
-                            " HTTP API (/external/api/update) is not served on the device port yet",
-                        }
-                    )
-                    continue
-                kw: dict = {"workers": args.workers, "duration": args.duration}
-                if name == "flood":
-                    res = await run_load(
-                        target, mode="flood", ids=main, probes=probes, new_ids=new_ids, batch=args.batch, **kw
-                    )
-                elif name in ("telemetry", "command"):
-                    res = await run_load(
-                        target,
-                        mode="telemetry",
-                        ids=main,
-                        rate=args.rate,
-                        command_ids=cmd_ids,
-                        probes=probes,
-                        new_ids=new_ids,
-                        **kw,
-                    )
-                elif name == "pingpong":
-                    res = await run_load(target, mode="pingpong", ids=main, **kw)
-                elif name == "idle":
-                    res = await run_load(target, mode="idle", ids=main, concurrency=args.concurrency, **kw)
-                elif name == "loginstorm":
-                    res = await run_load(
-                        target, mode="idle", ids=main, concurrency=0, connect_at=time.time() + 4.0, **kw
-                    )
-                else:
-                    raise ValueError(name)
-                res["target"] = target.name + label
-                res["message_rate_flag"] = message_rate if target.kind == "blynk" else None
-                results.append(res)
-            finally:
-                target.stop()
+    try:
+        for target in targets_for(args.peers, workdir):
+            runs = [("", args.message_rate)]
+            if name == "flood" and target.kind == "blynk" and not args.no_default_limit:
+                runs.append((" (default --message-rate 100)", None))
+            n_main = args.devices
+            n_probe = args.probes if name in ("flood", "telemetry", "command") else 0
+            n_new = int(args.duration / 0.25) + 10 if name in ("flood", "telemetry", "command") else 0
+            n_cmd = 20 if name == "command" else 0
+            for label, message_rate in runs:
+                ids = target.provision(n_main + n_probe + n_new + n_cmd)
+                main, probes = ids[:n_main], ids[n_main : n_main + n_probe]
+                new_ids = ids[n_main + n_probe : n_main + n_probe + n_new]
+                cmd_ids = ids[n_main + n_probe + n_new :]
+                target.start(message_rate=message_rate)
+                try:
+                    if name == "command" and target.kind == "blynk" and not target.has_http_api():
+                        results.append(
+                            {
+                                "target": target.name,
+                                "mode": "command",
+                                "status": "pending: the device"
+                                " HTTP API (/external/api/update) is not served on the device port yet",
+                            }
+                        )
+                        continue
+                    kw: dict = {"workers": args.workers, "duration": args.duration}
+                    if name == "flood":
+                        res = await run_load(
+                            target, mode="flood", ids=main, probes=probes, new_ids=new_ids, batch=args.batch, **kw
+                        )
+                    elif name in ("telemetry", "command"):
+                        res = await run_load(
+                            target,
+                            mode="telemetry",
+                            ids=main,
+                            rate=args.rate,
+                            command_ids=cmd_ids,
+                            probes=probes,
+                            new_ids=new_ids,
+                            **kw,
+                        )
+                    elif name == "pingpong":
+                        res = await run_load(target, mode="pingpong", ids=main, **kw)
+                    elif name == "idle":
+                        res = await run_load(target, mode="idle", ids=main, concurrency=args.concurrency, **kw)
+                    elif name == "loginstorm":
+                        res = await run_load(
+                            target, mode="idle", ids=main, concurrency=0, connect_at=time.time() + 4.0, **kw
+                        )
+                    else:
+                        raise ValueError(name)
+                    res["target"] = target.name + label
+                    res["message_rate_flag"] = message_rate if target.kind == "blynk" else None
+                    results.append(res)
+                finally:
+                    target.stop()
+    finally:
+        if not os.environ.get("BENCH_KEEP"):  # data dirs and server logs; keep them with BENCH_KEEP=1
+            cleanup(workdir)
     return results
