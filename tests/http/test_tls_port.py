@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 import ssl
-import subprocess
 
 import aiohttp
-import pytest
 
 from blynk_server.devclient import DeviceClient
 from protocol import Command
-
-
-@pytest.fixture
-def cert(tmp_path):
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed: cannot make a test certificate")
-    key, crt = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(crt),
-         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    return crt, key
 
 
 async def test_https_write_reaches_tls_device(make_server, cert):
