@@ -7,6 +7,7 @@ A clean shutdown flushes everything; a crash loses at most one flush interval of
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sqlite3
@@ -125,15 +126,21 @@ class SqliteStore:
         if rows:
             try:
                 with _transaction(conn):
-                    conn.executemany(
-                        "INSERT OR REPLACE INTO pin_values (device_id, pin, value, ts) VALUES (?, ?, ?, ?)",
-                        [(d, p, v, ts) for (d, p), (v, ts) in values.items()],
+                    insert_rows(
+                        conn,
+                        "INSERT OR REPLACE INTO pin_values (device_id, pin, value, ts)",
+                        4,
+                        [x for (d, p), (v, ts) in values.items() for x in (d, p, v, ts)],
                     )
-                    conn.executemany(
-                        "INSERT OR REPLACE INTO properties (device_id, pin, name, value, ts) VALUES (?, ?, ?, ?, ?)",
-                        [(d, p, n, v, ts) for (d, p, n), (v, ts) in props.items()],
+                    insert_rows(
+                        conn,
+                        "INSERT OR REPLACE INTO properties (device_id, pin, name, value, ts)",
+                        5,
+                        [x for (d, p, n), (v, ts) in props.items() for x in (d, p, n, v, ts)],
                     )
-                    conn.executemany("INSERT INTO history (device_id, pin, ts, value) VALUES (?, ?, ?, ?)", history)
+                    insert_rows(
+                        conn, "INSERT INTO history (device_id, pin, ts, value)", 4, [x for row in history for x in row]
+                    )
                     for ev in events:
                         if ev[0] == "log":
                             conn.execute(
@@ -371,6 +378,30 @@ class SqliteStore:
             (device_id, limit),
         )
         return [{"id": i, "code": c, "description": d, "ts": ts, "resolved_at": r} for i, c, d, ts, r in rows]
+
+
+# SQLite before 3.32 allows 999 parameters per statement, later versions 32,766.
+MAX_PARAMETERS = 999 if sqlite3.sqlite_version_info < (3, 32) else 32_766
+MAX_ROWS_PER_STATEMENT = 1000  # binding happens under the GIL: keep each statement's share short
+
+
+def insert_rows(conn: sqlite3.Connection, head: str, width: int, flat: list) -> None:
+    """``head VALUES (?,..),(?,..)…`` over ``flat`` (rows of ``width`` values laid end to end), up to
+    1,000 rows per statement.
+
+    ``executemany`` steps once per row, and each step releases and retakes the GIL, a chance for the
+    event loop to wait on this thread: 10,000 pin values a second meant 10,000 hand-offs. Measured
+    alone, 10,000 rows cost 45-56 ms of CPU that way and 31 ms in multi-row statements."""
+    step = min(MAX_ROWS_PER_STATEMENT, MAX_PARAMETERS // width) * width
+    for start in range(0, len(flat), step):
+        chunk = flat[start : start + step]
+        conn.execute(_multi_row_sql(head, width, len(chunk) // width), chunk)
+
+
+@functools.lru_cache(maxsize=64)
+def _multi_row_sql(head: str, width: int, rows: int) -> str:
+    one = "(" + ", ".join("?" * width) + ")"
+    return f"{head} VALUES {', '.join([one] * rows)}"
 
 
 class _transaction:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sqlite3
 import time
 
 from blynk_server.devclient import DeviceClient
@@ -34,6 +35,27 @@ async def test_clean_shutdown_keeps_every_value(make_server, tmp_path):
     srv.start()
     got = await _sync_values(srv, token, *range(50))
     assert got == [f"vw\0{p}\0{150 + p}".encode() for p in range(50)]
+
+
+async def test_a_flush_larger_than_one_statement_keeps_every_row(make_server):
+    """The writer batches up to 1,000 rows per INSERT: 1,250 values and history points cross a boundary."""
+    srv = make_server(env={"BLYNK_FLUSH_INTERVAL": "30", "BLYNK_MESSAGE_RATE": "100000"})  # no flood control
+    srv.new_template("TMPLbulk", *(f"pin=V{p},type=int,history" for p in range(250)))
+    tokens = [srv.new_device("TMPLbulk") for _ in range(5)]
+    for n, token in enumerate(tokens):
+        c = await DeviceClient.connect("127.0.0.1", srv.port, token)
+        for p in range(250):
+            c.virtual_write(p, n * 1000 + p)
+        await c.close()
+    await asyncio.sleep(0.3)
+    assert srv.stop(signal.SIGTERM) == 0
+    db = sqlite3.connect(srv.data_dir / "blynk.sqlite3")
+    assert db.execute("SELECT COUNT(*) FROM history").fetchone()[0] == 1250
+    db.close()
+    srv.start()
+    for n, token in enumerate(tokens):
+        got = await _sync_values(srv, token, *range(250))
+        assert got == [f"vw\0{p}\0{n * 1000 + p}".encode() for p in range(250)]
 
 
 async def test_crash_loses_at_most_one_flush_interval(make_server):
