@@ -7,6 +7,7 @@ HTTP API or from a bridge goes through ``write_pin``.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 MAX_STRING_VALUE = 1024  # blynk.cloud limit for one value
 MAX_EVENT_DESCRIPTION = 300
 MIN_EVENT_INTERVAL_MS = 1000
+MAX_SHARED_INFOS = 10_000  # distinct info messages kept for sharing
 TEMPLATE_TTL_S = 5.0  # re-read a template at most this often, so CLI edits reach a running server
 
 
@@ -118,6 +120,9 @@ class Domain:
         self._by_id: dict[int, DeviceState] = {}
         self._by_token: dict[str, DeviceState] = {}
         self._templates: dict[str, tuple[Template, float]] = {}
+        # Devices on the same firmware send the same info message: they share one (read-only) dict
+        # of it, instead of ~800 bytes of dict and strings each.
+        self._infos: dict[str, dict] = {}
         # Hooks other parts subscribe to (OTA wants to know about info messages and logins).
         self.on_device_info: list[Callable[[DeviceState, object], None]] = []
         self.on_device_offline: list[Callable[[DeviceState], None]] = []
@@ -210,8 +215,14 @@ class Domain:
             hook(dev)
 
     def set_info(self, dev: DeviceState, info) -> None:
-        dev.record.info = info.as_dict()
-        self.store.put_device_seen(dev.id, now_ms(), dev.record.info)
+        as_json = json.dumps(info.as_dict(), sort_keys=True)
+        shared = self._infos.get(as_json)
+        if shared is None:
+            shared = json.loads(as_json)
+            if len(self._infos) < MAX_SHARED_INFOS:
+                self._infos[as_json] = shared
+        dev.record.info = shared
+        self.store.put_device_seen(dev.id, now_ms(), as_json)
         for hook in self.on_device_info:
             try:
                 hook(dev, info)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from blynk_server.config import Settings
 from blynk_server.domain import Domain
+from blynk_server.hardware.deadlines import Deadlines
 from blynk_server.hardware.session import HardwareSession
 from blynk_server.hardware.stats import HardwareStats
 from blynk_server.hub import Hub
@@ -24,6 +25,7 @@ class HardwareServer:
         self.loop = loop
         self.stats = HardwareStats()
         self.sessions: set[HardwareSession] = set()
+        self.deadlines = Deadlines(loop)  # every session's login and heartbeat deadline
         # Set by the HTTP part: builds an asyncio protocol that takes over a sniffed HTTP connection.
         self.http_handoff: Callable[[], asyncio.Protocol] | None = None
         self.login_hooks: list[Callable[[HardwareSession], None]] = []

@@ -201,9 +201,11 @@ class SqliteStore:
     def put_event_clear(self, device_id: int, code: str, resolve_all: bool, ts: int) -> None:
         self._events.append(("clear", device_id, code, resolve_all, ts))
 
-    def put_device_seen(self, device_id: int, last_seen: int, info: dict | None = None) -> None:
-        old = self._devices.get(device_id)
-        info_json = json.dumps(info) if info is not None else (old[1] if old else None)
+    def put_device_seen(self, device_id: int, last_seen: int, info_json: str | None = None) -> None:
+        """The device's last-seen time and, when given, its info message as JSON."""
+        if info_json is None:
+            old = self._devices.get(device_id)
+            info_json = old[1] if old else None
         self._devices[device_id] = (last_seen, info_json)
 
     # --- admin (synchronous) ---------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""The device path is not slower with metrics being scraped: device write throughput measured with and
-without a scraper hitting /metrics every 50 ms (far more often than Prometheus would).
+"""Scraping /metrics every 50 ms (far more often than Prometheus would) while a device pipelines pin
+writes: every write is counted, every scrape answers. The printed write rates with and without the
+scraper are for reading, not asserted (tests do not time things; see benchmarks/RESULTS.md).
 
 Run alone for numbers: ``pytest tests/http/test_metrics_overhead.py -q -s``.
 """
@@ -42,7 +43,16 @@ async def _scrape_forever(url: str, counter: list[int]) -> None:
             await asyncio.sleep(0.05)
 
 
-async def test_device_path_not_slower_while_scraped(make_server):
+async def _hardware_messages_in(url: str) -> float:
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
+        text = await r.text()
+    for line in text.splitlines():
+        if line.startswith('blynk_messages_in_total{command="hardware"}'):
+            return float(line.split()[-1])
+    raise AssertionError("no blynk_messages_in_total for hardware in /metrics")
+
+
+async def test_scraping_while_writing_counts_every_write(make_server):
     srv = make_server("--message-rate", "10000000")
     srv.new_template("TMPLb", "pin=V1,type=int")
     token = srv.new_device("TMPLb")
@@ -64,4 +74,4 @@ async def test_device_path_not_slower_while_scraped(make_server):
         f"scraped every 50 ms {s:,.0f} (runs {[round(x) for x in scraped]}); scrapes={scrapes[0]}"
     )
     assert scrapes[0] > 0
-    assert s > 0.8 * p  # within noise: a scrape reads plain integers, it does not lock the hot path
+    assert await _hardware_messages_in(url) == 7 * N  # warm-up + 6 runs: none lost or miscounted
