@@ -1,7 +1,11 @@
-"""Declares the optional Cython extension ``protocol._framing``; everything else is in pyproject.toml.
+"""Declares the optional Cython extensions; everything else is in pyproject.toml.
 
-No compiler (or no Cython) means a warning and the pure-Python twin ``protocol.framing``, never a
-failed install.
+- ``protocol._framing``, the framer (its pure-Python twin is ``protocol.framing``);
+- the device hot path, ``blynk_server/hardware/session.py`` and ``blynk_server/domain.py``, compiled
+  from the same Python sources (Cython's pure-Python mode): the same code, run without the bytecode
+  interpreter's overhead per line.
+
+No compiler (or no Cython) means a warning and the pure-Python modules, never a failed install.
 """
 
 import sys
@@ -27,14 +31,14 @@ class OptionalBuildExt(build_ext):
 
     @staticmethod
     def _warn(exc):
-        print(f"WARNING: could not build protocol._framing ({exc}); using the pure-Python framer", file=sys.stderr)
+        print(f"WARNING: could not build an extension ({exc}); using the pure-Python module", file=sys.stderr)
 
 
 def extensions():
     try:
         from Cython.Build import cythonize
     except ImportError:
-        print("WARNING: Cython missing; using the pure-Python framer", file=sys.stderr)
+        print("WARNING: Cython missing; using the pure-Python modules", file=sys.stderr)
         return []
     try:
         exts = cythonize(
@@ -42,8 +46,17 @@ def extensions():
             compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
             quiet=True,
         )
-    except Exception as exc:  # noqa: BLE001 - a failed cythonize degrades to the pure-Python framer
-        print(f"WARNING: cythonize failed ({exc}); using the pure-Python framer", file=sys.stderr)
+        # Plain Python compiled as is: annotations stay hints (annotation_typing off), semantics unchanged.
+        exts += cythonize(
+            [
+                Extension("blynk_server.hardware.session", ["blynk_server/hardware/session.py"]),
+                Extension("blynk_server.domain", ["blynk_server/domain.py"]),
+            ],
+            compiler_directives={"language_level": "3", "annotation_typing": False},
+            quiet=True,
+        )
+    except Exception as exc:  # noqa: BLE001 - a failed cythonize degrades to the pure-Python modules
+        print(f"WARNING: cythonize failed ({exc}); using the pure-Python modules", file=sys.stderr)
         return []
     for ext in exts:  # cythonize() drops optional=True; set it again
         ext.optional = True

@@ -14,6 +14,8 @@ import sys
 
 from aiohttp import web
 
+import protocol
+from blynk_server import hot_path_implementation
 from blynk_server.config import Settings
 from blynk_server.domain import Domain
 from blynk_server.hardware.server import HardwareServer
@@ -121,6 +123,7 @@ class BlynkServer:
         if self.hardware.tls_address:
             line += f" tls={_hostport(self.hardware.tls_address)}"
         self._say(line)
+        log.info("framer: %s, device hot path: %s", protocol.IMPLEMENTATION, hot_path_implementation())
 
     async def stop(self) -> None:
         if self.hardware is not None:
