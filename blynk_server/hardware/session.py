@@ -220,6 +220,11 @@ class HardwareSession(asyncio.BufferedProtocol):
         self.last_read = self.loop.time()
         if not self.sniffed and self._sniff(nbytes):
             return
+        buf = self._buf
+        # A lone PING, an idle device's only traffic: answered without the decoder or the frame loop.
+        if nbytes == 5 and buf[0] == 6 and not (buf[3] or buf[4] or self.device is None or self.decoder.buffered):
+            self._lone_ping((buf[1] << 8) | buf[2])
+            return
         try:
             frames = self.decoder.feed(self._view[:nbytes])
         except FrameTooLarge as exc:
@@ -248,6 +253,13 @@ class HardwareSession(asyncio.BufferedProtocol):
             self._turn_paused = True
             self.transport.pause_reading()
             self._turns.defer(self)
+
+    def _lone_ping(self, msg_id: int) -> None:
+        """What ``_handle_frames`` does for a read holding one PING frame and nothing else."""
+        self.stats.messages_in[6] += 1
+        if msg_id:
+            self._write(encode_response(msg_id, Status.SUCCESS), 0)
+        self._charge(1, msg_id)
 
     def _handle_frames(self, frames: list) -> None:
         counts = self.stats.messages_in
