@@ -14,7 +14,6 @@ import csv
 import hashlib
 import json
 import multiprocessing
-import os
 import random
 import re
 import resource
@@ -30,10 +29,9 @@ from urllib.parse import urlsplit
 import psutil
 
 from blynk_server.devclient import DeviceClient
+from blynk_server.testing import start_server
 from protocol import Command
 from protocol.firmware import build_tag
-
-READY = re.compile(r"blynk-server ready hardware=(\S+):(\d+) admin=(\S+):(\d+)")
 
 
 def cli(data: Path, *args: str) -> str:
@@ -180,35 +178,10 @@ async def main() -> None:
     ids = {d["token"]: d["id"] for d in json.loads(cli(data, "device", "list", "--json"))}
     targets = [ids[t] for t, _ in rows[: args.devices]]
 
-    log_fh = open(tmp / "server.log", "w")  # noqa: SIM115 - lives as long as the server
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "blynk_server",
-            "serve",
-            "--data-dir",
-            str(data),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--admin-port",
-            "0",
-            "--log-level",
-            "WARNING",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=log_fh,
-        text=True,
-        env={**os.environ, "BLYNK_OTA_POLL_INTERVAL": "0.2"},
+    started = start_server(
+        data, "--log-level", "WARNING", stderr=tmp / "server.log", env={"BLYNK_OTA_POLL_INTERVAL": "0.2"}
     )
-    host = port = admin = None
-    for line in proc.stdout:
-        m = READY.search(line)
-        if m:
-            host, port, admin = m.group(1), int(m.group(2)), (m.group(3), int(m.group(4)))
-            break
+    proc, (host, port), admin = started.proc, started.ready.hardware, started.ready.admin
     ps = psutil.Process(proc.pid)
     try:
         results = [{"size": len(fw)} for _ in range(args.devices)]

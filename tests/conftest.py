@@ -13,13 +13,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
-READY = re.compile(r"blynk-server ready hardware=(\S+):(\d+) admin=(\S+):(\d+)(?: tls=(\S+):(\d+))?")
+from blynk_server.testing import start_server
 
 
 class ServerProcess:
@@ -36,49 +34,12 @@ class ServerProcess:
     def start(self, timeout: float = 20.0) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.lines = []
-        with open(self.stderr_path, "ab") as stderr:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "blynk_server",
-                    "serve",
-                    "--data-dir",
-                    str(self.data_dir),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "0",
-                    "--admin-port",
-                    "0",
-                    *self.extra,
-                ],
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                cwd=self.data_dir.parent,
-                env=self.env,
-                text=True,
-            )
-        deadline = time.monotonic() + timeout
-        ready = threading.Event()
-
-        def pump() -> None:
-            assert self.proc and self.proc.stdout
-            for line in self.proc.stdout:
-                self.lines.append(line.rstrip("\n"))
-                if READY.search(line):
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=pump, daemon=True).start()
-        ready.wait(max(0.0, deadline - time.monotonic()))
-        match = next((m for m in map(READY.search, self.lines) if m), None)
-        if match is None:
-            self.kill()
-            raise RuntimeError(f"server did not become ready: {self.lines}\n{self.stderr()}")
-        self.host, self.port = match.group(1), int(match.group(2))
-        self.admin_host, self.admin_port = match.group(3), int(match.group(4))
-        self.tls_port = int(match.group(6)) if match.group(6) else None
+        started = start_server(
+            self.data_dir, *self.extra, stderr=self.stderr_path, cwd=self.data_dir.parent, env=self.env, timeout=timeout
+        )
+        self.proc, self.lines = started.proc, started.lines
+        (self.host, self.port), (self.admin_host, self.admin_port) = started.ready.hardware, started.ready.admin
+        self.tls_port = started.ready.tls[1] if started.ready.tls else None
         return self
 
     def stderr(self) -> str:

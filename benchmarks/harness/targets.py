@@ -19,13 +19,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-READY = re.compile(r"blynk-server ready hardware=(\S+):(\d+) admin=(\S+):(\d+)")
+from blynk_server.testing import start_server
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -117,7 +117,7 @@ class BlynkTarget(Target):
         self.data_dir = workdir / "data"
         self.admin_port = 0
         self.lines: list[str] = []
-        self.metrics_source = "?"
+        self.metrics_source = "/metrics"
         self._created_template = False
 
     def _cli(self, *args: str) -> str:
@@ -152,58 +152,18 @@ class BlynkTarget(Target):
     def start(self, message_rate: float | None = None, **_: object) -> None:
         extra = ["--message-rate", str(message_rate)] if message_rate else []
         extra += os.environ.get("BENCH_SERVER_ARGS", "").split()  # e.g. "--flush-interval 10", for experiments
-        has_metrics = importlib.util.find_spec("blynk_server.metrics") is not None
-        # Until blynk_server.metrics exists, a thin wrapper adds a JSON counter route to the admin app.
-        module = "blynk_server" if has_metrics else "benchmarks.harness._stats_server"
-        self.metrics_source = "/metrics" if has_metrics else "/bench/stats (fallback: no blynk_server.metrics yet)"
-        env = dict(os.environ)
-        if not has_metrics:  # the wrapper lives in the checkout; the server itself is the installed package
-            env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
         self.stderr_path = self.workdir / "server-stderr.log"
-        with open(self.stderr_path, "ab") as err:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    module,
-                    "serve",
-                    "--data-dir",
-                    str(self.data_dir),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "0",
-                    "--admin-port",
-                    "0",
-                    "--log-level",
-                    "WARNING",
-                    *extra,
-                ],
-                stdout=subprocess.PIPE,
-                stderr=err,
-                text=True,
-                cwd=self.workdir,
-                env=env,
-                preexec_fn=_raise_nofile,
-            )
-        ready = threading.Event()
-        self.lines = []
-
-        def pump() -> None:
-            assert self.proc is not None and self.proc.stdout is not None
-            for line in self.proc.stdout:
-                self.lines.append(line.rstrip())
-                if READY.search(line):
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=pump, daemon=True).start()
-        ready.wait(30)
-        match = next((m for m in map(READY.search, self.lines) if m), None)
-        if match is None:
-            self.stop()
-            raise RuntimeError(f"blynk-server did not start: {self.lines} {self.stderr_path.read_text()[-2000:]}")
-        self.port, self.admin_port = int(match.group(2)), int(match.group(4))
+        started = start_server(
+            self.data_dir,
+            "--log-level",
+            "WARNING",
+            *extra,
+            stderr=self.stderr_path,
+            cwd=self.workdir,
+            preexec_fn=_raise_nofile,
+        )
+        self.proc, self.lines = started.proc, started.lines
+        self.port, self.admin_port = started.ready.hardware[1], started.ready.admin[1]
 
     def _get(self, path: str) -> tuple[int, str]:
         try:
@@ -214,19 +174,14 @@ class BlynkTarget(Target):
 
     def counters(self) -> dict[str, float]:
         """Messages received by command name, from the server's own counters."""
-        if self.metrics_source == "/metrics":
-            status, text = self._get("/metrics")
-            out: dict[str, float] = {}
-            # blynk_messages_in_total{command="hardware"} (frames received from devices, by command)
-            pattern = r'^blynk_messages_(?:in|received)_total\{[^}]*command="(\w+)"[^}]*\}\s+(\S+)'
-            for m in re.finditer(pattern, text, re.M):
-                key = m.group(1).upper()
-                out[key] = out.get(key, 0.0) + float(m.group(2))
-            return out
-        import json
-
-        status, text = self._get("/bench/stats")
-        return json.loads(text) if status == 200 else {}
+        _, text = self._get("/metrics")
+        out: dict[str, float] = {}
+        # blynk_messages_in_total{command="hardware"} (frames received from devices, by command)
+        pattern = r'^blynk_messages_(?:in|received)_total\{[^}]*command="(\w+)"[^}]*\}\s+(\S+)'
+        for m in re.finditer(pattern, text, re.M):
+            key = m.group(1).upper()
+            out[key] = out.get(key, 0.0) + float(m.group(2))
+        return out
 
     def processed(self) -> float:
         return self.counters().get("HARDWARE", 0.0)
