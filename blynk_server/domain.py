@@ -65,11 +65,12 @@ def _format_number(x: float) -> bytes:
 
 def coerce_value(ds: Datastream | None, raw: bytes) -> bytes:
     """Validate ``raw`` against the datastream: type check, min/max clamp. No datastream: as-is."""
-    if ds is None or ds.type == "string":
+    kind = ds.type if ds is not None else "string"
+    if kind == "string":
         if len(raw) > MAX_STRING_VALUE:
             raise InvalidValue(f"Value is longer than {MAX_STRING_VALUE} bytes.")
         return raw
-    if ds.type == "location":
+    if kind == "location":
         parts = raw.split(SEP)
         try:
             lon, lat = (float(p) for p in parts)
@@ -84,17 +85,19 @@ def coerce_value(ds: Datastream | None, raw: bytes) -> bytes:
         raise InvalidValue("Value doesn't match the Datastream data type.") from None
     if not math.isfinite(x):
         raise InvalidValue("Value doesn't match the Datastream data type.")
-    if ds.type in ("int", "enum"):
+    integral = kind == "int" or kind == "enum"
+    if integral:
         if x != int(x):
             x = float(round(x))
-        if ds.type == "enum" and ds.enum_values and int(x) not in ds.enum_values:
+        if kind == "enum" and ds.enum_values and int(x) not in ds.enum_values:
             raise InvalidValue("Value doesn't match the Datastream data type.")
     clamped = x
-    if ds.min is not None and clamped < ds.min:
-        clamped = ds.min
-    if ds.max is not None and clamped > ds.max:
-        clamped = ds.max
-    if ds.type in ("int", "enum"):
+    low, high = ds.min, ds.max
+    if low is not None and clamped < low:
+        clamped = low
+    if high is not None and clamped > high:
+        clamped = high
+    if integral:
         return str(int(clamped)).encode()
     return raw.strip() if clamped == x else _format_number(clamped)
 

@@ -273,13 +273,13 @@ class HardwareSession(asyncio.BufferedProtocol):
                 else:
                     self._dispatch(frame)
             return
+        if self.closed:
+            return
         handlers = HANDLERS
         self._batch_ms = now_ms()  # one timestamp for the frames of one read
         keys = _WRITE_KEYS
         writes: list = []  # well-formed pin writes, applied in one Domain call before any other frame
         for frame in frames:
-            if self.closed:
-                return
             cmd = frame[0]
             counts[cmd] += 1
             if cmd == 20:  # HARDWARE: the hot path, "vw\0<pin>\0<value…>"
@@ -301,6 +301,8 @@ class HardwareSession(asyncio.BufferedProtocol):
                 self._reply(frame[1], Status.ILLEGAL_COMMAND)
             else:
                 handler(self, frame[1], frame[2])
+            if self.closed:  # only a handler or a rejected write closes the session
+                return
         if writes:
             self._apply_writes(writes)
         self._charge(len(frames), frames[-1][1])
@@ -451,7 +453,7 @@ class HardwareSession(asyncio.BufferedProtocol):
 
     def _charge(self, count: int, msg_id: int) -> None:
         """Token bucket per connection: over the rate, stop reading for as long as the excess takes."""
-        now = self.loop.time()
+        now = self.last_read  # the time of this read, taken once in buffer_updated
         tokens = min(self._burst, self._tokens + (now - self._tokens_at) * self._rate) - count
         self._tokens_at = now
         self._tokens = tokens
