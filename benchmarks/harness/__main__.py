@@ -92,7 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         help="blynk-server --message-rate for the main run (flood also runs the default 100)",
     )
     p.add_argument("--no-default-limit", action="store_true", help="flood: skip the run at the default rate limit")
-    p.add_argument("--peers", default="mosquitto,amqtt", help="comma list of MQTT peers to run too ('' for none)")
+    p.add_argument(
+        "--peers",
+        default="mosquitto,amqtt",
+        help="comma list of peers to run too: mosquitto, amqtt, floor (a bare uvloop server; ping-pong, idle, login storm) ('' for none)",
+    )
     p.add_argument("--json", help="also write the results to this file")
     args = p.parse_args(argv)
     d_devices, d_duration = DEFAULTS[args.scenario]

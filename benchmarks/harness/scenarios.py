@@ -19,6 +19,7 @@ from benchmarks.harness.engine import worker_main
 from benchmarks.harness.targets import (
     AmqttTarget,
     BlynkTarget,
+    FloorTarget,
     MosquittoTarget,
     Target,
     cleanup,
@@ -324,7 +325,7 @@ def _r(x: float | None) -> float | None:
 def targets_for(peers: list[str], workdir) -> list[Target]:
     out: list[Target] = [BlynkTarget(workdir / "blynk")]
     for name in peers:
-        cls = {"mosquitto": MosquittoTarget, "amqtt": AmqttTarget}[name]
+        cls = {"mosquitto": MosquittoTarget, "amqtt": AmqttTarget, "floor": FloorTarget}[name]
         why = cls.available()
         if why:
             print(f"# skipping {name}: {why}")
@@ -339,6 +340,9 @@ async def scenario(name: str, args) -> list[dict]:
     results: list[dict] = []
     try:
         for target in targets_for(args.peers, workdir):
+            if name not in getattr(target, "scenarios", (name,)):
+                print(f"# skipping {target.name}: it has no {name} scenario")
+                continue
             runs = [("", args.message_rate)]
             if name == "flood" and target.kind == "blynk" and not args.no_default_limit:
                 runs.append((" (default --message-rate 100)", None))

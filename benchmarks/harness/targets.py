@@ -198,6 +198,33 @@ class BlynkTarget(Target):
             return False
 
 
+class FloorTarget(Target):
+    """``floor_server.py``: the least a uvloop server in Python does per connection (ping-pong, idle)."""
+
+    name = "floor"
+    kind = "blynk"
+    scenarios = ("pingpong", "idle", "loginstorm")  # it counts nothing, so no flood or telemetry
+
+    @staticmethod
+    def available() -> str | None:
+        return None
+
+    def provision(self, n: int) -> list[str]:
+        return [secrets.token_hex(16) for _ in range(n)]  # any token logs in
+
+    def start(self, **_: object) -> None:
+        self.port = free_port()
+        with open(self.workdir / "floor.log", "ab") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.harness.floor_server", str(self.port)],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                preexec_fn=_raise_nofile,
+                cwd=Path(__file__).resolve().parents[2],  # the checkout, where benchmarks/ lives
+            )
+        _wait_port(self.port, 10, self.proc)
+
+
 class MosquittoTarget(Target):
     name = "mosquitto"
     kind = "mqtt"
