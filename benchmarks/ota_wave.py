@@ -18,8 +18,6 @@ import random
 import re
 import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -29,19 +27,13 @@ from urllib.parse import urlsplit
 import psutil
 
 from blynk_server.devclient import DeviceClient
-from blynk_server.testing import start_server
+from blynk_server.testing import run_cli, start_server
 from protocol import Command
 from protocol.firmware import build_tag
 
 
 def cli(data: Path, *args: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "blynk_server", *args, "--data-dir", str(data)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return out.stdout
+    return run_cli(data, *args).stdout
 
 
 def info(version: str, build: str) -> dict:

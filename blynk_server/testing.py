@@ -70,6 +70,20 @@ def server_argv(data_dir: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+class CliError(RuntimeError):
+    """A ``blynk-server`` provisioning command exited non-zero."""
+
+
+def run_cli(data_dir: Path, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m blynk_server <args> --data-dir DIR`` (the flag goes after the sub-command), output
+    captured as text, run beside the data dir; ``check`` raises CliError with its stderr on failure."""
+    argv = [sys.executable, "-m", "blynk_server", *args, "--data-dir", str(data_dir)]
+    result = subprocess.run(argv, capture_output=True, text=True, cwd=Path(data_dir).parent, timeout=timeout)
+    if check and result.returncode != 0:
+        raise CliError(f"{argv} failed ({result.returncode}): {result.stderr}")
+    return result
+
+
 def _tail(path: Path) -> str:
     try:
         return path.read_text(errors="replace")[-STDERR_TAIL:]

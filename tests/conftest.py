@@ -12,12 +12,11 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from blynk_server.testing import start_server
+from blynk_server.testing import run_cli, start_server
 
 
 class ServerProcess:
@@ -88,15 +87,6 @@ class ServerProcess:
 
     def new_device(self, template: str, name: str = "dev") -> str:
         return self.cli("device", "create", "--template", template, "--name", name).stdout.strip()
-
-
-def run_cli(data_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``blynk-server <args> --data-dir DIR`` (the flag goes after the sub-command)."""
-    argv = [sys.executable, "-m", "blynk_server", *args, "--data-dir", str(data_dir)]
-    result = subprocess.run(argv, capture_output=True, text=True, cwd=data_dir.parent, timeout=60)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{argv} failed ({result.returncode}): {result.stderr}")
-    return result
 
 
 @pytest.fixture(scope="module")

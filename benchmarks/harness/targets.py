@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from blynk_server.testing import start_server
+from blynk_server.testing import run_cli, start_server
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -121,11 +121,7 @@ class BlynkTarget(Target):
         self._created_template = False
 
     def _cli(self, *args: str) -> str:
-        argv = [sys.executable, "-m", "blynk_server", *args, "--data-dir", str(self.data_dir)]
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=self.workdir)
-        if out.returncode != 0:
-            raise RuntimeError(f"{argv} failed: {out.stderr}")
-        return out.stdout
+        return run_cli(self.data_dir, *args).stdout
 
     def provision(self, n: int) -> list[str]:
         """``n`` new devices with distinct tokens, imported in one CSV (fast for thousands)."""
