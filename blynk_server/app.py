@@ -15,7 +15,7 @@ import sys
 from aiohttp import web
 
 import protocol
-from blynk_server import hot_path_implementation
+from blynk_server import apikey, hot_path_implementation
 from blynk_server.config import Settings
 from blynk_server.domain import Domain
 from blynk_server.hardware.server import HardwareServer
@@ -47,7 +47,7 @@ class BlynkServer:
         self.ota = None  # OtaService, built in start() once the domain exists
         self._admin_runner: web.AppRunner | None = None
         self.admin_address: tuple[str, int] | None = None
-        self.api_key: str = ""
+        self.api_key_hash: str = ""  # "sha256:<hex>" of the admin API key (apikey.check_key)
         self.out = sys.stdout
         self._quickstart: tuple[str, str] | None = None
 
@@ -58,15 +58,19 @@ class BlynkServer:
         """On an empty data dir: a Quickstart template and device, and the admin API key."""
         store = self.store
         assert store is not None
-        key = store.get_setting(API_KEY_SETTING)
-        if key is None:
-            key = secrets.token_urlsafe(32)
-            store.set_setting(API_KEY_SETTING, key)
+        stored = store.get_setting(API_KEY_SETTING)
+        if stored is None:
+            key = apikey.new_key()
+            stored = apikey.hash_key(key)
+            store.set_setting(API_KEY_SETTING, stored)
             path = self.settings.data_dir / API_KEY_FILE
             path.write_text(key + "\n")
             os.chmod(path, 0o600)
             self._say(f"Admin API key (also in {path}): {key}")
-        self.api_key = key
+        elif not apikey.is_hashed(stored):  # a data dir from before keys were hashed
+            stored = apikey.hash_key(stored)
+            store.set_setting(API_KEY_SETTING, stored)
+        self.api_key_hash = stored
         if store.get_setting("initialized") is not None:
             return
         store.set_setting("initialized", "1")

@@ -41,6 +41,38 @@ class Settings:
     ota_stall_timeout: float = 10.0
     ota_poll_interval: float = 0.5  # seconds between checks for shipment changes made by the CLI
     ota_request_timeout: float = 300.0  # seconds a sent ota command holds an in-flight slot without a download
+    ota_max_firmware: int = 64 * 1024 * 1024  # bytes: the largest firmware image accepted (CLI and admin API)
+
+    # --- limits and protections (README "Limits and protections") --------------------------------
+    # Unauthenticated connections.
+    max_pending_logins: int = 2000  # connections not yet logged in, server-wide; more are closed at once
+    pending_logins_per_ip: int = 64  # connections from one IP not yet logged in; more are closed at once
+    failed_logins_per_ip: float = 1.0  # failed logins per second per IP (refill rate of its budget)
+    failed_login_burst: int = 20  # failed logins one IP may make at once before its budget is empty
+    auth_log_interval: float = 10.0  # seconds between summary log lines of refused/failed logins
+    # Output toward one device.
+    write_buffer_high: int = 64 * 1024  # unsent bytes to a device above which it is not read
+    write_buffer_max: int = 1024 * 1024  # unsent bytes to a device above which it is disconnected
+    # Per-device state.
+    max_properties_per_pin: int = 32  # distinct property names on one pin
+    max_property_size: int = 1024  # bytes of one property value (all its fields)
+    max_event_code: int = 64  # characters of an event code
+    max_event_codes: int = 100  # distinct event codes one device may use
+    max_meta_fields: int = 64  # metadata fields of one device
+    max_meta_size: int = 1024  # bytes of one metadata name or value
+    max_info_size: int = 2048  # bytes of the device info message
+    info_cache_bytes: int = 4 * 1024 * 1024  # bytes of distinct info messages shared between devices
+    # Retention (0 = keep forever); enforced by a background job that deletes in small batches.
+    history_days: float = 90.0
+    events_days: float = 90.0
+    retention_interval: float = 3600.0  # seconds between retention runs
+    # HTTP.
+    http_header_timeout: float = 10.0  # seconds for a client to send a request's headers
+    http_keepalive_timeout: float = 60.0  # seconds an idle keep-alive HTTP connection is kept
+    http_connections_per_ip: int = 64  # concurrent HTTP connections from one IP on the device port
+    http_request_rate: float = 50.0  # device API requests/s per token (blynk.cloud: 50 req/s per device)
+    http_request_burst: int = 100  # requests one token may make at once
+    data_get_max_points: int = 10_000  # raw points or buckets one data/get call returns at most
 
     @property
     def heartbeat_timeout_default(self) -> int:

@@ -9,13 +9,13 @@ The listener binds 127.0.0.1 by default.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import sqlite3
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from blynk_server import apikey
 from blynk_server.domain import InvalidValue
 from blynk_server.http.common import ApiError, Handler, json_error, metrics_middleware, parse_pin_name
 from blynk_server.metrics import render
@@ -41,12 +41,9 @@ def _presented_key(request: web.Request) -> str | None:
 def auth_middleware(server: BlynkServer):
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in PUBLIC_PATHS:
-            key = _presented_key(request)
-            expected = server.api_key
-            if not key or not expected or not hmac.compare_digest(key.encode(), expected.encode()):
-                log.info("admin auth failed path=%s peer=%s", request.path, request.remote)
-                return json_error("Missing or invalid API key.", 401)
+        if request.path not in PUBLIC_PATHS and not apikey.check_key(_presented_key(request), server.api_key_hash):
+            log.info("admin auth failed path=%s peer=%s", request.path, request.remote)
+            return json_error("Missing or invalid API key.", 401)
         try:
             return await handler(request)
         except ApiError as exc:
