@@ -9,6 +9,11 @@ from dataclasses import dataclass, field
 DATASTREAM_TYPES = ("int", "double", "string", "enum", "location")
 
 
+# The largest timestamp accepted anywhere (9999-12-31T23:59:59.999Z): fits SQLite's 64-bit integers and
+# Python's datetime, so no stored value can break a flush or a query.
+MAX_TS_MS = 253_402_300_799_999
+
+
 def now_ms() -> int:
     """Wall-clock UTC milliseconds, the unit of every stored timestamp."""
     return time.time_ns() // 1_000_000

@@ -65,6 +65,21 @@ def split_fields(body: bytes) -> list[bytes]:
     return body.split(SEP) if body else []
 
 
+def parse_uint(text: bytes | str, limit: int) -> int:
+    """A decimal integer 0..``limit`` of ASCII digits only; ``BodyError`` otherwise.
+
+    The digits are counted before ``int()`` sees them, so a field of any length costs O(digits of
+    ``limit``): Python refuses to convert more than 4,300 digits (a ValueError from deep inside), and
+    huge numbers overflow where they meet floats or SQLite's 64-bit integers."""
+    s = text.decode("ascii", "replace") if isinstance(text, (bytes, bytearray, memoryview)) else text
+    if not s or not s.isascii() or not s.isdigit() or len(s) > len(str(limit)):
+        raise BodyError(f"not a number in 0..{limit}: {s[:24]!r}")
+    n = int(s)
+    if n > limit:
+        raise BodyError(f"{n} is out of range 0..{limit}")
+    return n
+
+
 # --- pins ---------------------------------------------------------------------------------
 
 

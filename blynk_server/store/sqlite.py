@@ -63,6 +63,7 @@ class SqliteStore:
             tuple
         ] = []  # ("log", device_id, code, description, ts) | ("clear", device_id, code, all, ts)
         self._devices: dict[int, tuple[int | None, str | None]] = {}  # device_id -> (last_seen, info json)
+        self._meta: dict[tuple[int, str], str] = {}  # (device_id, name) -> value
         self.stats = FlushStats()
         self._writer: threading.Thread | None = None
         self._stop = threading.Event()
@@ -200,6 +201,10 @@ class SqliteStore:
 
     def put_event_clear(self, device_id: int, code: str, resolve_all: bool, ts: int) -> None:
         self._events.append(("clear", device_id, code, resolve_all, ts))
+
+    def put_meta(self, device_id: int, name: str, value: str) -> None:
+        """A device metadata field, written behind (a device's ``meta set`` must not commit on the loop)."""
+        self._meta[(device_id, name)] = value
 
     def put_device_seen(self, device_id: int, last_seen: int, info_json: str | None = None) -> None:
         """The device's last-seen time and, when given, its info message as JSON."""
