@@ -34,6 +34,8 @@ INTERNAL_SUBCOMMANDS = frozenset({b"rtc", b"utc", b"meta", b"ota", b"dbg", b"vfs
 PIN_KINDS = {"v": "v", "d": "d", "a": "a"}
 HARDWARE_OPS = frozenset({"vw", "vr", "dw", "dr", "aw", "ar", "pm"})
 MAX_PIN = 255
+MAX_PIN_MODES = 3 * (MAX_PIN + 1)  # pin/mode pairs in one ``pm``: one per pin of each kind
+MAX_INFO_NUMBER = 65535  # h-beat and buff-in are clamped to 1..this (a frame's length is 16 bits)
 
 
 class BodyError(ValueError):
@@ -72,9 +74,12 @@ def parse_uint(text: bytes | str, limit: int) -> int:
     ``limit``): Python refuses to convert more than 4,300 digits (a ValueError from deep inside), and
     huge numbers overflow where they meet floats or SQLite's 64-bit integers."""
     s = text.decode("ascii", "replace") if isinstance(text, (bytes, bytearray, memoryview)) else text
-    if not s or not s.isascii() or not s.isdigit() or len(s) > len(str(limit)):
+    if not s or not s.isascii() or not s.isdigit():
         raise BodyError(f"not a number in 0..{limit}: {s[:24]!r}")
-    n = int(s)
+    digits = s.lstrip("0") or "0"  # leading zeros are harmless ("007" is 7)
+    if len(digits) > len(str(limit)):
+        raise BodyError(f"{s[:24]}... is out of range 0..{limit}")
+    n = int(digits)
     if n > limit:
         raise BodyError(f"{n} is out of range 0..{limit}")
     return n
@@ -108,12 +113,10 @@ def parse_pin(text: bytes | str, default_kind: str = "v") -> Pin:
     if s[0].lower() in PIN_KINDS:
         kind = s[0].lower()
         s = s[1:]
-    if not s.isdigit() or not s.isascii():
-        raise BodyError(f"bad pin {text!r}")
-    number = int(s)
-    if number > MAX_PIN:
-        raise BodyError(f"pin {number} out of range 0..{MAX_PIN}")
-    return Pin(kind, number)
+    try:
+        return Pin(kind, parse_uint(s, MAX_PIN))
+    except BodyError:
+        raise BodyError(f"bad pin {s[:24]!r}") from None
 
 
 # --- HARDWARE (20) ------------------------------------------------------------------------
@@ -156,6 +159,8 @@ def parse_hardware(body: bytes) -> HardwareOp:
             fields.pop()
         if not fields or len(fields) % 2:
             raise BodyError("pm needs pin/mode pairs")
+        if len(fields) > 2 * MAX_PIN_MODES:
+            raise BodyError(f"pm names more than {MAX_PIN_MODES} pins")
         try:
             modes = tuple((fields[i].decode(), fields[i + 1].decode()) for i in range(0, len(fields), 2))
         except UnicodeDecodeError as exc:
@@ -182,7 +187,8 @@ def hardware_write_raw(pin: Pin, value: bytes) -> bytes:
 
 
 def parse_sync(body: bytes) -> list[Pin] | None:
-    """HARDWARE_SYNC: ``None`` means sync all; otherwise the listed pins (``vr\\0p1\\0p2``)."""
+    """HARDWARE_SYNC: ``None`` means sync all; otherwise the listed pins (``vr\\0p1\\0p2``), each once
+    in first-named order, so one frame naming a pin 16,000 times is answered with one value."""
     if not body:
         return None
     fields = split_fields(body)
@@ -193,7 +199,8 @@ def parse_sync(body: bytes) -> list[Pin] | None:
     op = fields[0].decode("ascii", "replace").lower()
     if len(op) != 2 or op[1] != "r" or op[0] not in "vda":
         raise BodyError(f"sync operation {fields[0]!r} is not a read")
-    return [Pin(op[0], parse_pin(f, op[0]).number) for f in fields[1:]]
+    kind = op[0]
+    return list(dict.fromkeys(Pin(kind, parse_pin(f, kind).number) for f in fields[1:]))
 
 
 # --- INTERNAL (17) ------------------------------------------------------------------------
@@ -249,12 +256,16 @@ _INFO_FIELDS = {
 }
 
 
-def _positive_int(text: str) -> int | None:
-    try:
-        n = int(text.strip())
-    except ValueError:
+def _info_number(text: str) -> int | None:
+    """h-beat or buff-in: digits of any length clamped to 1..MAX_INFO_NUMBER; 0 or not a number is
+    None (the setting is left as it was)."""
+    s = text.strip()
+    if not s.isascii() or not s.isdigit():
         return None
-    return n if n > 0 else None
+    digits = s.lstrip("0")
+    if len(digits) > len(str(MAX_INFO_NUMBER)):  # never int() of a huge digit string
+        return MAX_INFO_NUMBER
+    return min(int(digits or "0"), MAX_INFO_NUMBER) or None
 
 
 def is_info(body: bytes) -> bool:
@@ -274,9 +285,9 @@ def parse_info(body: bytes) -> DeviceInfo:
         key = fields[i].decode("utf-8", "replace")
         value = fields[i + 1].decode("utf-8", "replace")
         if key == "h-beat":
-            info.heartbeat = _positive_int(value)
+            info.heartbeat = _info_number(value)
         elif key == "buff-in":
-            info.buff_in = _positive_int(value)
+            info.buff_in = _info_number(value)
         elif key in _INFO_FIELDS:
             attr = _INFO_FIELDS[key]
             # "mcu" wins over "fw", "blynk" over "ver", "con" over "conn": the newer key set.
@@ -334,7 +345,8 @@ def parse_property(body: bytes) -> PropertyUpdate:
     values = tuple(fields[i + 1 :])
     if not values or values == (b"",):
         raise BodyError("property value missing")
-    return PropertyUpdate(tuple(pins), fields[i].decode("utf-8", "replace"), values)
+    # Each pin once: the store is written once per pin, and a frame may name one pin thousands of times.
+    return PropertyUpdate(tuple(dict.fromkeys(pins)), fields[i].decode("utf-8", "replace"), values)
 
 
 def parse_event_log(body: bytes) -> tuple[str, str | None]:
@@ -354,15 +366,17 @@ def parse_event_clear(body: bytes) -> tuple[str, bool]:
     return fields[0].decode("utf-8", "replace"), len(fields) > 1 and fields[1] == b"all"
 
 
-def parse_group(body: bytes) -> tuple[str, int | None]:
-    """``b`` → ("begin", None); ``t\\0<ms>`` → ("begin", ms); ``e`` → ("end", None)."""
+def parse_group(body: bytes, max_ts: int = 2**63 - 1) -> tuple[str, int | None]:
+    """``b`` → ("begin", None); ``t\\0<ms>`` → ("begin", ms) with 0 < ms <= ``max_ts``; ``e`` → ("end", None)."""
     fields = split_fields(body)
     if fields == [b"b"]:
         return "begin", None
     if fields == [b"e"]:
         return "end", None
-    if len(fields) == 2 and fields[0] == b"t" and fields[1].isdigit():
-        return "begin", int(fields[1])
+    if len(fields) == 2 and fields[0] == b"t":
+        ts = parse_uint(fields[1], max_ts)
+        if ts > 0:
+            return "begin", ts
     raise BodyError(f"bad group body {body[:32]!r}")
 
 
@@ -399,7 +413,7 @@ def parse_redirect(body: bytes) -> tuple[str, int | None]:
     fields = split_fields(body)
     if not fields or not fields[0]:
         raise BodyError("redirect without a host")
-    port = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
+    port = parse_uint(fields[1], 65535) if len(fields) > 1 and fields[1].isdigit() else None
     try:
         return fields[0].decode(), port
     except UnicodeDecodeError as exc:

@@ -136,6 +136,32 @@ def test_parse_pin_bad(text):
         B.parse_pin(text)
 
 
+@pytest.mark.parametrize("text", ["9" * 5000, "V" + "1" * 5000, "0" * 4999 + "256", b"1" * 100_000])
+def test_parse_pin_huge_numbers_are_body_errors(text):
+    """Python refuses int() of more than 4,300 digits with a ValueError of its own: never reached."""
+    with pytest.raises(BodyError):
+        B.parse_pin(text)
+
+
+def test_parse_pin_leading_zeros_of_any_length():
+    assert B.parse_pin("v" + "0" * 5000 + "7") == Pin("v", 7)
+
+
+def test_parse_uint():
+    assert B.parse_uint("0", 10) == 0 and B.parse_uint(b"10", 10) == 10 and B.parse_uint("0010", 10) == 10
+    assert B.parse_uint("9223372036854775807", 2**63 - 1) == 2**63 - 1
+    for bad in ("", "11", "-1", "+1", "1.0", " 1", "\u0661", "9" * 10_000, "9223372036854775808"):
+        with pytest.raises(BodyError):
+            B.parse_uint(bad, 10 if len(bad) < 5 else 2**63 - 1)
+
+
+def test_pin_modes_bounded():
+    pairs = b"\0".join(b"%d\0out" % (i % 256) for i in range(B.MAX_PIN_MODES))
+    assert len(B.parse_hardware(b"pm\0" + pairs).modes) == B.MAX_PIN_MODES
+    with pytest.raises(BodyError):
+        B.parse_hardware(b"pm\0" + pairs + b"\x001\0in")
+
+
 # --- HARDWARE_SYNC --------------------------------------------------------------------------
 
 
@@ -143,9 +169,13 @@ def test_parse_sync():
     assert B.parse_sync(b"") is None
     assert B.parse_sync(b"vr\x001\x002") == [Pin("v", 1), Pin("v", 2)]
     assert B.parse_sync(b"dr\x0013\x00") == [Pin("d", 13)]
-    for bad in (b"vr", b"vw\x001", b"\x001", b"vr\x00x"):
+    for bad in (b"vr", b"vw\x001", b"\x001", b"vr\x00x", b"vr\x00" + b"9" * 5000):
         with pytest.raises(BodyError):
             B.parse_sync(bad)
+
+
+def test_parse_sync_names_each_pin_once():
+    assert B.parse_sync(b"vr" + b"\x005\x00V5\x0005" * 16_000 + b"\x001") == [Pin("v", 5), Pin("v", 1)]
 
 
 # --- INTERNAL: info -------------------------------------------------------------------------
@@ -209,6 +239,16 @@ def test_parse_info_bad_numbers_and_binary_values():
     assert B.parse_info(b"") == B.DeviceInfo()
 
 
+@pytest.mark.parametrize(
+    ("value", "number"),
+    [(b"40", 40), (b"0040", 40), (b"65535", 65535), (b"65536", 65535), (b"9" * 5000, 65535), (b"0", None)],
+)
+def test_parse_info_numbers_clamped(value, number):
+    """h-beat and buff-in of any length: clamped to 1..65535, never int() of a huge digit string."""
+    info = B.parse_info(b"h-beat\x00" + value + b"\x00buff-in\x00" + value)
+    assert info.heartbeat == number and info.buff_in == number
+
+
 def test_is_info():
     assert B.is_info(NEW_INFO) and B.is_info(OLD_INFO) and B.is_info(b"fw-type\x00x")
     assert not B.is_info(b"rtc\x00sync") and not B.is_info(b"") and not B.is_info(b"ota\x00http://x")
@@ -254,6 +294,8 @@ def test_parse_property_single_and_multi_pin():
     assert (p.name, p.values) == ("url", (b"1", b"https://x/y.png"))
     p = B.parse_property(b"0\x001\x002\x00isDisabled\x00true")
     assert (p.pins, p.name, p.values) == ((Pin("v", 0), Pin("v", 1), Pin("v", 2)), "isDisabled", (b"true",))
+    p = B.parse_property(b"1\x00" * 10_000 + b"V2\x00color\x00red")
+    assert p.pins == (Pin("v", 1), Pin("v", 2))
 
 
 @pytest.mark.parametrize("body", [b"", b"color\x00x", b"1", b"1\x00", b"1\x00color", b"1\x00color\x00", b"1\x002\x003"])
@@ -277,9 +319,14 @@ def test_group():
     assert B.parse_group(b"b") == ("begin", None)
     assert B.parse_group(b"t\x001767225600123") == ("begin", 1767225600123)
     assert B.parse_group(b"e") == ("end", None)
-    for bad in (b"", b"x", b"t", b"t\x00abc", b"t\x00-1", b"b\x00e"):
+    for bad in (b"", b"x", b"t", b"t\x00abc", b"t\x00-1", b"b\x00e", b"t\x000", b"t\x009223372036854775808"):
         with pytest.raises(BodyError):
             B.parse_group(bad)
+    with pytest.raises(BodyError):
+        B.parse_group(b"t\x00" + b"9" * 5000)
+    assert B.parse_group(b"t\x00100", max_ts=100) == ("begin", 100)
+    with pytest.raises(BodyError):
+        B.parse_group(b"t\x00101", max_ts=100)
 
 
 # --- BRIDGE, REDIRECT -----------------------------------------------------------------------
@@ -300,7 +347,7 @@ def test_redirect():
     assert B.redirect_body("blynk.example.com", 8442) == b"blynk.example.com\x008442"
     assert B.parse_redirect(b"blynk.example.com\x008442") == ("blynk.example.com", 8442)
     assert B.parse_redirect(b"host") == ("host", None)
-    for bad in (b"", b"\x00443", b"\xff\x00443"):
+    for bad in (b"", b"\x00443", b"\xff\x00443", b"host\x0065536", b"host\x00" + b"9" * 5000):
         with pytest.raises(BodyError):
             B.parse_redirect(bad)
 
