@@ -1,0 +1,1 @@
+"""Hostile and broken devices (issue 10): attacks, fuzzing, kill -9."""
