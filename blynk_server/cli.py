@@ -10,13 +10,16 @@ import argparse
 import csv
 import json
 import logging
+import os
 import sqlite3
 import sys
 from pathlib import Path
 
 from blynk_server import config
 from blynk_server.model import DATASTREAM_TYPES, Datastream, new_token
+from blynk_server.redact import RedactingFormatter
 from blynk_server.store import SqliteStore
+from blynk_server.store.sqlite import StoreUnavailable
 from protocol.body import BodyError, parse_pin
 
 
@@ -275,15 +278,12 @@ def _read_import(path: Path, default_template: str | None, store: SqliteStore) -
 
 def cmd_serve(args) -> int:
     settings = settings_from(args)
-    logging.basicConfig(
-        level=getattr(logging, settings.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=getattr(logging, settings.log_level.upper(), logging.INFO), handlers=[handler])
     from blynk_server.app import run
 
-    run(settings)
-    return 0
+    return run(settings)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,9 +294,10 @@ def main(argv: list[str] | None = None) -> int:
         from blynk_server.ota.cli import cmd_ota
 
         handlers["ota"] = cmd_ota
+    os.umask(0o077)  # whatever this creates in the data dir (database, firmware, recovery files) is private
     try:
         return handlers[args.command](args)
-    except CliError as exc:
+    except (CliError, StoreUnavailable) as exc:
         print(f"blynk-server: {exc}", file=sys.stderr)
         return 2
     except (ValueError, OSError) as exc:

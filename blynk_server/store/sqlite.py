@@ -2,25 +2,39 @@
 
 The event loop never waits on disk for device traffic: it appends to in-memory pending batches, and
 one writer thread with its own connection (WAL mode) commits them every ``flush_interval`` seconds.
-A clean shutdown flushes everything; a crash loses at most one flush interval of device writes.
+A crash loses at most one flush interval of device writes. A flush that fails for the environment
+(a full disk, a read-only file) keeps its rows for the next one; rows refused for what they hold are
+dropped alone, counted and logged (``batch.write_batch``). A stop flushes everything, or saves what it
+could not write to a recovery file that the next start replays (``recovery``), and says which.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
+import os
 import sqlite3
+import stat
 import threading
 import time
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from blynk_server.model import Datastream, DeviceRecord, Template, new_token, now_ms
+from blynk_server.store import recovery
+from blynk_server.store.batch import Batch, Rejected, transaction, write_batch
 
 log = logging.getLogger(__name__)
 
 DB_NAME = "blynk.sqlite3"
+MAX_PENDING_ROWS = 1_000_000  # history/event rows kept for retry while flushes fail; older ones are dropped
+FAILURE_LOG_PERIOD = 60.0  # seconds between log lines of a flush that keeps failing
+FINAL_FLUSH_TRIES = 3
+
+
+class StoreUnavailable(Exception):
+    """The data dir or its database cannot be opened or written; the message says which and why."""
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -32,10 +46,35 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def _private_dir(path: Path) -> None:
+    """Create ``path`` (0700) or make an existing one 0700: it holds every device token."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if stat.S_IMODE(path.stat().st_mode) != 0o700:
+        os.chmod(path, 0o700)
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` empty with mode 0600, or make an existing one 0600, whatever the umask. SQLite
+    gives its -wal and -shm files the database file's mode."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+    if stat.S_IMODE(path.stat().st_mode) != 0o600:
+        os.chmod(path, 0o600)
+
+
 class FlushStats:
     """Plain counters read by the metrics collector at scrape time."""
 
-    __slots__ = ("batches", "rows", "last_batch_rows", "seconds_total", "last_seconds", "errors")
+    __slots__ = (
+        "batches",
+        "rows",
+        "last_batch_rows",
+        "seconds_total",
+        "last_seconds",
+        "errors",
+        "rows_rejected",
+        "rows_dropped",
+    )
 
     def __init__(self) -> None:
         self.batches = 0
@@ -43,35 +82,85 @@ class FlushStats:
         self.last_batch_rows = 0
         self.seconds_total = 0.0
         self.last_seconds = 0.0
-        self.errors = 0
+        self.errors = 0  # flushes that failed (their rows kept for the next one)
+        self.rows_rejected = 0  # rows the database refused for what they hold, dropped
+        self.rows_dropped = 0  # rows dropped because failing flushes kept more than MAX_PENDING_ROWS
+
+
+@dataclass(frozen=True)
+class CloseReport:
+    """What a stop did with the pending rows: all written, saved to ``recovery_file``, or ``lost``."""
+
+    unwritten: int = 0
+    recovery_file: Path | None = None
+    lost: int = 0
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.unwritten == 0
 
 
 class SqliteStore:
     def __init__(self, data_dir: Path | str, flush_interval: float = 1.0) -> None:
         self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.data_dir / DB_NAME
         self.flush_interval = flush_interval
-        self.db = connect(self.path)
-        self.db.executescript(resources.files("blynk_server.store").joinpath("schema.sql").read_text())
+        try:
+            _private_dir(self.data_dir)
+            _private_file(self.path)
+            self.db = connect(self.path)
+            self.db.executescript(resources.files("blynk_server.store").joinpath("schema.sql").read_text())
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreUnavailable(f"cannot use the data dir {self.data_dir}: {_reason(exc)}") from None
         self._lock = threading.Lock()  # guards the admin connection, used from loop and CLI threads
-        # Pending write-behind batches; swapped whole by the writer thread.
+        # Pending write-behind rows (see batch.Batch); taken whole by the writer thread.
         self._values: dict[tuple[int, str], tuple[bytes, int]] = {}
         self._props: dict[tuple[int, str, str], tuple[bytes, int]] = {}
         self._history: list[tuple[int, str, int, bytes]] = []
-        self._events: list[
-            tuple
-        ] = []  # ("log", device_id, code, description, ts) | ("clear", device_id, code, all, ts)
-        self._devices: dict[int, tuple[int | None, str | None]] = {}  # device_id -> (last_seen, info json)
-        self._meta: dict[tuple[int, str], str] = {}  # (device_id, name) -> value
+        self._events: list[tuple] = []
+        self._devices: dict[int, tuple[int | None, str | None]] = {}
+        self._meta: dict[tuple[int, str], str] = {}
         self.stats = FlushStats()
         self._writer: threading.Thread | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._flushed = threading.Condition()
         self._wdb: sqlite3.Connection | None = None
+        self._last_failure_log = -1e9
+        self._failures_unlogged = 0
+        self._last_error = ""  # why the last flush failed, for the stop's report
 
     # --- lifecycle ---------------------------------------------------------------------------
+
+    def check_writable(self) -> None:
+        """Raise ``StoreUnavailable`` unless the database takes a write (a server must not start on a
+        data dir it cannot persist to)."""
+        try:
+            with self._lock, transaction(self.db):
+                self.db.execute(
+                    "INSERT OR REPLACE INTO settings (key, value) VALUES ('last_start', ?)", (str(now_ms()),)
+                )
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot write the database {self.path}: {_reason(exc)}") from None
+
+    def replay_recovery(self) -> tuple[int, list[Path]]:
+        """Write the rows of every recovery file a failed stop left, then remove the files.
+        Returns (rows, files). Raises ``StoreUnavailable`` when they cannot be written."""
+        files = recovery.find(self.data_dir)
+        total = 0
+        for path in files:
+            try:
+                batch = recovery.load(path)
+                with self._lock:
+                    rejected = write_batch(self.db, batch)
+            except (recovery.RecoveryError, OSError, sqlite3.Error) as exc:
+                raise StoreUnavailable(f"cannot replay the recovery file {path}: {_reason(exc)}") from None
+            self._count_rejected(rejected)
+            path.unlink()
+            total += len(batch)
+            log.warning("replayed %d rows from %s (rows a previous stop could not write)", len(batch), path)
+        return total, files
 
     def start_writer(self) -> None:
         """Start the write-behind thread (the server does; CLI commands do not need it)."""
@@ -79,8 +168,9 @@ class SqliteStore:
         self._writer = threading.Thread(target=self._run_writer, name="blynk-store-writer", daemon=True)
         self._writer.start()
 
-    def close(self) -> None:
-        """Flush every pending write and close both connections."""
+    def close(self) -> CloseReport:
+        """Flush every pending write and close both connections. Rows that cannot be written are saved
+        to a recovery file in the data dir; the report says how many, and where (or that they are lost)."""
         if self._writer is not None:
             self._stop.set()
             self._wake.set()
@@ -88,14 +178,35 @@ class SqliteStore:
             self._writer = None
         else:
             self._flush_with(self.db)
+        report = self._save_unwritten()
         if self._wdb is not None:
             self._wdb.close()
             self._wdb = None
         self.db.close()
+        return report
+
+    def _save_unwritten(self) -> CloseReport:
+        batch = self._take()
+        if not batch:
+            return CloseReport()
+        error = self._last_error or "unknown error"
+        try:
+            path = recovery.save(self.data_dir, batch)
+        except OSError as exc:
+            log.error("could not save %d unwritten rows to a recovery file: %s", len(batch), _reason(exc))
+            return CloseReport(len(batch), None, len(batch), error)
+        return CloseReport(len(batch), path, 0, error)
 
     def pending(self) -> int:
         """Rows waiting to be written (the write-behind queue depth)."""
-        return len(self._values) + len(self._props) + len(self._history) + len(self._events) + len(self._devices)
+        return (
+            len(self._values)
+            + len(self._props)
+            + len(self._history)
+            + len(self._events)
+            + len(self._devices)
+            + len(self._meta)
+        )
 
     def flush_now(self, timeout: float = 10.0) -> None:
         """Ask the writer for an immediate flush and wait until it has committed (tests, admin)."""
@@ -113,69 +224,54 @@ class SqliteStore:
             self._wake.wait(self.flush_interval)
             self._wake.clear()
             self._flush_with(self._wdb)
-        self._flush_with(self._wdb)
+        for attempt in range(FINAL_FLUSH_TRIES):
+            if self._flush_with(self._wdb) or attempt == FINAL_FLUSH_TRIES - 1:
+                break
+            time.sleep(0.2 * (attempt + 1))
 
-    def _flush_with(self, conn: sqlite3.Connection) -> None:
+    def _take(self) -> Batch:
         # Swapping the dicts/lists is atomic under the GIL: the loop keeps appending to fresh ones.
-        values, self._values = self._values, {}
-        props, self._props = self._props, {}
-        history, self._history = self._history, []
-        events, self._events = self._events, []
-        devices, self._devices = self._devices, {}
-        rows = len(values) + len(props) + len(history) + len(events) + len(devices)
+        batch = Batch(self._values, self._props, self._history, self._events, self._devices, self._meta)
+        self._values, self._props, self._history = {}, {}, []
+        self._events, self._devices, self._meta = [], {}, {}
+        return batch
+
+    def _put_back(self, batch: Batch) -> None:
+        """Return the rows of a failed flush to the pending ones; a newer value for a key wins."""
+        for k, v in batch.values.items():
+            self._values.setdefault(k, v)
+        for k, v in batch.props.items():
+            self._props.setdefault(k, v)
+        for k, v in batch.devices.items():
+            self._devices.setdefault(k, v)
+        for k, v in batch.meta.items():
+            self._meta.setdefault(k, v)
+        self._history[:0] = batch.history
+        self._events[:0] = batch.events
+        excess = len(self._history) + len(self._events) - MAX_PENDING_ROWS
+        if excess > 0:  # flushes keep failing: bound the memory, dropping the oldest rows, counted
+            from_history = min(excess, len(self._history))
+            del self._history[:from_history]
+            del self._events[: excess - from_history]
+            self.stats.rows_dropped += excess
+            log.error("store: %d pending rows dropped (more than %d kept while flushes fail)", excess, MAX_PENDING_ROWS)
+
+    def _flush_with(self, conn: sqlite3.Connection) -> bool:
+        """Write the pending rows; False (rows kept for the next flush) when the database failed."""
+        batch = self._take()
+        rows = len(batch)
         start = time.perf_counter()
         if rows:
             try:
-                with _transaction(conn):
-                    insert_rows(
-                        conn,
-                        "INSERT OR REPLACE INTO pin_values (device_id, pin, value, ts)",
-                        4,
-                        [x for (d, p), (v, ts) in values.items() for x in (d, p, v, ts)],
-                    )
-                    insert_rows(
-                        conn,
-                        "INSERT OR REPLACE INTO properties (device_id, pin, name, value, ts)",
-                        5,
-                        [x for (d, p, n), (v, ts) in props.items() for x in (d, p, n, v, ts)],
-                    )
-                    insert_rows(
-                        conn, "INSERT INTO history (device_id, pin, ts, value)", 4, [x for row in history for x in row]
-                    )
-                    for ev in events:
-                        if ev[0] == "log":
-                            conn.execute(
-                                "INSERT INTO events (device_id, code, description, ts) VALUES (?, ?, ?, ?)", ev[1:]
-                            )
-                        else:
-                            _, device_id, code, resolve_all, ts = ev
-                            conn.execute(
-                                "UPDATE events SET resolved_at = ? WHERE id IN (SELECT id FROM events WHERE"
-                                " device_id = ? AND code = ? AND resolved_at IS NULL ORDER BY id DESC"
-                                + ("" if resolve_all else " LIMIT 1")
-                                + ")",
-                                (ts, device_id, code),
-                            )
-                    for device_id, (last_seen, info) in devices.items():
-                        if info is None:
-                            conn.execute("UPDATE devices SET last_seen = ? WHERE id = ?", (last_seen, device_id))
-                        else:
-                            conn.execute(
-                                "UPDATE devices SET last_seen = ?, info = ? WHERE id = ?", (last_seen, info, device_id)
-                            )
-            except sqlite3.Error:
+                rejected = write_batch(conn, batch)
+            except Exception as exc:  # the environment (disk full, read-only, I/O) or a bug: keep the rows
+                self._put_back(batch)
                 self.stats.errors += 1
-                log.exception("store flush failed rows=%d; they will be retried", rows)
-                # Put them back so nothing acknowledged is lost; newer values win.
-                for k, v in values.items():
-                    self._values.setdefault(k, v)
-                for k, v in props.items():
-                    self._props.setdefault(k, v)
-                self._history[:0] = history
-                self._events[:0] = events
-                for k, v in devices.items():
-                    self._devices.setdefault(k, v)
-                return
+                self._last_error = _reason(exc)
+                self._log_failure(rows, exc)
+                return False
+            self._count_rejected(rejected)
+            self._last_error = ""
         elapsed = time.perf_counter() - start
         with self._flushed:
             self.stats.batches += 1
@@ -184,6 +280,27 @@ class SqliteStore:
             self.stats.seconds_total += elapsed
             self.stats.last_seconds = elapsed
             self._flushed.notify_all()
+        return True
+
+    def _log_failure(self, rows: int, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._last_failure_log < FAILURE_LOG_PERIOD:
+            self._failures_unlogged += 1
+            return
+        more = f" ({self._failures_unlogged} more failures since the last line)" if self._failures_unlogged else ""
+        self._last_failure_log, self._failures_unlogged = now, 0
+        if isinstance(exc, sqlite3.Error):
+            log.error("store flush failed rows=%d: %s; kept for the next flush%s", rows, _reason(exc), more)
+        else:
+            log.exception("store flush failed rows=%d; kept for the next flush%s", rows, more)
+
+    def _count_rejected(self, rejected: list[Rejected]) -> None:
+        if not rejected:
+            return
+        self.stats.rows_rejected += len(rejected)
+        shown = ", ".join(f"{r.table} device={r.device_id} ({type(r.error).__name__}: {r.error})" for r in rejected[:5])
+        more = f" and {len(rejected) - 5} more" if len(rejected) > 5 else ""
+        log.error("store dropped %d rows it cannot store: %s%s", len(rejected), shown, more)
 
     # --- write-behind (called on the event loop; never touches disk) ---------------------------
 
@@ -231,7 +348,7 @@ class SqliteStore:
         self._exec("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", (key, value))
 
     def create_template(self, template_id: str, name: str, datastreams: list[Datastream] = ()) -> Template:
-        with self._lock, _transaction(self.db):
+        with self._lock, transaction(self.db):
             self.db.execute(
                 "INSERT INTO templates (id, name, created_at) VALUES (?, ?, ?)", (template_id, name, now_ms())
             )
@@ -240,7 +357,7 @@ class SqliteStore:
         return self.get_template(template_id)  # type: ignore[return-value]
 
     def put_datastream(self, template_id: str, ds: Datastream) -> None:
-        with self._lock, _transaction(self.db):
+        with self._lock, transaction(self.db):
             self._insert_datastream(template_id, ds)
 
     def _insert_datastream(self, template_id: str, ds: Datastream) -> None:
@@ -309,7 +426,7 @@ class SqliteStore:
         """Create many (template_id, name, token) devices in one transaction: all or none."""
         created = now_ms()
         out = []
-        with self._lock, _transaction(self.db):
+        with self._lock, transaction(self.db):
             for template_id, name, token in rows:
                 cur = self.db.execute(
                     "INSERT INTO devices (token, name, template_id, created_at) VALUES (?, ?, ?, ?)",
@@ -341,7 +458,7 @@ class SqliteStore:
         self._exec("UPDATE devices SET timezone = ? WHERE id = ?", (tz, device_id))
 
     def delete_device(self, device_id: int) -> bool:
-        with self._lock, _transaction(self.db):
+        with self._lock, transaction(self.db):
             for table in ("pin_values", "properties", "history", "events", "device_meta"):
                 self.db.execute(f"DELETE FROM {table} WHERE device_id = ?", (device_id,))
             return self.db.execute("DELETE FROM devices WHERE id = ?", (device_id,)).rowcount > 0
@@ -387,44 +504,6 @@ class SqliteStore:
         return [{"id": i, "code": c, "description": d, "ts": ts, "resolved_at": r} for i, c, d, ts, r in rows]
 
 
-# SQLite before 3.32 allows 999 parameters per statement, later versions 32,766.
-MAX_PARAMETERS = 999 if sqlite3.sqlite_version_info < (3, 32) else 32_766
-MAX_ROWS_PER_STATEMENT = 1000  # binding happens under the GIL: keep each statement's share short
-
-
-def insert_rows(conn: sqlite3.Connection, head: str, width: int, flat: list) -> None:
-    """``head VALUES (?,..),(?,..)…`` over ``flat`` (rows of ``width`` values laid end to end), up to
-    1,000 rows per statement.
-
-    ``executemany`` steps once per row, and each step releases and retakes the GIL, a chance for the
-    event loop to wait on this thread: 10,000 pin values a second meant 10,000 hand-offs. Measured
-    alone, 10,000 rows cost 45-56 ms of CPU that way and 31 ms in multi-row statements."""
-    step = min(MAX_ROWS_PER_STATEMENT, MAX_PARAMETERS // width) * width
-    for start in range(0, len(flat), step):
-        chunk = flat[start : start + step]
-        conn.execute(_multi_row_sql(head, width, len(chunk) // width), chunk)
-
-
-@functools.lru_cache(maxsize=64)
-def _multi_row_sql(head: str, width: int, rows: int) -> str:
-    one = "(" + ", ".join("?" * width) + ")"
-    return f"{head} VALUES {', '.join([one] * rows)}"
-
-
-class _transaction:
-    """BEGIN IMMEDIATE … COMMIT on an autocommit connection, ROLLBACK on error."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("BEGIN IMMEDIATE")
-        return self.conn
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
-
-
 def _datastream(row: tuple) -> Datastream:
     pin, name, typ, mn, mx, default, enum_values, history, sync = row
     return Datastream(
@@ -445,4 +524,11 @@ def _device(row: tuple) -> DeviceRecord:
     return DeviceRecord(did, token, name, tpl, created, seen, json.loads(info) if info else None, tz)
 
 
-__all__ = ["SqliteStore", "new_token"]
+def _reason(exc: BaseException) -> str:
+    """One line for an operator: the OS or SQLite error, without a traceback."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror} ({exc.filename})" if exc.filename else exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+__all__ = ["CloseReport", "SqliteStore", "StoreUnavailable", "new_token"]
