@@ -73,6 +73,8 @@ class Settings:
     http_request_rate: float = 50.0  # device API requests/s per token (blynk.cloud: 50 req/s per device)
     http_request_burst: int = 100  # requests one token may make at once
     data_get_max_points: int = 10_000  # raw points or buckets one data/get call returns at most
+    events_per_day: int = 100  # events one device may log per UTC day (blynk.cloud: 100); 0 = no limit
+    max_properties_per_device: int = 256  # distinct (pin, name) properties of one device, all pins together
 
     @property
     def heartbeat_timeout_default(self) -> int:

@@ -11,13 +11,15 @@ import json
 import logging
 import math
 import time
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from blynk_server.config import Settings
 from blynk_server.hub import Hub
-from blynk_server.model import Datastream, DeviceRecord, Template, now_ms
+from blynk_server.model import MAX_TS_MS, Datastream, DeviceRecord, Template, now_ms
 from blynk_server.store import SqliteStore
-from protocol import Command
+from protocol import Command, Status
 from protocol.body import SEP, Pin, hardware_write_raw
 
 log = logging.getLogger(__name__)
@@ -25,16 +27,35 @@ log = logging.getLogger(__name__)
 MAX_STRING_VALUE = 1024  # blynk.cloud limit for one value
 MAX_EVENT_DESCRIPTION = 300
 MIN_EVENT_INTERVAL_MS = 1000
-MAX_SHARED_INFOS = 10_000  # distinct info messages kept for sharing
+DAY_MS = 86_400_000
 TEMPLATE_TTL_S = 5.0  # re-read a template at most this often, so CLI edits reach a running server
+REFUSAL_LOG_INTERVAL = 60.0  # seconds between INFO lines about refused state (the rest go to DEBUG)
 
 
 class InvalidValue(ValueError):
-    """A value that does not fit its datastream; the message is the one the Blynk cloud gives."""
+    """A value the server will not store (wrong type, bad timestamp, over a limit); the message is the
+    one the client gets (the Blynk cloud's wording where it has one). ``status`` is the device's
+    answer; HTTP clients get 400."""
+
+    status = Status.ILLEGAL_COMMAND
 
 
-class EventRejected(ValueError):
-    pass
+class LimitExceeded(InvalidValue):
+    """Over a per-device limit on stored state (properties, metadata)."""
+
+    status = Status.ILLEGAL_COMMAND_BODY
+
+
+class EventRejected(InvalidValue):
+    """An event whose body breaks a rule (code, description, distinct codes)."""
+
+    status = Status.ILLEGAL_COMMAND_BODY
+
+
+class EventQuotaExceeded(EventRejected):
+    """An event over a rate (one code per second, events per day)."""
+
+    status = Status.QUOTA_LIMIT
 
 
 @dataclass(slots=True, eq=False)
@@ -47,7 +68,9 @@ class DeviceState:
     properties: dict[tuple[str, str], bytes] = field(default_factory=dict)
     meta: dict[str, str] = field(default_factory=dict)
     online: bool = False
-    last_event_ms: dict[str, int] = field(default_factory=dict)
+    last_event_ms: dict[str, int] = field(default_factory=dict)  # code -> ts; at most max_event_codes
+    events_day: int = 0  # the UTC day (ms // DAY_MS) events_today counts
+    events_today: int = 0
     template_loaded: float = 0.0
 
     @property
@@ -63,12 +86,31 @@ def _format_number(x: float) -> bytes:
     return str(int(x)).encode() if x == int(x) and abs(x) < 1e15 else repr(x).encode()
 
 
+def check_ts(ts: int) -> None:
+    """Refuse a timestamp outside 0..MAX_TS_MS: beyond 2^63 SQLite cannot store it and the write-behind
+    batch holding it would fail for every device."""
+    if not 0 <= ts <= MAX_TS_MS:
+        raise InvalidValue("Timestamp is out of range.")
+
+
+def check_text(text: str, limit: int, what: str) -> None:
+    """Refuse text over ``limit`` UTF-8 bytes, or that SQLite cannot store (lone surrogates)."""
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidValue(f"{what} is not valid UTF-8.") from None
+    if size > limit:
+        raise LimitExceeded(f"{what} is longer than {limit} bytes.")
+
+
 def coerce_value(ds: Datastream | None, raw: bytes) -> bytes:
-    """Validate ``raw`` against the datastream: type check, min/max clamp. No datastream: as-is."""
+    """Validate ``raw`` against the datastream: type check, min/max clamp. No datastream: as-is.
+
+    Every type is capped at ``MAX_STRING_VALUE`` bytes: a number with 30,000 decimals is stored as sent."""
+    if len(raw) > MAX_STRING_VALUE:
+        raise InvalidValue(f"Value is longer than {MAX_STRING_VALUE} bytes.")
     kind = ds.type if ds is not None else "string"
     if kind == "string":
-        if len(raw) > MAX_STRING_VALUE:
-            raise InvalidValue(f"Value is longer than {MAX_STRING_VALUE} bytes.")
         return raw
     if kind == "location":
         parts = raw.split(SEP)
@@ -105,27 +147,62 @@ def coerce_value(ds: Datastream | None, raw: bytes) -> bytes:
 class DomainStats:
     """Plain counters; the metrics collector reads them at scrape time."""
 
-    __slots__ = ("writes", "invalid_writes", "events", "events_rejected", "http_writes_delivered")
+    __slots__ = (
+        "writes",
+        "invalid_writes",
+        "events",
+        "events_rejected",
+        "properties_rejected",
+        "meta_rejected",
+        "http_writes_delivered",
+        "info_cache_bytes",
+        "info_cache_entries",
+    )
 
     def __init__(self) -> None:
         self.writes = 0
-        self.invalid_writes = 0
+        self.invalid_writes = 0  # includes out-of-range timestamps
         self.events = 0
         self.events_rejected = 0
+        self.properties_rejected = 0
+        self.meta_rejected = 0
         self.http_writes_delivered = 0
+        self.info_cache_bytes = 0  # estimated bytes of the shared info messages (gauge)
+        self.info_cache_entries = 0
+
+
+def _info_cost(as_json: str) -> int:
+    """Estimated bytes one cached info message holds: the JSON key, its parsed copy, and ~80 bytes of
+    object overhead per string (two quotes each); measured with tracemalloc within 10%."""
+    return 2 * len(as_json) + 40 * as_json.count('"')
 
 
 class Domain:
-    def __init__(self, store: SqliteStore, hub: Hub) -> None:
+    def __init__(self, store: SqliteStore, hub: Hub, settings: Settings | None = None) -> None:
         self.store = store
         self.hub = hub
         self.stats = DomainStats()
+        # Per-device limits (the defaults without ``settings``), copied once: read on every property,
+        # event and metadata message.
+        settings = settings or Settings()
+        self.max_properties_per_pin = settings.max_properties_per_pin
+        self.max_properties_per_device = settings.max_properties_per_device
+        self.max_property_size = settings.max_property_size
+        self.max_event_code = settings.max_event_code
+        self.max_event_codes = settings.max_event_codes
+        self.events_per_day = settings.events_per_day
+        self.max_meta_fields = settings.max_meta_fields
+        self.max_meta_size = settings.max_meta_size
+        self.info_cache_limit = settings.info_cache_bytes
         self._by_id: dict[int, DeviceState] = {}
         self._by_token: dict[str, DeviceState] = {}
         self._templates: dict[str, tuple[Template, float]] = {}
         # Devices on the same firmware send the same info message: they share one (read-only) dict
-        # of it, instead of ~800 bytes of dict and strings each.
-        self._infos: dict[str, dict] = {}
+        # of it, instead of ~800 bytes of dict and strings each. Bounded by estimated bytes, oldest
+        # first out, so distinct 30 KB messages cannot grow it (a device keeps its own copy).
+        self._infos: OrderedDict[str, dict] = OrderedDict()
+        self._refusals = 0  # refusals not yet reported in an INFO line
+        self._next_refusal_log = 0.0
         # Hooks other parts subscribe to (OTA wants to know about info messages and logins).
         self.on_device_info: list[Callable[[DeviceState, object], None]] = []
         self.on_device_offline: list[Callable[[DeviceState], None]] = []
@@ -222,8 +299,7 @@ class Domain:
         shared = self._infos.get(as_json)
         if shared is None:
             shared = json.loads(as_json)
-            if len(self._infos) < MAX_SHARED_INFOS:
-                self._infos[as_json] = shared
+            self._share_info(as_json, shared)
         dev.record.info = shared
         self.store.put_device_seen(dev.id, now_ms(), as_json)
         for hook in self.on_device_info:
@@ -231,6 +307,35 @@ class Domain:
                 hook(dev, info)
             except Exception:
                 log.exception("device info hook failed device=%d", dev.id)
+
+    def _share_info(self, as_json: str, shared: dict) -> None:
+        cost = _info_cost(as_json)
+        limit = self.info_cache_limit
+        if cost > limit:
+            return
+        infos = self._infos
+        stats = self.stats
+        infos[as_json] = shared
+        stats.info_cache_bytes += cost
+        while stats.info_cache_bytes > limit:
+            old, _ = infos.popitem(last=False)
+            stats.info_cache_bytes -= _info_cost(old)
+        stats.info_cache_entries = len(infos)
+
+    # --- refusals -----------------------------------------------------------------------------
+
+    def _refused(self, dev: DeviceState, exc: InvalidValue) -> InvalidValue:
+        """Log a refusal (one INFO line per ``REFUSAL_LOG_INTERVAL`` with the count since the last
+        line, the others at DEBUG: a hostile device must not fill the log) and return it to raise."""
+        self._refusals += 1
+        now = time.monotonic()
+        if now >= self._next_refusal_log:
+            log.info("refused device=%d: %s (%d refusals since the last line)", dev.id, exc, self._refusals)
+            self._refusals = 0
+            self._next_refusal_log = now + REFUSAL_LOG_INTERVAL
+        else:
+            log.debug("refused device=%d: %s", dev.id, exc)
+        return exc
 
     # --- pins -------------------------------------------------------------------------------
 
@@ -246,6 +351,10 @@ class Domain:
         """Several ``(key, raw, tag)`` writes of one device from one read, in order, under the rules of
         ``write_key``: the device hot path, one call per read instead of one per frame. Returns the
         ``(tag, key, error)`` of the rejected ones, or None when all were stored."""
+        if not 0 <= ts <= MAX_TS_MS:
+            self.stats.invalid_writes += len(writes)
+            bad = InvalidValue("Timestamp is out of range.")
+            return [(tag, key, bad) for key, _, tag in writes]
         datastreams = dev.template.datastreams
         values = dev.values
         store = self.store
@@ -275,12 +384,13 @@ class Domain:
         """``write_pin`` without delivery, by pin key (``"v1"``): the device hot path, which has the key
         at hand and should not build a ``Pin`` per frame. Returns the stored value."""
         ds = dev.template.datastreams.get(key)
+        ts = ts or now_ms()
         try:
+            check_ts(ts)
             value = coerce_value(ds, raw)
         except InvalidValue:
             self.stats.invalid_writes += 1
             raise
-        ts = ts or now_ms()
         dev.values[key] = (value, ts)
         device_id = dev.record.id
         self.store.put_value(device_id, key, value, ts)
@@ -290,10 +400,17 @@ class Domain:
         return value
 
     def write_history(self, dev: DeviceState, pin: Pin, points: list[tuple[int, bytes]]) -> None:
-        """Timestamped points (batch import): each goes to history; the newest becomes the value."""
+        """Timestamped points (batch import): each goes to history; the newest becomes the value.
+        All or nothing: one bad point (value or timestamp) refuses the batch."""
         key = pin.key
         ds = dev.template.datastreams.get(key)
-        coerced = [(ts, coerce_value(ds, raw)) for ts, raw in points]
+        try:
+            for ts, _ in points:
+                check_ts(ts)
+            coerced = [(ts, coerce_value(ds, raw)) for ts, raw in points]
+        except InvalidValue:
+            self.stats.invalid_writes += 1
+            raise
         for ts, value in coerced:
             self.store.put_history(dev.id, key, ts, value)
         if coerced:
@@ -324,32 +441,83 @@ class Domain:
         return out
 
     def set_property(self, dev: DeviceState, pins, name: str, values: list[bytes]) -> None:
+        """Set a widget property on pins, all or none. Existing names may always be updated; a new
+        name beyond ``max_properties_per_pin`` on a pin, or ``max_properties_per_device`` in all,
+        raises LimitExceeded, as does a name or value over ``max_property_size`` bytes."""
         value = SEP.join(values)
+        limit = self.max_property_size
+        props = dev.properties
+        keys = list(dict.fromkeys((pin.key, name) for pin in pins))
+        try:
+            if len(value) > limit:
+                raise LimitExceeded(f"Property value is longer than {limit} bytes.")
+            check_text(name, limit, "Property name")
+            new = [k for k in keys if k not in props]
+            if new:
+                if len(props) + len(new) > self.max_properties_per_device:
+                    raise LimitExceeded(f"A device may have at most {self.max_properties_per_device} properties.")
+                per_pin = Counter(p for p, _ in props)
+                for pin_key, _ in new:
+                    if per_pin[pin_key] >= self.max_properties_per_pin:
+                        raise LimitExceeded(f"A pin may have at most {self.max_properties_per_pin} properties.")
+        except InvalidValue as exc:
+            self.stats.properties_rejected += 1
+            raise self._refused(dev, exc) from None
         ts = now_ms()
-        for pin in pins:
-            dev.properties[(pin.key, name)] = value
-            self.store.put_property(dev.id, pin.key, name, value, ts)
+        for key in keys:
+            if props.get(key) != value:
+                props[key] = value
+                self.store.put_property(dev.id, key[0], name, value, ts)
 
     # --- events, metadata -----------------------------------------------------------------------
 
     def log_event(self, dev: DeviceState, code: str, description: str | None) -> None:
         """Log an event with the cloud's limits: description ≤ 300 chars, ≥ 1 s between events of
-        one code (reference protocol.md §7.2)."""
+        one code (reference protocol.md §7.2), ``events_per_day`` per device; and this server's:
+        code ≤ ``max_event_code`` chars, ≤ ``max_event_codes`` distinct codes per device (counted
+        since the server started), so ``last_event_ms`` stays small."""
         if not code:
             raise EventRejected("Event code is not provided.")
-        if description is not None and len(description) > MAX_EVENT_DESCRIPTION:
-            self.stats.events_rejected += 1
-            raise EventRejected(f"Event description is longer than {MAX_EVENT_DESCRIPTION} characters.")
         ts = now_ms()
-        last = dev.last_event_ms.get(code)
-        if last is not None and ts - last < MIN_EVENT_INTERVAL_MS:
+        try:
+            self._check_event_code(code)
+            if description is not None:
+                if len(description) > MAX_EVENT_DESCRIPTION:
+                    raise EventRejected(f"Event description is longer than {MAX_EVENT_DESCRIPTION} characters.")
+                check_text(description, 4 * MAX_EVENT_DESCRIPTION, "Event description")
+            seen = dev.last_event_ms
+            last = seen.get(code)
+            if last is None:
+                if len(seen) >= self.max_event_codes:
+                    raise EventRejected(f"A device may use at most {self.max_event_codes} event codes.")
+            elif ts - last < MIN_EVENT_INTERVAL_MS:
+                raise EventQuotaExceeded("Events of one code must be at least 1 second apart.")
+            day = ts // DAY_MS
+            if dev.events_day != day:
+                dev.events_day = day
+                dev.events_today = 0
+            if self.events_per_day and dev.events_today >= self.events_per_day:
+                raise EventQuotaExceeded(f"A device may log at most {self.events_per_day} events a day.")
+        except InvalidValue as exc:
             self.stats.events_rejected += 1
-            raise EventRejected("Events of one code must be at least 1 second apart.")
-        dev.last_event_ms[code] = ts
+            raise self._refused(dev, exc) from None
+        dev.events_today += 1
+        seen[code] = ts
         self.store.put_event(dev.id, code, description, ts)
         self.stats.events += 1
 
+    def _check_event_code(self, code: str) -> None:
+        if len(code) > self.max_event_code:
+            raise EventRejected(f"Event code is longer than {self.max_event_code} characters.")
+        check_text(code, 4 * self.max_event_code, "Event code")
+
     def clear_event(self, dev: DeviceState, code: str, resolve_all: bool) -> None:
+        """Resolve the latest (or every) open event of ``code``; a code no event can have is refused."""
+        try:
+            self._check_event_code(code)
+        except InvalidValue as exc:
+            self.stats.events_rejected += 1
+            raise self._refused(dev, exc) from None
         self.store.put_event_clear(dev.id, code, resolve_all, now_ms())
 
     def meta_get(self, dev: DeviceState, name: str) -> str | None:
@@ -358,8 +526,22 @@ class Domain:
         return dev.meta.get(name)
 
     def meta_set(self, dev: DeviceState, name: str, value: str) -> None:
-        dev.meta[name] = value
-        self.store.set_meta(dev.id, name, value)
-        if name in ("Timezone", "timezone"):
+        """Set a metadata field, written behind. A new name beyond ``max_meta_fields``, or a name or
+        value over ``max_meta_size`` bytes, raises LimitExceeded; an unchanged value writes nothing."""
+        meta = dev.meta
+        current = meta.get(name)
+        if current == value:
+            return
+        try:
+            check_text(name, self.max_meta_size, "Metadata name")
+            check_text(value, self.max_meta_size, "Metadata value")
+            if current is None and len(meta) >= self.max_meta_fields:
+                raise LimitExceeded(f"A device may have at most {self.max_meta_fields} metadata fields.")
+        except InvalidValue as exc:
+            self.stats.meta_rejected += 1
+            raise self._refused(dev, exc) from None
+        meta[name] = value
+        self.store.put_meta(dev.id, name, value)
+        if name in ("Timezone", "timezone") and dev.record.timezone != value:
             dev.record.timezone = value
-            self.store.set_device_timezone(dev.id, value)
+            self.store.set_device_timezone(dev.id, value)  # a synchronous commit: only on a change
