@@ -22,10 +22,11 @@ from blynk_server.testing import run_cli, start_server
 class ServerProcess:
     """A running server: its ports, data dir, output, and CLI on the same data dir."""
 
-    def __init__(self, data_dir: Path, *extra: str, env: dict | None = None) -> None:
+    def __init__(self, data_dir: Path, *extra: str, env: dict | None = None, preexec_fn=None) -> None:
         self.data_dir = data_dir
         self.extra = extra
         self.env = {**os.environ, **(env or {})}
+        self.preexec_fn = preexec_fn  # run in the child before exec (resource limits)
         self.proc: subprocess.Popen | None = None
         self.lines: list[str] = []
         self.stderr_path = data_dir.parent / f"{data_dir.name}-stderr.log"
@@ -34,7 +35,13 @@ class ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.lines = []
         started = start_server(
-            self.data_dir, *self.extra, stderr=self.stderr_path, cwd=self.data_dir.parent, env=self.env, timeout=timeout
+            self.data_dir,
+            *self.extra,
+            stderr=self.stderr_path,
+            cwd=self.data_dir.parent,
+            env=self.env,
+            timeout=timeout,
+            preexec_fn=self.preexec_fn,
         )
         self.proc, self.lines = started.proc, started.lines
         (self.host, self.port), (self.admin_host, self.admin_port) = started.ready.hardware, started.ready.admin
@@ -102,8 +109,9 @@ def make_server(tmp_path):
     """Factory for servers a test owns (restarts, special flags); all are stopped afterwards."""
     started: list[ServerProcess] = []
 
-    def make(*extra: str, data_dir: Path | None = None, env: dict | None = None) -> ServerProcess:
-        srv = ServerProcess(data_dir or tmp_path / f"data{len(started)}", *extra, env=env).start()
+    def make(*extra: str, data_dir: Path | None = None, env: dict | None = None, preexec_fn=None) -> ServerProcess:
+        srv = ServerProcess(data_dir or tmp_path / f"data{len(started)}", *extra, env=env, preexec_fn=preexec_fn)
+        srv.start()
         started.append(srv)
         return srv
 
