@@ -99,6 +99,8 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--external-url", help="base URL devices use to reach this server (OTA links)")
     p.add_argument("--flush-interval", type=float, help="seconds between write-behind flushes (default 1)")
     p.add_argument("--message-rate", type=float, help="messages/s per device before flood control (default 100)")
+    p.add_argument("--history-days", type=float, help="days of pin history kept (default 90; 0 = forever)")
+    p.add_argument("--events-days", type=float, help="days of device events kept (default 90; 0 = forever)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
 
 
@@ -114,6 +116,8 @@ _SETTING_FLAGS = (
     "external_url",
     "flush_interval",
     "message_rate",
+    "history_days",
+    "events_days",
     "log_level",
 )
 
