@@ -41,6 +41,7 @@ def test_systemd_unit_shape():
     assert keys["StateDirectory"] == "blynk-server"
     assert "--data-dir /var/lib/blynk-server" in keys["ExecStart"]
     assert keys["NoNewPrivileges"] == "yes"
+    assert keys["StateDirectoryMode"] == "0700" and keys["UMask"] == "0077"  # the data dir holds every token
     assert "WantedBy=multi-user.target" in text
 
 
