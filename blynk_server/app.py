@@ -106,9 +106,13 @@ class BlynkServer:
         s = self.settings
         loop = asyncio.get_running_loop()
         self.store = SqliteStore(s.data_dir, s.flush_interval)
+        self.store.check_writable()
+        replayed, files = self.store.replay_recovery()
+        if files:
+            self._say(f"Replayed {replayed} rows from {len(files)} recovery file(s) a previous stop left.")
         self._first_start()
         self.store.start_writer()
-        self.domain = Domain(self.store, self.hub)
+        self.domain = Domain(self.store, self.hub, s)
         self.hardware = HardwareServer(s, self.domain, self.hub, loop)
         self.http = HttpFrontend(self)
         await self.http.start()  # before the listener, so the first HTTP connection finds the app
@@ -129,7 +133,9 @@ class BlynkServer:
         self._say(line)
         log.info("framer: %s, device hot path: %s", protocol.IMPLEMENTATION, hot_path_implementation())
 
-    async def stop(self) -> None:
+    async def stop(self) -> int:
+        """Stop everything; 0 when every pending write was flushed, 1 when some were not (they were saved
+        to a recovery file, or lost when even that failed: the log says which)."""
         if self.hardware is not None:
             await self.hardware.stop()
         if self.http is not None:
@@ -138,9 +144,26 @@ class BlynkServer:
             await self.ota.stop()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
-        if self.store is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.store.close)
-        log.info("stopped; every pending write flushed")
+        if self.store is None:
+            return 0
+        report = await asyncio.get_running_loop().run_in_executor(None, self.store.close)
+        if report.ok:
+            log.info("stopped; every pending write flushed")
+            return 0
+        if report.recovery_file is not None:
+            log.error(
+                "stopped; %d rows could not be written (%s): saved to %s, replayed at the next start",
+                report.unwritten,
+                report.error,
+                report.recovery_file,
+            )
+        else:
+            log.error(
+                "stopped; %d rows could not be written (%s) nor saved to a recovery file: LOST",
+                report.lost,
+                report.error,
+            )
+        return 1
 
 
 def _hostport(addr) -> str:
@@ -148,7 +171,8 @@ def _hostport(addr) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings) -> int:
+    """Run until SIGTERM or SIGINT; the exit status (see ``BlynkServer.stop``)."""
     server = BlynkServer(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -160,7 +184,8 @@ async def serve(settings: Settings) -> None:
         await stop.wait()
     finally:
         log.info("shutting down")
-        await server.stop()
+        code = await server.stop()
+    return code
 
 
 # Young-generation threshold and how many young and middle collections come before an older one.
@@ -180,12 +205,11 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def run(settings: Settings) -> None:
+def run(settings: Settings) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency where supported
         uvloop = None
     if uvloop is not None:
-        uvloop.run(serve(settings))
-    else:  # pragma: no cover
-        asyncio.run(serve(settings))
+        return uvloop.run(serve(settings))
+    return asyncio.run(serve(settings))  # pragma: no cover
