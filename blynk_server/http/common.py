@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -10,12 +11,13 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from blynk_server.metrics import HttpStats
-from blynk_server.model import Datastream
+from blynk_server.model import MAX_TS_MS, Datastream
 from protocol.body import SEP, Pin
 
 log = logging.getLogger(__name__)
 
-PIN_RE = re.compile(r"^([vVdDaA])(\d{1,3})$")
+PIN_RE = re.compile(r"^([vVdDaA])([0-9]{1,3})$")  # ASCII digits only (``\d`` takes any script's)
+INT64_MAX = 2**63 - 1  # JSON integers beyond SQLite's 64-bit range are refused, never stored
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -41,6 +43,20 @@ def parse_pin_name(name: str) -> Pin | None:
     return Pin(m.group(1).lower(), int(m.group(2)))
 
 
+def route_name(request: web.Request) -> str:
+    """The matched route's pattern (``/{token}/get/{pin}``): what logs and metrics may name, as a legacy
+    path holds the device token."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def json_timestamp(value: object) -> int:
+    """A point's timestamp from a JSON body: an integer of milliseconds in 0..``MAX_TS_MS``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TS_MS:
+        raise ApiError("Timestamp is out of range.")
+    return value
+
+
 def typed_value(ds: Datastream | None, raw: bytes) -> object:
     """A stored value as JSON: numbers for numeric datastreams, a list for multi-value, else a string."""
     if SEP in raw:
@@ -55,7 +71,7 @@ def typed_value(ds: Datastream | None, raw: bytes) -> object:
     if ds is not None and ds.type in ("int", "enum"):
         try:
             return int(float(text))
-        except ValueError:
+        except (ValueError, OverflowError):  # a value stored before the datastream's type changed
             return text
     if ds is not None and ds.type == "double":
         try:
@@ -66,11 +82,20 @@ def typed_value(ds: Datastream | None, raw: bytes) -> object:
 
 
 def json_to_raw(value: object) -> bytes:
-    """A JSON value from a batch body as the bytes a device would send: true→1, [lon,lat]→NUL-joined."""
+    """A JSON value from a batch body as the bytes a device would send: true→1, [lon,lat]→NUL-joined.
+
+    Integers beyond 64 bits and non-finite floats (``1e999``, ``NaN``) are refused here: no datastream
+    type takes them, and they would reach places (floats, SQLite) that overflow."""
     if isinstance(value, bool):
         return b"1" if value else b"0"
-    if isinstance(value, (int, float)):
-        return (str(int(value)) if isinstance(value, int) or value == int(value) else repr(value)).encode()
+    if isinstance(value, int):
+        if not -INT64_MAX - 1 <= value <= INT64_MAX:
+            raise ValueError("Number is out of range.")
+        return str(value).encode()
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("Number is out of range.")
+        return (str(int(value)) if value == int(value) and abs(value) < 1e15 else repr(value)).encode()
     if isinstance(value, str):
         return value.encode()
     if isinstance(value, list) and value and all(not isinstance(v, (list, dict)) for v in value):
@@ -93,9 +118,7 @@ def metrics_middleware(stats: HttpStats, app_name: str) -> Callable:
             status = exc.status
             raise
         finally:
-            route = request.match_info.route
-            resource = route.resource
-            name = resource.canonical if resource is not None and status != 404 else "unmatched"
+            name = route_name(request) if status != 404 else "unmatched"
             stats.observe(app_name, name, request.method, status, time.perf_counter() - start)
 
     return middleware

@@ -11,9 +11,12 @@ means virtual pin ``VN``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -22,12 +25,21 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from blynk_server.domain import DeviceState, EventRejected, InvalidValue
-from blynk_server.http.common import ApiError, json_error, json_to_raw, parse_pin_name, typed_value
-from blynk_server.model import now_ms
-from protocol.body import SEP, Pin
+from blynk_server.http.common import (
+    ApiError,
+    json_error,
+    json_timestamp,
+    json_to_raw,
+    parse_pin_name,
+    typed_value,
+)
+from blynk_server.http.limits import check_rate
+from blynk_server.model import Datastream, now_ms
+from protocol.body import SEP, BodyError, Pin, parse_uint
 
 if TYPE_CHECKING:
     from blynk_server.app import BlynkServer
+    from blynk_server.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
 
@@ -44,23 +56,30 @@ GRANULARITY_MS = {"RAW_DATA": 0, "MINUTE": 60_000, "HOURLY": 3600_000, "DAILY": 
 SOURCE_TYPES = ("AVG", "MIN", "MAX", "SUM", "COUNT")
 FORMATS = ("TS", "ISO_US", "ISO_SIMPLE")
 RESERVED = {"token", "pin", "dataStreamId", "value"}
+# Distinct pins one request may name (``get``/``update``/``batch/update`` with ``&v1&v2...``): each is a
+# write delivered to the device, and the URL alone allows thousands of names.
+MAX_PINS_PER_REQUEST = 64
+# Aggregated ``data/get`` reads at most this many times ``data_get_max_points`` raw points.
+AGGREGATE_SCAN_FACTOR = 10
 
 
-def _device(server: BlynkServer, q: MultiDictProxy) -> DeviceState:
-    token = q.get("token")
+def _device(server: BlynkServer, request: web.Request) -> DeviceState:
+    """The device of ``token=``; spends one request of its rate (``http_request_rate``)."""
+    token = request.query.get("token")
     if not token:
         raise ApiError("No token provided.")
     dev = server.domain.device_by_token(token)
     if dev is None:
         raise ApiError("Invalid token.")
+    check_rate(request, dev.id)
     return dev
 
 
 def _datastream_pin(q: MultiDictProxy) -> Pin:
-    raw = q.get("dataStreamId", "")
-    if not raw.isdigit() or int(raw) > 255:
-        raise ApiError("Wrong dataStreamId format.")
-    return Pin("v", int(raw))
+    try:
+        return Pin("v", parse_uint(q.get("dataStreamId", ""), 255))
+    except BodyError:
+        raise ApiError("Wrong dataStreamId format.") from None
 
 
 def _pin_param(q: MultiDictProxy) -> Pin:
@@ -74,16 +93,20 @@ def _pin_param(q: MultiDictProxy) -> Pin:
 
 
 def _bare_pins(q: MultiDictProxy, skip: set[str]) -> list[tuple[str, Pin]]:
-    """Pins given as parameter names (``&v1`` or ``&v1=42``); any other unknown name is a bad pin."""
-    out = []
+    """Pins given as parameter names (``&v1`` or ``&v1=42``); any other unknown name is a bad pin.
+    Each pin once (``v1`` and ``V01`` are one pin: the first name wins), at most
+    ``MAX_PINS_PER_REQUEST`` of them."""
+    out: dict[str, tuple[str, Pin]] = {}
     for name in dict.fromkeys(q.keys()):
         if name in skip:
             continue
         pin = parse_pin_name(name)
         if pin is None:
             raise ApiError("Wrong pin format.")
-        out.append((name, pin))
-    return out
+        out.setdefault(pin.key, (name, pin))
+        if len(out) > MAX_PINS_PER_REQUEST:
+            raise ApiError(f"Too many pins in one request (at most {MAX_PINS_PER_REQUEST}).")
+    return list(out.values())
 
 
 def _write(server: BlynkServer, dev: DeviceState, pin: Pin, values: list[str]) -> None:
@@ -102,7 +125,7 @@ def add_routes(app: web.Application, server: BlynkServer) -> None:
 
     async def get(request: web.Request) -> web.Response:
         q = request.query
-        dev = _device(server, q)
+        dev = _device(server, request)
         if "dataStreamId" in q:
             pin = _datastream_pin(q)
             if pin.key not in dev.template.datastreams:
@@ -127,7 +150,7 @@ def add_routes(app: web.Application, server: BlynkServer) -> None:
         return web.json_response(out)
 
     async def get_all(request: web.Request) -> web.Response:
-        dev = _device(server, request.query)
+        dev = _device(server, request)
         keys = set(dev.values) | set(dev.template.datastreams)
         out = {}
         for key in sorted(keys, key=lambda k: (k[0], int(k[1:]))):
@@ -138,7 +161,7 @@ def add_routes(app: web.Application, server: BlynkServer) -> None:
 
     async def update(request: web.Request) -> web.Response:
         q = request.query
-        dev = _device(server, q)
+        dev = _device(server, request)
         if "pin" in q or "dataStreamId" in q:
             values = q.getall("value", [])
             if not values:
@@ -154,7 +177,7 @@ def add_routes(app: web.Application, server: BlynkServer) -> None:
 
     async def batch_update(request: web.Request) -> web.Response:
         q = request.query
-        dev = _device(server, q)
+        dev = _device(server, request)
         if request.method == "GET":
             pins = _bare_pins(q, {"token"})
             if not pins:
@@ -167,7 +190,7 @@ def add_routes(app: web.Application, server: BlynkServer) -> None:
             raise ApiError("Unknown content type.")
         try:
             body = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # also numbers over 4,300 digits, deep nesting
             raise ApiError("Request with incorrect parameters") from None
         if not isinstance(body, list):
             raise ApiError("Request with incorrect parameters")
@@ -178,10 +201,11 @@ def add_routes(app: web.Application, server: BlynkServer) -> None:
         for point in body:
             if not (isinstance(point, list) and len(point) == 2 and isinstance(point[0], int)):
                 raise ApiError("Request with incorrect parameters")
-            if point[0] < oldest:
+            ts = json_timestamp(point[0])
+            if ts < oldest:
                 raise ApiError("Timestamp is more than 1 month old.")
             try:
-                points.append((point[0], json_to_raw(point[1])))
+                points.append((ts, json_to_raw(point[1])))
             except ValueError as exc:
                 raise ApiError(str(exc)) from None
         if pin.key not in dev.template.datastreams:
@@ -194,18 +218,21 @@ def add_routes(app: web.Application, server: BlynkServer) -> None:
 
     async def update_property(request: web.Request) -> web.Response:
         q = request.query
-        dev = _device(server, q)
+        dev = _device(server, request)
         pin = _pin_param(q)
         names = [n for n in dict.fromkeys(q.keys()) if n not in RESERVED]
         if not names:
             raise ApiError("Wrong request format.")
-        for name in names:
-            domain.set_property(dev, [pin], name, [v.encode() for v in q.getall(name)])
+        try:
+            for name in names:
+                domain.set_property(dev, [pin], name, [v.encode() for v in q.getall(name)])
+        except InvalidValue as exc:  # the domain's caps on property names, sizes and counts
+            raise ApiError(str(exc)) from None
         return web.Response(text="")
 
     async def log_event(request: web.Request) -> web.Response:
         q = request.query
-        dev = _device(server, q)
+        dev = _device(server, request)
         try:
             domain.log_event(dev, q.get("code", ""), q.get("description"))
         except EventRejected as exc:
@@ -213,17 +240,28 @@ def add_routes(app: web.Application, server: BlynkServer) -> None:
         return web.Response(text="")
 
     async def is_connected(request: web.Request) -> web.Response:
-        dev = _device(server, request.query)
+        dev = _device(server, request)
         return web.Response(text="true" if server.hub.is_online(dev.id) else "false")
+
+    # Queries, aggregation and encoding of data/get run here, off the event loop; two threads, so
+    # concurrent calls queue instead of taking the default executor's threads from everyone else.
+    history_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="blynk-data-get")
+
+    async def stop_history_pool(app: web.Application) -> None:
+        history_pool.shutdown(wait=True, cancel_futures=True)
+
+    app.on_cleanup.append(stop_history_pool)
 
     async def data_get(request: web.Request) -> web.Response:
         q = request.query
-        dev = _device(server, q)
-        return web.json_response(_history(server, dev, q))
+        dev = _device(server, request)
+        query = HistoryQuery.parse(q, dev, server.settings.data_get_max_points)
+        body = await asyncio.get_running_loop().run_in_executor(history_pool, query.run, domain.store)
+        return web.Response(body=body, content_type="application/json")
 
     async def meta_get(request: web.Request) -> web.Response:
         q = request.query
-        dev = _device(server, q)
+        dev = _device(server, request)
         name = q.get("metaFieldId", "")
         if not name:
             raise ApiError("Wrong metaField format.")
@@ -234,7 +272,7 @@ def add_routes(app: web.Application, server: BlynkServer) -> None:
 
     async def meta_update(request: web.Request) -> web.Response:
         q = request.query
-        dev = _device(server, q)
+        dev = _device(server, request)
         name = q.get("metaFieldId", "")
         if not name:
             raise ApiError("Wrong metaField format")
@@ -243,7 +281,10 @@ def add_routes(app: web.Application, server: BlynkServer) -> None:
         value = q.get("value")
         if value is None or name == "Auth Token":
             raise ApiError("Wrong value")
-        domain.meta_set(dev, name, value)
+        try:
+            domain.meta_set(dev, name, value)
+        except InvalidValue as exc:  # the domain's caps on metadata sizes
+            raise ApiError(str(exc)) from None
         return web.Response(text="")
 
     r = app.router
@@ -260,54 +301,99 @@ def add_routes(app: web.Application, server: BlynkServer) -> None:
     r.add_get("/external/api/device/meta/update", meta_update)
 
 
-def _history(server: BlynkServer, dev: DeviceState, q: MultiDictProxy) -> dict:
-    """``data/get`` with ``output=JSON``: raw points or buckets aggregated by ``sourceType``."""
-    period = q.get("period", "MONTH")
-    if period not in PERIODS_MS:
-        raise ApiError(f"No enum constant Period.{period}", 500)
-    granularity = q.get("granularityType", "RAW_DATA")
-    source = q.get("sourceType", "AVG")
-    fmt = q.get("format", "TS")
-    if granularity not in GRANULARITY_MS or source not in SOURCE_TYPES or fmt not in FORMATS:
-        raise ApiError("Request with incorrect parameters")
-    if granularity == "RAW_DATA" and period == "THREE_MONTHS":
-        raise ApiError("Request with incorrect parameters")
-    try:
-        tz = ZoneInfo(q.get("tzName", "UTC"))
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ApiError("Request with incorrect parameters") from None
-    if q.get("output", "FILE") != "JSON":
-        raise ApiError("Only output=JSON is supported by this server.")
-    if "pin" not in q and "dataStreamId" not in q:
-        raise ApiError("Request with incorrect parameters")
-    pin = _pin_param(q)
-    until = now_ms()
-    points = server.domain.store.history(dev.id, pin.key, until - PERIODS_MS[period], until)
-    if not points:
-        raise ApiError("No data", 500)
-    ds = dev.template.datastreams.get(pin.key)
-    step = GRANULARITY_MS[granularity]
-    if step == 0:
-        rows = [(ts, typed_value(ds, v)) for ts, v in points]
-        value_type = "Float64" if ds is not None and ds.type in ("int", "double", "enum") else "String"
-    else:
-        rows = _aggregate(points, step, source, tz)
-        value_type = "Float64"
+@dataclass(frozen=True, slots=True)
+class HistoryQuery:
+    """A checked ``data/get`` (``output=JSON``): parsed on the loop, run in a worker thread.
 
-    def when(ts: int) -> object:
-        if fmt == "TS":
+    At most ``max_points`` rows come back: the oldest raw points of the period, or the buckets of the
+    oldest ``AGGREGATE_SCAN_FACTOR × max_points`` raw points (buckets after the last complete one
+    left out). ``rows_before_limit_at_least`` is then larger than ``rows`` (a lower bound of the rows
+    there would be without the limit, as ClickHouse reports it)."""
+
+    device_id: int
+    pin: str
+    ds: Datastream | None
+    since: int
+    until: int
+    step: int
+    source: str
+    fmt: str
+    tz: ZoneInfo
+    max_points: int
+
+    @classmethod
+    def parse(cls, q: MultiDictProxy, dev: DeviceState, max_points: int) -> HistoryQuery:
+        period = q.get("period", "MONTH")
+        if period not in PERIODS_MS:
+            raise ApiError(f"No enum constant Period.{period[:64]}", 500)
+        granularity = q.get("granularityType", "RAW_DATA")
+        source = q.get("sourceType", "AVG")
+        fmt = q.get("format", "TS")
+        if granularity not in GRANULARITY_MS or source not in SOURCE_TYPES or fmt not in FORMATS:
+            raise ApiError("Request with incorrect parameters")
+        if granularity == "RAW_DATA" and period == "THREE_MONTHS":
+            raise ApiError("Request with incorrect parameters")
+        try:
+            tz = ZoneInfo(q.get("tzName", "UTC"))
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ApiError("Request with incorrect parameters") from None
+        if q.get("output", "FILE") != "JSON":
+            raise ApiError("Only output=JSON is supported by this server.")
+        if "pin" not in q and "dataStreamId" not in q:
+            raise ApiError("Request with incorrect parameters")
+        pin = _pin_param(q)
+        until = now_ms()
+        return cls(
+            dev.id,
+            pin.key,
+            dev.template.datastreams.get(pin.key),
+            until - PERIODS_MS[period],
+            until,
+            GRANULARITY_MS[granularity],
+            source,
+            fmt,
+            tz,
+            max(1, max_points),
+        )
+
+    def run(self, store: SqliteStore) -> bytes:
+        """Query (with a LIMIT), aggregate and encode: the JSON body. Runs off the event loop."""
+        raw_cap = self.max_points if self.step == 0 else self.max_points * AGGREGATE_SCAN_FACTOR
+        points = store.history(self.device_id, self.pin, self.since, self.until, limit=raw_cap + 1)
+        if not points:
+            raise ApiError("No data", 500)
+        truncated = len(points) > raw_cap
+        del points[raw_cap:]
+        ds = self.ds
+        if self.step == 0:
+            rows: list[tuple[int, object]] = [(ts, typed_value(ds, v)) for ts, v in points]
+            at_least = len(rows) + truncated
+            value_type = "Float64" if ds is not None and ds.type in ("int", "double", "enum") else "String"
+        else:
+            buckets = _aggregate(points, self.step, self.source, self.tz)
+            if truncated and buckets:
+                buckets.pop()  # its points may go on past the ones read
+            at_least = len(buckets) + truncated
+            rows = buckets[: self.max_points]
+            value_type = "Float64"
+        data = [{"ts": self._when(ts), "value": value} for ts, value in rows]
+        return json.dumps(
+            {
+                "meta": [
+                    {"name": "ts", "type": "UInt64" if self.fmt == "TS" else "String"},
+                    {"name": "value", "type": value_type},
+                ],
+                "data": data,
+                "rows": len(data),
+                "rows_before_limit_at_least": at_least,
+            }
+        ).encode()
+
+    def _when(self, ts: int) -> object:
+        if self.fmt == "TS":
             return ts
-        dt = datetime.fromtimestamp(ts / 1000, timezone.utc).astimezone(tz)
-        return dt.strftime("%m/%d/%Y %H:%M:%S") if fmt == "ISO_US" else dt.isoformat(timespec="milliseconds")
-
-    data = [{"ts": when(ts), "value": value} for ts, value in rows]
-    ts_type = "UInt64" if fmt == "TS" else "String"
-    return {
-        "meta": [{"name": "ts", "type": ts_type}, {"name": "value", "type": value_type}],
-        "data": data,
-        "rows": len(data),
-        "rows_before_limit_at_least": len(data),
-    }
+        dt = datetime.fromtimestamp(ts / 1000, timezone.utc).astimezone(self.tz)
+        return dt.strftime("%m/%d/%Y %H:%M:%S") if self.fmt == "ISO_US" else dt.isoformat(timespec="milliseconds")
 
 
 def _aggregate(points: list[tuple[int, bytes]], step: int, source: str, tz: ZoneInfo) -> list[tuple[int, float]]:

@@ -9,13 +9,15 @@ connection and, for HTTP, swaps that protocol in on the same transport (``http_h
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from blynk_server.http import device_api, legacy_api, websocket
-from blynk_server.http.common import ApiError, Handler, json_error, metrics_middleware
+from blynk_server.http.common import ApiError, Handler, json_error, metrics_middleware, route_name
+from blynk_server.http.limits import REQUEST_RATE, ConnectionGuard, GuardedHandler, RequestRate, Throttled
 from blynk_server.metrics import HttpStats, LoopLag, build_registry
 
 if TYPE_CHECKING:
@@ -25,9 +27,15 @@ log = logging.getLogger(__name__)
 DEVICE_APP_MAX_BODY = 4 * 1024 * 1024  # a 10,000-point batch fits with room to spare
 
 
+INTERNAL_ERROR = "Internal server error."
+
+
 @web.middleware
 async def device_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """``ApiError`` → JSON for ``/external/api``, text/plain for the legacy paths; both carry CORS ``*``."""
+    """``ApiError`` → JSON for ``/external/api``, text/plain for the legacy paths; both carry CORS ``*``.
+
+    Logs name the route's pattern (``/{token}/get/{pin}``), never the path: legacy paths hold the token.
+    An unexpected exception is logged with its traceback; the client gets only a generic 500."""
     external = request.path.startswith("/external/")
     try:
         response = await handler(request)
@@ -36,15 +44,18 @@ async def device_errors(request: web.Request, handler: Handler) -> web.StreamRes
             response = json_error(exc.message, exc.status)
         else:
             response = web.Response(text=exc.message, status=exc.status)
-        log.info("http error path=%s status=%d message=%s", request.path, exc.status, exc.message)
+        if isinstance(exc, Throttled):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        else:
+            log.info("http error route=%s status=%d message=%s", route_name(request), exc.status, exc.message)
     except web.HTTPException as exc:
         if exc.status >= 400 and external:
             response = json_error(exc.reason, exc.status)
         else:
             raise
-    except Exception as exc:
-        log.exception("http handler failed path=%s", request.path)
-        response = json_error(str(exc), 500) if external else web.Response(text=str(exc), status=500)
+    except Exception:
+        log.exception("http handler failed route=%s", route_name(request))
+        response = json_error(INTERNAL_ERROR, 500) if external else web.Response(text=INTERNAL_ERROR, status=500)
     if not response.prepared:
         response.headers.setdefault("Access-Control-Allow-Origin", "*")
     return response
@@ -54,6 +65,8 @@ def build_device_app(server: BlynkServer, stats: HttpStats) -> web.Application:
     app = web.Application(
         middlewares=[metrics_middleware(stats, "device"), device_errors], client_max_size=DEVICE_APP_MAX_BODY
     )
+    settings = server.settings
+    app[REQUEST_RATE] = RequestRate(settings.http_request_rate, settings.http_request_burst, stats)
     websocket.add_routes(app, server)
     device_api.add_routes(app, server)
     try:
@@ -79,8 +92,19 @@ class HttpFrontend:
     async def start(self) -> None:
         self._runner = web.AppRunner(build_device_app(self.server, self.stats), access_log=None)
         await self._runner.setup()
-        assert self.server.hardware is not None
-        self.server.hardware.http_handoff = self._runner.server
+        assert self.server.hardware is not None and self._runner.server is not None
+        s = self.server.settings
+        # aiohttp's RequestHandler, made by hand (not by ``Server.__call__``) to add the limits.
+        self.server.hardware.http_handoff = functools.partial(
+            GuardedHandler,
+            self._runner.server,
+            guard=ConnectionGuard(s.http_connections_per_ip, self.stats),
+            header_timeout=s.http_header_timeout,
+            stats=self.stats,
+            loop=asyncio.get_running_loop(),
+            keepalive_timeout=s.http_keepalive_timeout,
+            access_log=None,
+        )
         self.lag.start(asyncio.get_running_loop())
 
     async def stop(self) -> None:

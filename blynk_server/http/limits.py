@@ -1,0 +1,178 @@
+"""Limits of the HTTP door on the device port (issue 10): header-read and keep-alive timeouts,
+concurrent connections per IP, and the per-device request rate of the device API.
+
+The hardware listener hands an HTTP connection to a protocol made by ``HttpFrontend``'s factory;
+that protocol is ``GuardedHandler``, aiohttp's ``RequestHandler`` with three additions:
+
+* a connection over the per-IP cap is answered ``429`` at once and closed (the request is not read);
+* a timer runs from the first byte of each request (the connection's start for the first one) until
+  its headers are parsed; when it fires the connection is closed, so a slow client cannot hold a
+  connection by trickling headers (aiohttp itself has no header-read timeout);
+* aiohttp's own keep-alive timer, given ``http_keepalive_timeout``, closes idle connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from blynk_server.http.common import ApiError
+
+if TYPE_CHECKING:
+    from aiohttp.web_server import Server
+
+    from blynk_server.metrics import HttpStats
+
+_REFUSED_BODY = json.dumps({"error": {"message": "Too many connections from this address."}}).encode()
+REFUSED_RESPONSE = (
+    b"HTTP/1.1 429 Too Many Requests\r\n"
+    b"Content-Type: application/json\r\n"
+    b"Retry-After: 1\r\n"
+    b"Access-Control-Allow-Origin: *\r\n"
+    b"Connection: close\r\n"
+    b"Content-Length: " + str(len(_REFUSED_BODY)).encode() + b"\r\n\r\n" + _REFUSED_BODY
+)
+
+
+class ConnectionGuard:
+    """Open HTTP connections per IP on the device port; ``acquire`` refuses the one over the cap."""
+
+    def __init__(self, per_ip: int, stats: HttpStats) -> None:
+        self.per_ip = per_ip
+        self.stats = stats
+        self._open: dict[str, int] = {}  # only IPs with an open connection: bounded by open sockets
+
+    def acquire(self, ip: str) -> bool:
+        n = self._open.get(ip, 0)
+        if self.per_ip > 0 and n >= self.per_ip:
+            self.stats.connections_refused += 1
+            return False
+        self._open[ip] = n + 1
+        self.stats.connections_open += 1
+        return True
+
+    def release(self, ip: str) -> None:
+        n = self._open.get(ip, 0) - 1
+        if n > 0:
+            self._open[ip] = n
+        else:
+            self._open.pop(ip, None)
+        self.stats.connections_open -= 1
+
+
+class GuardedHandler(RequestHandler):
+    """aiohttp's per-connection protocol with the per-IP cap and a header-read timeout."""
+
+    __slots__ = ("_guard", "_header_timeout", "_header_timer", "_ip", "_stats")
+
+    def __init__(
+        self, manager: Server, *, guard: ConnectionGuard, header_timeout: float, stats: HttpStats, **kwargs: Any
+    ) -> None:
+        super().__init__(manager, **kwargs)
+        self._guard = guard
+        self._header_timeout = header_timeout
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._ip: str | None = None  # set once admitted: a refused connection never reaches aiohttp
+        self._stats = stats
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        ip = str(peer[0]) if peer else "unknown"
+        if not self._guard.acquire(ip):
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(REFUSED_RESPONSE)
+            transport.close()
+            return
+        self._ip = ip
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def data_received(self, data: bytes) -> None:
+        if self._ip is None:
+            return
+        parsed = self._request_count
+        super().data_received(data)
+        if self._request_count != parsed:
+            self._cancel_header_timer()
+        elif self._header_timer is None and self._waiter is not None and not self._messages:
+            # Idle between requests, and the first bytes of the next one came: its headers are timed too.
+            self._arm_header_timer()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._ip is None:
+            return
+        self._cancel_header_timer()
+        self._guard.release(self._ip)
+        self._ip = None
+        super().connection_lost(exc)
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timeout > 0:
+            self._header_timer = self._loop.call_later(self._header_timeout, self._header_timed_out)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timed_out(self) -> None:
+        self._header_timer = None
+        self._stats.header_timeouts += 1
+        self.force_close()
+
+
+class Throttled(ApiError):
+    """A device API request over its device's rate: ``429`` with ``Retry-After`` (whole seconds, ≥ 1)."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message, 429)
+        self.retry_after = max(1, math.ceil(retry_after))
+
+
+class RequestRate:
+    """A token bucket per device (keyed by device id, so only valid tokens get one): ``rate`` requests/s,
+    ``burst`` at once. Buckets that have refilled are dropped when the table grows, so memory stays
+    bounded by the devices active within about ``burst / rate`` seconds. ``rate`` ≤ 0 turns it off."""
+
+    PRUNE_AT = 4096
+
+    def __init__(self, rate: float, burst: int, stats: HttpStats) -> None:
+        self.rate = rate
+        self.burst = float(max(1, burst))
+        self.stats = stats
+        self.message = f"Too many requests: at most {rate:g} per second per device."
+        self._buckets: dict[int, tuple[float, float]] = {}  # device id -> (tokens, loop time)
+        self._prune_at = self.PRUNE_AT
+
+    def check(self, key: int, now: float) -> None:
+        """Spend one request of ``key``'s bucket, or raise ``Throttled``."""
+        if self.rate <= 0:
+            return
+        tokens, at = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        if tokens < 1:
+            self._buckets[key] = (tokens, now)
+            self.stats.throttled += 1
+            raise Throttled(self.message, (1 - tokens) / self.rate)
+        self._buckets[key] = (tokens - 1, now)
+        if len(self._buckets) > self._prune_at:
+            self._prune(now)
+
+    def _prune(self, now: float) -> None:
+        full = [k for k, (tokens, at) in self._buckets.items() if tokens + (now - at) * self.rate >= self.burst]
+        for k in full:
+            del self._buckets[k]
+        self._prune_at = max(self.PRUNE_AT, 2 * len(self._buckets))
+
+
+REQUEST_RATE = web.AppKey("request_rate", RequestRate)
+
+
+def check_rate(request: web.Request, device_id: int) -> None:
+    """The device API's per-device rate, for the app's routes that name a device by token."""
+    request.app[REQUEST_RATE].check(device_id, asyncio.get_running_loop().time())
