@@ -38,12 +38,17 @@ HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 class HttpStats:
     """Requests by (app, route, method, status) and a latency histogram by (app, route): plain numbers."""
 
-    __slots__ = ("requests", "latency")
+    __slots__ = ("requests", "latency", "connections_open", "connections_refused", "header_timeouts", "throttled")
 
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str, str, int], int] = {}
         # (app, route) -> [bucket counts (non-cumulative, last = +Inf), sum of seconds]
         self.latency: dict[tuple[str, str], list] = {}
+        # The device port's HTTP limits (blynk_server/http/limits.py).
+        self.connections_open = 0
+        self.connections_refused = 0  # over http_connections_per_ip
+        self.header_timeouts = 0  # closed for not sending a request's headers within http_header_timeout
+        self.throttled = 0  # device API requests answered 429 (over http_request_rate)
 
     def observe(self, app: str, route: str, method: str, status: int, seconds: float) -> None:
         key = (app, route, method, status)
@@ -215,6 +220,22 @@ def _http(h: HttpStats) -> Iterator[Metric]:
             buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
         latency.add_metric([app, route], buckets, total)
     yield latency
+    yield GaugeMetricFamily(
+        "blynk_http_connections_open", "HTTP connections open on the device port", value=h.connections_open
+    )
+    yield CounterMetricFamily(
+        "blynk_http_connections_refused",
+        "HTTP connections refused with 429: over the per-IP limit",
+        value=h.connections_refused,
+    )
+    yield CounterMetricFamily(
+        "blynk_http_header_timeouts",
+        "HTTP connections closed: request headers not sent in time",
+        value=h.header_timeouts,
+    )
+    yield CounterMetricFamily(
+        "blynk_http_throttled", "Device API requests answered 429: over the per-device rate", value=h.throttled
+    )
 
 
 def build_registry(server: BlynkServer, http: HttpStats, lag: LoopLag) -> CollectorRegistry:
