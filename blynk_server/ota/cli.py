@@ -16,7 +16,9 @@ from blynk_server.cli import CliError, open_store, settings_from
 from blynk_server.ota import shipments as ships
 from blynk_server.ota import status as st
 from blynk_server.ota.db import OtaDB
-from blynk_server.ota.registry import FirmwareError, register
+from blynk_server.ota.registry import FirmwareError, Upload, register
+
+COPY_CHUNK = 1 << 20
 
 
 def add_ota_parser(sub, common) -> None:
@@ -118,11 +120,14 @@ def cmd_ota(args: argparse.Namespace) -> int:
 def _run(args, settings, store, db: OtaDB) -> int:
     act = args.action
     if act == "upload":
-        try:
-            data = args.file.read_bytes()
-        except OSError as exc:
-            raise CliError(f"cannot read {args.file}: {exc.strerror}") from None
-        fw, created = register(db, settings.data_dir, data, args.file.name, args.type, args.version, args.build)
+        with Upload(settings.data_dir, settings.ota_max_firmware) as up:
+            try:
+                with open(args.file, "rb") as fh:
+                    while chunk := fh.read(COPY_CHUNK):
+                        up.write(chunk)
+            except OSError as exc:
+                raise CliError(f"cannot read {args.file}: {exc.strerror}") from None
+            fw, created = register(db, settings.data_dir, up, args.file.name, args.type, args.version, args.build)
         out = fw.as_dict()
         out["created"] = created
         print(json.dumps(out, indent=2))

@@ -8,6 +8,7 @@ through each shipment's ``rev`` counter (see ``OtaService._poll``).
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 import threading
 from dataclasses import asdict, dataclass, field
@@ -15,6 +16,8 @@ from pathlib import Path
 
 from blynk_server.model import now_ms
 from blynk_server.store.sqlite import DB_NAME, connect
+
+SECRET_BYTES = 16  # 128 bits: the download URL's per-shipment secret (``secrets.token_urlsafe``)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ota_firmware (
@@ -53,7 +56,8 @@ CREATE TABLE IF NOT EXISTS ota_shipments (
     reason TEXT,
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL,
-    rev INTEGER NOT NULL DEFAULT 1
+    rev INTEGER NOT NULL DEFAULT 1,
+    secret TEXT
 );
 CREATE TABLE IF NOT EXISTS ota_devices (
     shipment_id INTEGER NOT NULL,
@@ -123,9 +127,12 @@ class Shipment:
     created_at: int
     updated_at: int
     rev: int
+    secret: str  # in every download URL of this shipment; never in reports or listings
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        del d["secret"]
+        return d
 
 
 @dataclass(slots=True)
@@ -150,7 +157,7 @@ class DeviceOta:
 _SHIP_COLS = (
     "id, name, firmware_id, template_id, targets, condition, time_window, attempts_limit, reset_period, rate, "
     "max_in_flight, user_control, first_wave_percent, max_failure_ratio, host_url, wave, wave1, state, reason, "
-    "created_at, updated_at, rev"
+    "created_at, updated_at, rev, secret"
 )
 _FW_COLS = "id, sha256, md5, size, type, version, build, board, library_version, tag, file_name, created_at"
 _DEV_COLS = "shipment_id, device_id, status, attempts, attempts_since, approved, wave, old_version, bytes, updated_at"
@@ -205,7 +212,22 @@ class OtaDB:
         self.path = Path(data_dir) / DB_NAME
         self.db = connect(self.path)
         self.db.executescript(SCHEMA)
+        self._migrate()
         self.lock = threading.Lock()
+
+    def _migrate(self) -> None:
+        """Data dirs from before download secrets: add the column and give every shipment its own
+        secret (URLs sent before the upgrade stop working; a device gets a new one at its next login).
+        In one IMMEDIATE transaction, as the CLI and the server may open the file at the same moment."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            cols = {r[1] for r in self.db.execute("PRAGMA table_info(ota_shipments)")}
+            if "secret" not in cols:
+                self.db.execute("ALTER TABLE ota_shipments ADD COLUMN secret TEXT")
+            for (sid,) in self.db.execute("SELECT id FROM ota_shipments WHERE secret IS NULL").fetchall():
+                self.db.execute(
+                    "UPDATE ota_shipments SET secret = ? WHERE id = ?", (secrets.token_urlsafe(SECRET_BYTES), sid)
+                )
 
     def close(self) -> None:
         self.db.close()
@@ -258,8 +280,8 @@ class OtaDB:
         cur = self._x(
             "INSERT INTO ota_shipments (name, firmware_id, template_id, targets, condition, time_window,"
             " attempts_limit, reset_period, rate, max_in_flight, user_control, first_wave_percent,"
-            " max_failure_ratio, host_url, wave, wave1, state, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'live', ?, ?)",
+            " max_failure_ratio, host_url, wave, wave1, state, created_at, updated_at, secret)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'live', ?, ?, ?)",
             (
                 s["name"],
                 s["firmware_id"],
@@ -279,13 +301,15 @@ class OtaDB:
                 json.dumps(s["wave1"]) if s.get("wave1") is not None else None,
                 now,
                 now,
+                secrets.token_urlsafe(SECRET_BYTES),
             ),
         )
         return self.shipment(cur.lastrowid)
 
     def shipment(self, ref: int | str) -> Shipment | None:
-        if isinstance(ref, int) or str(ref).isdigit():
-            rows = self._q(f"SELECT {_SHIP_COLS} FROM ota_shipments WHERE id = ?", (int(ref),))
+        """By id (an int within SQLite's range: ``shipments.find`` parses user input) or by name."""
+        if isinstance(ref, int):
+            rows = self._q(f"SELECT {_SHIP_COLS} FROM ota_shipments WHERE id = ?", (ref,))
         else:
             rows = self._q(f"SELECT {_SHIP_COLS} FROM ota_shipments WHERE name = ?", (ref,))
         return _shipment(rows[0]) if rows else None

@@ -1,8 +1,11 @@
 """OTA over HTTP: the firmware download on the device port, and the admin API.
 
-Download: ``GET /static/fw_<shipment>_<sha256 prefix>.bin?token=<device token>[&mobile=1]``. The
-``mobile=1`` variant is the phone fetching the image on the device's behalf (Blynk's "uploaded to
-mobile"): the same bytes and headers, but the delivered status is *Firmware uploaded to mobile*.
+Download: ``GET /static/fw_<shipment>_<secret>.bin?token=<device token>[&mobile=1]``. The secret is
+the shipment's own (128 random bits, compared in constant time), so the URL cannot be guessed; the
+token must be a device that is a live target of that shipment (its template, and its device list if
+it has one). The ``mobile=1`` variant is the phone fetching the image on the device's behalf (Blynk's
+"uploaded to mobile"): the same bytes and headers, but the delivered status is *Firmware uploaded to
+mobile*.
 
 The response is what Edgent clients check (reference ota.md §1.4, §7): 200 (206 for a Range), an
 exact Content-Length, identity encoding, ``x-MD5`` (hex), ``x-sha256`` (base64), ``x-fw-type``,
@@ -13,16 +16,18 @@ while the socket drains; a download that makes no progress for ``ota_stall_timeo
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+import mmap
 import re
 import socket
 from typing import TYPE_CHECKING
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from blynk_server.ota import shipments as ships
 from blynk_server.ota import status as st
-from blynk_server.ota.registry import FirmwareError, register, sha256_b64
+from blynk_server.ota.registry import FirmwareError, FirmwareTooLarge, Upload, register, sha256_b64
 
 if TYPE_CHECKING:
     from blynk_server.app import BlynkServer
@@ -30,9 +35,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FW_PATH = re.compile(r"^fw_(\d+)_([0-9a-f]{6,64})\.bin$")
+FW_PATH = re.compile(r"^fw_(\d{1,19})_([A-Za-z0-9_-]{1,64})\.bin$")
 RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+HUGE = 1 << 63  # a Range number with more digits than any file size: past every end
 MAX_CHUNK = 16384
+UPLOAD_CHUNK = 65536
+MAX_PARTS = 16  # multipart parts looked at for the file
+MULTIPART_SLACK = 65536  # boundaries and part headers around the file in a multipart body
 TICK = 0.1  # seconds of the rate per chunk: small chunks keep the gaps between bytes short
 
 
@@ -56,24 +65,39 @@ def add_device_routes(app: web.Application, server: BlynkServer) -> None:
     app.router.add_get("/static/{name}", download)
 
 
+def _range_number(digits: str) -> int:
+    """A Range bound of any length without ``int()`` on thousands of digits: beyond 19 significant
+    digits it is larger than any file, which is all the arithmetic below needs to know."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 19 else HUGE
+
+
 async def _download(ota: OtaService, request: web.Request) -> web.StreamResponse:
     m = FW_PATH.match(request.match_info["name"])
     if m is None:
         return _error("Not found.", 404)
     token = request.query.get("token", "")
-    dev = ota.server.domain.device_by_token(token) if token else None
+    if not token:
+        return _error("A device token is required (?token=).", 403)
+    dev = ota.server.domain.device_by_token(token)
     if dev is None:
         return _error("Invalid token.", 403)
-    sid = int(m.group(1))
-    ship = ota.shipments.get(sid)
+    ship = ota.shipments.get(int(m.group(1)))
     fw = ota.firmware.get(ship.firmware_id) if ship is not None else None
-    if ship is None or fw is None or not fw.sha256.startswith(m.group(2)):
+    if ship is None or fw is None or not hmac.compare_digest(ship.secret.encode(), m.group(2).encode()):
         return _error("No such firmware shipment, or it is no longer active.", 404)
+    sid = ship.id
     if ship.state != st.LIVE:
         return _error(f"The shipment is {ship.state}.", 409)
-    if not ota.is_target(ship, dev.id):
+    if not ota.is_target(ship, dev):
+        log.info("ota download refused shipment=%d device=%d reason=not a target", sid, dev.id)
         return _error("This device is not a target of the shipment.", 403)
+    if ship.wave == 1 and ship.wave1 is not None and dev.id not in ship.wave1:
+        return _error("Not yet: this device is in the shipment's second wave.", 409)
     e = ota.entry(sid, dev.id, create=True)
+    matches, dev_type = ota.type_matches(fw, dev)
+    if not matches and e.status != st.TYPE_MISMATCH:
+        ota.set_status(e, st.TYPE_MISMATCH, f"device type {dev_type}, firmware type {fw.type}")
     if e.status in (st.TYPE_MISMATCH, st.SUCCESS):
         return _error(f"No update for this device: {e.status}.", 409)
     mobile = request.query.get("mobile") in ("1", "true", "yes")
@@ -85,11 +109,11 @@ async def _download(ota: OtaService, request: web.Request) -> web.StreamResponse
         if rm is None or (rm.group(1) == "" and rm.group(2) == ""):
             return _error("Unsupported Range.", 416)
         if rm.group(1) == "":
-            start = max(0, size - int(rm.group(2)))
+            start = max(0, size - _range_number(rm.group(2)))
         else:
-            start = int(rm.group(1))
+            start = _range_number(rm.group(1))
             if rm.group(2):
-                end = min(size - 1, int(rm.group(2)))
+                end = min(size - 1, _range_number(rm.group(2)))
         if start >= size or start > end:
             resp = _error("Range not satisfiable.", 416)
             resp.headers["Content-Range"] = f"bytes */{size}"
@@ -152,6 +176,8 @@ async def _download(ota: OtaService, request: web.Request) -> web.StreamResponse
     finally:
         e.downloading -= 1
         ota.stats.downloads_in_flight -= 1
+        if isinstance(data, mmap.mmap):
+            data.close()
     ota.stats.downloads_completed += 1
     if end + 1 == size:
         e.attempt_open = False
@@ -168,7 +194,14 @@ def _now_ms() -> int:
 
 
 async def _stream(
-    ota: OtaService, request: web.Request, resp: web.StreamResponse, data: bytes, pos: int, stop: int, rate: int, e
+    ota: OtaService,
+    request: web.Request,
+    resp: web.StreamResponse,
+    data: bytes | mmap.mmap,
+    pos: int,
+    stop: int,
+    rate: int,
+    e,
 ) -> None:
     """Send data[pos:stop] paced at ``rate`` bytes/s, in chunks of about TICK seconds' worth, each
     only after the socket has taken the previous ones (back-pressure), failing after a stall."""
@@ -240,6 +273,36 @@ async def _drained(transport, limit: int, loop, stall: float) -> None:
 # --- admin API ------------------------------------------------------------------------------------
 
 
+async def _json_body(request: web.Request) -> dict:
+    """The request's JSON object; anything else (including numbers too long for Python) is a 400."""
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise ships.ShipmentError("Body must be a JSON object.") from None
+    if not isinstance(body, dict):
+        raise ships.ShipmentError("Body must be a JSON object.")
+    return body
+
+
+async def _receive(request: web.Request, up: Upload) -> str | None:
+    """Copy the upload's body (raw, or the first file part of a multipart form) into ``up`` chunk by
+    chunk; returns the part's file name."""
+    if not request.content_type.startswith("multipart/"):
+        async for chunk in request.content.iter_chunked(UPLOAD_CHUNK):
+            up.write(chunk)
+        return None
+    reader = await request.multipart()
+    for _ in range(MAX_PARTS):
+        part = await reader.next()
+        if part is None:
+            break
+        if isinstance(part, BodyPartReader) and part.filename:
+            while chunk := await part.read_chunk(UPLOAD_CHUNK):
+                up.write(chunk)
+            return part.filename
+    raise FirmwareError("no file part in the multipart body")
+
+
 def add_admin_routes(app: web.Application, server: BlynkServer) -> None:
     """Firmware and shipments under /api/ota (JSON; errors as {"error": {"message": ...}})."""
 
@@ -254,35 +317,38 @@ def add_admin_routes(app: web.Application, server: BlynkServer) -> None:
             except ships.ShipmentError as exc:
                 return _error(str(exc), exc.status)
             except FirmwareError as exc:
-                return _error(str(exc), 400)
-            except (ValueError, KeyError, TypeError) as exc:
-                return _error(f"Bad request: {exc}", 400)
+                return _error(str(exc), exc.status)
 
         return handler
 
     async def upload(request: web.Request, ota: OtaService) -> web.Response:
+        """Streamed to a temp file in the data dir (not through aiohttp's 1 MiB ``client_max_size``,
+        which applies only to ``read()``), up to ``ota_max_firmware``."""
+        limit = ota.settings.ota_max_firmware
+        multipart = request.content_type.startswith("multipart/")
+        declared = request.content_length
+        if declared is not None and declared > limit + (MULTIPART_SLACK if multipart else 0):
+            raise FirmwareTooLarge(f"the firmware file is larger than {limit} bytes (ota_max_firmware)")
         q = request.query
-        name = q.get("name")
-        if request.content_type.startswith("multipart/"):
-            reader = await request.multipart()
-            data = b""
-            async for part in reader:
-                if part.filename:
-                    name = name or part.filename
-                    data = bytes(await part.read())
-                    break
-        else:
-            data = await request.read()
-        fw, created = register(
-            ota.db, ota.settings.data_dir, data, name, q.get("type"), q.get("version"), q.get("build")
-        )
+        with Upload(ota.settings.data_dir, limit) as up:
+            part_name = await _receive(request, up)
+            fw, created = await asyncio.to_thread(
+                register,
+                ota.db,
+                ota.settings.data_dir,
+                up,
+                q.get("name") or part_name,
+                q.get("type"),
+                q.get("version"),
+                q.get("build"),
+            )
         return web.json_response(fw.as_dict(), status=201 if created else 200)
 
     async def list_firmware(request: web.Request, ota: OtaService) -> web.Response:
         return web.json_response([f.as_dict() for f in ota.db.list_firmware()])
 
     async def create(request: web.Request, ota: OtaService) -> web.Response:
-        body = await request.json()
+        body = await _json_body(request)
         allowed = {
             "name",
             "firmware",
@@ -301,7 +367,10 @@ def add_admin_routes(app: web.Application, server: BlynkServer) -> None:
         }
         unknown = set(body) - allowed
         if unknown:
-            raise ships.ShipmentError(f"unknown field(s): {', '.join(sorted(unknown))}")
+            raise ships.ShipmentError(f"unknown field(s): {', '.join(sorted(u[:40] for u in unknown))[:400]}")
+        missing = {"name", "firmware", "template"} - set(body)
+        if missing:
+            raise ships.ShipmentError(f"missing field(s): {', '.join(sorted(missing))}")
         ship = ships.create(ota.db, server.store, **body)
         ota.reload(ship.id)
         return web.json_response(ship.as_dict(), status=201)
@@ -319,8 +388,10 @@ def add_admin_routes(app: web.Application, server: BlynkServer) -> None:
         act = request.match_info["action"]
         ref = request.match_info["id"]
         if act == "approve":
-            body = await request.json()
-            ship = ships.approve(ota.db, server.store, ref, int(body["device"]))
+            body = await _json_body(request)
+            if "device" not in body:
+                raise ships.ShipmentError('approve needs {"device": ID}')
+            ship = ships.approve(ota.db, server.store, ref, body["device"])
         else:
             ship = ships.control(ota.db, ref, act)
         ota.reload(ship.id)

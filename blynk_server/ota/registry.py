@@ -1,24 +1,40 @@
 """Firmware registry: files stored once by content (``<data_dir>/firmware/<sha256>.bin``), the parsed
-``blnkinf`` tag, MD5 and SHA-256 (hex, and base64 for the ``x-sha256`` header)."""
+``blnkinf`` tag, MD5 and SHA-256 (hex, and base64 for the ``x-sha256`` header).
+
+An image arrives in pieces (``Upload``: a temp file in the firmware dir, hashed on the way) from the
+CLI or the admin API alike, so it is never held whole in memory and one limit, ``ota_max_firmware``,
+applies to both."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import logging
+import mmap
 import os
+import sqlite3
+import tempfile
 from pathlib import Path
+from types import TracebackType
 
 from blynk_server.ota.db import Firmware, OtaDB
 from protocol.firmware import find_tag
 
 log = logging.getLogger(__name__)
 
-MAX_FIRMWARE = 64 * 1024 * 1024
+MAX_FILE_NAME = 255
+MAX_FIELD = 64  # an explicit type, version or build (tag values are a few dozen characters)
+TMP_PREFIX = ".upload-"
 
 
 class FirmwareError(ValueError):
     """A firmware upload that cannot be accepted; the message says why and what to do."""
+
+    status = 400
+
+
+class FirmwareTooLarge(FirmwareError):
+    status = 413
 
 
 def firmware_dir(data_dir: Path) -> Path:
@@ -33,26 +49,71 @@ def sha256_b64(fw: Firmware) -> str:
     return base64.b64encode(bytes.fromhex(fw.sha256)).decode()
 
 
+class Upload:
+    """A firmware image being received: written to a temp file next to its final place and hashed
+    chunk by chunk. Leaving the ``with`` block removes the temp file unless ``register`` kept it."""
+
+    def __init__(self, data_dir: Path, limit: int) -> None:
+        folder = firmware_dir(data_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX, suffix=".tmp")
+        self.path = Path(name)
+        self.file = os.fdopen(fd, "wb")
+        self.limit = limit
+        self.size = 0
+        self.md5 = hashlib.md5()
+        self.sha256 = hashlib.sha256()
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise FirmwareTooLarge(f"the firmware file is larger than {self.limit} bytes (ota_max_firmware)")
+        self.file.write(chunk)
+        self.md5.update(chunk)
+        self.sha256.update(chunk)
+
+    def __enter__(self) -> Upload:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.file.close()
+        self.path.unlink(missing_ok=True)
+
+
+def _field(value: str | None, what: str, limit: int) -> str | None:
+    if value is not None and len(value) > limit:
+        raise FirmwareError(f"{what} is longer than {limit} characters")
+    return value or None
+
+
 def register(
     db: OtaDB,
     data_dir: Path,
-    data: bytes,
+    upload: Upload,
     file_name: str | None = None,
     type_: str | None = None,
     version: str | None = None,
     build: str | None = None,
 ) -> tuple[Firmware, bool]:
-    """Store ``data`` and return (firmware, created). Explicit type/version/build override the tag;
-    a file with no tag needs at least type and version."""
-    if not data:
+    """Keep a received image and return (firmware, created). Explicit type/version/build override
+    the tag; a file with no tag needs at least type and version. Blocking (fsync, a scan of the
+    file): the admin API runs it in a thread."""
+    file_name = _field(file_name, "the file name", MAX_FILE_NAME)
+    type_ = _field(type_, "the firmware type", MAX_FIELD)
+    version = _field(version, "the firmware version", MAX_FIELD)
+    build = _field(build, "the build", MAX_FIELD)
+    if not upload.size:
         raise FirmwareError("the firmware file is empty")
-    if len(data) > MAX_FIRMWARE:
-        raise FirmwareError(f"the firmware file is larger than {MAX_FIRMWARE} bytes")
-    sha = hashlib.sha256(data).hexdigest()
+    upload.file.flush()
+    os.fsync(upload.file.fileno())  # on disk before the row that points at it
+    sha = upload.sha256.hexdigest()
     existing = db.firmware_by_sha(sha)
     if existing is not None:
         return existing, False
-    tag = find_tag(data)
+    with open(upload.path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        tag = find_tag(view)
     if tag is None and not (type_ and version):
         raise FirmwareError(
             "no blnkinf tag found in the firmware (compressed or not built with the Blynk library?);"
@@ -64,26 +125,27 @@ def register(
         raise FirmwareError("the firmware tag has no fw-type; give --type explicitly (usually the template id)")
     if not fw_version:
         raise FirmwareError("the firmware tag has no firmware version (mcu/fw); give --version explicitly")
-    folder = firmware_dir(data_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{sha}.bin"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    fw = db.add_firmware(
-        {
-            "sha256": sha,
-            "md5": hashlib.md5(data).hexdigest(),
-            "size": len(data),
-            "type": fw_type,
-            "version": fw_version,
-            "build": build or (tag.build if tag else None),
-            "board": tag.board if tag else None,
-            "library_version": tag.library_version if tag else None,
-            "tag": dict(tag.fields) if tag else None,
-            "file_name": file_name,
-        }
-    )
+    os.replace(upload.path, firmware_dir(data_dir) / f"{sha}.bin")
+    try:
+        fw = db.add_firmware(
+            {
+                "sha256": sha,
+                "md5": upload.md5.hexdigest(),
+                "size": upload.size,
+                "type": fw_type,
+                "version": fw_version,
+                "build": build or (tag.build if tag else None),
+                "board": tag.board if tag else None,
+                "library_version": tag.library_version if tag else None,
+                "tag": dict(tag.fields) if tag else None,
+                "file_name": file_name,
+            }
+        )
+    except sqlite3.IntegrityError:  # the same image, uploaded at the same moment by someone else
+        same = db.firmware_by_sha(sha)
+        if same is None:
+            raise
+        return same, False
     log.info(
         "firmware stored id=%d sha256=%s size=%d type=%s version=%s", fw.id, sha[:12], fw.size, fw_type, fw_version
     )

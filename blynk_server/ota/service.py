@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mmap
 import time
 from typing import TYPE_CHECKING
 
@@ -66,6 +67,7 @@ class OtaService:
         self.entries: dict[int, dict[int, DeviceOta]] = {}  # shipment id -> device id -> entry
         self.waiting: set[tuple[int, int]] = set()  # (shipment, device) online and blocked by window or cap
         self._revs: dict[int, int] = {}
+        self._targets: dict[int, frozenset[int]] = {}  # shipment id -> its device list, for lookups
         self._files: dict[str, bytes] = {}
         self._task: asyncio.Task | None = None
         self._dirty: dict[tuple[int, int], DeviceOta] = {}
@@ -123,6 +125,8 @@ class OtaService:
         self._revs[sid] = ship.rev
         old = self.shipments.get(sid)
         self.shipments[sid] = ship
+        if ship.targets is not None:
+            self._targets[sid] = frozenset(ship.targets)
         if ship.firmware_id not in self.firmware:
             fw = self.db.firmware(ship.firmware_id)
             if fw is None:
@@ -146,6 +150,7 @@ class OtaService:
             log.info("shipment no longer active shipment=%d state=%s", sid, state)
         self.entries.pop(sid, None)
         self._revs.pop(sid, None)
+        self._targets.pop(sid, None)
         self.waiting = {w for w in self.waiting if w[0] != sid}
 
     # --- triggers -----------------------------------------------------------------------------------
@@ -238,12 +243,22 @@ class OtaService:
         if rows or events:
             self.db.save_devices(rows, events)
 
-    def is_target(self, ship: Shipment, did: int) -> bool:
-        return ship.targets is None or did in ship.targets
+    def is_target(self, ship: Shipment, dev: DeviceState) -> bool:
+        """A device of the shipment's template and, when the shipment lists devices, in that list."""
+        if dev.record.template_id != ship.template_id:
+            return False
+        return ship.targets is None or dev.id in self._targets.get(ship.id, ship.targets)
+
+    @staticmethod
+    def type_matches(fw: Firmware, dev: DeviceState) -> tuple[bool, str]:
+        """Whether the image's type is the device's (its fw-type, else its template), and that type."""
+        info = dev.record.info or {}
+        dev_type = info.get("firmware_type") or info.get("template_id") or dev.record.template_id
+        return not fw.type or dev_type == fw.type, dev_type
 
     def _consider(self, ship: Shipment, dev: DeviceState, login: bool) -> None:
         did = dev.id
-        if not self.is_target(ship, did):
+        if not self.is_target(ship, dev):
             return
         fw = self.firmware.get(ship.firmware_id)
         if fw is None:
@@ -280,8 +295,8 @@ class OtaService:
         if status in st.DELIVERED and not login:
             return
         # 2. Eligibility.
-        dev_type = info.get("firmware_type") or info.get("template_id") or dev.record.template_id
-        if fw.type and dev_type != fw.type:
+        matches, dev_type = self.type_matches(fw, dev)
+        if not matches:
             self.set_status(e, st.TYPE_MISMATCH, f"device type {dev_type}, firmware type {fw.type}")
             return
         if not st.condition_met(ship.condition, fw.version, fw.build, version, build):
@@ -329,7 +344,7 @@ class OtaService:
         )
 
     def _send(self, ship: Shipment, fw: Firmware, dev: DeviceState, e: DeviceOta) -> None:
-        url = self.download_url(ship, fw, dev)
+        url = self.download_url(ship, dev)
         body = ota_body(url)
         link = self.server.hub.link(dev.id)
         buff_in = getattr(link, "buff_in", None)
@@ -343,7 +358,7 @@ class OtaService:
             return
         self.stats.commands_sent += 1
         e.sent_at = time.monotonic()
-        self.set_status(e, st.REQUEST_SENT, url.split("?", 1)[0])
+        self.set_status(e, st.REQUEST_SENT, url.split("?", 1)[0].replace(ship.secret, "<secret>"))
 
     def base_url(self, ship: Shipment, dev: DeviceState) -> str:
         """Per-shipment host > --external-url > the address this device reached us on (a wildcard
@@ -363,8 +378,11 @@ class OtaService:
             host = f"[{host}]"
         return f"http://{host}:{port}"
 
-    def download_url(self, ship: Shipment, fw: Firmware, dev: DeviceState) -> str:
-        return f"{self.base_url(ship, dev)}/static/fw_{ship.id}_{fw.sha256[:12]}.bin?token={dev.token}"
+    def download_url(self, ship: Shipment, dev: DeviceState) -> str:
+        """``<base>/static/fw_<shipment id>_<secret>.bin?token=<token>``: the shipment's secret makes the
+        URL unguessable; the token says which device asks. Still a ``.bin`` path with a ``token``
+        query, as Edgent and the client libraries expect."""
+        return f"{self.base_url(ship, dev)}/static/fw_{ship.id}_{ship.secret}.bin?token={dev.token}"
 
     # --- waves and shipment completion ----------------------------------------------------------
 
@@ -406,10 +424,15 @@ class OtaService:
 
     # --- files ----------------------------------------------------------------------------------
 
-    def file_bytes(self, fw: Firmware) -> bytes:
+    def file_bytes(self, fw: Firmware) -> bytes | mmap.mmap:
+        """The image, to slice chunks from: small ones cached in memory, larger ones mapped (the
+        page cache holds them once however many devices download; the caller closes the map)."""
         data = self._files.get(fw.sha256)
-        if data is None:
-            data = firmware_path(self.settings.data_dir, fw).read_bytes()
-            if len(data) <= MAX_CACHED_FILE:
-                self._files[fw.sha256] = data
+        if data is not None:
+            return data
+        path = firmware_path(self.settings.data_dir, fw)
+        if fw.size > MAX_CACHED_FILE:
+            with open(path, "rb") as fh:
+                return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        data = self._files[fw.sha256] = path.read_bytes()
         return data

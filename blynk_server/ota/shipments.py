@@ -14,8 +14,17 @@ import sqlite3
 from blynk_server.ota import status as st
 from blynk_server.ota.db import OtaDB, Shipment
 from blynk_server.store import SqliteStore
+from protocol.body import BodyError, parse_uint
 
 MAX_NAME = 40
+MAX_ID = 2**63 - 1  # SQLite's INTEGER: larger ids cannot exist, and would overflow in a query
+MAX_TEMPLATE = 256
+MAX_TARGETS = 10_000  # devices in an explicit list; "every device of the template" has no list
+MAX_ATTEMPTS = 1000
+MAX_RESET = 365 * 86400.0  # seconds
+MIN_RATE, MAX_RATE = 512, 10**9  # bytes/s: below ~512 B/s a 512-byte chunk leaves Edgent idle too long
+MAX_IN_FLIGHT = 1_000_000
+MAX_URL = 256  # a host URL has to fit the ota command in the device's buff-in with path and token
 
 
 class ShipmentError(ValueError):
@@ -24,6 +33,38 @@ class ShipmentError(ValueError):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+
+def parse_id(value: object, what: str) -> int:
+    """An id from the CLI or JSON (an int, or a string of digits) of any length: 1..MAX_ID, else
+    ShipmentError, without ``int()`` ever seeing thousands of digits."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ShipmentError(f"{what} must be a number")
+    try:
+        n = parse_uint(value, MAX_ID) if isinstance(value, str) else value
+    except BodyError:
+        raise ShipmentError(f"{what} must be a number in 1..{MAX_ID}") from None
+    if not 1 <= n <= MAX_ID:
+        raise ShipmentError(f"{what} must be a number in 1..{MAX_ID}")
+    return n
+
+
+def _int(value: object, what: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ShipmentError(f"{what} must be a whole number in {low}..{high}")
+    return value
+
+
+def _real(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ShipmentError(f"{what} must be a number")
+    return float(value)
+
+
+def _text(value: object, what: str, limit: int) -> str:
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise ShipmentError(f"{what} must be a string of 1..{limit} characters")
+    return value
 
 
 def create(
@@ -45,41 +86,61 @@ def create(
     max_failure_ratio: float = 1.0,
     host_url: str | None = None,
 ) -> Shipment:
-    """Validate and store a live shipment."""
-    name = (name or "").strip()
+    """Validate and store a live shipment. Every field is checked for type and range here, as the
+    admin API hands over whatever JSON it got."""
+    name = name.strip() if isinstance(name, str) else ""
     if not name or len(name) > MAX_NAME:
         raise ShipmentError(f"a shipment name is 1..{MAX_NAME} characters")
-    fw = db.firmware(int(firmware))
+    if name.isdigit():
+        raise ShipmentError("a shipment name must not be only digits (those are read as a shipment id)")
+    fw = db.firmware(parse_id(firmware, "firmware"))
     if fw is None:
         raise ShipmentError(f"no firmware {firmware}", 404)
+    template = _text(template, "template", MAX_TEMPLATE)
     if store.get_template(template) is None:
         raise ShipmentError(f"no template {template!r}", 404)
-    if condition not in st.CONDITIONS:
+    if not isinstance(condition, str) or condition not in st.CONDITIONS:
         raise ShipmentError(f"condition must be one of {', '.join(st.CONDITIONS)}")
-    if window not in st.WINDOWS:
+    if not isinstance(window, str) or window not in st.WINDOWS:
         raise ShipmentError(f"time window must be one of {', '.join(st.WINDOWS)}")
-    if attempts < 1:
-        raise ShipmentError("attempts limit must be at least 1")
+    attempts = _int(attempts, "attempts limit", 1, MAX_ATTEMPTS)
+    if isinstance(reset, bool) or not isinstance(reset, (str, int, float)) or len(str(reset)) > 32:
+        raise ShipmentError("reset period is a duration such as 24h, 30m or 10s")
     try:
         reset_s = st.parse_duration(reset)
     except ValueError as exc:
         raise ShipmentError(str(exc)) from None
-    if reset_s <= 0 or rate < 0 or max_in_flight < 0:
-        raise ShipmentError("reset period must be positive; rate and max in flight must not be negative")
+    if not 0 < reset_s <= MAX_RESET:  # also false for NaN
+        raise ShipmentError(f"reset period must be positive and at most {MAX_RESET / 86400:g} days")
+    rate = _int(rate, "rate", 0, MAX_RATE)
+    if 0 < rate < MIN_RATE:
+        raise ShipmentError(f"rate is 0 (unlimited) or {MIN_RATE}..{MAX_RATE} bytes/s")
+    max_in_flight = _int(max_in_flight, "max in flight", 0, MAX_IN_FLIGHT)
+    if not isinstance(user_control, bool):
+        raise ShipmentError("user_control must be true or false")
+    first_wave = _real(first_wave, "first wave")
     if not 0 < first_wave <= 100:
         raise ShipmentError("first wave is a percentage in (0, 100]")
+    max_failure_ratio = _real(max_failure_ratio, "max failure ratio")
     if not 0 <= max_failure_ratio <= 1:
         raise ShipmentError("max failure ratio is between 0 and 1")
-    if host_url and not host_url.startswith(("http://", "https://")):
-        raise ShipmentError("host URL must start with http:// or https://")
+    if host_url is not None:
+        host_url = _text(host_url, "host URL", MAX_URL)
+        if not host_url.startswith(("http://", "https://")) or not host_url.isascii() or not host_url.isprintable():
+            raise ShipmentError("host URL must start with http:// or https:// and be printable ASCII")
+        if " " in host_url:
+            raise ShipmentError("host URL must not contain spaces")
     targets = None
     if devices:
-        targets = sorted(set(devices))
+        if not isinstance(devices, list) or len(devices) > MAX_TARGETS:
+            raise ShipmentError(f"devices is a list of at most {MAX_TARGETS} device ids")
+        targets = sorted({parse_id(d, "device") for d in devices})
+        known = {d.id for d in store.list_devices(template)}  # one query, not one per listed device
         for did in targets:
-            rec = store.get_device(did)
-            if rec is None:
-                raise ShipmentError(f"no device {did}", 404)
-            if rec.template_id != template:
+            if did not in known:
+                rec = store.get_device(did)
+                if rec is None:
+                    raise ShipmentError(f"no device {did}", 404)
                 raise ShipmentError(f"device {did} belongs to template {rec.template_id}, not {template}")
     wave1 = None
     if first_wave < 100:
@@ -111,9 +172,19 @@ def create(
 
 
 def find(db: OtaDB, ref: str | int) -> Shipment:
-    ship = db.shipment(ref)
+    """A shipment by id (an int or a string of digits, of any length) or by name."""
+    if isinstance(ref, int) or (ref.isascii() and ref.isdigit()):
+        try:
+            key: int | str = parse_id(ref, "shipment id")
+        except ShipmentError:
+            raise ShipmentError(f"no shipment {str(ref)[:24]!r}", 404) from None
+    elif len(ref) > MAX_NAME:
+        raise ShipmentError(f"no shipment {ref[:24]!r}...", 404)
+    else:
+        key = ref
+    ship = db.shipment(key)
     if ship is None:
-        raise ShipmentError(f"no shipment {ref!r}", 404)
+        raise ShipmentError(f"no shipment {str(ref)!r}", 404)
     return ship
 
 
@@ -135,8 +206,9 @@ def control(db: OtaDB, ref: str | int, action: str) -> Shipment:
     return find(db, ship.id)
 
 
-def approve(db: OtaDB, store: SqliteStore, ref: str | int, device: int) -> Shipment:
+def approve(db: OtaDB, store: SqliteStore, ref: str | int, device: object) -> Shipment:
     ship = find(db, ref)
+    device = parse_id(device, "device")
     if ship.state not in (st.LIVE, st.PAUSED):
         raise ShipmentError(f"shipment {ship.id} is {ship.state}", 409)
     rec = store.get_device(device)

@@ -64,15 +64,18 @@ def parse_duration(text: str | float | int) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def version_key(version: str | None) -> tuple[int, ...] | None:
-    """Lenient semver: every run of digits is a component, so 1.1.1.1, v2.0 and 1.2.3-rc1 compare."""
+def version_key(version: str | None) -> tuple[tuple[int, str], ...] | None:
+    """Lenient semver: every run of digits is a component, so 1.1.1.1, v2.0 and 1.2.3-rc1 compare.
+
+    A component is (digit count, digits) without leading zeros, which orders like the number but
+    never calls ``int()``: a device's info may carry a version of thousands of digits."""
     if not version:
         return None
     parts = re.findall(r"\d+", version)
     if not parts:
         return None
-    key = [int(p) for p in parts]
-    while len(key) > 1 and key[-1] == 0:
+    key = [(len(d), d) for d in (p.lstrip("0") for p in parts)]
+    while len(key) > 1 and key[-1][0] == 0:
         key.pop()  # 1.2 == 1.2.0
     return tuple(key)
 
