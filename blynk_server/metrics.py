@@ -182,6 +182,28 @@ def _hardware(s, sessions: int) -> Iterator[Metric]:
     )
     yield CounterMetricFamily("blynk_idle_timeouts", "Sessions closed for read idleness", value=s.idle_timeouts)
     yield CounterMetricFamily("blynk_sessions_replaced", "Sessions replaced by a newer login", value=s.replaced)
+    yield GaugeMetricFamily("blynk_connections_pending", "Device connections waiting for login", value=s.pending_logins)
+    refused = CounterMetricFamily(
+        "blynk_connections_refused",
+        "Device connections closed at accept, unanswered: over a pending-login cap or an IP's failed-login budget",
+        labels=["reason"],
+    )
+    for reason, n in s.refused.items():
+        refused.add_metric([reason], n)
+    yield refused
+    yield GaugeMetricFamily(
+        "blynk_login_budget_ips", "IPs whose failed-login budget is being refilled", value=s.login_budget_ips
+    )
+    yield CounterMetricFamily(
+        "blynk_write_pauses",
+        "Times a device was not read: its unsent output passed the high mark",
+        value=s.write_pauses,
+    )
+    yield CounterMetricFamily(
+        "blynk_sessions_closed_slow_reader",
+        "Devices closed for not reading: unsent output over the cap, or blocked longer than their timeout",
+        value=s.slow_reader_closes,
+    )
 
 
 def _store(store) -> Iterator[Metric]:

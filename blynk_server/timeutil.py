@@ -6,6 +6,12 @@ import time
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+# What a device may ask after ``utc`` (bytes, as they arrive); anything else is ILLEGAL_COMMAND.
+UTC_REQUESTS = frozenset({b"time", b"iso", b"tz", b"tz_name", b"tz_rule", b"dst_next"})
+DST_CACHE_SECONDS = 3600  # next_transitions is computed once per zone per hour
+MAX_DST_CACHE = 1024  # (zone, hour) entries; the cache is emptied when full
+_dst_cache: dict[tuple[str, int], list[tuple[int, int]]] = {}
+
 
 def zone(name: str | None) -> ZoneInfo:
     try:
@@ -54,6 +60,20 @@ def next_transitions(tz: ZoneInfo, start: datetime, count: int = 2) -> list[tupl
     return out
 
 
+def upcoming_transitions(tz: ZoneInfo, now: float) -> list[tuple[int, int]]:
+    """The next two offset changes after ``now``, from a per-zone, per-hour cache: finding them walks
+    two years day by day, a few milliseconds a device could otherwise ask for a thousand times a second."""
+    hour = int(now // DST_CACHE_SECONDS)
+    key = (tz.key, hour)
+    found = _dst_cache.get(key)
+    if found is None:
+        if len(_dst_cache) >= MAX_DST_CACHE:
+            _dst_cache.clear()
+        start = datetime.fromtimestamp(hour * DST_CACHE_SECONDS, timezone.utc)
+        found = _dst_cache[key] = next_transitions(tz, start, 3)  # 3: one may fall inside this hour
+    return [t for t in found if t[0] > now][:2]
+
+
 def posix_rule(tz: ZoneInfo) -> str:
     """The POSIX TZ string at the end of the zone's TZif file (e.g. ``EET-2EEST,M3.5.0/3,M10.5.0/4``)."""
     for base in ("/usr/share/zoneinfo", "/usr/lib/zoneinfo", "/usr/share/lib/zoneinfo"):
@@ -86,7 +106,7 @@ def utc_answer(what: str, tz_name: str | None, now: float | None = None) -> list
         return ["tz_rule", posix_rule(tz)]
     if what == "dst_next":
         fields = ["dst_next"]
-        for ts, off in next_transitions(tz, at):
+        for ts, off in upcoming_transitions(tz, now):
             fields += [str(ts), str(off)]
         return fields
     return None

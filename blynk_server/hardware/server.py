@@ -10,6 +10,7 @@ from collections.abc import Callable
 from blynk_server.config import Settings
 from blynk_server.domain import Domain
 from blynk_server.hardware.deadlines import Deadlines
+from blynk_server.hardware.guard import LoginGuard
 from blynk_server.hardware.session import HardwareSession
 from blynk_server.hardware.stats import HardwareStats
 from blynk_server.hub import Hub
@@ -26,6 +27,7 @@ class HardwareServer:
         self.stats = HardwareStats()
         self.sessions: set[HardwareSession] = set()
         self.deadlines = Deadlines(loop)  # every session's login and heartbeat deadline
+        self.guard = LoginGuard(settings, loop, self.stats)  # who may wait for login, failed-login budgets
         # Set by the HTTP part: builds an asyncio protocol that takes over a sniffed HTTP connection.
         self.http_handoff: Callable[[], asyncio.Protocol] | None = None
         self.login_hooks: list[Callable[[HardwareSession], None]] = []
@@ -53,8 +55,15 @@ class HardwareServer:
                 raise ValueError("--tls-port needs --cert and --key")
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(str(s.cert), str(s.key))
+            # A silent TCP connection on the TLS port gets as long for its handshake as for its login.
             tls = await self.loop.create_server(
-                self._factory, s.host, s.tls_port, ssl=ctx, backlog=4096, reuse_address=True
+                self._factory,
+                s.host,
+                s.tls_port,
+                ssl=ctx,
+                ssl_handshake_timeout=s.login_timeout,
+                backlog=4096,
+                reuse_address=True,
             )
             self._servers.append(tls)
             self.tls_address = tls.sockets[0].getsockname()[:2]

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 from blynk_server.config import read_timeout
 from blynk_server.domain import DeviceState, EventRejected, InvalidValue
 from blynk_server.hardware.deadlines import Deadlines
-from blynk_server.model import now_ms
-from blynk_server.timeutil import rtc_seconds, utc_answer
+from blynk_server.model import MAX_TS_MS, now_ms
+from blynk_server.timeutil import UTC_REQUESTS, rtc_seconds, utc_answer
 from protocol import Command, Decoder, FrameTooLarge, Status, encode_frame, encode_response
 from protocol.body import (
     BodyError,
@@ -58,7 +58,8 @@ def _write_key(prefix: bytes) -> str | None:
     in decimal), or None when it is not a valid write."""
     key = _WRITE_KEYS.get(prefix)
     if key is None:
-        if len(prefix) < 4 or prefix[2] != 0 or prefix[1] != 0x77 or not prefix[3:].isdigit():
+        # At most 3 digits: int() of a pin of any length must never run (Python refuses > 4,300 digits).
+        if not 4 <= len(prefix) <= 6 or prefix[2] != 0 or prefix[1] != 0x77 or not prefix[3:].isdigit():
             return None
         kind = prefix[0] | 0x20
         number = int(prefix[3:])
@@ -124,7 +125,12 @@ class HardwareSession(asyncio.BufferedProtocol):
         "_offered",
         "_granted",
         "transport",
+        "ip",
         "peer",
+        "_pending",
+        "_write_paused",
+        "_write_paused_at",
+        "_reply_cost",
         "device",
         "closed",
         "sniffed",
@@ -172,7 +178,12 @@ class HardwareSession(asyncio.BufferedProtocol):
         self._offered = len(self._buf)
         self._granted = False  # this read was granted by ReadTurns: the full buffer even when busy
         self.transport: asyncio.Transport | None = None
+        self.ip = "?"
         self.peer = "?"
+        self._pending = False  # counted by the server's LoginGuard as waiting for login
+        self._write_paused = False  # more than write_buffer_high bytes wait to be sent: not read meanwhile
+        self._write_paused_at = 0.0
+        self._reply_cost = 0  # frames sent in answer to this read's requests, charged with its frames
         self.device: DeviceState | None = None
         self.closed = False
         self.sniffed = False
@@ -202,8 +213,16 @@ class HardwareSession(asyncio.BufferedProtocol):
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self.transport = transport
         peer = transport.get_extra_info("peername")
+        self.ip = str(peer[0]) if peer else "?"
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.stats.connections += 1
+        if self.server.guard.admit(self.ip) is not None:
+            self.closed = True  # over a pending-login cap or the IP's failed-login budget: no answer
+            transport.close()
+            return
+        self._pending = True
+        high = self.settings.write_buffer_high
+        transport.set_write_buffer_limits(high=high, low=high // 4)  # drives pause_writing/resume_writing
         self.last_read = self.loop.time()
         self.server.sessions.add(self)
         self._arm(self.timeout)
@@ -272,6 +291,8 @@ class HardwareSession(asyncio.BufferedProtocol):
                     self._before_login(frame)
                 else:
                     self._dispatch(frame)
+            if not self.closed:  # logged in: what came after the login in this read is charged too
+                self._charge_read(len(frames), frames[-1][1])
             return
         if self.closed:
             return
@@ -305,7 +326,13 @@ class HardwareSession(asyncio.BufferedProtocol):
                 return
         if writes:
             self._apply_writes(writes)
-        self._charge(len(frames), frames[-1][1])
+        self._charge_read(len(frames), frames[-1][1])
+
+    def _charge_read(self, frames: int, msg_id: int) -> None:
+        """Charge a read's frames and the frames sent in answer to them (a sync naming many pins
+        costs what it makes the server send)."""
+        cost, self._reply_cost = frames + self._reply_cost, 0
+        self._charge(cost, msg_id)
 
     def _apply_writes(self, writes: list) -> None:
         failed = self.domain.write_keys(self.device, writes, self._group_ts or self._batch_ms)
@@ -323,6 +350,7 @@ class HardwareSession(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc) -> None:
         self.closed = True
+        self._release_pending()
         self.server.sessions.discard(self)
         self._deadlines.cancel(self)
         dev = self.device
@@ -335,15 +363,37 @@ class HardwareSession(asyncio.BufferedProtocol):
 
     # --- sending ------------------------------------------------------------------------------
 
-    def _write(self, data: bytes, command: int) -> None:
+    def _write(self, data: bytes, command: int, frames: int = 1) -> None:
         if self.closed or self.transport is None:
             return
-        self.stats.messages_out[command] += 1
+        self.stats.messages_out[command] += frames
         self.stats.bytes_out += len(data)
         if self._paced is not None:
             self._paced_write(data)
             return
         self.transport.write(data)
+        if self._write_paused:
+            unsent = self.transport.get_write_buffer_size()
+            if unsent > self.settings.write_buffer_max:
+                self._close_slow(f"{unsent} bytes unsent (write_buffer_max {self.settings.write_buffer_max})")
+
+    def pause_writing(self) -> None:
+        """Over ``write_buffer_high`` bytes wait to go out: read nothing more from this device (its
+        requests would only add replies) until they drain to the low mark."""
+        self._write_paused = True
+        self._write_paused_at = self.loop.time()
+        self.stats.write_pauses += 1
+        if not self.closed:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self.last_read = self.loop.time()  # it was not read by our choice: its idle clock starts again
+        self._resume_reading()
+
+    def _close_slow(self, reason: str) -> None:
+        self.stats.slow_reader_closes += 1
+        self.close(f"slow reader: {reason}")
 
     def _paced_write(self, data: bytes) -> None:
         """blynklib parses only the first frame of each recv() and loses the rest, so frames that
@@ -380,6 +430,26 @@ class HardwareSession(asyncio.BufferedProtocol):
 
     def _send(self, command: int, body: bytes, msg_id: int) -> bool:
         """Send a frame, unless it exceeds the device's buff-in: then drop it, count it, log it."""
+        if not self._fits(command, body):
+            return False
+        if msg_id == 0:
+            msg_id = self._next_msg_id()
+        self._write(encode_frame(command, msg_id, body), command)
+        return True
+
+    def _send_all(self, command: int, bodies: list[bytes], msg_id: int) -> None:
+        """The frames answering one request: one transport write (blynklib's go through the paced
+        queue one by one), and charged to the device's message budget like its own frames."""
+        frames = [encode_frame(command, msg_id or self._next_msg_id(), b) for b in bodies if self._fits(command, b)]
+        self._reply_cost += len(frames)
+        if self._paced is not None:
+            for frame in frames:
+                self._write(frame, command)
+        elif frames:
+            self._write(b"".join(frames), command, len(frames))
+
+    def _fits(self, command: int, body: bytes) -> bool:
+        """Does the frame fit the device's buff-in? When not, it is counted and logged here."""
         if len(body) + 5 > self.buff_in:
             self.stats.dropped_oversize += 1
             log.warning(
@@ -390,9 +460,6 @@ class HardwareSession(asyncio.BufferedProtocol):
                 self.buff_in,
             )
             return False
-        if msg_id == 0:
-            msg_id = self._next_msg_id()
-        self._write(encode_frame(command, msg_id, body), command)
         return True
 
     def push(self, command: int, body: bytes, msg_id: int | None = None) -> bool:
@@ -420,7 +487,24 @@ class HardwareSession(asyncio.BufferedProtocol):
         self.closed = True
         log.info("closing device=%s peer=%s reason=%s", self._who(), self.peer, reason)
         if self.transport is not None:
-            self.transport.close()
+            if self.transport.get_write_buffer_size() > self.settings.write_buffer_high:
+                self.transport.abort()  # a device that does not read would keep its unsent output alive
+            else:
+                self.transport.close()
+
+    def _close_quietly(self, outcome: str, failed: bool) -> None:
+        """Close a connection that never logged in. No log line of its own: the guard summarises them
+        (a token scanner makes tens of thousands a second); a failed login is charged to the IP."""
+        if failed:
+            self.server.guard.failed(self.ip)
+        self.server.guard.note(outcome, self.ip)
+        self.closed = True
+        self.transport.close()
+
+    def _release_pending(self) -> None:
+        if self._pending:
+            self._pending = False
+            self.server.guard.release(self.ip)
 
     def _who(self) -> str:
         return str(self.device.id) if self.device is not None else "-"
@@ -436,7 +520,14 @@ class HardwareSession(asyncio.BufferedProtocol):
         if self.device is None:
             self.stats.login_timeouts += 1
             self.stats.logins["timeout"] += 1
-            self.close("login timeout")
+            self._close_quietly("timeout", False)
+            return
+        if self._write_paused:
+            blocked = self.loop.time() - self._write_paused_at
+            if blocked >= self.timeout:
+                self._close_slow(f"output blocked for {blocked:.0f}s (timeout {self.timeout:.0f}s)")
+            else:
+                self._arm(self.timeout - blocked)
             return
         idle = self.loop.time() - self.last_read
         if idle >= self.timeout:
@@ -448,7 +539,11 @@ class HardwareSession(asyncio.BufferedProtocol):
     def _resume_turn(self) -> None:
         self._turn_paused = False
         self._granted = True
-        if not self._flood_paused and not self.closed:
+        self._resume_reading()
+
+    def _resume_reading(self) -> None:
+        """Read again, unless another reason to pause remains (flood, read turn, unsent output)."""
+        if not (self._flood_paused or self._turn_paused or self._write_paused or self.closed):
             self.transport.resume_reading()
 
     def _charge(self, count: int, msg_id: int) -> None:
@@ -471,8 +566,7 @@ class HardwareSession(asyncio.BufferedProtocol):
 
     def _resume_flood(self) -> None:
         self._flood_paused = False
-        if not self._turn_paused and not self.closed:
-            self.transport.resume_reading()
+        self._resume_reading()
 
     def _sniff(self, nbytes: int) -> bool:
         """True when the bytes were taken: handed to HTTP, or a partial HTTP method held back (a slow
@@ -494,6 +588,7 @@ class HardwareSession(asyncio.BufferedProtocol):
     def _handoff_http(self, first: bytes) -> None:
         """The first bytes are an HTTP request: give the connection to the HTTP application."""
         self._deadlines.cancel(self)
+        self._release_pending()  # HTTP has limits of its own
         self.server.sessions.discard(self)
         self.closed = True
         protocol = self.server.http_handoff()
@@ -507,16 +602,16 @@ class HardwareSession(asyncio.BufferedProtocol):
         cmd, msg_id, body = frame
         if cmd not in LOGINS:
             self.stats.logins["not_logged_in"] += 1
-            log.info("message before login peer=%s command=%d", self.peer, cmd)
-            self.close(f"command {cmd} before login")
+            self._close_quietly("not_logged_in", True)
             return
         token = body.decode("utf-8", "replace").strip()
         dev = self.domain.authenticate(token) if token else None
         if dev is None:
             self.stats.logins["invalid_token"] += 1
-            log.info("invalid token peer=%s", self.peer)
             self._reply(msg_id, Status.INVALID_TOKEN)
+            self._close_quietly("invalid_token", True)  # after the answer: one token per connection
             return
+        self._release_pending()
         self.device = dev
         self.login_command = cmd
         self.stats.logins["ok"] += 1
@@ -577,8 +672,8 @@ class HardwareSession(asyncio.BufferedProtocol):
         except BodyError:
             self._reply(msg_id, Status.ILLEGAL_COMMAND)
             return
-        for pin, value in self.domain.sync_values(self.device, pins):
-            self._send(Command.HARDWARE, f"{pin.kind}w\0{pin.number}\0".encode() + value, msg_id)
+        values = self.domain.sync_values(self.device, pins)  # parse_sync named each pin once
+        self._send_all(Command.HARDWARE, [f"{p.kind}w\0{p.number}\0".encode() + v for p, v in values], msg_id)
 
     def _on_internal(self, msg_id: int, body: bytes) -> None:
         if not body:
@@ -592,12 +687,13 @@ class HardwareSession(asyncio.BufferedProtocol):
         if sub == "rtc":
             self._send(Command.INTERNAL, internal_body("rtc", rtc_seconds(tz)), msg_id)
         elif sub == "utc":
-            for what in args or [b"time"]:
-                answer = utc_answer(what.decode("ascii", "replace"), tz)
-                if answer is None:
-                    self._reply(msg_id, Status.ILLEGAL_COMMAND)
-                else:
-                    self._send(Command.INTERNAL, internal_body("utc", *answer), msg_id)
+            # Each known request answered once, in the order first asked; all unknown ones get one
+            # ILLEGAL_COMMAND: a frame of 16,000 fields costs at most six answers.
+            asked = dict.fromkeys(args or [b"time"])
+            answers = [internal_body("utc", *utc_answer(w.decode(), tz)) for w in asked if w in UTC_REQUESTS]
+            self._send_all(Command.INTERNAL, answers, msg_id)
+            if len(answers) < len(asked):
+                self._reply(msg_id, Status.ILLEGAL_COMMAND)
         elif sub == "meta":
             self._on_meta(msg_id, args)
         elif sub in ("dbg", "acon", "adis", "ota", "vfs"):
@@ -606,6 +702,11 @@ class HardwareSession(asyncio.BufferedProtocol):
             self._reply(msg_id, Status.ILLEGAL_COMMAND)
 
     def _on_info(self, msg_id: int, body: bytes) -> None:
+        if len(body) > self.settings.max_info_size:
+            # Not stored, nothing of it applied; the device stays connected (its next info may fit).
+            log.debug("info message of %d bytes refused device=%d", len(body), self.device.id)
+            self._reply(msg_id, Status.ILLEGAL_COMMAND_BODY)
+            return
         info = parse_info(body)
         if info.buff_in:
             self.buff_in = info.buff_in
@@ -672,7 +773,7 @@ class HardwareSession(asyncio.BufferedProtocol):
 
     def _on_group(self, msg_id: int, body: bytes) -> None:
         try:
-            what, ts = parse_group(body)
+            what, ts = parse_group(body, MAX_TS_MS)  # 0 < ts <= year 9999: what the store and domain accept
         except BodyError:
             self._reply(msg_id, Status.ILLEGAL_COMMAND)
             return

@@ -18,11 +18,22 @@ class HardwareStats:
         "idle_timeouts",
         "login_timeouts",
         "replaced",
+        "pending_logins",
+        "refused",
+        "login_budget_ips",
+        "write_pauses",
+        "slow_reader_closes",
     )
 
     def __init__(self) -> None:
         self.connections = 0
         self.logins: dict[str, int] = {"ok": 0, "invalid_token": 0, "timeout": 0, "not_logged_in": 0}
+        # Connections closed at accept, unanswered (see guard.LoginGuard), by reason.
+        self.refused: dict[str, int] = {"budget_exhausted": 0, "pending_per_ip": 0, "pending_global": 0}
+        self.pending_logins = 0  # connections accepted and not yet logged in, closed or handed to HTTP
+        self.login_budget_ips = 0  # IPs whose failed-login budget is tracked
+        self.write_pauses = 0  # times a device's unsent output passed write_buffer_high
+        self.slow_reader_closes = 0  # devices closed for not reading their replies
         self.messages_in = [0] * 256  # by command code
         self.messages_out = [0] * 256
         self.bytes_in = 0
