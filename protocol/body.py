@@ -35,6 +35,7 @@ PIN_KINDS = {"v": "v", "d": "d", "a": "a"}
 HARDWARE_OPS = frozenset({"vw", "vr", "dw", "dr", "aw", "ar", "pm"})
 MAX_PIN = 255
 MAX_PIN_MODES = 3 * (MAX_PIN + 1)  # pin/mode pairs in one ``pm``: one per pin of each kind
+MAX_PIN_FIELDS = 3 * (MAX_PIN + 1)  # pin fields a property, distinct ones a sync, may name ("5", "V5", "05")
 MAX_INFO_NUMBER = 65535  # h-beat and buff-in are clamped to 1..this (a frame's length is 16 bits)
 
 
@@ -200,7 +201,10 @@ def parse_sync(body: bytes) -> list[Pin] | None:
     if len(op) != 2 or op[1] != "r" or op[0] not in "vda":
         raise BodyError(f"sync operation {fields[0]!r} is not a read")
     kind = op[0]
-    return list(dict.fromkeys(Pin(kind, parse_pin(f, kind).number) for f in fields[1:]))
+    named = dict.fromkeys(fields[1:])  # repeats dropped before any parsing: a 32 KB frame costs ~1 ms
+    if len(named) > MAX_PIN_FIELDS:
+        raise BodyError(f"sync names more than {MAX_PIN_FIELDS} distinct pins")
+    return list(dict.fromkeys(Pin(kind, parse_pin(f, kind).number) for f in named))
 
 
 # --- INTERNAL (17) ------------------------------------------------------------------------
@@ -330,13 +334,16 @@ class PropertyUpdate:
 
 def parse_property(body: bytes) -> PropertyUpdate:
     fields = split_fields(body)
-    pins: list[Pin] = []
+    pins: dict[bytes, Pin] = {}  # each distinct field parsed once
     i = 0
     while i < len(fields):
-        try:
-            pins.append(parse_pin(fields[i], "v"))
-        except BodyError:
-            break
+        if i >= MAX_PIN_FIELDS:  # no legitimate property names so many pins; the loop stays short
+            raise BodyError(f"property names more than {MAX_PIN_FIELDS} pins")
+        if fields[i] not in pins:
+            try:
+                pins[fields[i]] = parse_pin(fields[i], "v")
+            except BodyError:
+                break
         i += 1
     if not pins:
         raise BodyError("property body has no pin")
@@ -345,8 +352,8 @@ def parse_property(body: bytes) -> PropertyUpdate:
     values = tuple(fields[i + 1 :])
     if not values or values == (b"",):
         raise BodyError("property value missing")
-    # Each pin once: the store is written once per pin, and a frame may name one pin thousands of times.
-    return PropertyUpdate(tuple(dict.fromkeys(pins)), fields[i].decode("utf-8", "replace"), values)
+    # Each pin once: the store is written once per pin.
+    return PropertyUpdate(tuple(dict.fromkeys(pins.values())), fields[i].decode("utf-8", "replace"), values)
 
 
 def parse_event_log(body: bytes) -> tuple[str, str | None]:

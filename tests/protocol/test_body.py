@@ -176,6 +176,9 @@ def test_parse_sync():
 
 def test_parse_sync_names_each_pin_once():
     assert B.parse_sync(b"vr" + b"\x005\x00V5\x0005" * 16_000 + b"\x001") == [Pin("v", 5), Pin("v", 1)]
+    distinct = b"\x00".join(b"0" * n + b"5" for n in range(B.MAX_PIN_FIELDS + 1))
+    with pytest.raises(BodyError):
+        B.parse_sync(b"vr\x00" + distinct)
 
 
 # --- INTERNAL: info -------------------------------------------------------------------------
@@ -294,8 +297,10 @@ def test_parse_property_single_and_multi_pin():
     assert (p.name, p.values) == ("url", (b"1", b"https://x/y.png"))
     p = B.parse_property(b"0\x001\x002\x00isDisabled\x00true")
     assert (p.pins, p.name, p.values) == ((Pin("v", 0), Pin("v", 1), Pin("v", 2)), "isDisabled", (b"true",))
-    p = B.parse_property(b"1\x00" * 10_000 + b"V2\x00color\x00red")
+    p = B.parse_property(b"1\x00" * 100 + b"V2\x00color\x00red")
     assert p.pins == (Pin("v", 1), Pin("v", 2))
+    with pytest.raises(BodyError):
+        B.parse_property(b"1\x00" * (B.MAX_PIN_FIELDS + 1) + b"color\x00red")
 
 
 @pytest.mark.parametrize("body", [b"", b"color\x00x", b"1", b"1\x00", b"1\x00color", b"1\x00color\x00", b"1\x002\x003"])
