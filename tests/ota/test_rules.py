@@ -45,3 +45,13 @@ def test_durations():
     assert st.parse_duration("24h") == 86400 and st.parse_duration("2s") == 2 and st.parse_duration("3") == 10800
     with pytest.raises(ValueError):
         st.parse_duration("soon")
+
+
+def test_versions_of_any_length():
+    """A device may report a version with thousands of digits (past int()'s limit): it still compares."""
+    huge = "9" * 5000
+    assert st.version_key(huge) > st.version_key("1.0") and st.version_key(f"1.{huge}") > st.version_key("1.9")
+    assert (
+        st.version_key("007.0") == st.version_key("7")
+        and st.condition_met("lower-version", "2.0", None, huge, None) is False
+    )

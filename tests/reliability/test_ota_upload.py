@@ -1,0 +1,82 @@
+"""Admin firmware uploads go up to ``ota_max_firmware``, streamed to disk (issue 10, finding 9): a
+2-3 MB ESP32 image is accepted raw and as multipart (aiohttp's default body cap is 1 MiB); past the
+limit the answer is 413 and no temp file stays behind."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import aiohttp
+
+from tests.ota.conftest import image
+
+from .conftest import assert_no_traceback
+
+LIMIT = 200_000
+
+
+def _leftovers(srv) -> list[str]:
+    folder = srv.data_dir / "firmware"
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".bin")) if folder.exists() else []
+
+
+async def test_big_images_upload(make_server, unique):
+    srv = make_server()
+    base = f"http://{srv.admin_host}:{srv.admin_port}/api/ota/firmware"
+    raw = image("1.0.0", unique, size=2_500_000, seed=21)
+    multi = image("1.0.1", unique, size=3_000_000, seed=22)
+    async with aiohttp.ClientSession(headers={"X-API-Key": srv.api_key}) as s:
+        async with s.post(f"{base}?name=esp32.bin", data=raw) as r:
+            assert r.status == 201, await r.text()
+            fw = await r.json()
+        assert (fw["size"], fw["sha256"], fw["version"]) == (len(raw), hashlib.sha256(raw).hexdigest(), "1.0.0")
+        assert (srv.data_dir / "firmware" / f"{fw['sha256']}.bin").read_bytes() == raw
+        form = aiohttp.FormData()
+        form.add_field("note", "ignored")
+        form.add_field("upfile", multi, filename="big.bin", content_type="application/octet-stream")
+        async with s.post(base, data=form) as r:
+            assert r.status == 201, await r.text()
+            fw2 = await r.json()
+        assert (fw2["size"], fw2["md5"], fw2["file_name"]) == (len(multi), hashlib.md5(multi).hexdigest(), "big.bin")
+        async with s.post(base, data=raw) as r:  # the same content again: the same id
+            assert r.status == 200 and (await r.json())["id"] == fw["id"]
+    assert _leftovers(srv) == []
+    assert_no_traceback(srv)
+
+
+async def test_over_the_limit_is_413(make_server, tmp_path, unique, monkeypatch):
+    monkeypatch.setenv("BLYNK_OTA_MAX_FIRMWARE", str(LIMIT))  # for the server and the CLI
+    srv = make_server()
+    base = f"http://{srv.admin_host}:{srv.admin_port}/api/ota/firmware"
+    over = image("1.0.0", unique, size=LIMIT + 1, seed=23)
+    at_limit = image("1.0.0", unique, size=LIMIT, seed=24)
+
+    async def chunks():
+        for i in range(0, len(over), 50_000):
+            yield over[i : i + 50_000]
+
+    async with aiohttp.ClientSession(headers={"X-API-Key": srv.api_key}) as s:
+        form = aiohttp.FormData()
+        form.add_field("file", over, filename="over.bin")
+        # Declared too long; sent chunked (the limit is met while streaming); multipart.
+        for data in (over, chunks(), form):
+            async with s.post(base, data=data) as r:
+                assert r.status == 413, await r.text()
+                assert str(LIMIT) in (await r.json())["error"]["message"]
+            assert _leftovers(srv) == []
+        async with s.post(base, data=at_limit) as r:
+            assert r.status == 201, await r.text()
+        async with s.post(base, data=b"") as r:
+            assert r.status == 400 and "empty" in (await r.json())["error"]["message"]
+    # The CLI has the same limit.
+    path = tmp_path / "over.bin"
+    path.write_bytes(over)
+    out = srv.cli("ota", "upload", str(path), check=False)
+    assert out.returncode == 2 and str(LIMIT) in out.stderr
+    assert _leftovers(srv) == []
+    path.write_bytes(image("1.0.2", unique, size=1000, seed=25))
+    out = srv.cli("ota", "upload", str(path), "--version", "x" * 65, check=False)
+    assert out.returncode == 2 and "longer than 64" in out.stderr
+    assert json.loads(srv.cli("ota", "upload", str(path)).stdout)["version"] == "1.0.2"
+    assert_no_traceback(srv)
