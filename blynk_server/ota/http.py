@@ -277,6 +277,8 @@ async def _json_body(request: web.Request) -> dict:
     """The request's JSON object; anything else (including numbers too long for Python) is a 400."""
     try:
         body = await request.json()
+    except web.HTTPRequestEntityTooLarge:
+        raise ships.ShipmentError(f"Body larger than {request.client_max_size} bytes.", 413) from None
     except (ValueError, UnicodeDecodeError):
         raise ships.ShipmentError("Body must be a JSON object.") from None
     if not isinstance(body, dict):
