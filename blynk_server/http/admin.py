@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import sqlite3
 from typing import TYPE_CHECKING
 
@@ -17,10 +18,19 @@ from aiohttp import web
 
 from blynk_server import apikey
 from blynk_server.domain import InvalidValue
-from blynk_server.http.common import ApiError, Handler, json_error, metrics_middleware, parse_pin_name
+from blynk_server.http.common import (
+    INT64_MAX,
+    ApiError,
+    Handler,
+    json_error,
+    json_to_raw,
+    metrics_middleware,
+    parse_pin_name,
+    route_name,
+)
 from blynk_server.metrics import render
 from blynk_server.model import DATASTREAM_TYPES, Datastream
-from protocol.body import BodyError, parse_pin
+from protocol.body import BodyError, parse_pin, parse_uint
 
 if TYPE_CHECKING:
     from blynk_server.app import BlynkServer
@@ -42,7 +52,7 @@ def auth_middleware(server: BlynkServer):
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path not in PUBLIC_PATHS and not apikey.check_key(_presented_key(request), server.api_key_hash):
-            log.info("admin auth failed path=%s peer=%s", request.path, request.remote)
+            log.info("admin auth failed route=%s peer=%s", route_name(request), request.remote)
             return json_error("Missing or invalid API key.", 401)
         try:
             return await handler(request)
@@ -55,7 +65,7 @@ def auth_middleware(server: BlynkServer):
 async def _json_body(request: web.Request) -> dict:
     try:
         body = await request.json()
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # also numbers over 4,300 digits
         raise ApiError("Body must be a JSON object.") from None
     if not isinstance(body, dict):
         raise ApiError("Body must be a JSON object.")
@@ -75,8 +85,12 @@ def datastream_from_json(pin: str, d: dict) -> Datastream:
         mn = float(d["min"]) if d.get("min") is not None else None
         mx = float(d["max"]) if d.get("max") is not None else None
         enum = tuple(int(x) for x in d.get("enum_values") or ())
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ApiError("min, max and enum_values must be numbers.") from None
+    if not all(math.isfinite(x) for x in (mn, mx) if x is not None) or not all(
+        -INT64_MAX - 1 <= x <= INT64_MAX for x in enum
+    ):
+        raise ApiError("min, max and enum_values must be finite numbers within 64 bits.")
     if mn is not None and mx is not None and mn > mx:
         raise ApiError("min is greater than max.")
     default = d.get("default")
@@ -120,8 +134,8 @@ def build_admin_app(server: BlynkServer) -> web.Application:
 
     def device_or_404(request: web.Request):
         try:
-            device_id = int(request.match_info["device_id"])
-        except ValueError:
+            device_id = parse_uint(request.match_info["device_id"], INT64_MAX)
+        except BodyError:
             raise ApiError("Device not found.", 404) from None
         dev = domain().device(device_id)
         if dev is None:
@@ -250,16 +264,17 @@ def build_admin_app(server: BlynkServer) -> web.Application:
         if value is None or any(isinstance(v, (dict, list)) or v is None for v in values):
             raise ApiError("value must be a string, a number or a list of them.")
         try:
-            stored = domain().write_pin(dev, pin, b"\0".join(str(v).encode() for v in values), deliver=True)
-        except InvalidValue as exc:
+            raw = b"\0".join(str(v).encode() if isinstance(v, str) else json_to_raw(v) for v in values)
+            stored = domain().write_pin(dev, pin, raw, deliver=True)
+        except ValueError as exc:  # InvalidValue, or json_to_raw's "Number is out of range."
             raise ApiError(str(exc)) from None
         return web.json_response({"pin": pin.key, "value": stored.decode("utf-8", "replace")})
 
     async def device_events(request: web.Request) -> web.Response:
         dev = device_or_404(request)
         try:
-            limit = max(1, min(10_000, int(request.query.get("limit", "1000"))))
-        except ValueError:
+            limit = max(1, min(10_000, parse_uint(request.query.get("limit", "1000"), INT64_MAX)))
+        except BodyError:
             raise ApiError("limit must be an integer.") from None
         await asyncio.get_running_loop().run_in_executor(None, store().flush_now)
         return web.json_response(store().events(dev.id, limit))
@@ -273,7 +288,10 @@ def build_admin_app(server: BlynkServer) -> web.Application:
         value = (await _json_body(request)).get("value")
         if not isinstance(value, str):
             raise ApiError("value must be a string.")
-        domain().meta_set(dev, request.match_info["name"], value)
+        try:
+            domain().meta_set(dev, request.match_info["name"], value)
+        except InvalidValue as exc:  # the domain's caps on metadata sizes and counts
+            raise ApiError(str(exc)) from None
         return web.json_response({"name": request.match_info["name"], "value": value})
 
     r = app.router

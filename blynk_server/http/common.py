@@ -17,7 +17,8 @@ from protocol.body import SEP, Pin
 log = logging.getLogger(__name__)
 
 PIN_RE = re.compile(r"^([vVdDaA])([0-9]{1,3})$")  # ASCII digits only (``\d`` takes any script's)
-INT64_MAX = 2**63 - 1  # JSON integers beyond SQLite's 64-bit range are refused, never stored
+INT64_MAX = 2**63 - 1
+MAX_BATCH = 10_000  # points in one batch/update or legacy extra/pin body  # JSON integers beyond SQLite's 64-bit range are refused, never stored
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 

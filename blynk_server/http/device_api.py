@@ -26,6 +26,7 @@ from multidict import MultiDictProxy
 
 from blynk_server.domain import DeviceState, EventRejected, InvalidValue
 from blynk_server.http.common import (
+    MAX_BATCH,
     ApiError,
     json_error,
     json_timestamp,
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH = 10_000
 MONTH_MS = 31 * 24 * 3600 * 1000
 PERIODS_MS = {
     "HOUR": 3600_000,

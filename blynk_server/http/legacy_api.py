@@ -1,7 +1,8 @@
 """The legacy blynk-server token API, ``/{token}/...`` (reference protocol.md §10.1).
 
 Errors are ``text/plain`` with the legacy messages (the device app's error middleware renders
-``ApiError`` as plain text for these paths). Only the device-facing calls are served: the app-only
+``ApiError`` as plain text for these paths). Each request spends one of the device's request rate
+(``http_request_rate``), as on ``/external/api``. The path holds the token: logs name the route pattern. Only the device-facing calls are served: the app-only
 ones (notify, email, qr, project, rtc, data export) have no equivalent here and answer 404.
 """
 
@@ -13,7 +14,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from blynk_server.domain import DeviceState, InvalidValue
-from blynk_server.http.common import ApiError, parse_pin_name
+from blynk_server.http.common import MAX_BATCH, ApiError, json_timestamp, json_to_raw, parse_pin_name
+from blynk_server.http.limits import check_rate
 from protocol.body import SEP, Pin
 
 if TYPE_CHECKING:
@@ -24,6 +26,17 @@ JSON_UTF8 = "application/json"
 
 def _json(value: object) -> web.Response:
     return web.Response(text=json.dumps(value), content_type=JSON_UTF8, charset="utf-8")
+
+
+def _text(value: object) -> str:
+    """A value from a JSON body as text: numbers as ``json_to_raw`` gives them (range-checked), the
+    rest as ``str()`` (the legacy server's Jackson took any scalar)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return json_to_raw(value).decode()
+        except ValueError as exc:
+            raise ApiError(str(exc)) from None
+    return str(value)
 
 
 def add_routes(app: web.Application, server: BlynkServer) -> None:
@@ -37,6 +50,7 @@ def add_routes(app: web.Application, server: BlynkServer) -> None:
         dev = domain.device_by_token(token)
         if dev is None:
             raise ApiError("Invalid token.")
+        check_rate(request, dev.id)
         return dev
 
     def pin(request: web.Request) -> Pin:
@@ -56,8 +70,8 @@ def add_routes(app: web.Application, server: BlynkServer) -> None:
             raise ApiError("Unexpected content type. Expecting application/json.", 500)
         try:
             return json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(str(exc), 500) from None
+        except (ValueError, UnicodeDecodeError, RecursionError):  # also numbers over 4,300 digits
+            raise ApiError("Wrong request format.") from None
 
     async def get_pin(request: web.Request) -> web.Response:
         dev = device(request)
@@ -77,8 +91,11 @@ def add_routes(app: web.Application, server: BlynkServer) -> None:
         names = list(dict.fromkeys(q.keys()))
         if not names:
             raise ApiError("Wrong request format.")
-        for name in names:
-            domain.set_property(dev, [p], name, [v.encode() for v in q.getall(name)])
+        try:
+            for name in names:
+                domain.set_property(dev, [p], name, [v.encode() for v in q.getall(name)])
+        except InvalidValue as exc:  # the domain's caps on property names, sizes and counts
+            raise ApiError(str(exc)) from None
         return web.Response()
 
     async def update_put(request: web.Request) -> web.Response:
@@ -87,7 +104,7 @@ def add_routes(app: web.Application, server: BlynkServer) -> None:
         body = await json_body(request)
         if not isinstance(body, list) or not body:
             raise ApiError("No pin for update provided.")
-        write(dev, p, [str(v) for v in body])
+        write(dev, p, [_text(v) for v in body])
         return web.Response()
 
     async def extra_put(request: web.Request) -> web.Response:
@@ -96,11 +113,13 @@ def add_routes(app: web.Application, server: BlynkServer) -> None:
         body = await json_body(request)
         if not isinstance(body, list) or not body:
             raise ApiError("No pin for update provided.")
+        if len(body) > MAX_BATCH:
+            raise ApiError(f"Too much data in batch. Maximum batch size is {MAX_BATCH} points.")
         points = []
         for item in body:
             if not isinstance(item, dict) or "value" not in item or not isinstance(item.get("timestamp"), int):
                 raise ApiError("Wrong request format.")
-            points.append((item["timestamp"], str(item["value"]).encode()))
+            points.append((json_timestamp(item["timestamp"]), _text(item["value"]).encode()))
         try:
             # Every point goes to history; the first one becomes the current value and reaches the device.
             domain.write_history(dev, p, points[1:])

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -68,7 +68,7 @@ class ConnectionGuard:
 class GuardedHandler(RequestHandler):
     """aiohttp's per-connection protocol with the per-IP cap and a header-read timeout."""
 
-    __slots__ = ("_guard", "_header_timeout", "_header_timer", "_ip", "_stats")
+    __slots__ = ("_guard", "_handled", "_header_timeout", "_header_timer", "_ip", "_stats")
 
     def __init__(
         self, manager: Server, *, guard: ConnectionGuard, header_timeout: float, stats: HttpStats, **kwargs: Any
@@ -79,14 +79,15 @@ class GuardedHandler(RequestHandler):
         self._header_timer: asyncio.TimerHandle | None = None
         self._ip: str | None = None  # set once admitted: a refused connection never reaches aiohttp
         self._stats = stats
+        self._handled = 0  # requests answered; equal to aiohttp's _request_count (parsed) when idle
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
         ip = str(peer[0]) if peer else "unknown"
         if not self._guard.acquire(ip):
-            assert isinstance(transport, asyncio.WriteTransport)
-            transport.write(REFUSED_RESPONSE)
-            transport.close()
+            tcp = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+            tcp.write(REFUSED_RESPONSE)
+            tcp.close()
             return
         self._ip = ip
         super().connection_made(transport)
@@ -99,9 +100,18 @@ class GuardedHandler(RequestHandler):
         super().data_received(data)
         if self._request_count != parsed:
             self._cancel_header_timer()
-        elif self._header_timer is None and self._waiter is not None and not self._messages:
-            # Idle between requests, and the first bytes of the next one came: its headers are timed too.
+        elif self._header_timer is None and self._request_count == self._handled:
+            # No request parsed and unanswered (these bytes are no body): they begin the next request,
+            # whose headers are timed too.
             self._arm_header_timer()
+
+    async def _handle_request(self, *args: Any, **kwargs: Any) -> Any:
+        """aiohttp's per-request step (called by ``start()`` for every parsed request, errors included):
+        counted, so ``data_received`` knows whether bytes are a body or a new request."""
+        try:
+            return await super()._handle_request(*args, **kwargs)
+        finally:
+            self._handled += 1
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._ip is None:
