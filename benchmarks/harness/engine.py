@@ -120,6 +120,9 @@ class Device(asyncio.Protocol):
         self.ping_t = 0.0
         self.ping_id = 0
         self.sent = 0
+        self.value = 0  # "others" mode: the last value written to V1, and the last one acknowledged
+        self.pending = 0
+        self.acked = 0
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self.transport = transport
@@ -191,6 +194,8 @@ class Device(asyncio.Protocol):
     def _pong(self) -> None:
         rtt = time.perf_counter() - self.ping_t
         self.ping_t = 0.0
+        if self.pending:  # the server handles a connection's frames in order: the write before this ping is applied
+            self.acked, self.pending = self.pending, 0
         self.w.on_pong(self, rtt)
 
 
@@ -228,7 +233,9 @@ class Worker:
     def on_pong(self, dev: Device, rtt: float) -> None:
         self.pongs += 1
         mode = self.spec["mode"]
-        if self.measuring:
+        if mode == "others":  # every ping of an "others" run was sent inside the window: keep late answers too
+            self.rtts.append(rtt)
+        elif self.measuring:
             self.measured_pongs += 1
             if mode == "probe" or (mode == "pingpong" and len(self.rtts) < 200_000):  # RTTs: the first 200k
                 self.rtts.append(rtt)
@@ -290,6 +297,7 @@ class Worker:
     # workloads
     async def run(self, duration: float) -> dict:
         mode = self.spec["mode"]
+        self.rtts, self.measured_pongs = [], 0  # per run (a worker may run several windows)
         self.running = True
         self.measuring = True
         t0 = time.perf_counter()
@@ -309,13 +317,15 @@ class Worker:
             await self._idle(deadline)
         elif mode == "command":
             sent = await self._command(deadline)
+        elif mode == "others":
+            sent = await self._others(deadline)
         elif mode == "sys":
             await asyncio.sleep(max(0.0, deadline - time.perf_counter()))
         self.running = False
         elapsed = time.perf_counter() - t0
         self.measuring = False
         await asyncio.sleep(self.spec.get("drain", 1.0))  # let the last pings/commands come back
-        return {
+        out = {
             "sent": sent,
             "elapsed": elapsed,
             "pongs": self.measured_pongs,
@@ -330,6 +340,13 @@ class Worker:
             "skipped": self.skipped,
             "alive": sum(not d.closed for d in self.devices),
         }
+        if mode == "others":
+            now = time.perf_counter()  # pings still unanswered count with their age so far (a lower bound)
+            self.rtts.extend(now - d.ping_t for d in self.devices if d.ping_t and not d.closed)
+            out["acked"] = {d.ident: d.acked for d in self.devices if d.acked}
+            out["unanswered"] = sum(1 for d in self.devices if d.ping_t and not d.closed)
+            out["writes"] = sum(d.value for d in self.devices)
+        return out
 
     def _frame(self) -> bytes:
         return (
@@ -420,6 +437,38 @@ class Worker:
             self.devices_extra = getattr(self, "devices_extra", [])
             self.devices_extra.append(dev)
 
+    async def _others(self, deadline: float) -> int:
+        """Well-behaved devices beside an attack: each pings every ``interval`` s (staggered, at most one
+        outstanding) and every ``write_every``-th time writes an increasing counter to V1 just before the
+        ping; the ping's answer acknowledges that write (``Device.acked``)."""
+        interval = self.spec.get("interval", 1.0)
+        write_every = self.spec.get("write_every", 5)
+        base = self.spec.get("value_base", 0)  # counters continue above what earlier runs stored
+        for dev in self.devices:
+            dev.value = max(dev.value, base)
+        n = len(self.devices)
+        start = time.perf_counter()
+        done = 0
+        late = 0
+        while time.perf_counter() < deadline and n:
+            target = int((time.perf_counter() - start) / interval * n)
+            while done < target:
+                dev = self.devices[done % n]
+                done += 1
+                if dev.closed:
+                    continue
+                if dev.ping_t:  # the previous ping is still unanswered
+                    late += 1
+                    continue
+                if write_every and (done // n) % write_every == (done % n) % write_every:
+                    dev.value += 1
+                    dev.pending = dev.value
+                    dev.transport.write(encode_frame(Command.HARDWARE, 3, join_fields("vw", 1, dev.value)))
+                dev.ping()
+            await asyncio.sleep(0.005)
+        self.skipped = late
+        return done
+
     async def _idle(self, deadline: float) -> None:
         """Hold the sessions; each pings at its heartbeat (40 s), staggered."""
         hb = self.spec.get("heartbeat", 40.0)
@@ -490,7 +539,7 @@ async def _worker(conn, spec: dict) -> None:
         await asyncio.sleep(max(0.0, start_at - time.time()))
     conn.send(await worker.connect_all())
     msg = await loop.run_in_executor(None, conn.recv)  # ("run", duration) or ("close",)
-    if msg[0] == "run":
+    while msg[0] == "run":  # one run per message until "close"
         conn.send(await worker.run(msg[1]))
         msg = await loop.run_in_executor(None, conn.recv)
     worker.close()

@@ -145,14 +145,16 @@ class BlynkTarget(Target):
         self._cli("device", "import", str(csv))
         return tokens
 
-    def start(self, message_rate: float | None = None, **_: object) -> None:
+    def start(
+        self, message_rate: float | None = None, log_level: str = "WARNING", args: tuple[str, ...] = (), **_: object
+    ) -> None:
         extra = ["--message-rate", str(message_rate)] if message_rate else []
-        extra += os.environ.get("BENCH_SERVER_ARGS", "").split()  # e.g. "--flush-interval 10", for experiments
+        extra += [*args, *os.environ.get("BENCH_SERVER_ARGS", "").split()]  # e.g. "--flush-interval 10"
         self.stderr_path = self.workdir / "server-stderr.log"
         started = start_server(
             self.data_dir,
             "--log-level",
-            "WARNING",
+            log_level,
             *extra,
             stderr=self.stderr_path,
             cwd=self.workdir,
