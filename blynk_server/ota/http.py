@@ -24,6 +24,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from blynk_server.ota import shipments as ships
 from blynk_server.ota import status as st
@@ -333,7 +334,14 @@ def add_admin_routes(app: web.Application, server: BlynkServer) -> None:
             raise FirmwareTooLarge(f"the firmware file is larger than {limit} bytes (ota_max_firmware)")
         q = request.query
         with Upload(ota.settings.data_dir, limit) as up:
-            part_name = await _receive(request, up)
+            try:
+                part_name = await _receive(request, up)
+            except (ConnectionError, HttpProcessingError, ValueError) as exc:
+                if isinstance(exc, FirmwareError):
+                    raise
+                # The client went away mid-body, or sent a broken chunked or multipart body.
+                log.info("firmware upload not received peer=%s error=%s", request.remote, type(exc).__name__)
+                raise FirmwareError("the upload was cut short or is not a well-formed body") from None
             fw, created = await asyncio.to_thread(
                 register,
                 ota.db,

@@ -4,8 +4,10 @@ limit the answer is 413 and no temp file stays behind."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import time
 
 import aiohttp
 
@@ -79,4 +81,28 @@ async def test_over_the_limit_is_413(make_server, tmp_path, unique, monkeypatch)
     out = srv.cli("ota", "upload", str(path), "--version", "x" * 65, check=False)
     assert out.returncode == 2 and "longer than 64" in out.stderr
     assert json.loads(srv.cli("ota", "upload", str(path)).stdout)["version"] == "1.0.2"
+    assert_no_traceback(srv)
+
+
+async def test_cut_short_or_malformed(make_server, unique):
+    """A client that goes away mid-body, or sends a broken multipart body: a one-line log or a 400,
+    never a traceback, and no temp file stays."""
+    srv = make_server()
+    head = f"POST /api/ota/firmware HTTP/1.1\r\nHost: x\r\nX-API-Key: {srv.api_key}\r\n"
+    for extra in ("", "Content-Type: multipart/form-data; boundary=BB\r\n"):
+        r, w = await asyncio.open_connection(srv.admin_host, srv.admin_port)
+        body = b'--BB\r\nContent-Disposition: form-data; name="f"; filename="a.bin"\r\n\r\n' if extra else b""
+        w.write(f"{head}{extra}Content-Length: 1000000\r\n\r\n".encode() + body + b"x" * 100_000)
+        await w.drain()
+        w.close()
+        deadline = time.monotonic() + 10
+        while srv.stderr().count("firmware upload not received") < (2 if extra else 1):
+            assert time.monotonic() < deadline, srv.stderr()[-2000:]
+            await asyncio.sleep(0.05)
+    async with aiohttp.ClientSession(headers={"X-API-Key": srv.api_key}) as s:
+        bad = b"--XX\r\n\r\nabcdefghijkl"
+        headers = {"Content-Type": "multipart/form-data; boundary=BB"}
+        async with s.post(f"http://{srv.admin_host}:{srv.admin_port}/api/ota/firmware", data=bad, headers=headers) as r:
+            assert r.status == 400 and "well-formed" in (await r.json())["error"]["message"]
+    assert _leftovers(srv) == []
     assert_no_traceback(srv)
