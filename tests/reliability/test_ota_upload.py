@@ -11,7 +11,8 @@ import time
 
 import aiohttp
 
-from tests.ota.conftest import image
+from blynk_server.devclient import DeviceClient
+from tests.ota.conftest import OTA_ENV, http_get, image, info, new_device, ship, wait_ota
 
 from .conftest import assert_no_traceback
 
@@ -105,4 +106,25 @@ async def test_cut_short_or_malformed(make_server, unique):
         async with s.post(f"http://{srv.admin_host}:{srv.admin_port}/api/ota/firmware", data=bad, headers=headers) as r:
             assert r.status == 400 and "well-formed" in (await r.json())["error"]["message"]
     assert _leftovers(srv) == []
+    assert_no_traceback(srv)
+
+
+async def test_image_larger_than_the_cache_downloads(make_server, unique):
+    """Images over the service's 16 MiB in-memory cache are served from a map of the file."""
+    srv = make_server(env=OTA_ENV)
+    srv.new_template(unique)
+    data = image("5.0.0", unique, size=17 * 2**20, seed=26)
+    url = f"http://{srv.admin_host}:{srv.admin_port}/api/ota/firmware"
+    async with aiohttp.ClientSession(headers={"X-API-Key": srv.api_key}) as s, s.post(url, data=data) as r:
+        assert r.status == 201, await r.text()
+        fw = await r.json()
+    _, token = new_device(srv, unique, "big")
+    ship(srv, f"big-{unique}", fw["id"], unique)
+    dev = await DeviceClient.connect(srv.host, srv.port, token, info=info("1.0.0", unique))
+    _, url = await wait_ota(dev)
+    await dev.close()
+    full = await http_get(url)
+    assert full.status == 200 and hashlib.md5(full.body).hexdigest() == fw["md5"]
+    tail = await http_get(url, range_from=len(data) - 1000)
+    assert tail.status == 206 and tail.body == data[-1000:]
     assert_no_traceback(srv)
