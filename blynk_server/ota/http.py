@@ -61,7 +61,10 @@ def add_device_routes(app: web.Application, server: BlynkServer) -> None:
         ota = _service(server)
         if ota is None:
             return _error("OTA is not running.", 503)
-        return await _download(ota, request)
+        resp = await _download(ota, request)
+        if resp.status in (403, 404, 409):
+            ota.stats.refusals += 1
+        return resp
 
     app.router.add_get("/static/{name}", download)
 
@@ -91,7 +94,6 @@ async def _download(ota: OtaService, request: web.Request) -> web.StreamResponse
     if ship.state != st.LIVE:
         return _error(f"The shipment is {ship.state}.", 409)
     if not ota.is_target(ship, dev):
-        log.info("ota download refused shipment=%d device=%d reason=not a target", sid, dev.id)
         return _error("This device is not a target of the shipment.", 403)
     if ship.wave == 1 and ship.wave1 is not None and dev.id not in ship.wave1:
         return _error("Not yet: this device is in the shipment's second wave.", 409)
@@ -336,9 +338,9 @@ def add_admin_routes(app: web.Application, server: BlynkServer) -> None:
         with Upload(ota.settings.data_dir, limit) as up:
             try:
                 part_name = await _receive(request, up)
+            except FirmwareError:
+                raise
             except (ConnectionError, HttpProcessingError, ValueError) as exc:
-                if isinstance(exc, FirmwareError):
-                    raise
                 # The client went away mid-body, or sent a broken chunked or multipart body.
                 log.info("firmware upload not received peer=%s error=%s", request.remote, type(exc).__name__)
                 raise FirmwareError("the upload was cut short or is not a well-formed body") from None

@@ -29,6 +29,7 @@ def ota_metrics(server: BlynkServer) -> Iterator[Metric]:
     downloads.add_metric(["completed"], s.downloads_completed)
     downloads.add_metric(["failed"], s.downloads_failed)
     downloads.add_metric(["refused_limit"], s.limit_refusals)
+    downloads.add_metric(["refused"], s.refusals)
     yield downloads
     yield CounterMetricFamily("blynk_ota_commands_sent", "ota commands sent to devices", value=s.commands_sent)
     devices = GaugeMetricFamily(

@@ -42,6 +42,7 @@ class OtaStats:
         "downloads_failed",
         "commands_sent",
         "limit_refusals",
+        "refusals",
         "max_send_gap",
     )
 
@@ -53,6 +54,7 @@ class OtaStats:
         self.downloads_failed = 0
         self.commands_sent = 0
         self.limit_refusals = 0
+        self.refusals = 0  # downloads refused as not allowed: bad path, token or secret, not a target
         self.max_send_gap = 0.0  # seconds: the longest pause between two chunks of one download
 
 

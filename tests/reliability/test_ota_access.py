@@ -26,7 +26,7 @@ async def _get(url: str, **headers: str) -> tuple[int, dict, bytes]:
         return r.status, dict(r.headers), await r.read()
 
 
-async def _refused(url: str, status: int, fw: dict) -> dict:
+async def _refused(url: str, status: int) -> dict:
     """The download is refused with ``status`` and a JSON message, and no firmware byte goes out."""
     code, headers, body = await _get(url)
     assert code == status, (code, body[:200])
@@ -56,16 +56,16 @@ async def test_only_live_targets_download(make_server, tmp_path, unique):
     # A device of another template, even one that claims the firmware's type, gets nothing.
     other = await DeviceClient.connect(srv.host, srv.port, tb1, info=info("1.0.0", a))
     await other.close()
-    err = await _refused(f"{base}?token={tb1}", 403, fw)
+    err = await _refused(f"{base}?token={tb1}", 403)
     assert "not a target" in err["message"]
     # No token, an unknown token, no secret, a wrong secret, the old sha-prefix form: refused.
-    await _refused(base, 403, fw)
-    await _refused(f"{base}?token=nosuchtoken", 403, fw)
-    await _refused(url.replace(f"_{secret}.bin", ".bin"), 404, fw)
+    await _refused(base, 403)
+    await _refused(f"{base}?token=nosuchtoken", 403)
+    await _refused(url.replace(f"_{secret}.bin", ".bin"), 404)
     wrong = ("A" if secret[0] != "A" else "B") + secret[1:]
-    await _refused(url.replace(secret, wrong), 404, fw)
-    await _refused(url.replace(secret, fw["sha256"][:12]), 404, fw)
-    await _refused(url.replace(f"fw_{sid}_", f"fw_{sid + 1}_"), 404, fw)
+    await _refused(url.replace(secret, wrong), 404)
+    await _refused(url.replace(secret, fw["sha256"][:12]), 404)
+    await _refused(url.replace(f"fw_{sid}_", f"fw_{sid + 1}_"), 404)
 
     # The target downloads the exact image.
     res = await edgent_update(srv, ta1, url, "2.0.0", a)
@@ -78,7 +78,7 @@ async def test_only_live_targets_download(make_server, tmp_path, unique):
     dev = await DeviceClient.connect(srv.host, srv.port, tc1, info=info("1.0.0", c))
     _, url_c = await wait_ota(dev)
     await dev.close()
-    await _refused(url_c.replace(tc1, tc2), 403, fw_c)
+    await _refused(url_c.replace(tc1, tc2), 403)
     code, _, body = await _get(url_c)
     assert code == 200 and hashlib.md5(body).hexdigest() == fw_c["md5"]
 
@@ -94,10 +94,13 @@ async def test_only_live_targets_download(make_server, tmp_path, unique):
     async with aiohttp.ClientSession(headers={"X-API-Key": srv.api_key}) as s:
         async with s.post(f"{admin}/pause") as r:
             assert r.status == 200
-        await _refused(url, 409, fw)
+        await _refused(url, 409)
         async with s.post(f"{admin}/cancel") as r:
             assert r.status == 200
-    await _refused(url, 404, fw)
+    await _refused(url, 404)
+    code, _, text = await _get(f"http://{srv.admin_host}:{srv.admin_port}/metrics")
+    refused = re.search(rb'^blynk_ota_downloads(?:_total)?\{outcome="refused"\} (\S+)$', text, re.M)
+    assert refused is not None and float(refused.group(1)) == 10  # each refusal above, counted
     assert_no_traceback(srv)
 
 
