@@ -105,7 +105,7 @@ class BlynkServer:
     async def start(self) -> None:
         s = self.settings
         loop = asyncio.get_running_loop()
-        self.store = SqliteStore(s.data_dir, s.flush_interval)
+        self.store = SqliteStore(s.data_dir, s.flush_interval, s.store_max_pending_rows)
         self.store.check_writable()
         replayed, files = self.store.replay_recovery()
         if files:

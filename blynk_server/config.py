@@ -62,6 +62,7 @@ class Settings:
     max_meta_size: int = 1024  # bytes of one metadata name or value
     max_info_size: int = 2048  # bytes of the device info message
     info_cache_bytes: int = 4 * 1024 * 1024  # bytes of distinct info messages shared between devices
+    store_max_pending_rows: int = 1_000_000  # history/event rows kept in memory while flushes fail
     # Retention (0 = keep forever); enforced by a background job that deletes in small batches.
     history_days: float = 90.0
     events_days: float = 90.0

@@ -28,7 +28,6 @@ from blynk_server.store.batch import Batch, Rejected, transaction, write_batch
 log = logging.getLogger(__name__)
 
 DB_NAME = "blynk.sqlite3"
-MAX_PENDING_ROWS = 1_000_000  # history/event rows kept for retry while flushes fail; older ones are dropped
 FAILURE_LOG_PERIOD = 60.0  # seconds between log lines of a flush that keeps failing
 FINAL_FLUSH_TRIES = 3
 
@@ -84,7 +83,7 @@ class FlushStats:
         self.last_seconds = 0.0
         self.errors = 0  # flushes that failed (their rows kept for the next one)
         self.rows_rejected = 0  # rows the database refused for what they hold, dropped
-        self.rows_dropped = 0  # rows dropped because failing flushes kept more than MAX_PENDING_ROWS
+        self.rows_dropped = 0  # rows dropped because failing flushes kept more than max_pending_rows
 
 
 @dataclass(frozen=True)
@@ -102,10 +101,11 @@ class CloseReport:
 
 
 class SqliteStore:
-    def __init__(self, data_dir: Path | str, flush_interval: float = 1.0) -> None:
+    def __init__(self, data_dir: Path | str, flush_interval: float = 1.0, max_pending_rows: int = 1_000_000) -> None:
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / DB_NAME
         self.flush_interval = flush_interval
+        self.max_pending_rows = max_pending_rows  # history/event rows kept while flushes fail
         try:
             _private_dir(self.data_dir)
             _private_file(self.path)
@@ -248,13 +248,15 @@ class SqliteStore:
             self._meta.setdefault(k, v)
         self._history[:0] = batch.history
         self._events[:0] = batch.events
-        excess = len(self._history) + len(self._events) - MAX_PENDING_ROWS
+        excess = len(self._history) + len(self._events) - self.max_pending_rows
         if excess > 0:  # flushes keep failing: bound the memory, dropping the oldest rows, counted
             from_history = min(excess, len(self._history))
             del self._history[:from_history]
             del self._events[: excess - from_history]
             self.stats.rows_dropped += excess
-            log.error("store: %d pending rows dropped (more than %d kept while flushes fail)", excess, MAX_PENDING_ROWS)
+            log.error(
+                "store: %d pending rows dropped (more than %d kept while flushes fail)", excess, self.max_pending_rows
+            )
 
     def _flush_with(self, conn: sqlite3.Connection) -> bool:
         """Write the pending rows; False (rows kept for the next flush) when the database failed."""

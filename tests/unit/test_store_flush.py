@@ -10,7 +10,6 @@ import stat
 import pytest
 
 from blynk_server.store import recovery
-from blynk_server.store import sqlite as store_module
 from blynk_server.store.sqlite import SqliteStore, StoreUnavailable
 
 
@@ -78,9 +77,9 @@ def test_a_failing_flush_keeps_its_rows_for_the_next_one(store):
     assert _rows(s, "SELECT value FROM history") == [(b"old",)]
 
 
-def test_rows_kept_while_flushes_fail_are_bounded(store, monkeypatch):
+def test_rows_kept_while_flushes_fail_are_bounded(store):
     s, (a, _, _) = store
-    monkeypatch.setattr(store_module, "MAX_PENDING_ROWS", 10)
+    s.max_pending_rows = 10
     s.db.execute("PRAGMA query_only = ON")
     for i in range(25):
         s.put_history(a, "v1", i, b"x")
