@@ -1,0 +1,160 @@
+"""Unauthenticated abuse of the device port (issue 10, findings 4 and 5).
+
+A failed login is answered and its connection closed; each IP has a budget of failed logins, and
+connections waiting for login are capped per IP and server-wide: over those, new connections are
+closed at once, unanswered. Failures and refusals are logged as one summary line per interval.
+A silent TCP connection on the TLS port is closed after the login timeout.
+Other IPs are simulated with loopback source addresses (127.0.0.2, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+
+import aiohttp
+
+from blynk_server.devclient import DeviceClient
+from protocol import Command, Status, encode_frame
+
+from .conftest import Control, assert_no_traceback, connect, write_restart_read
+
+
+async def _metric(srv, name: str, **labels: str) -> float:
+    selector = "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else ""
+    async with aiohttp.ClientSession() as s, s.get(f"http://{srv.admin_host}:{srv.admin_port}/metrics") as r:
+        m = re.search(rf"^{re.escape(name + selector)} (\S+)$", await r.text(), re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+async def _open(srv, source: str = "127.0.0.1") -> DeviceClient:
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.port, local_addr=(source, 0))
+    return DeviceClient(reader, writer)
+
+
+async def _refused(srv, token: str, source: str = "127.0.0.1") -> None:
+    """A new connection is closed without an answer, even to a valid login."""
+    c = await _open(srv, source)
+    try:
+        c.send(Command.HW_LOGIN, token.encode())
+        await asyncio.wait_for(c.closed.wait(), 5)
+        assert c.frames.empty(), f"a refused connection was answered: {c.frames.get_nowait()}"
+    finally:
+        await c.close()
+
+
+async def _failed_login(srv) -> None:
+    """INVALID_TOKEN, then the server closes the connection."""
+    c = await _open(srv)
+    try:
+        assert await c.login("x" * 32) == Status.INVALID_TOKEN
+        await asyncio.wait_for(c.closed.wait(), 5)
+    finally:
+        await c.close()
+
+
+async def _wait_log(srv, pattern: str, seconds: float = 5.0) -> re.Match:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while (m := re.search(pattern, srv.stderr())) is None:
+        assert loop.time() < deadline, f"no log line matching {pattern!r}"
+        await asyncio.sleep(0.1)
+    return m
+
+
+async def _wait_pending(srv, n: int) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while await _metric(srv, "blynk_connections_pending") != n:
+        assert loop.time() < deadline, f"pending logins never reached {n}"
+        await asyncio.sleep(0.05)
+
+
+async def test_failed_logins_close_and_are_summarised_not_logged_one_by_one(rig):
+    r = rig(env={"BLYNK_FAILED_LOGIN_BURST": "1000", "BLYNK_AUTH_LOG_INTERVAL": "0.5"})
+    control_token = r.token()
+    async with Control(r.srv, control_token) as control:
+        # Several tokens on one connection: the first answer is the last, the connection is closed.
+        c = await _open(r.srv)
+        c.send_raw(b"".join(encode_frame(Command.HW_LOGIN, msg_id, b"y" * 32) for msg_id in (1, 2, 3)))
+        await asyncio.wait_for(c.closed.wait(), 5)
+        assert [c.frames.get_nowait() for _ in range(c.frames.qsize())] == [(0, 1, Status.INVALID_TOKEN)]
+        await c.close()
+        for _ in range(29):
+            await _failed_login(r.srv)
+        await _wait_log(r.srv, r"refused logins in the last 0.5s: invalid_token=30 from 1 IPs")
+    assert "invalid token" not in r.srv.stderr().lower()
+    assert await _metric(r.srv, "blynk_logins_total", result="invalid_token") == 30
+    assert control.stats.failures == []
+    await write_restart_read(r.srv, control_token)
+    assert_no_traceback(r.srv)
+
+
+async def test_an_ip_out_of_failed_login_budget_is_refused_until_it_refills(rig):
+    """Burst 3, refill 2/s: the 4th connection right after 3 failures is closed unanswered (a valid
+    token too: the budget is per IP); half a second later the IP may log in again. Others' pings go on."""
+    r = rig(env={"BLYNK_FAILED_LOGIN_BURST": "3", "BLYNK_FAILED_LOGINS_PER_IP": "2"})
+    control_token, token = r.token(), r.token()
+    async with Control(r.srv, control_token) as control:
+        for _ in range(3):
+            await _failed_login(r.srv)
+        await _refused(r.srv, token)
+        assert await _metric(r.srv, "blynk_connections_refused_total", reason="budget_exhausted") >= 1
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while True:  # the budget refills at 2 tokens/s
+            try:
+                await (await connect(r.srv, token, timeout=0.5)).close()  # a refusal is never answered
+                break
+            except (ConnectionError, asyncio.TimeoutError):
+                assert loop.time() < deadline, "the failed-login budget never refilled"
+                await asyncio.sleep(0.1)
+    assert control.stats.failures == []
+    await write_restart_read(r.srv, control_token)
+    assert_no_traceback(r.srv)
+
+
+async def test_connections_waiting_for_login_are_capped_per_ip_and_in_total(rig):
+    """3 per IP, 4 in all. A slot is freed by a login, a close, or a hand-off to HTTP."""
+    r = rig(env={"BLYNK_PENDING_LOGINS_PER_IP": "3", "BLYNK_MAX_PENDING_LOGINS": "4"})
+    control_token, token = r.token(), r.token()
+    async with Control(r.srv, control_token) as control:
+        silent = [await _open(r.srv) for _ in range(3)]
+        await _wait_pending(r.srv, 3)
+        await _refused(r.srv, token)  # a 4th from 127.0.0.1
+        other = await _open(r.srv, "127.0.0.2")
+        await _wait_pending(r.srv, 4)
+        await _refused(r.srv, token, "127.0.0.3")  # over the global cap
+        assert await _metric(r.srv, "blynk_connections_refused_total", reason="pending_per_ip") == 1
+        assert await _metric(r.srv, "blynk_connections_refused_total", reason="pending_global") == 1
+
+        assert await silent[0].login(token) == Status.SUCCESS  # logged in: no longer pending
+        await silent[1].close()  # closed
+        silent[2].send_raw(f"GET /external/api/isHardwareConnected?token={token} HTTP/1.0\r\n\r\n".encode())
+        await _wait_pending(r.srv, 1)  # only 127.0.0.2's is left
+        fresh = [await _open(r.srv) for _ in range(3)]
+        await _wait_pending(r.srv, 4)
+        for c in (*silent, other, *fresh):
+            await c.close()
+    assert control.stats.failures == []
+    await write_restart_read(r.srv, control_token)
+    assert_no_traceback(r.srv)
+
+
+async def test_a_silent_connection_on_the_tls_port_is_closed_after_the_login_timeout(make_server, cert):
+    crt, key = cert
+    srv = make_server("--tls-port", "0", "--cert", str(crt), "--key", str(key), env={"BLYNK_LOGIN_TIMEOUT": "1"})
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.tls_port)
+    try:
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # no handshake started: closed
+    finally:
+        writer.close()
+    ctx = ssl.create_default_context(cafile=str(crt))
+    c = await DeviceClient.open("127.0.0.1", srv.tls_port, ssl=ctx)
+    try:
+        c.send_raw(encode_frame(Command.HW_LOGIN, 1, b"z" * 32))
+        assert await c.recv() == (0, 1, Status.INVALID_TOKEN)
+    finally:
+        await c.close()
+    assert_no_traceback(srv)
