@@ -154,12 +154,17 @@ async def _download(ota: OtaService, request: web.Request) -> web.StreamResponse
     if head:
         await resp.prepare(request)
         return resp
+    try:
+        data = ota.open_image(fw)
+    except (OSError, ValueError) as exc:  # removed from the data dir, or truncated to nothing
+        log.error("ota firmware file unreadable firmware=%d error=%s", fw.id, type(exc).__name__)
+        ota.set_status(e, st.UPLOAD_FAILURE, "the firmware file cannot be read on the server")
+        return _error("The firmware file cannot be read on the server.", 503)
     detail = f"bytes {start}-{end}" + (" (mobile)" if mobile else "") + (" resume" if resume else "")
     if e.status != st.FIRMWARE_REQUESTED or resume:
         ota.set_status(e, st.FIRMWARE_REQUESTED, detail)
     else:
         ota.save(e)
-    data = ota.file_bytes(fw)
     e.downloading += 1
     ota.stats.downloads_in_flight += 1
     ota.stats.downloads_started += 1
@@ -179,8 +184,7 @@ async def _download(ota: OtaService, request: web.Request) -> web.StreamResponse
     finally:
         e.downloading -= 1
         ota.stats.downloads_in_flight -= 1
-        if isinstance(data, mmap.mmap):
-            data.close()
+        data.close()
     ota.stats.downloads_completed += 1
     if end + 1 == size:
         e.attempt_open = False
@@ -200,7 +204,7 @@ async def _stream(
     ota: OtaService,
     request: web.Request,
     resp: web.StreamResponse,
-    data: bytes | mmap.mmap,
+    data: mmap.mmap,
     pos: int,
     stop: int,
     rate: int,

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OTA_MSG_ID = 7777  # non-zero (msg id 0 makes the library drop the link); the legacy server's choice
-MAX_CACHED_FILE = 16 * 1024 * 1024
 
 
 class OtaStats:
@@ -70,7 +69,6 @@ class OtaService:
         self.waiting: set[tuple[int, int]] = set()  # (shipment, device) online and blocked by window or cap
         self._revs: dict[int, int] = {}
         self._targets: dict[int, frozenset[int]] = {}  # shipment id -> its device list, for lookups
-        self._files: dict[str, bytes] = {}
         self._task: asyncio.Task | None = None
         self._dirty: dict[tuple[int, int], DeviceOta] = {}
         self._events: list[tuple] = []
@@ -426,15 +424,9 @@ class OtaService:
 
     # --- files ----------------------------------------------------------------------------------
 
-    def file_bytes(self, fw: Firmware) -> bytes | mmap.mmap:
-        """The image, to slice chunks from: small ones cached in memory, larger ones mapped (the
-        page cache holds them once however many devices download; the caller closes the map)."""
-        data = self._files.get(fw.sha256)
-        if data is not None:
-            return data
-        path = firmware_path(self.settings.data_dir, fw)
-        if fw.size > MAX_CACHED_FILE:
-            with open(path, "rb") as fh:
-                return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        data = self._files[fw.sha256] = path.read_bytes()
-        return data
+    def open_image(self, fw: Firmware) -> mmap.mmap:
+        """The image mapped read-only, to slice chunks from: the page cache holds it once however many
+        devices download it, nothing is copied into the process, and nothing stays after the
+        shipments end (the caller closes the map)."""
+        with open(firmware_path(self.settings.data_dir, fw), "rb") as fh:
+            return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)

@@ -18,7 +18,7 @@ from tests.ota.conftest import OTA_ENV, edgent_update, image, info, new_device, 
 from .conftest import assert_no_traceback
 
 HUGE = "9" * 5000  # past Python's 4,300-digit int() limit, and far past SQLite's 64-bit integers
-URL = re.compile(r"^http://[^/]+/static/fw_(\d+)_([A-Za-z0-9_-]+)\.bin\?token=(\w+)$")
+URL = re.compile(r"^http://[^/]+/static/fw_(\d+)_([A-Za-z0-9_-]+)\.bin\?token=([A-Za-z0-9_-]+)$")
 
 
 async def _get(url: str, **headers: str) -> tuple[int, dict, bytes]:

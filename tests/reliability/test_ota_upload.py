@@ -109,8 +109,8 @@ async def test_cut_short_or_malformed(make_server, unique):
     assert_no_traceback(srv)
 
 
-async def test_image_larger_than_the_cache_downloads(make_server, unique):
-    """Images over the service's 16 MiB in-memory cache are served from a map of the file."""
+async def test_large_image_downloads(make_server, unique):
+    """A 17 MiB image (served from a map of the file, never read whole) downloads whole and by Range."""
     srv = make_server(env=OTA_ENV)
     srv.new_template(unique)
     data = image("5.0.0", unique, size=17 * 2**20, seed=26)
@@ -127,4 +127,8 @@ async def test_image_larger_than_the_cache_downloads(make_server, unique):
     assert full.status == 200 and hashlib.md5(full.body).hexdigest() == fw["md5"]
     tail = await http_get(url, range_from=len(data) - 1000)
     assert tail.status == 206 and tail.body == data[-1000:]
+    # The file gone from the data dir (an operator's mistake): 503 with a message, not a traceback.
+    (srv.data_dir / "firmware" / f"{fw['sha256']}.bin").unlink()
+    gone = await http_get(url)
+    assert gone.status == 503 and b"cannot be read" in gone.body
     assert_no_traceback(srv)
