@@ -61,6 +61,7 @@ RESERVED = {"token", "pin", "dataStreamId", "value"}
 MAX_PINS_PER_REQUEST = 64
 # Aggregated ``data/get`` reads at most this many times ``data_get_max_points`` raw points.
 AGGREGATE_SCAN_FACTOR = 10
+ENCODE_SLICE = 500  # rows per json.dumps call in data/get
 
 
 def _device(server: BlynkServer, request: web.Request) -> DeviceState:
@@ -377,16 +378,15 @@ class HistoryQuery:
             rows = buckets[: self.max_points]
             value_type = "Float64"
         data = [{"ts": self._when(ts), "value": value} for ts, value in rows]
-        return json.dumps(
-            {
-                "meta": [
-                    {"name": "ts", "type": "UInt64" if self.fmt == "TS" else "String"},
-                    {"name": "value", "type": value_type},
-                ],
-                "data": data,
-                "rows": len(data),
-                "rows_before_limit_at_least": at_least,
-            }
+        meta = [
+            {"name": "ts", "type": "UInt64" if self.fmt == "TS" else "String"},
+            {"name": "value", "type": value_type},
+        ]
+        # Encoded in slices: json.dumps holds the GIL for a whole call, and the event loop needs it.
+        chunks = (json.dumps(data[i : i + ENCODE_SLICE])[1:-1] for i in range(0, len(data), ENCODE_SLICE))
+        return (
+            f'{{"meta": {json.dumps(meta)}, "data": [{", ".join(chunks)}], '
+            f'"rows": {len(data)}, "rows_before_limit_at_least": {at_least}}}'
         ).encode()
 
     def _when(self, ts: int) -> object:
