@@ -1,9 +1,10 @@
 """Wiring of the HTTP side: the device-port aiohttp app (reached by hand-off from the hardware
 listener), the metrics registry and the event-loop lag probe.
 
-The device app has no listening socket of its own: ``AppRunner.server`` is aiohttp's low-level
-``web_server.Server``, a protocol factory; the hardware listener sniffs the first bytes of a
-connection and, for HTTP, swaps that protocol in on the same transport (``http_handoff``).
+The device app has no listening socket of its own: the hardware listener sniffs the first bytes of
+a connection and, for HTTP, swaps in a protocol made by ``http_handoff`` on the same transport. That
+factory makes ``limits.GuardedHandler`` (aiohttp's ``RequestHandler`` plus the per-IP connection cap
+and the header-read timeout) for the ``AppRunner``'s low-level server, with the keep-alive timeout.
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ def add_undocumented(doc: dict, routes) -> dict:
 
 def spec() -> dict:
     tid = _path("template_id")
-    did = _path("device_id", "numeric device id")
+    did = _path("device_id", "numeric device id (decimal digits, at most 2^63-1; anything else is 404)")
     pin = _path("pin", "V1, d3, a0")
     return {
         "openapi": "3.0.3",
@@ -114,10 +114,10 @@ def spec() -> dict:
                         "pin": {"type": "string", "example": "V1"},
                         "name": {"type": "string"},
                         "type": {"type": "string", "enum": ["int", "double", "string", "enum", "location"]},
-                        "min": {"type": "number", "nullable": True},
-                        "max": {"type": "number", "nullable": True},
+                        "min": {"type": "number", "nullable": True, "description": "finite"},
+                        "max": {"type": "number", "nullable": True, "description": "finite"},
                         "default": {"type": "string", "nullable": True},
-                        "enum_values": {"type": "array", "items": {"type": "integer"}},
+                        "enum_values": {"type": "array", "items": {"type": "integer", "format": "int64"}},
                         "history": {"type": "boolean"},
                         "sync": {"type": "boolean"},
                     },
@@ -243,7 +243,15 @@ def spec() -> dict:
                 "get": _op(
                     "Event timeline, newest first",
                     _json({"type": "array", "items": {"type": "object"}}),
-                    params=[did, {"name": "limit", "in": "query", "schema": {"type": "integer"}}],
+                    params=[
+                        did,
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000},
+                            "description": "decimal digits; larger values are taken as 10000",
+                        },
+                    ],
                 ),
             },
             "/api/devices/{device_id}/meta": {
