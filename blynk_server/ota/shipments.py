@@ -130,10 +130,10 @@ def create(
             raise ShipmentError("host URL must start with http:// or https:// and be printable ASCII")
         if " " in host_url:
             raise ShipmentError("host URL must not contain spaces")
+    if devices is not None and (not isinstance(devices, list) or len(devices) > MAX_TARGETS):
+        raise ShipmentError(f"devices is a list of at most {MAX_TARGETS} device ids")
     targets = None
     if devices:
-        if not isinstance(devices, list) or len(devices) > MAX_TARGETS:
-            raise ShipmentError(f"devices is a list of at most {MAX_TARGETS} device ids")
         targets = sorted({parse_id(d, "device") for d in devices})
         known = {d.id for d in store.list_devices(template)}  # one query, not one per listed device
         for did in targets:

@@ -191,6 +191,7 @@ async def test_numbers_of_any_length(make_server, tmp_path, unique):
             {"devices": [10**30]},
             {"devices": list(range(1, 10_002))},
             {"devices": "1,2"},
+            {"devices": 0},
         ]
         for bad in bad_fields:
             await expect("POST", "/shipments", 400, json={**good, **bad})
