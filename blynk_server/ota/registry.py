@@ -14,6 +14,7 @@ import mmap
 import os
 import sqlite3
 import tempfile
+import time
 from pathlib import Path
 from types import TracebackType
 
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 MAX_FILE_NAME = 255
 MAX_FIELD = 64  # an explicit type, version or build (tag values are a few dozen characters)
 TMP_PREFIX = ".upload-"
+STALE_UPLOAD = 86400.0  # seconds: an upload temp file this old was left by a crash
 
 
 class FirmwareError(ValueError):
@@ -80,6 +82,25 @@ class Upload:
     ) -> None:
         self.file.close()
         self.path.unlink(missing_ok=True)
+
+
+def remove_stale_uploads(data_dir: Path, older_than: float = STALE_UPLOAD) -> int:
+    """Delete temp files of uploads cut off by a crash (a clean failure removes its own). Only old
+    ones: a CLI upload may be running beside the server. Returns how many went."""
+    folder = firmware_dir(data_dir)
+    removed = 0
+    if folder.is_dir():
+        cutoff = time.time() - older_than
+        for path in folder.glob(f"{TMP_PREFIX}*.tmp"):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                pass
+    if removed:
+        log.info("removed %d stale firmware upload temp file(s) from %s", removed, folder)
+    return removed
 
 
 def _field(value: str | None, what: str, limit: int) -> str | None:

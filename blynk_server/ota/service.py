@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from blynk_server.model import now_ms
 from blynk_server.ota import status as st
 from blynk_server.ota.db import DeviceOta, Firmware, OtaDB, Shipment
-from blynk_server.ota.registry import firmware_path
+from blynk_server.ota.registry import firmware_path, remove_stale_uploads
 from protocol import Command
 from protocol.body import ota_body
 
@@ -81,6 +81,7 @@ class OtaService:
         assert domain is not None
         domain.on_device_info.append(self._on_info)
         domain.on_device_offline.append(self._on_offline)
+        remove_stale_uploads(self.settings.data_dir)
         self._sync()
         self._task = asyncio.get_running_loop().create_task(self._run())
 

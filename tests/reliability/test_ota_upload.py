@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import time
 
 import aiohttp
@@ -85,10 +86,18 @@ async def test_over_the_limit_is_413(make_server, tmp_path, unique, monkeypatch)
     assert_no_traceback(srv)
 
 
-async def test_cut_short_or_malformed(make_server, unique):
+async def test_cut_short_or_malformed(make_server, tmp_path, unique):
     """A client that goes away mid-body, or sends a broken multipart body: a one-line log or a 400,
-    never a traceback, and no temp file stays."""
-    srv = make_server()
+    never a traceback, and no temp file stays. One left by a crash a day ago goes at the next start."""
+    folder = tmp_path / "data" / "firmware"
+    folder.mkdir(parents=True)
+    stale, fresh = folder / ".upload-crash.tmp", folder / ".upload-running.tmp"
+    stale.write_bytes(b"x")
+    fresh.write_bytes(b"y")
+    os.utime(stale, (time.time() - 2 * 86400,) * 2)
+    srv = make_server(data_dir=tmp_path / "data")
+    assert _leftovers(srv) == [fresh.name]
+    fresh.unlink()
     head = f"POST /api/ota/firmware HTTP/1.1\r\nHost: x\r\nX-API-Key: {srv.api_key}\r\n"
     for extra in ("", "Content-Type: multipart/form-data; boundary=BB\r\n"):
         r, w = await asyncio.open_connection(srv.admin_host, srv.admin_port)
