@@ -8,6 +8,9 @@ that protocol is ``GuardedHandler``, aiohttp's ``RequestHandler`` with three add
 * a timer runs from the first byte of each request (the connection's start for the first one) until
   its headers are parsed; when it fires the connection is closed, so a slow client cannot hold a
   connection by trickling headers (aiohttp itself has no header-read timeout);
+* a request body must then come at ``MIN_BODY_RATE`` bytes/s on average, after a grace of the same
+  timeout (checked every such period), or the connection is closed: a stalled body is closed within
+  two periods, and trickling costs the sender real bandwidth;
 * aiohttp's own keep-alive timer, given ``http_keepalive_timeout``, closes idle connections.
 """
 
@@ -19,6 +22,7 @@ import math
 from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import RequestHandler
 
 from blynk_server.http.common import ApiError
@@ -27,6 +31,8 @@ if TYPE_CHECKING:
     from aiohttp.web_server import Server
 
     from blynk_server.metrics import HttpStats
+
+MIN_BODY_RATE = 1024  # bytes/s a request body must average once the grace period is over
 
 _REFUSED_BODY = json.dumps({"error": {"message": "Too many connections from this address."}}).encode()
 REFUSED_RESPONSE = (
@@ -68,7 +74,17 @@ class ConnectionGuard:
 class GuardedHandler(RequestHandler):
     """aiohttp's per-connection protocol with the per-IP cap and a header-read timeout."""
 
-    __slots__ = ("_guard", "_handled", "_header_timeout", "_header_timer", "_ip", "_stats")
+    __slots__ = (
+        "_body",
+        "_body_since",
+        "_body_timer",
+        "_guard",
+        "_handled",
+        "_header_timeout",
+        "_header_timer",
+        "_ip",
+        "_stats",
+    )
 
     def __init__(
         self, manager: Server, *, guard: ConnectionGuard, header_timeout: float, stats: HttpStats, **kwargs: Any
@@ -80,6 +96,9 @@ class GuardedHandler(RequestHandler):
         self._ip: str | None = None  # set once admitted: a refused connection never reaches aiohttp
         self._stats = stats
         self._handled = 0  # requests answered; equal to aiohttp's _request_count (parsed) when idle
+        self._body: StreamReader | None = None  # the body being received, while it is watched
+        self._body_since = 0.0
+        self._body_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -100,6 +119,8 @@ class GuardedHandler(RequestHandler):
         super().data_received(data)
         if self._request_count != parsed:
             self._cancel_header_timer()
+            if self._messages:
+                self._watch_body(self._messages[-1][1])
         elif self._header_timer is None and self._request_count == self._handled:
             # No request parsed and unanswered (these bytes are no body): they begin the next request,
             # whose headers are timed too.
@@ -117,6 +138,7 @@ class GuardedHandler(RequestHandler):
         if self._ip is None:
             return
         self._cancel_header_timer()
+        self._watch_body(EMPTY_PAYLOAD)
         self._guard.release(self._ip)
         self._ip = None
         super().connection_lost(exc)
@@ -134,6 +156,31 @@ class GuardedHandler(RequestHandler):
         self._header_timer = None
         self._stats.header_timeouts += 1
         self.force_close()
+
+    def _watch_body(self, payload: StreamReader) -> None:
+        """Start watching the body of the request just parsed (HTTP/1.1: the one before is complete)."""
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        self._body = None
+        if payload is not EMPTY_PAYLOAD and not payload.is_eof() and self._header_timeout > 0:
+            self._body = payload
+            self._body_since = self._loop.time()
+            self._body_timer = self._loop.call_later(self._header_timeout, self._check_body)
+
+    def _check_body(self) -> None:
+        self._body_timer = None
+        body = self._body
+        if body is None or body.is_eof():
+            self._body = None
+            return
+        owed = (self._loop.time() - self._body_since - self._header_timeout) * MIN_BODY_RATE
+        if body.total_bytes < owed:
+            self._body = None
+            self._stats.body_timeouts += 1
+            self.force_close()
+            return
+        self._body_timer = self._loop.call_later(self._header_timeout, self._check_body)
 
 
 class Throttled(ApiError):

@@ -15,6 +15,7 @@ import time
 import aiohttp
 import pytest
 
+from protocol import Command, Decoder, Status, encode_frame
 from tests.conftest import ServerProcess
 
 from .conftest import assert_no_traceback, connect, ping_rtt, read_pin, write_acked
@@ -127,6 +128,40 @@ async def test_slow_headers_are_closed(site):
     assert await s.metric("blynk_http_header_timeouts_total") >= 22
     await s.device_still_works()
     assert_no_traceback(s.srv)
+
+
+async def test_stalled_body_is_closed_and_a_normal_body_is_not(site):
+    s = site(http_header_timeout="0.3")
+    token = s.token()
+    head = f"POST /external/api/batch/update?token={token}&pin=v5 HTTP/1.1\r\nHost: x\r\n"
+    head += "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+    reader, writer = await _open(s, head.encode() + b"[[1,")  # then nothing more: a stalled body
+    assert await _closed_by_server(reader) == b""
+    writer.close()
+    assert await s.metric("blynk_http_body_timeouts_total") == 1
+    # A body that comes at once is not affected, nor is a WebSocket session (no body: never watched)
+    # that outlives several checking periods.
+    async with aiohttp.ClientSession() as session:
+        points = [[_now() - i, i] for i in range(2000)]
+        async with session.post(s.ext(token, "batch/update", "pin=v5"), json=points) as resp:
+            assert (resp.status, await resp.text()) == (200, "OK")
+        async with session.ws_connect(f"{s.base}/websocket") as ws:
+            await ws.send_bytes(encode_frame(Command.HW_LOGIN, 1, s.token().encode()))
+            assert (await _ws_answer(ws, 1))[2] == Status.SUCCESS
+            await asyncio.sleep(1.0)  # three checking periods with nothing sent: the session must live on
+            await ws.send_bytes(encode_frame(Command.PING, 2, b""))
+            assert (await _ws_answer(ws, 2))[2] == Status.SUCCESS
+    await s.device_still_works()
+
+
+async def _ws_answer(ws: aiohttp.ClientWebSocketResponse, msg_id: int) -> tuple[int, int, object]:
+    decoder = Decoder()
+    while True:
+        msg = await asyncio.wait_for(ws.receive(), CLOSE_WAIT)
+        assert msg.type == aiohttp.WSMsgType.BINARY, msg
+        for frame in decoder.feed(msg.data):
+            if frame[1] == msg_id:
+                return frame
 
 
 async def test_idle_keep_alive_is_closed(site):
