@@ -38,7 +38,15 @@ HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 class HttpStats:
     """Requests by (app, route, method, status) and a latency histogram by (app, route): plain numbers."""
 
-    __slots__ = ("requests", "latency", "connections_open", "connections_refused", "header_timeouts", "throttled")
+    __slots__ = (
+        "requests",
+        "latency",
+        "connections_open",
+        "connections_refused",
+        "header_timeouts",
+        "body_timeouts",
+        "throttled",
+    )
 
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str, str, int], int] = {}
@@ -48,6 +56,7 @@ class HttpStats:
         self.connections_open = 0
         self.connections_refused = 0  # over http_connections_per_ip
         self.header_timeouts = 0  # closed for not sending a request's headers within http_header_timeout
+        self.body_timeouts = 0  # closed for sending a request body slower than limits.MIN_BODY_RATE
         self.throttled = 0  # device API requests answered 429 (over http_request_rate)
 
     def observe(self, app: str, route: str, method: str, status: int, seconds: float) -> None:
@@ -254,6 +263,9 @@ def _http(h: HttpStats) -> Iterator[Metric]:
         "blynk_http_header_timeouts",
         "HTTP connections closed: request headers not sent in time",
         value=h.header_timeouts,
+    )
+    yield CounterMetricFamily(
+        "blynk_http_body_timeouts", "HTTP connections closed: request body sent too slowly", value=h.body_timeouts
     )
     yield CounterMetricFamily(
         "blynk_http_throttled", "Device API requests answered 429: over the per-device rate", value=h.throttled
