@@ -1,7 +1,7 @@
 """Retention (issue 10, finding 6): history and events older than their limit are deleted by a
 background thread in small transactions, while the write-behind writer keeps committing.
 
-Run as a script for the measurement in benchmarks/RESULTS.md (1,000,000 old history rows deleted while
+Run as a script to measure it (1,000,000 old history rows deleted while
 a writer is busy):  python -m tests.reliability.test_state_retention --rows 1000000
 """
 
