@@ -13,7 +13,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from blynk_server.config import read_timeout
-from blynk_server.domain import DeviceState, EventRejected, InvalidValue
+from blynk_server.domain import DeviceState, InvalidValue
 from blynk_server.hardware.deadlines import Deadlines
 from blynk_server.model import MAX_TS_MS, now_ms
 from blynk_server.timeutil import UTC_REQUESTS, rtc_seconds, utc_answer
@@ -732,7 +732,12 @@ class HardwareSession(asyncio.BufferedProtocol):
             else:
                 self._send(Command.INTERNAL, internal_body("meta", name, value), msg_id)
         elif len(args) >= 3 and args[0] == b"set":
-            self.domain.meta_set(self.device, args[1].decode("utf-8", "replace"), args[2].decode("utf-8", "replace"))
+            try:
+                name, value = args[1].decode("utf-8", "replace"), args[2].decode("utf-8", "replace")
+                self.domain.meta_set(self.device, name, value)
+            except InvalidValue as exc:  # over a metadata limit; the domain logs it, rate-limited
+                self._reply(msg_id, exc.status)
+                return
             self._reply(msg_id, Status.SUCCESS)
         else:
             self._reply(msg_id, Status.ILLEGAL_COMMAND)
@@ -743,10 +748,14 @@ class HardwareSession(asyncio.BufferedProtocol):
         except BodyError as exc:
             fields = body.split(b"\0", 1)
             bad_pin = not fields[0].strip().lstrip(b"vVdDaA").isdigit()
-            log.info("bad property device=%d: %s", self.device.id, exc)
+            log.debug("bad property device=%d: %s", self.device.id, exc)
             self._reply(msg_id, Status.ILLEGAL_COMMAND if bad_pin else Status.ILLEGAL_COMMAND_BODY)
             return
-        self.domain.set_property(self.device, update.pins, update.name, list(update.values))
+        try:
+            self.domain.set_property(self.device, update.pins, update.name, list(update.values))
+        except InvalidValue as exc:  # over a property limit; the domain logs it, rate-limited
+            self._reply(msg_id, exc.status)
+            return
         self._reply(msg_id, Status.SUCCESS)
 
     def _on_event_log(self, msg_id: int, body: bytes) -> None:
@@ -755,10 +764,8 @@ class HardwareSession(asyncio.BufferedProtocol):
             self.domain.log_event(self.device, code, description)
         except BodyError:
             self._reply(msg_id, Status.ILLEGAL_COMMAND)
-        except EventRejected as exc:
-            log.info("event rejected device=%d: %s", self.device.id, exc)
-            too_often = "apart" in str(exc)
-            self._reply(msg_id, Status.QUOTA_LIMIT if too_often else Status.ILLEGAL_COMMAND_BODY)
+        except InvalidValue as exc:  # EventRejected: 11, or 1 for a rate; the domain logs it, rate-limited
+            self._reply(msg_id, exc.status)
         else:
             self._reply(msg_id, Status.SUCCESS)
 
@@ -768,7 +775,11 @@ class HardwareSession(asyncio.BufferedProtocol):
         except BodyError:
             self._reply(msg_id, Status.ILLEGAL_COMMAND)
             return
-        self.domain.clear_event(self.device, code, resolve_all)
+        try:
+            self.domain.clear_event(self.device, code, resolve_all)
+        except InvalidValue as exc:
+            self._reply(msg_id, exc.status)
+            return
         self._reply(msg_id, Status.SUCCESS)
 
     def _on_group(self, msg_id: int, body: bytes) -> None:
