@@ -16,9 +16,10 @@ import aiohttp
 import pytest
 
 from protocol import Command, Decoder, Status, encode_frame
+from protocol.body import join_fields
 from tests.conftest import ServerProcess
 
-from .conftest import assert_no_traceback, connect, ping_rtt, read_pin, write_acked
+from .conftest import assert_no_traceback, connect, ping_rtt, read_pin, rss_bytes, write_acked
 
 SPEC = ("pin=V1,type=int,min=0,max=100", "pin=V2,type=string", "pin=V5,type=int,history")
 CLOSE_WAIT = 10.0  # generous bound for a close the server owes us
@@ -162,6 +163,46 @@ async def _ws_answer(ws: aiohttp.ClientWebSocketResponse, msg_id: int) -> tuple[
         for frame in decoder.feed(msg.data):
             if frame[1] == msg_id:
                 return frame
+
+
+async def test_websocket_device_that_does_not_read_is_bounded_then_closed(site):
+    """A WebSocket device asks for a 1 KB value 100,000 times (100 MB of replies) and reads none: the
+    bytes queued toward it pause its session (``write_buffer_high``), and once output has been blocked
+    past its heartbeat timeout the session is closed. Server memory stays within 60 MB of its start."""
+    s = site(write_buffer_high="8192", message_rate="1000000")
+    token, bystander = s.token(), s.token()
+    rss_before = rss_bytes(s.srv.proc.pid)
+    async with aiohttp.ClientSession() as session, session.ws_connect(f"{s.base}/websocket") as ws:
+        await ws.send_bytes(encode_frame(Command.HW_LOGIN, 1, token.encode()))
+        assert (await _ws_answer(ws, 1))[2] == Status.SUCCESS
+        info = join_fields("h-beat", "1", "buff-in", "2048")  # read timeout ceil(1 × 2.3) = 3 s
+        await ws.send_bytes(encode_frame(Command.INTERNAL, 2, info) + encode_frame(Command.PING, 3, b""))
+        assert (await _ws_answer(ws, 3))[2] == Status.SUCCESS
+        await ws.send_bytes(encode_frame(Command.HARDWARE, 4, b"vw\x002\x00" + b"x" * 1000))
+        sync = encode_frame(Command.HARDWARE_SYNC, 5, b"vr\x002") * 3000
+
+        async def flood() -> None:
+            for _ in range(33):  # blocks once the server stops reading us: that is the point
+                await ws.send_bytes(sync)
+
+        sender = asyncio.create_task(flood())
+        try:
+            online = "true"
+            for _ in range(300):  # the close is the server's; it shows as the device going offline
+                async with session.get(s.ext(bystander, "isHardwareConnected")) as resp:
+                    assert resp.status == 200  # the server answers others meanwhile
+                async with session.get(s.ext(token, "isHardwareConnected")) as resp:
+                    online = await resp.text()
+                if online == "false":
+                    break
+                await asyncio.sleep(0.05)
+            assert online == "false"
+        finally:
+            sender.cancel()
+            await asyncio.wait([sender])
+    assert rss_bytes(s.srv.proc.pid) - rss_before < 60 * 2**20
+    await s.device_still_works()
+    assert_no_traceback(s.srv)
 
 
 async def test_idle_keep_alive_is_closed(site):
