@@ -24,6 +24,7 @@ from blynk_server.http.frontend import HttpFrontend
 from blynk_server.hub import Hub
 from blynk_server.model import Datastream
 from blynk_server.store import SqliteStore
+from blynk_server.store.retention import Retention
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class BlynkServer:
         self.store: SqliteStore | None = None
         self.hub = Hub()
         self.domain: Domain | None = None
+        self.retention: Retention | None = None
         self.hardware: HardwareServer | None = None
         self.http: HttpFrontend | None = None
         self.ota = None  # OtaService, built in start() once the domain exists
@@ -112,6 +114,14 @@ class BlynkServer:
             self._say(f"Replayed {replayed} rows from {len(files)} recovery file(s) a previous stop left.")
         self._first_start()
         self.store.start_writer()
+        self.retention = Retention(
+            self.store.path,
+            s.history_days,
+            s.events_days,
+            s.retention_interval,
+            first_delay=min(10.0, s.retention_interval),  # after start-up settles; sooner when runs are frequent
+        )
+        self.retention.start()
         self.domain = Domain(self.store, self.hub, s)
         self.hardware = HardwareServer(s, self.domain, self.hub, loop)
         self.http = HttpFrontend(self)
@@ -144,6 +154,8 @@ class BlynkServer:
             await self.ota.stop()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
+        if self.retention is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.retention.stop)
         if self.store is None:
             return 0
         report = await asyncio.get_running_loop().run_in_executor(None, self.store.close)

@@ -129,12 +129,26 @@ class BlynkCollector(Collector):
             yield CounterMetricFamily("blynk_events_logged", "Events logged", value=d.events)
             yield CounterMetricFamily("blynk_events_rejected", "Events rejected (limits)", value=d.events_rejected)
             yield CounterMetricFamily(
+                "blynk_properties_rejected", "Property updates refused (per-device limits)", value=d.properties_rejected
+            )
+            yield CounterMetricFamily(
+                "blynk_meta_rejected", "Metadata updates refused (per-device limits)", value=d.meta_rejected
+            )
+            yield GaugeMetricFamily(
+                "blynk_info_cache_bytes", "Estimated bytes of shared device info messages", value=d.info_cache_bytes
+            )
+            yield GaugeMetricFamily(
+                "blynk_info_cache_entries", "Distinct device info messages shared", value=d.info_cache_entries
+            )
+            yield CounterMetricFamily(
                 "blynk_http_writes_delivered",
                 "HTTP/admin pin writes delivered to a live device",
                 value=d.http_writes_delivered,
             )
         if server.store is not None:
             yield from _store(server.store)
+        if server.retention is not None:
+            yield from _retention(server.retention.stats)
         yield from _http(self.http)
         yield from _ota(server)
         yield GaugeMetricFamily(
@@ -231,7 +245,28 @@ def _store(store) -> Iterator[Metric]:
     )
     yield GaugeMetricFamily("blynk_store_last_flush_rows", "Rows in the last flush", value=f.last_batch_rows)
     yield GaugeMetricFamily("blynk_store_last_flush_seconds", "Duration of the last flush", value=f.last_seconds)
-    yield CounterMetricFamily("blynk_store_flush_errors", "Failed flushes", value=f.errors)
+    yield CounterMetricFamily("blynk_store_flush_errors", "Failed flushes (rows kept for the next)", value=f.errors)
+    yield CounterMetricFamily(
+        "blynk_store_rows_rejected", "Rows dropped because the database cannot hold them", value=f.rows_rejected
+    )
+    yield CounterMetricFamily(
+        "blynk_store_rows_dropped", "Rows dropped because failing flushes kept too many", value=f.rows_dropped
+    )
+
+
+def _retention(r) -> Iterator[Metric]:
+    deleted = CounterMetricFamily("blynk_retention_deleted_rows", "Rows deleted by retention", labels=["table"])
+    deleted.add_metric(["history"], r.history_rows)
+    deleted.add_metric(["events"], r.event_rows)
+    yield deleted
+    yield CounterMetricFamily("blynk_retention_runs", "Retention passes completed", value=r.runs)
+    yield CounterMetricFamily("blynk_retention_seconds", "Time spent in retention passes", value=r.seconds_total)
+    yield GaugeMetricFamily(
+        "blynk_retention_longest_transaction_seconds",
+        "Longest retention DELETE transaction (the write lock held)",
+        value=r.longest_transaction_seconds,
+    )
+    yield CounterMetricFamily("blynk_retention_errors", "Retention passes that failed", value=r.errors)
 
 
 def _http(h: HttpStats) -> Iterator[Metric]:
