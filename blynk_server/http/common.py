@@ -17,6 +17,9 @@ from protocol.body import SEP, Pin
 log = logging.getLogger(__name__)
 
 PIN_RE = re.compile(r"^([vVdDaA])([0-9]{1,3})$")  # ASCII digits only (``\d`` takes any script's)
+# Methods counted by name in metrics; any other is "other" (a client may send any token as a method, and
+# each would be a new label value).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 INT64_MAX = 2**63 - 1
 MAX_BATCH = 10_000  # points in one batch/update or legacy extra/pin body  # JSON integers beyond SQLite's 64-bit range are refused, never stored
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -42,6 +45,29 @@ def parse_pin_name(name: str) -> Pin | None:
     if m is None or int(m.group(2)) > 255:
         return None
     return Pin(m.group(1).lower(), int(m.group(2)))
+
+
+class LogBudget:
+    """At most ``per_interval`` lines per ``interval`` seconds; the rest are counted and the next line
+    that may go out says how many were left out. Keeps a flood of bad requests from flooding the log."""
+
+    def __init__(self, per_interval: int = 20, interval: float = 10.0) -> None:
+        self.per_interval = per_interval
+        self.interval = interval
+        self._window = 0.0
+        self._used = 0
+        self._dropped = 0
+
+    def take(self, now: float) -> int | None:
+        """None when this line must not be logged; otherwise how many were left out before it."""
+        if now - self._window >= self.interval:
+            self._window, self._used = now, 0
+        if self._used >= self.per_interval:
+            self._dropped += 1
+            return None
+        self._used += 1
+        dropped, self._dropped = self._dropped, 0
+        return dropped
 
 
 def route_name(request: web.Request) -> str:
@@ -120,6 +146,7 @@ def metrics_middleware(stats: HttpStats, app_name: str) -> Callable:
             raise
         finally:
             name = route_name(request) if status != 404 else "unmatched"
-            stats.observe(app_name, name, request.method, status, time.perf_counter() - start)
+            method = request.method if request.method in METHODS else "other"
+            stats.observe(app_name, name, method, status, time.perf_counter() - start)
 
     return middleware

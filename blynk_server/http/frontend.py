@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from blynk_server.http import device_api, legacy_api, websocket
-from blynk_server.http.common import ApiError, Handler, json_error, metrics_middleware, route_name
+from blynk_server.http.common import ApiError, Handler, LogBudget, json_error, metrics_middleware, route_name
 from blynk_server.http.limits import REQUEST_RATE, ConnectionGuard, GuardedHandler, RequestRate, Throttled
 from blynk_server.metrics import HttpStats, LoopLag, build_registry
 
@@ -29,6 +30,7 @@ DEVICE_APP_MAX_BODY = 4 * 1024 * 1024  # a 10,000-point batch fits with room to 
 
 
 INTERNAL_ERROR = "Internal server error."
+_error_log = LogBudget()  # refused requests are logged at most 20 per 10 s (a bad-token flood is one line)
 
 
 @web.middleware
@@ -46,9 +48,10 @@ async def device_errors(request: web.Request, handler: Handler) -> web.StreamRes
         else:
             response = web.Response(text=exc.message, status=exc.status)
         if isinstance(exc, Throttled):
-            response.headers["Retry-After"] = str(exc.retry_after)
-        else:
-            log.info("http error route=%s status=%d message=%s", route_name(request), exc.status, exc.message)
+            response.headers["Retry-After"] = str(exc.retry_after)  # counted in metrics, not logged
+        elif (dropped := _error_log.take(time.monotonic())) is not None:
+            more = f" ({dropped} more not logged)" if dropped else ""
+            log.info("http error route=%s status=%d message=%s%s", route_name(request), exc.status, exc.message, more)
     except web.HTTPException as exc:
         if exc.status >= 400 and external:
             response = json_error(exc.reason, exc.status)

@@ -405,3 +405,24 @@ async def test_no_token_in_the_log(hostile_site):
     log = s.srv.stderr()
     assert "route=/{token}/get/{pin}" in log
     assert token not in log
+
+
+async def test_request_floods_do_not_flood_the_log_or_the_metrics(hostile_site):
+    """Invalid tokens at full speed: at most 20 error lines per 10 s. Made-up methods never become metric
+    labels (aiohttp's C parser refuses them; its Python parser does not, and they count as "other")."""
+    s, _, _ = hostile_site
+    before = s.srv.stderr().count("http error")
+    async with aiohttp.ClientSession() as session:
+        for i in range(300):
+            async with session.get(s.ext(f"bad{i}", "get", "v1")) as resp:
+                assert resp.status == 400
+    assert s.srv.stderr().count("http error") - before <= 20
+    for i in range(30):
+        reader, writer = await _open(s, f"POSTX{i} /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        status, _, _ = await _response(reader)
+        assert 400 <= status < 500
+        writer.close()
+    async with aiohttp.ClientSession() as session, session.get(f"{s.admin}/metrics") as resp:
+        text = await resp.text()
+    assert "POSTX" not in text, [line for line in text.splitlines() if "POSTX" in line][:3]
+    await s.device_still_works()
