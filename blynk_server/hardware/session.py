@@ -250,6 +250,12 @@ class HardwareSession(asyncio.BufferedProtocol):
             if exc.frames:
                 self._handle_frames(exc.frames)
             self.stats.oversize_frames_in += 1
+            if exc.msg_id and not self.closed:
+                self._write(encode_response(exc.msg_id, Status.ILLEGAL_COMMAND), 0)
+            if self.device is None:  # not logged in: no line of its own, and it counts as a failed login
+                if not self.closed:
+                    self._close_quietly("frame_too_large", True)
+                return
             log.warning(
                 "frame too large device=%s peer=%s command=%d length=%d limit=%d",
                 self._who(),
@@ -258,8 +264,6 @@ class HardwareSession(asyncio.BufferedProtocol):
                 exc.length,
                 exc.limit,
             )
-            if exc.msg_id and not self.closed:
-                self._write(encode_response(exc.msg_id, Status.ILLEGAL_COMMAND), 0)
             self.close("frame too large")
             return
         if frames:

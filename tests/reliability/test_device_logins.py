@@ -83,8 +83,18 @@ async def test_failed_logins_close_and_are_summarised_not_logged_one_by_one(rig)
         await c.close()
         for _ in range(29):
             await _failed_login(r.srv)
-        await _wait_log(r.srv, r"refused logins in the last 0.5s: invalid_token=30 from 1 IPs")
-    assert "invalid token" not in r.srv.stderr().lower()
+        for first in (encode_frame(Command.PING, 7, b""), bytes([Command.HW_LOGIN, 0, 8, 0xFF, 0xFF])):
+            c = await _open(r.srv)  # a frame before login, then an oversize login header: closed too
+            c.send_raw(first)
+            await asyncio.wait_for(c.closed.wait(), 5)
+            await c.close()
+        await _wait_log(r.srv, r"not_logged_in=1 from 1 IPs")
+    summaries = re.findall(r"refused logins in the last 0.5s: (.*)", r.srv.stderr())
+    counts: dict[str, int] = {}
+    for reason, n in (m for line in summaries for m in re.findall(r"(\w+)=(\d+) from 1 IPs", line)):
+        counts[reason] = counts.get(reason, 0) + int(n)
+    assert counts == {"invalid_token": 30, "not_logged_in": 1, "frame_too_large": 1}
+    assert "invalid token" not in r.srv.stderr().lower() and "before login" not in r.srv.stderr()
     assert await _metric(r.srv, "blynk_logins_total", result="invalid_token") == 30
     assert control.stats.failures == []
     await write_restart_read(r.srv, control_token)
