@@ -7,13 +7,30 @@ the device's message budget, so a sync flood meets flood control. Another device
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
+import pytest
+
 from blynk_server.devclient import DeviceClient
+from blynk_server.timeutil import next_transitions, upcoming_transitions, zone
 from protocol import Command, Status
 from protocol.body import join_fields
 
 from .conftest import Control, assert_no_traceback, connect, write_acked, write_restart_read
 
 MANY_PINS = range(10, 250)  # pins with no datastream: any value is stored as sent
+
+
+KYIV_SPRING_2026 = 1774746000  # 2026-03-29 01:00 UTC: Europe/Kyiv moves to +03:00
+
+
+@pytest.mark.parametrize("offset", [-3601, -1800, -1, 0, 1, 1800, 3599])
+def test_cached_dst_transitions_equal_the_computed_ones(offset):
+    """dst_next comes from a per-zone, per-hour cache: around a transition it must still name the
+    next two changes after *now*, as computing them afresh does."""
+    now = KYIV_SPRING_2026 + offset
+    tz = zone("Europe/Kyiv")
+    assert upcoming_transitions(tz, now) == next_transitions(tz, datetime.fromtimestamp(now, timezone.utc), 2)
 
 
 async def _until_ping(client: DeviceClient, timeout: float = 5.0) -> list[tuple]:
