@@ -18,19 +18,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
 
-from blynk_server.http.common import ApiError
+from blynk_server.http.common import ApiError, LogBudget
 
 if TYPE_CHECKING:
     from aiohttp.web_server import Server
 
     from blynk_server.metrics import HttpStats
+
+log = logging.getLogger(__name__)
+_bad_request_log = LogBudget()  # malformed requests: at most 20 lines per 10 s
 
 MIN_BODY_RATE = 1024  # bytes/s a request body must average once the grace period is over
 
@@ -72,7 +79,7 @@ class ConnectionGuard:
 
 
 class GuardedHandler(RequestHandler):
-    """aiohttp's per-connection protocol with the per-IP cap and a header-read timeout."""
+    """aiohttp's per-connection protocol with the per-IP cap, the header-read timeout and the body rate."""
 
     __slots__ = (
         "_body",
@@ -151,6 +158,28 @@ class GuardedHandler(RequestHandler):
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> StreamResponse:
+        """A request aiohttp could not parse is the client's fault: counted and logged in one short,
+        rate-limited line (the error's class only: its text may hold the URL, and so a token), not
+        with aiohttp's ERROR traceback. The client gets aiohttp's answer. Other errors go to aiohttp."""
+        if status >= 500 or not isinstance(exc, HttpProcessingError):
+            return super().handle_error(request, status, exc, message)
+        self._stats.bad_requests += 1
+        if (dropped := _bad_request_log.take(self._loop.time())) is not None:
+            more = f" ({dropped} more not logged)" if dropped else ""
+            log.info("http bad request peer=%s status=%d error=%s%s", self._ip, status, type(exc).__name__, more)
+        if request.writer.output_size > 0:
+            raise ConnectionError("Response is sent already, cannot send another response with the error message")
+        response = web.Response(status=status, text=message, content_type="text/plain")
+        response.force_close()
+        return response
 
     def _header_timed_out(self) -> None:
         self._header_timer = None

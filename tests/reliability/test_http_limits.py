@@ -426,3 +426,31 @@ async def test_request_floods_do_not_flood_the_log_or_the_metrics(hostile_site):
         text = await resp.text()
     assert "POSTX" not in text, [line for line in text.splitlines() if "POSTX" in line][:3]
     await s.device_still_works()
+
+
+async def test_malformed_requests_get_400_without_traceback_or_token(hostile_site):
+    """What aiohttp cannot parse (an over-long URL holding a token, a bad URL, a bad version, a bad method
+    on a kept-alive connection) is answered 4xx by aiohttp and closed, counted, and logged as one short line."""
+    s, token, _ = hostile_site
+    before = await s.metric("blynk_http_bad_requests_total")
+    cases = [
+        f"GET /external/api/get?token={token}&v1={'9' * 9000} HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
+        f"GET /{token}/get/V1\x01 HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
+        f"GET /{token}/get/V1 HTTP/9.Z\r\nHost: x\r\n\r\n".encode(),
+        _get(f"/external/api/isHardwareConnected?token={token}") + b"\x00\x01\x02 / HTTP/1.1\r\n\r\n",
+    ]
+    for raw in cases:
+        reader, writer = await _open(s, raw)
+        answers = []
+        while True:
+            try:
+                answers.append((await _response(reader))[0])
+            except asyncio.IncompleteReadError:
+                break  # closed by the server after its answer
+        assert answers[-1] in (400, 414, 431), answers
+        writer.close()
+    assert await s.metric("blynk_http_bad_requests_total") - before == len(cases)
+    log = s.srv.stderr()
+    assert token not in log
+    assert_no_traceback(s.srv)
+    await s.device_still_works()
