@@ -45,6 +45,7 @@ class HttpStats:
         "connections_refused",
         "header_timeouts",
         "body_timeouts",
+        "bad_requests",
         "throttled",
     )
 
@@ -57,6 +58,7 @@ class HttpStats:
         self.connections_refused = 0  # over http_connections_per_ip
         self.header_timeouts = 0  # closed for not sending a request's headers within http_header_timeout
         self.body_timeouts = 0  # closed for sending a request body slower than limits.MIN_BODY_RATE
+        self.bad_requests = 0  # requests aiohttp could not parse (answered 4xx by aiohttp, then closed)
         self.throttled = 0  # device API requests answered 429 (over http_request_rate)
 
     def observe(self, app: str, route: str, method: str, status: int, seconds: float) -> None:
@@ -301,6 +303,9 @@ def _http(h: HttpStats) -> Iterator[Metric]:
     )
     yield CounterMetricFamily(
         "blynk_http_body_timeouts", "HTTP connections closed: request body sent too slowly", value=h.body_timeouts
+    )
+    yield CounterMetricFamily(
+        "blynk_http_bad_requests", "HTTP requests that could not be parsed (4xx, closed)", value=h.bad_requests
     )
     yield CounterMetricFamily(
         "blynk_http_throttled", "Device API requests answered 429: over the per-device rate", value=h.throttled
