@@ -131,6 +131,7 @@ class HardwareSession(asyncio.BufferedProtocol):
         "_write_paused",
         "_write_paused_at",
         "_reply_cost",
+        "_noise",
         "device",
         "closed",
         "sniffed",
@@ -184,6 +185,7 @@ class HardwareSession(asyncio.BufferedProtocol):
         self._write_paused = False  # more than write_buffer_high bytes wait to be sent: not read meanwhile
         self._write_paused_at = 0.0
         self._reply_cost = 0  # frames sent in answer to this read's requests, charged with its frames
+        self._noise = 0  # repeatable events noted for the log (see _should_log)
         self.device: DeviceState | None = None
         self.closed = False
         self.sniffed = False
@@ -342,7 +344,8 @@ class HardwareSession(asyncio.BufferedProtocol):
         failed = self.domain.write_keys(self.device, writes, self._group_ts or self._batch_ms)
         if failed:
             for msg_id, key, exc in failed:
-                log.info("invalid value device=%d pin=%s: %s", self.device.id, key, exc)
+                if self._should_log():
+                    log.info("invalid value device=%d pin=%s: %s (%d noted)", self.device.id, key, exc, self._noise)
                 self._reply(msg_id, Status.ILLEGAL_COMMAND)
 
     def _dispatch(self, frame) -> None:
@@ -410,7 +413,8 @@ class HardwareSession(asyncio.BufferedProtocol):
             return
         if len(queue) >= MAX_PACED:
             self.stats.dropped_oversize += 1
-            log.warning("dropped frame: paced output queue full device=%s", self._who())
+            if self._should_log():
+                log.warning("dropped frame: paced output queue full device=%s (%d noted)", self._who(), self._noise)
             return
         queue.append(data)
         if len(queue) == 1:
@@ -445,7 +449,7 @@ class HardwareSession(asyncio.BufferedProtocol):
         """The frames answering one request: one transport write (blynklib's go through the paced
         queue one by one), and charged to the device's message budget like its own frames."""
         frames = [encode_frame(command, msg_id or self._next_msg_id(), b) for b in bodies if self._fits(command, b)]
-        self._reply_cost += len(frames)
+        self._reply_cost += len(bodies)  # frames dropped for buff-in cost work and a count too
         if self._paced is not None:
             for frame in frames:
                 self._write(frame, command)
@@ -456,15 +460,24 @@ class HardwareSession(asyncio.BufferedProtocol):
         """Does the frame fit the device's buff-in? When not, it is counted and logged here."""
         if len(body) + 5 > self.buff_in:
             self.stats.dropped_oversize += 1
-            log.warning(
-                "dropped frame larger than buff-in device=%s command=%d size=%d buff_in=%d",
-                self._who(),
-                command,
-                len(body) + 5,
-                self.buff_in,
-            )
+            if self._should_log():
+                log.warning(
+                    "dropped frame larger than buff-in device=%s command=%d size=%d buff_in=%d (%d noted)",
+                    self._who(),
+                    command,
+                    len(body) + 5,
+                    self.buff_in,
+                    self._noise,
+                )
             return False
         return True
+
+    def _should_log(self) -> bool:
+        """A log budget for what a device can repeat at will (invalid values, dropped frames): the
+        1st, 2nd, 4th, 8th... such line of a connection is written, so a device repeating an error
+        100 times a second writes about twenty lines in an hour, not 100 a second."""
+        self._noise += 1
+        return self._noise & (self._noise - 1) == 0
 
     def push(self, command: int, body: bytes, msg_id: int | None = None) -> bool:
         """A server-initiated message (HTTP write, bridge, OTA). Held until the info message is
@@ -656,7 +669,8 @@ class HardwareSession(asyncio.BufferedProtocol):
                 try:
                     self.domain.write_key(self.device, key, body[sep + 1 :], self._group_ts or self._batch_ms)
                 except InvalidValue as exc:
-                    log.info("invalid value device=%d pin=%s: %s", self.device.id, key, exc)
+                    if self._should_log():
+                        log.info("invalid value device=%d pin=%s: %s (%d noted)", self.device.id, key, exc, self._noise)
                     self._reply(msg_id, Status.ILLEGAL_COMMAND)
                 return
             self._reply(msg_id, Status.ILLEGAL_COMMAND)
@@ -830,7 +844,10 @@ class HardwareSession(asyncio.BufferedProtocol):
 
     def _on_notification(self, command: int, msg_id: int) -> None:
         # Tweets, e-mails, pushes and SMS are not delivered by this server: say so, don't drop silently.
-        log.info("notification command=%d from device=%d not supported", command, self.device.id)
+        if self._should_log():
+            log.info(
+                "notification command=%d from device=%d not supported (%d noted)", command, self.device.id, self._noise
+            )
         self._reply(msg_id, Status.NTF_NOT_AUTHORIZED)
 
 

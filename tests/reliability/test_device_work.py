@@ -95,3 +95,17 @@ async def test_replies_are_charged_to_the_flood_budget(rig):
     assert control.stats.failures == [] and control.stats.rtts
     await write_restart_read(r.srv, control_token)
     assert_no_traceback(r.srv)
+
+
+async def test_repeated_errors_are_each_answered_but_logged_sparsely(rig):
+    """300 invalid values: 300 answers of status 2, but log lines 1, 2, 4, ... 256 only (9)."""
+    r = rig(env={"BLYNK_MESSAGE_RATE": "1000"})
+    dev = await connect(r.srv, r.token())
+    try:
+        ids = {dev.virtual_write(3, "not-a-number") for _ in range(300)}  # V3 is an int datastream
+        answers = [f for f in await _until_ping(dev) if f[0] == Command.RESPONSE]
+    finally:
+        await dev.close()
+    assert {f[1] for f in answers} == ids and {f[2] for f in answers} == {Status.ILLEGAL_COMMAND}
+    assert r.srv.stderr().count("invalid value device=") == 9
+    assert_no_traceback(r.srv)
