@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -33,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -297,31 +299,36 @@ class Gen:
         req = f"{method} {path} HTTP/1.1\r\n".encode("latin-1") + b"\r\n".join(headers) + b"\r\n\r\n" + body
         return self.mutate(req) if r.random() < 0.3 else req
 
-    def session(self) -> tuple[str, list[bytes]]:
-        """(kind, frames): what one connection sends."""
+    def session(self) -> tuple[str, Iterator[bytes]]:
+        """(kind, frames): what one connection sends, generated lazily (a session the server closes
+        early costs no generation for the frames it never gets)."""
         r = self.r
         k = r.random()
         if k < 0.05:
-            return "prelogin", [self.frame(fatal=r.random() < 0.2) for _ in range(r.randint(1, 5))]
+            return "prelogin", (self.frame(fatal=r.random() < 0.2) for _ in range(r.randint(1, 5)))
         if k < 0.08:
-            return "garbage", [r.randbytes(r.randint(1, 2000))]
+            return "garbage", iter([r.randbytes(r.randint(1, 2000))])
         if k < 0.15:
-            return "http", [self.http() for _ in range(r.choice([1, 1, 2, 5]))]
+            return "http", (self.http() for _ in range(r.choice([1, 1, 2, 5])))
         if k < 0.18:
             login = raw_frame(r.choice([Command.LOGIN, Command.HW_LOGIN]), r.randint(0, 0xFFFF), self.token())
-            return "badlogin", [self.mutate(login), *[self.frame() for _ in range(r.randint(0, 10))]]
+            return "badlogin", itertools.chain([self.mutate(login)], (self.frame() for _ in range(r.randint(0, 10))))
+        return "device", self._device()
+
+    def _device(self) -> Iterator[bytes]:
+        r = self.r
         token = r.choice(self.tokens).encode() if self.tokens else self.token()
-        frames = [raw_frame(r.choice([Command.HW_LOGIN, Command.HW_LOGIN, Command.LOGIN]), 1, token)]
+        yield raw_frame(r.choice([Command.HW_LOGIN, Command.HW_LOGIN, Command.LOGIN]), 1, token)
         if r.random() < 0.8:
-            frames.append(raw_frame(Command.INTERNAL, 2, self.body(Command.INTERNAL) if r.random() < 0.3 else INFO))
-        frames += [self.frame() for _ in range(r.choice([1, 10, 50, 100, 300]))]
+            yield raw_frame(Command.INTERNAL, 2, self.body(Command.INTERNAL) if r.random() < 0.3 else INFO)
+        for _ in range(r.choice([1, 10, 50, 100, 300])):
+            yield self.frame()
         k = r.random()
         if k < 0.05:  # end mid-frame
             last = self.frame()
-            frames.append(last[: r.randint(1, max(1, len(last) - 1))])
+            yield last[: r.randint(1, max(1, len(last) - 1))]
         elif k < 0.1:
-            frames.append(self.frame(fatal=True))
-        return "device", frames
+            yield self.frame(fatal=True)
 
 
 INFO = join_fields("mcu", "1.0.0", "fw-type", "TMPL", "blynk", "1.4.0", "h-beat", "40", "buff-in", "1024", "dev", "fz")
@@ -425,38 +432,55 @@ class LogWatch:
         return data.decode("utf-8", "replace")
 
 
-async def play(host: str, port: int, played: Played, rnd: random.Random, read: bool = True, timeout: float = 5) -> int:
-    """Send one session's frames over a fresh connection (random split points); returns how many frames
-    were written whole (the server may close the connection before the rest)."""
+PING_ANSWER = raw_response(0xFFFE, Status.SUCCESS)  # the answer to the PING a session may end with
+
+
+async def play(
+    host: str, port: int, played: Played, frames: Iterator[bytes], rnd: random.Random, read: bool = True
+) -> int:
+    """Send one session's frames over a fresh connection, in batches of 1-50 frames (a batch sometimes
+    split at random points), appending each to ``played.frames``; returns how many were written whole
+    before the server closed the connection (or all of them)."""
     try:
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, local_addr=(played.src, 0), limit=1 << 16), timeout
+            asyncio.open_connection(host, port, local_addr=(played.src, 0), limit=1 << 16), 5
         )
     except (OSError, asyncio.TimeoutError):
         return 0
+    answered = asyncio.Event()
 
     async def drain_reader() -> None:
+        tail = b""
         with contextlib.suppress(Exception):
-            while await reader.read(1 << 16):
-                pass
+            while data := await reader.read(1 << 16):
+                if PING_ANSWER in tail + data[:8] or PING_ANSWER in data:
+                    answered.set()
+                tail = data[-4:]
 
     reading = asyncio.ensure_future(drain_reader()) if read else None
-    data = b"".join(played.frames)
-    sent = 0
+    written = 0
     try:
-        pos = 0
-        while pos < len(data) and not writer.transport.is_closing():
-            step = rnd.choice([1, 7, 64, 1500, 65536, len(data)])
-            writer.write(data[pos : pos + step])
-            pos += step
-            sent += step
-            await asyncio.wait_for(writer.drain(), timeout)
+        while not writer.transport.is_closing():
+            batch = list(itertools.islice(frames, rnd.choice([1, 5, 20, 50])))
+            if not batch:
+                break
+            played.frames.extend(batch)
+            data = b"".join(batch)
+            if rnd.random() < 0.1 and len(data) > 1:  # split at random points
+                cuts = sorted(rnd.sample(range(1, len(data)), min(len(data) - 1, rnd.randint(1, 4))))
+                for a, b in itertools.pairwise([0, *cuts, len(data)]):
+                    writer.write(data[a:b])
+                    await asyncio.wait_for(writer.drain(), 5)
+            else:
+                writer.write(data)
+                await asyncio.wait_for(writer.drain(), 5)
+            written += len(batch)
             if reading is not None and reading.done():
                 break  # the server closed the connection
         if reading is not None and rnd.random() < 0.5:  # sometimes wait for the answers, else hang up at once
             writer.write(encode_frame(Command.PING, 0xFFFE))
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(reading), 0.2)
+                await asyncio.wait_for(answered.wait(), 2)
     except (OSError, asyncio.TimeoutError, ConnectionError, RuntimeError):  # RuntimeError: uvloop, closed transport
         pass
     finally:
@@ -467,13 +491,7 @@ async def play(host: str, port: int, played: Played, rnd: random.Random, read: b
         if reading is not None:
             reading.cancel()
             await asyncio.gather(reading, return_exceptions=True)
-    written = min(sent, len(data))
-    end = 0
-    for i, f in enumerate(played.frames):  # frames wholly handed to the socket
-        end += len(f)
-        if end > written:
-            return i
-    return len(played.frames)
+    return written
 
 
 class Control:
@@ -557,8 +575,6 @@ async def fuzz(
     progress: float = 0.0,
 ) -> Result:
     """Play sessions over ``connections`` parallel connections until ``frames`` frames were sent."""
-    rnd = random.Random(seed)
-    gen = Gen(rnd, tokens)
     res = Result(rss_start_mb=round(rss_bytes(pid) / 2**20, 1))
     watch = LogWatch(log_path)
     recent: collections.deque[Played] = collections.deque(maxlen=600)
@@ -582,12 +598,14 @@ async def fuzz(
 
     async def worker(wid: int) -> None:
         wr = random.Random(seed * 1000 + wid)
+        gen = Gen(random.Random(seed * 1000 + wid + 500), tokens)
         while res.frames < frames:
             kind, fr = gen.session()
-            res.generated += len(fr)
-            p = Played(kind, fr, f"127.0.{wr.randint(0, 3)}.{wr.randint(2, 254)}", time.time())
+            p = Played(kind, [], f"127.0.{wr.randint(0, 3)}.{wr.randint(2, 254)}", time.time())
             recent.append(p)
-            res.frames += await play(host, port, p, wr, read=wr.random() > 0.05)
+            n = await play(host, port, p, fr, wr, read=wr.random() > 0.05)  # not "+= await": that loses counts
+            res.frames += n
+            res.generated += len(p.frames)
             p.t1 = time.time()
             res.sessions += 1
             res.kinds[kind] += 1

@@ -1,7 +1,7 @@
 """A bounded fuzz run against a live server: random and mutated frame sequences from many connections
 (the generator and runner of ``benchmarks/fuzz.py``; its long run is ``python -m benchmarks.fuzz``).
 
-Seeded, so a failure replays: ``BLYNK_FUZZ_SEED`` (default 10), ``BLYNK_FUZZ_FRAMES`` (default 10,000).
+Seeded, so a failure replays: ``BLYNK_FUZZ_SEED`` (default 10), ``BLYNK_FUZZ_FRAMES`` (default 20,000).
 It asserts what issue 10 asks of a hostile device: no traceback in the server log, the server stays up
 with bounded memory, a control device's pings are answered throughout, and afterwards a write still
 survives a restart (the store still flushes).
@@ -19,7 +19,7 @@ import pytest
 
 from .conftest import COUNTER_PIN, write_restart_read
 
-FRAMES = int(os.environ.get("BLYNK_FUZZ_FRAMES", "10000"))
+FRAMES = int(os.environ.get("BLYNK_FUZZ_FRAMES", "20000"))
 SEED = int(os.environ.get("BLYNK_FUZZ_SEED", "10"))
 RSS_GROWTH_MB = 150  # the stated bound: fuzzing may not grow the server by more than this
 
