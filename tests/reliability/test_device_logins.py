@@ -15,7 +15,10 @@ import ssl
 
 import aiohttp
 
+from blynk_server.config import Settings
 from blynk_server.devclient import DeviceClient
+from blynk_server.hardware.guard import MAX_TRACKED_IPS, LoginGuard
+from blynk_server.hardware.stats import HardwareStats
 from protocol import Command, Status, encode_frame
 
 from .conftest import Control, assert_no_traceback, connect, write_restart_read
@@ -168,3 +171,35 @@ async def test_a_silent_connection_on_the_tls_port_is_closed_after_the_login_tim
     finally:
         await c.close()
     assert_no_traceback(srv)
+
+
+class _Clock:
+    """Enough of an event loop for LoginGuard: a settable time and call_later that records."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.timers: list = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_later(self, delay: float, callback) -> None:
+        self.timers.append(callback)
+
+
+def test_login_guard_state_stays_bounded_whatever_the_number_of_ips():
+    settings = Settings(failed_login_burst=2, failed_logins_per_ip=1.0, pending_logins_per_ip=1, max_pending_logins=10)
+    clock, stats = _Clock(), HardwareStats()
+    guard = LoginGuard(settings, clock, stats)  # type: ignore[arg-type]
+    for i in range(3 * MAX_TRACKED_IPS):  # a scan from many addresses
+        guard.failed(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}")
+    assert len(guard._buckets) <= MAX_TRACKED_IPS and stats.login_budget_ips <= MAX_TRACKED_IPS
+    guard.failed("192.0.2.1")
+    guard.failed("192.0.2.1")
+    assert guard.admit("192.0.2.1") == "budget_exhausted"
+    clock.now += 1.0  # one token back
+    assert guard.admit("192.0.2.1") is None and guard.admit("192.0.2.1") == "pending_per_ip"
+    guard.release("192.0.2.1")
+    assert stats.pending_logins == 0 and guard.pending_by_ip == {}
+    assert stats.refused == {"budget_exhausted": 1, "pending_per_ip": 1, "pending_global": 0}
+    assert len(clock.timers) == 1  # one summary line scheduled for the interval, not one per refusal
