@@ -256,6 +256,7 @@ class HardwareSession(asyncio.BufferedProtocol):
                 self._write(encode_response(exc.msg_id, Status.ILLEGAL_COMMAND), 0)
             if self.device is None:  # not logged in: no line of its own, and it counts as a failed login
                 if not self.closed:
+                    self.stats.logins["frame_too_large"] += 1
                     self._close_quietly("frame_too_large", True)
                 return
             log.warning(

@@ -27,7 +27,15 @@ class HardwareStats:
 
     def __init__(self) -> None:
         self.connections = 0
-        self.logins: dict[str, int] = {"ok": 0, "invalid_token": 0, "timeout": 0, "not_logged_in": 0}
+        # Outcomes of connections before login: "not_logged_in" sent another command first,
+        # "frame_too_large" a frame over max_frame.
+        self.logins: dict[str, int] = {
+            "ok": 0,
+            "invalid_token": 0,
+            "timeout": 0,
+            "not_logged_in": 0,
+            "frame_too_large": 0,
+        }
         # Connections closed at accept, unanswered (see guard.LoginGuard), by reason.
         self.refused: dict[str, int] = {"budget_exhausted": 0, "pending_per_ip": 0, "pending_global": 0}
         self.pending_logins = 0  # connections accepted and not yet logged in, closed or handed to HTTP

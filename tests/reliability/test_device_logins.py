@@ -99,6 +99,7 @@ async def test_failed_logins_close_and_are_summarised_not_logged_one_by_one(rig)
     assert counts == {"invalid_token": 30, "not_logged_in": 1, "frame_too_large": 1}
     assert "invalid token" not in r.srv.stderr().lower() and "before login" not in r.srv.stderr()
     assert await _metric(r.srv, "blynk_logins_total", result="invalid_token") == 30
+    assert await _metric(r.srv, "blynk_logins_total", result="frame_too_large") == 1
     assert control.stats.failures == []
     await write_restart_read(r.srv, control_token)
     assert_no_traceback(r.srv)
