@@ -665,14 +665,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-async def _replay_causes(host: str, port: int, sig: str, frames: list[bytes], watch: LogWatch) -> bool:
-    """Play ``frames`` alone (in one write, then a ping, waiting for the answer or the close)."""
-    watch.new()
-    played = Played("replay", frames, "127.0.9.9", time.time())
+async def send_alone(host: str, port: int, frames: list[bytes]) -> None:
+    """Send ``frames`` on a fresh connection in one write, then a PING; wait for its answer or the close."""
     try:
-        reader, writer = await asyncio.open_connection(host, port, local_addr=(played.src, 0))
+        reader, writer = await asyncio.open_connection(host, port, local_addr=("127.0.9.9", 0))
     except OSError:
-        return False
+        return
     writer.write(b"".join(frames) + encode_frame(Command.PING, 0xFFFD))
     dec = Decoder()
     with contextlib.suppress(Exception):
@@ -686,6 +684,12 @@ async def _replay_causes(host: str, port: int, sig: str, frames: list[bytes], wa
         await asyncio.wait_for(until_answer(), 1)
     writer.close()
     await asyncio.sleep(0.2)  # the log line of an error raised while closing
+
+
+async def _replay_causes(host: str, port: int, sig: str, frames: list[bytes], watch: LogWatch) -> bool:
+    """Does playing ``frames`` alone log a traceback with signature ``sig``?"""
+    watch.new()
+    await send_alone(host, port, frames)
     return any(signature(tb) == sig for tb in split_tracebacks(watch.new()))
 
 
@@ -720,7 +724,7 @@ def write_finding(path: Path, finding: dict, seed: int) -> None:
         if rep:
             fh.write(f"Reproducer ({rep['kind']} session, one write to the device port, after a fresh connect):\n\n")
             fh.write("```python\n" + rep["python"] + "\n```\n\nframes (hex):\n\n```\n")
-            fh.write("\n".join(rep["frames_hex"])[:8000] + "\n```\n\n")
+            fh.write("\n".join(rep["frames_hex"]) + "\n```\n\n")
         else:
             fh.write("No single session reproduced it alone (an interaction, or the server went down).\n\n")
         fh.write("```\n" + finding["traceback"][:6000] + "\n```\n")
@@ -783,6 +787,42 @@ async def restart_check(srv_start, stop, port_of, token: str) -> str:
     return "ok" if got == value else f"wrote {value!r}, read back {got!r} after the restart"
 
 
+def reproducers(text: str) -> list[tuple[str, list[bytes]]]:
+    """(title, frames) of each reproducer in a findings file (the "frames (hex):" blocks)."""
+    out = []
+    title = ""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("#"):
+            title = line.lstrip("# ").strip()
+        if line.strip() == "frames (hex):" and i + 2 < len(lines) and lines[i + 2].startswith("```"):
+            frames = []
+            for hexline in lines[i + 3 :]:
+                if hexline.startswith("```"):
+                    break
+                with contextlib.suppress(ValueError):
+                    frames.append(bytes.fromhex(hexline.strip()))
+            out.append((title, frames))
+    return out
+
+
+async def replay_findings(path: Path, port: int, tokens: list[str], log: Path) -> list[dict]:
+    """Replay each reproducer of a findings file alone on a fresh connection (the 32-hex-digit tokens of
+    the run that found it replaced by valid ones here); returns the tracebacks each one causes now."""
+    watch = LogWatch(log)
+    out = []
+    for n, (title, frames) in enumerate(reproducers(path.read_text(errors="replace"))):
+        token = tokens[n % len(tokens)].encode()
+        frames = [re.sub(rb"[0-9a-f]{32}", token, f) for f in frames]
+        watch.new()
+        await send_alone("127.0.0.1", port, frames)
+        await asyncio.sleep(0.3)
+        now = [signature(tb) for tb in split_tracebacks(watch.new())]
+        out.append({"finding": title, "tracebacks_now": now})
+        print(f"{'STILL' if now else 'fixed'}: {title}" + (f"  -> {now}" if now else ""), flush=True)
+    return out
+
+
 async def main_async(args) -> int:
     from blynk_server.testing import start_server
 
@@ -811,6 +851,11 @@ async def main_async(args) -> int:
         start()
         port = procs[0].ready.hardware[1]
         print(f"# server pid={procs[0].proc.pid} port={port} log={log}", flush=True)
+        if args.replay:
+            results = await replay_findings(Path(args.replay), port, tokens[:-1], log)
+            still = sum(bool(r["tracebacks_now"]) for r in results)
+            print(f"replayed {len(results)} reproducers: {still} still cause a traceback")
+            return 1 if still else 0
         res = await fuzz(
             "127.0.0.1",
             port,
@@ -860,6 +905,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--findings", default="/tmp/fuzz-findings.md", help="append tracebacks and reproducers here")
     p.add_argument("--progress", type=float, default=30.0, help="seconds between progress lines (0: none)")
+    p.add_argument("--replay", help="instead of fuzzing: replay each reproducer of this findings file")
     args = p.parse_args(argv)
     print(f"# {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())} nproc={os.cpu_count()} {' '.join(sys.argv)}")
     try:
