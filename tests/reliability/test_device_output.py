@@ -98,12 +98,22 @@ async def test_a_device_that_does_not_read_is_paused_then_closed_and_memory_stay
 async def test_a_device_over_the_unsent_cap_is_closed_at_once(rig):
     """One read's replies (hundreds of syncs) take the unsent bytes past write_buffer_max (here
     200 kB): closed there and then, its output dropped."""
-    r = rig(env={"BLYNK_MESSAGE_RATE": "1000000", "BLYNK_WRITE_BUFFER_MAX": "200000"})
+    # The high-water mark at the cap: reading is not paused below it, so the unsent bytes reach it
+    # however the server's reads are cut (with a lower mark, reading pauses first and only the
+    # timeout acts, as the test above shows).
+    env = {"BLYNK_MESSAGE_RATE": "1000000", "BLYNK_WRITE_BUFFER_MAX": "200000", "BLYNK_WRITE_BUFFER_HIGH": "200000"}
+    r = rig(env=env)
     control_token, attacker_token = r.token(), r.token()
-    sync = encode_frame(Command.HARDWARE_SYNC, 9, b"vr\x002") * 1000
+    # Each sync names 150 pins holding 1,000 bytes each: one frame's reply (150 kB) is over the cap
+    # whatever else is unsent, however small the server's reads are while other sockets wait.
+    pins = range(100, 250)
+    sync = encode_frame(Command.HARDWARE_SYNC, 9, join_fields("vr", *pins)) * 20
     async with Control(r.srv, control_token) as control:
         sock = await _non_reader(r.srv, attacker_token, heartbeat=40)  # a 92 s timeout: only the cap acts
         with contextlib.closing(sock):
+            loop = asyncio.get_running_loop()
+            for pin in pins:
+                await loop.sock_sendall(sock, encode_frame(Command.HARDWARE, 4, join_fields("vw", pin, "y" * 1000)))
             assert await _send_until_closed(sock, sync, 15), "the server kept a non-reading device"
         assert await _wait_metric(r.srv, "blynk_sessions_closed_slow_reader_total", 5) == 1
     assert control.stats.failures == [] and control.stats.rtts
