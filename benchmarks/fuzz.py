@@ -79,6 +79,13 @@ HTTP_PATHS = [
 ]
 
 
+BODY_PATHS = [  # routes whose handlers read a JSON body
+    "/external/api/batch/update?token={t}&pin=v{p}",
+    "/{t}/update/V{p}",
+    "/{t}/extra/pin/V{p}",
+]
+
+
 def raw_frame(cmd: int, msg_id: int, body: bytes) -> bytes:
     """A frame with any msg id (0 included) and the body's true length: encode_frame refuses some."""
     return bytes([cmd & 0xFF]) + (msg_id & 0xFFFF).to_bytes(2, "big") + len(body).to_bytes(2, "big") + body
@@ -277,20 +284,23 @@ class Gen:
 
     def http(self) -> bytes:
         r = self.r
-        path = r.choice(HTTP_PATHS).format(
+        method = r.choice(["GET", "GET", "POST", "PUT", "HEAD", "OPTIONS", "DELETE", "PATCH", "TRACE", "CONNECT"])
+        routes = BODY_PATHS if method in ("POST", "PUT") and r.random() < 0.5 else HTTP_PATHS
+        path = r.choice(routes).format(
             t=self.token().decode("latin-1")[:100],
             n=self.number().decode("latin-1")[:5000],
             p=self.pin().decode("latin-1")[:50],
             s=self.text(r.choice([1, 10, 300])).decode("latin-1")[:300].replace(" ", "%20"),
             g=r.choice(["RAW_DATA", "MINUTE", "HOURLY", "DAILY", "X"]),
         )
-        method = r.choice(["GET", "GET", "POST", "PUT", "HEAD", "OPTIONS", "DELETE", "PATCH", "TRACE", "CONNECT"])
         body = b""
         headers = [b"Host: 127.0.0.1"]
         if method in ("POST", "PUT"):
             body = json.dumps([[r.choice([int(time.time() * 1000), 2**63, -1, 10**30]), 1]]).encode()
             headers.append(b"Content-Type: application/json")
-            headers.append(b"Content-Length: " + (str(len(body)).encode() if r.random() < 0.8 else self.number()))
+            k = r.random()  # exact; longer than what follows (the client then hangs up mid-body); any number
+            length = str(len(body) + (r.randint(1, 100) if 0.7 <= k < 0.85 else 0)).encode() if k < 0.85 else None
+            headers.append(b"Content-Length: " + (length or self.number()))
         if r.random() < 0.2:
             headers.append(b"Range: bytes=" + self.number() + b"-" + self.number())
         if r.random() < 0.1:
