@@ -658,7 +658,8 @@ async def fuzz(
     for sig, tb, candidates in suspects:
         finding = {"signature": sig, "traceback": tb, "count": seen[sig]["count"], "reproducer": None}
         if minimize and _alive(pid):
-            finding["reproducer"] = await reproduce(host, port, sig, candidates, watch, reproduce_budget)
+            http = "aiohttp" in tb or "blynk_server/http/" in tb
+            finding["reproducer"] = await reproduce(host, port, sig, candidates, watch, reproduce_budget, http)
         res.tracebacks.append(finding)
         if findings is not None:
             write_finding(findings, finding, seed)
@@ -704,12 +705,17 @@ async def _replay_causes(host: str, port: int, sig: str, frames: list[bytes], wa
 
 
 async def reproduce(
-    host: str, port: int, sig: str, candidates: list[Played], watch: LogWatch, budget: float = 20.0
+    host: str,
+    port: int,
+    sig: str,
+    candidates: list[Played],
+    watch: LogWatch,
+    budget: float = 20.0,
+    http: bool = False,
 ) -> dict | None:
     """The first candidate session that causes ``sig`` alone, shrunk frame by frame (greedy), within
-    ``budget`` seconds. aiohttp's tracebacks are looked for in HTTP sessions only, others in the rest."""
+    ``budget`` seconds. ``http``: the traceback came from the HTTP side, so only HTTP sessions are tried."""
     deadline = time.monotonic() + budget
-    http = "aiohttp" in sig or "http" in sig.split(" at ")[-1]
     pool = [p for p in candidates if (p.kind == "http") == http] or candidates
     for p in reversed(pool[-80:]):
         if time.monotonic() > deadline:
