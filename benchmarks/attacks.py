@@ -323,6 +323,19 @@ async def attack_meta_flood(ctx: Ctx, deadline: float) -> dict:
     return await _unique_flood(ctx, deadline, lambda i: (Command.INTERNAL, join_fields("meta", "set", f"m{i}", BLOB)))
 
 
+async def attack_info_flood(ctx: Ctx, deadline: float) -> dict:
+    """Info messages, each with a new 30,000-character ``build`` field (the info cache is shared)."""
+    pad = "b" * 30000
+    return await _unique_flood(
+        ctx,
+        deadline,
+        lambda i: (
+            Command.INTERNAL,
+            join_fields("mcu", "1.0", "h-beat", "40", "buff-in", "1024", "build", f"{i}{pad}"),
+        ),
+    )
+
+
 async def attack_data_get(ctx: Ctx, deadline: float) -> dict:
     """``data/get`` of RAW_DATA over a month holding 100,000 points of V1, two requests at a time."""
     token = ctx.tokens[1]
@@ -393,6 +406,7 @@ ATTACKS: dict[str, Callable[[Ctx, float], Awaitable[dict]]] = {
     "property_flood": attack_property_flood,
     "event_flood": attack_event_flood,
     "meta_flood": attack_meta_flood,
+    "info_flood": attack_info_flood,
     "data_get": attack_data_get,
     "group_ts": attack_group_ts,
 }
