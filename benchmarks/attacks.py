@@ -537,13 +537,29 @@ COLUMNS = (
     ("rss_after_mb", "rss1", 7),
     ("tracebacks", "tb", 4),
     ("exit_code", "exit", 5),
+    ("bar", "bar", 5),
 )
+BAR_P99_MS = 20.0  # issue 10: the others' ping p99 during each attack, on the 2-core machine
+
+
+def meets_bar(r: dict) -> bool:
+    """Issue 10's bar for one attack: others' p99 <= 20 ms, nothing lost or unanswered, no traceback."""
+    p99 = r.get("others_p99_ms")
+    return (
+        p99 is not None
+        and p99 <= BAR_P99_MS
+        and r.get("others_writes_lost") == 0
+        and r.get("others_unanswered") == 0
+        and r.get("tracebacks") == 0
+        and r.get("server_alive", False)
+    )
 
 
 def table(rows: list[dict]) -> str:
     head = "".join(f"{label:>{w}}" if i else f"{label:<{w}}" for i, (_, label, w) in enumerate(COLUMNS))
     lines = [head]
     for r in rows:
+        r = {**r, "bar": "ok" if meets_bar(r) else "MISS"}
         cells = []
         for i, (key, _, w) in enumerate(COLUMNS):
             v = r.get(key)
