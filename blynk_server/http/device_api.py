@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -62,6 +63,7 @@ MAX_PINS_PER_REQUEST = 64
 # Aggregated ``data/get`` reads at most this many times ``data_get_max_points`` raw points.
 AGGREGATE_SCAN_FACTOR = 10
 ENCODE_SLICE = 500  # rows per json.dumps call in data/get
+BATCH_SLICE = 500  # batch/update points checked between two yields to the event loop
 
 
 def _device(server: BlynkServer, request: web.Request) -> DeviceState:
@@ -199,7 +201,9 @@ def add_routes(app: web.Application, server: BlynkServer) -> None:
             raise ApiError(f"Too much data in batch. Maximum batch size is {MAX_BATCH} points.")
         oldest = now_ms() - MONTH_MS
         points = []
-        for point in body:
+        for i, point in enumerate(body):
+            if i and i % BATCH_SLICE == 0:
+                await asyncio.sleep(0)  # 10,000 points are ~50 ms of Python: let other connections in between
             if not (isinstance(point, list) and len(point) == 2 and isinstance(point[0], int)):
                 raise ApiError("Request with incorrect parameters")
             ts = json_timestamp(point[0])
@@ -244,9 +248,10 @@ def add_routes(app: web.Application, server: BlynkServer) -> None:
         dev = _device(server, request)
         return web.Response(text="true" if server.hub.is_online(dev.id) else "false")
 
-    # Queries, aggregation and encoding of data/get run here, off the event loop; two threads, so
-    # concurrent calls queue instead of taking the default executor's threads from everyone else.
-    history_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="blynk-data-get")
+    # Queries, aggregation and encoding of data/get run here, off the event loop; one thread, so
+    # concurrent calls queue instead of taking the default executor's threads from everyone else, and
+    # the event loop competes for the GIL with one of them at most.
+    history_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blynk-data-get")
 
     async def stop_history_pool(app: web.Application) -> None:
         history_pool.shutdown(wait=True, cancel_futures=True)
@@ -367,7 +372,7 @@ class HistoryQuery:
         del points[raw_cap:]
         ds = self.ds
         if self.step == 0:
-            rows: list[tuple[int, object]] = [(ts, typed_value(ds, v)) for ts, v in points]
+            rows: list[tuple[int, object]] = points  # values typed below, slice by slice
             at_least = len(rows) + truncated
             value_type = "Float64" if ds is not None and ds.type in ("int", "double", "enum") else "String"
         else:
@@ -377,16 +382,23 @@ class HistoryQuery:
             at_least = len(buckets) + truncated
             rows = buckets[: self.max_points]
             value_type = "Float64"
-        data = [{"ts": self._when(ts), "value": value} for ts, value in rows]
         meta = [
             {"name": "ts", "type": "UInt64" if self.fmt == "TS" else "String"},
             {"name": "value", "type": value_type},
         ]
-        # Encoded in slices: json.dumps holds the GIL for a whole call, and the event loop needs it.
-        chunks = (json.dumps(data[i : i + ENCODE_SLICE])[1:-1] for i in range(0, len(data), ENCODE_SLICE))
+        # Built and encoded in slices, handing the GIL over after each (time.sleep(0) releases it): the
+        # event loop waits for this thread ~1 ms at most, not the 5 ms switch interval each time.
+        chunks = []
+        for i in range(0, len(rows), ENCODE_SLICE):
+            part = [
+                {"ts": self._when(ts), "value": typed_value(ds, value) if self.step == 0 else value}
+                for ts, value in rows[i : i + ENCODE_SLICE]
+            ]
+            chunks.append(json.dumps(part)[1:-1])
+            time.sleep(0)
         return (
             f'{{"meta": {json.dumps(meta)}, "data": [{", ".join(chunks)}], '
-            f'"rows": {len(data)}, "rows_before_limit_at_least": {at_least}}}'
+            f'"rows": {len(rows)}, "rows_before_limit_at_least": {at_least}}}'
         ).encode()
 
     def _when(self, ts: int) -> object:
