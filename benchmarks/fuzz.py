@@ -901,7 +901,11 @@ async def main_async(args) -> int:
             f" max {res.control_max_ms} ms, failures {len(res.control_failures)}"
             f"\nserver alive: {res.server_alive}; write-restart-read: {out.get('restart_check')}"
         )
-        return 0 if not res.tracebacks and res.server_alive and out.get("restart_check") == "ok" else 1
+        grew = res.rss_max_mb - res.rss_start_mb
+        if grew > args.rss_growth_mb:
+            print(f"server RSS grew by {grew:.0f} MB, more than --rss-growth-mb {args.rss_growth_mb:g}")
+        ok = not res.tracebacks and res.server_alive and out.get("restart_check") == "ok"
+        return 0 if ok and grew <= args.rss_growth_mb and not res.control_failures else 1
     finally:
         if procs[0] is not None and procs[0].proc.poll() is None:
             stop()
@@ -921,6 +925,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--findings", default="/tmp/fuzz-findings.md", help="append tracebacks and reproducers here")
     p.add_argument("--progress", type=float, default=30.0, help="seconds between progress lines (0: none)")
+    p.add_argument("--rss-growth-mb", type=float, default=200.0, help="fail when the server grows more than this")
     p.add_argument("--replay", help="instead of fuzzing: replay each reproducer of this findings file")
     args = p.parse_args(argv)
     print(f"# {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())} nproc={os.cpu_count()} {' '.join(sys.argv)}")
