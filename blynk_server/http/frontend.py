@@ -57,6 +57,10 @@ async def device_errors(request: web.Request, handler: Handler) -> web.StreamRes
             response = json_error(exc.reason, exc.status)
         else:
             raise
+    except ConnectionError:
+        # The client hung up, e.g. in the middle of its body: nobody to answer, nothing to log loudly.
+        log.debug("http client went away route=%s", route_name(request))
+        response = web.Response(status=400)
     except Exception:
         log.exception("http handler failed route=%s", route_name(request))
         response = json_error(INTERNAL_ERROR, 500) if external else web.Response(text=INTERNAL_ERROR, status=500)

@@ -454,3 +454,18 @@ async def test_malformed_requests_get_400_without_traceback_or_token(hostile_sit
     assert token not in log
     assert_no_traceback(s.srv)
     await s.device_still_works()
+
+
+async def test_a_client_that_hangs_up_mid_body_leaves_no_traceback(hostile_site):
+    """A body cut short by the client closing (found by the fuzzer): the handler's read fails with
+    ConnectionResetError, which is the client's doing, not an error of the server."""
+    s, token, _ = hostile_site
+    for path in (f"/external/api/batch/update?token={token}&pin=v1", f"/{token}/update/V1"):
+        method = "POST" if "batch" in path else "PUT"
+        head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 65535\r\n\r\n"
+        reader, writer = await _open(s, head.encode() + b"[[-1, 1]]")
+        writer.close()
+        await writer.wait_closed()
+    await s.device_still_works()  # by then the server has seen both closes
+    assert_no_traceback(s.srv)
+    assert token not in s.srv.stderr()
