@@ -46,6 +46,7 @@ MAX_HELD = 64  # pushes held while waiting for the info message
 MAX_BRIDGES = 100  # per connection, as the legacy server
 PACE_GAP = 0.05  # seconds between frames to a client that parses one frame per recv() (blynklib)
 MAX_PACED = 1024  # frames queued for such a client before further ones are dropped
+CLOSE_GRACE = 5.0  # seconds a closed connection may take to send what is left before it is aborted
 READS_PER_TURN = 8  # busy (full-buffer) sockets resumed per loop turn: bounds one turn's work in a flood
 SMALL_READ = 256  # bytes read from a socket not granted a turn while busy ones wait (pings, logins fit)
 
@@ -505,10 +506,18 @@ class HardwareSession(asyncio.BufferedProtocol):
         self.closed = True
         log.info("closing device=%s peer=%s reason=%s", self._who(), self.peer, reason)
         if self.transport is not None:
-            if self.transport.get_write_buffer_size() > self.settings.write_buffer_high:
+            unsent = self.transport.get_write_buffer_size()
+            if unsent > self.settings.write_buffer_high:
                 self.transport.abort()  # a device that does not read would keep its unsent output alive
             else:
-                self.transport.close()
+                self.transport.close()  # sends what is left, then closes
+                if unsent:  # ... unless the device never reads it: then it goes after CLOSE_GRACE
+                    self.loop.call_later(CLOSE_GRACE, self._abort_unsent)
+
+    def _abort_unsent(self) -> None:
+        transport = self.transport
+        if transport is not None and transport.get_write_buffer_size():
+            transport.abort()
 
     def _close_quietly(self, outcome: str, failed: bool) -> None:
         """Close a connection that never logged in. No log line of its own: the guard summarises them

@@ -17,14 +17,14 @@ import aiohttp
 from protocol import Command, Status, encode_frame
 from protocol.body import join_fields
 
-from .conftest import Control, RssSampler, assert_no_traceback, write_restart_read
+from .conftest import Control, RssSampler, assert_no_traceback, connect, write_restart_read
 
 RSS_BOUND_MB = 150  # the finding: 93 -> 545 MB in 3 s, and 529 MB after the close
 
 
 async def _metric(srv, name: str) -> float:
     async with aiohttp.ClientSession() as s, s.get(f"http://{srv.admin_host}:{srv.admin_port}/metrics") as r:
-        m = re.search(rf"^{name} (\S+)$", await r.text(), re.M)
+        m = re.search(rf"^{re.escape(name)} (\S+)$", await r.text(), re.M)
     return float(m.group(1)) if m else 0.0
 
 
@@ -119,4 +119,35 @@ async def test_a_device_over_the_unsent_cap_is_closed_at_once(rig):
     assert control.stats.failures == [] and control.stats.rtts
     assert re.search(r"slow reader: \d+ bytes unsent \(write_buffer_max 200000\)", r.srv.stderr())
     await write_restart_read(r.srv, control_token)
+    assert_no_traceback(r.srv)
+
+
+async def test_a_replaced_device_that_does_not_read_its_last_output_is_dropped(rig):
+    """A connection closed with output still queued (here: replaced by a newer login) gets
+    ``CLOSE_GRACE`` (5 s) to send it; a device that never reads would otherwise keep it, and the
+    connection, for good, and logging in again and again would pile them up."""
+    limits = {"BLYNK_WRITE_BUFFER_HIGH": "64000000", "BLYNK_WRITE_BUFFER_MAX": "64000000"}
+    r = rig(env={"BLYNK_MESSAGE_RATE": "1000000", **limits})
+    token = r.token()
+    pins = range(100, 250)
+    sock = await _non_reader(r.srv, token, heartbeat=40)
+    with contextlib.closing(sock):
+        loop = asyncio.get_running_loop()
+        for pin in pins:
+            await loop.sock_sendall(sock, encode_frame(Command.HARDWARE, 4, join_fields("vw", pin, "y" * 1000)))
+        # 60 syncs of 150 kB: more than the kernel's buffers take, so some of it waits in the server.
+        await loop.sock_sendall(sock, encode_frame(Command.HARDWARE_SYNC, 9, join_fields("vr", *pins)) * 60)
+        deadline = loop.time() + 15
+        while await _metric(r.srv, 'blynk_messages_in_total{command="hardware_sync"}') < 60:
+            assert loop.time() < deadline, "the syncs were not read"
+            await asyncio.sleep(0.1)
+        newer = await connect(r.srv, token)  # replaces it: the old one is closed with output queued
+        try:
+            deadline = loop.time() + 15
+            while await _metric(r.srv, "blynk_connections_open") > 1 and loop.time() < deadline:
+                await asyncio.sleep(0.2)
+            assert await _metric(r.srv, "blynk_connections_open") == 1, "the replaced connection stayed open"
+            assert await newer.ping() == Status.SUCCESS
+        finally:
+            await newer.close()
     assert_no_traceback(r.srv)
