@@ -127,7 +127,7 @@ class Conn:
         self.waiters[msg_id] = fut
         try:
             return await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.waiters.pop(msg_id, None)
             return None
 
@@ -136,7 +136,7 @@ class Conn:
         try:
             await asyncio.wait_for(self.writer.drain(), max(0.0, deadline - time.monotonic()))
             return True
-        except (asyncio.TimeoutError, ConnectionError, OSError):
+        except (TimeoutError, ConnectionError, OSError):
             return False
 
     def close(self) -> None:
@@ -187,7 +187,7 @@ async def attack_sync_flood(ctx: Ctx, deadline: float) -> dict:
         while time.monotonic() < deadline:
             try:
                 c = await Conn.device(ctx.port, token, read=False)
-            except (OSError, ConnectionError, asyncio.TimeoutError):
+            except (TimeoutError, OSError, ConnectionError):
                 await asyncio.sleep(0.2)
                 continue
             while time.monotonic() < deadline:
@@ -361,7 +361,7 @@ async def attack_data_get(ctx: Ctx, deadline: float) -> dict:
                     async with http.get(url, timeout=aiohttp.ClientTimeout(total=30)) as r:
                         sizes.append(len(await r.read()))
                         statuses[r.status] += 1
-                except (aiohttp.ClientError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError):
                     statuses[0] += 1
 
         await asyncio.gather(one(), one())
@@ -389,7 +389,7 @@ async def attack_group_ts(ctx: Ctx, deadline: float) -> dict:
                     async with http.post(url, json=[[BIG_TS, 3]], timeout=aiohttp.ClientTimeout(total=10)) as r:
                         http_status[r.status] += 1
                         await r.read()
-                except (aiohttp.ClientError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError):
                     http_status[0] += 1
             await asyncio.sleep(0.01)
     c.close()

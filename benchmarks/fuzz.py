@@ -455,7 +455,7 @@ async def play(
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(host, port, local_addr=(played.src, 0), limit=1 << 16), 5
         )
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return 0
     answered = asyncio.Event()
 
@@ -491,7 +491,7 @@ async def play(
             writer.write(encode_frame(Command.PING, 0xFFFE))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(answered.wait(), 2)
-    except (OSError, asyncio.TimeoutError, ConnectionError, RuntimeError):  # RuntimeError: uvloop, closed transport
+    except (TimeoutError, OSError, ConnectionError, RuntimeError):  # RuntimeError: uvloop, closed transport
         pass
     finally:
         if rnd.random() < 0.2:
@@ -550,7 +550,7 @@ class Control:
                 if f[0] != Command.RESPONSE or f[2] != Status.SUCCESS:
                     self.failures.append(f"ping answered {f}")
                 self.rtts.append(time.perf_counter() - t0)
-            except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError, ConnectionError) as exc:
                 self.failures.append(f"{time.strftime('%H:%M:%S')} {type(exc).__name__}: {exc}"[:200])
                 if conn is not None:
                     conn[1].close()

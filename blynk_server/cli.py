@@ -78,12 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("file", type=Path)
     imp.add_argument("--template", help="template for rows that name none")
 
-    try:
-        from blynk_server.ota.cli import add_ota_parser
-    except ImportError:
-        pass
-    else:
-        add_ota_parser(sub, _common)
+    from blynk_server.ota.cli import add_ota_parser  # here: ota/cli imports this module
+
+    add_ota_parser(sub, _common)
     return parser
 
 

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
+import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 
 @dataclass(slots=True)

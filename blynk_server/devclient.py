@@ -133,7 +133,7 @@ class DeviceClient:
         while (left := deadline - loop.time()) > 0:
             try:
                 out.append(await self.recv(left))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
         return out
 

@@ -24,6 +24,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from blynk_server.ota.metrics import ota_metrics
 from protocol import Command
 
 if TYPE_CHECKING:
@@ -162,11 +163,7 @@ class BlynkCollector(Collector):
 
 
 def _ota(server: BlynkServer) -> Iterator[Metric]:
-    """The OTA module's families, when it is installed; its failure must not fail the whole scrape."""
-    try:
-        from blynk_server.ota.metrics import ota_metrics
-    except ImportError:
-        return
+    """The OTA module's families; their failure must not fail the whole scrape."""
     try:
         families = list(ota_metrics(server))
     except Exception:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 # What a device may ask after ``utc`` (bytes, as they arrive); anything else is ILLEGAL_COMMAND.
@@ -69,7 +69,7 @@ def upcoming_transitions(tz: ZoneInfo, now: float) -> list[tuple[int, int]]:
     if found is None:
         if len(_dst_cache) >= MAX_DST_CACHE:
             _dst_cache.clear()
-        start = datetime.fromtimestamp(hour * DST_CACHE_SECONDS, timezone.utc)
+        start = datetime.fromtimestamp(hour * DST_CACHE_SECONDS, UTC)
         found = _dst_cache[key] = next_transitions(tz, start, 3)  # 3: one may fall inside this hour
     return [t for t in found if t[0] > now][:2]
 
@@ -92,7 +92,7 @@ def utc_answer(what: str, tz_name: str | None, now: float | None = None) -> list
     """Fields after ``utc`` for one request, or None for an unknown request."""
     now = time.time() if now is None else now
     tz = zone(tz_name)
-    at = datetime.fromtimestamp(now, timezone.utc)
+    at = datetime.fromtimestamp(now, UTC)
     if what == "time":
         return ["time", str(int(now * 1000))]
     if what == "iso":

@@ -263,7 +263,7 @@ class Worker:
             _, dev = await loop.create_connection(lambda: Device(self, ident), self.host, self.port)
             dev.t_start = t0
             await asyncio.wait_for(dev.logged_in, self.spec.get("login_timeout", 30))
-        except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+        except (TimeoutError, OSError, ConnectionError) as exc:
             self.login_errors.append(f"{type(exc).__name__}: {exc}"[:200])
             return None
         self.login_lat.append(time.perf_counter() - t0)
@@ -516,7 +516,7 @@ class Worker:
                 if not head.startswith(b"HTTP/1.1 200"):
                     self.http_errors += 1
                     self.bad_status[-int(head[9:12] or 0)] = self.bad_status.get(-int(head[9:12] or 0), 0) + 1
-            except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError, ValueError):
+            except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, ValueError):
                 self.http_errors += 1
                 break
             await asyncio.sleep(interval)

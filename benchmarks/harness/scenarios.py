@@ -113,7 +113,7 @@ class Sampler:
             try:
                 await asyncio.wait_for(stop.wait(), 1.0)
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     @staticmethod

@@ -77,6 +77,6 @@ class HardwareServer:
         for server in self._servers:
             try:
                 await asyncio.wait_for(server.wait_closed(), 5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("listener did not close within 5 s")
         self._servers.clear()

@@ -545,7 +545,6 @@ class HardwareSession(asyncio.BufferedProtocol):
         if self.closed:
             return
         if self.device is None:
-            self.stats.login_timeouts += 1
             self.stats.logins["timeout"] += 1
             self._close_quietly("timeout", False)
             return

@@ -16,7 +16,6 @@ class HardwareStats:
         "dropped_oversize",
         "oversize_frames_in",
         "idle_timeouts",
-        "login_timeouts",
         "replaced",
         "pending_logins",
         "refused",
@@ -51,5 +50,4 @@ class HardwareStats:
         self.dropped_oversize = 0
         self.oversize_frames_in = 0
         self.idle_timeouts = 0
-        self.login_timeouts = 0
         self.replaced = 0

@@ -30,6 +30,7 @@ from blynk_server.http.common import (
 )
 from blynk_server.metrics import render
 from blynk_server.model import DATASTREAM_TYPES, Datastream
+from blynk_server.ota.http import add_admin_routes
 from protocol.body import BodyError, parse_pin, parse_uint
 
 if TYPE_CHECKING:
@@ -313,12 +314,7 @@ def build_admin_app(server: BlynkServer) -> web.Application:
     r.add_get("/api/devices/{device_id}/events", device_events)
     r.add_get("/api/devices/{device_id}/meta", device_meta)
     r.add_put("/api/devices/{device_id}/meta/{name}", put_meta)
-    try:
-        from blynk_server.ota.http import add_admin_routes
-    except ImportError:
-        log.debug("no OTA module: OTA admin routes not added")
-    else:
-        add_admin_routes(app, server)
+    add_admin_routes(app, server)
     return app
 
 

@@ -18,7 +18,7 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -404,7 +404,7 @@ class HistoryQuery:
     def _when(self, ts: int) -> object:
         if self.fmt == "TS":
             return ts
-        dt = datetime.fromtimestamp(ts / 1000, timezone.utc).astimezone(self.tz)
+        dt = datetime.fromtimestamp(ts / 1000, UTC).astimezone(self.tz)
         return dt.strftime("%m/%d/%Y %H:%M:%S") if self.fmt == "ISO_US" else dt.isoformat(timespec="milliseconds")
 
 

@@ -21,6 +21,7 @@ from blynk_server.http import device_api, legacy_api, websocket
 from blynk_server.http.common import ApiError, Handler, LogBudget, json_error, metrics_middleware, route_name
 from blynk_server.http.limits import REQUEST_RATE, ConnectionGuard, GuardedHandler, RequestRate, Throttled
 from blynk_server.metrics import HttpStats, LoopLag, build_registry
+from blynk_server.ota.http import add_device_routes
 
 if TYPE_CHECKING:
     from blynk_server.app import BlynkServer
@@ -77,12 +78,7 @@ def build_device_app(server: BlynkServer, stats: HttpStats) -> web.Application:
     app[REQUEST_RATE] = RequestRate(settings.http_request_rate, settings.http_request_burst, stats)
     websocket.add_routes(app, server)
     device_api.add_routes(app, server)
-    try:
-        from blynk_server.ota.http import add_device_routes
-    except ImportError:
-        log.debug("no OTA module: firmware download routes not added")
-    else:
-        add_device_routes(app, server)
+    add_device_routes(app, server)
     legacy_api.add_routes(app, server)  # last: its /{token}/... patterns must not shadow the others
     return app
 

@@ -2,7 +2,7 @@
 
 Writes are synchronous and small (a status change is one UPDATE and one INSERT): OTA events are rare
 next to device traffic. The CLI and the running server share the file; the server notices CLI changes
-through each shipment's ``rev`` counter (see ``OtaService._poll``).
+through each shipment's ``rev`` counter (see ``OtaService._sync``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 import secrets
 import sqlite3
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from blynk_server.model import now_ms
@@ -151,7 +151,6 @@ class DeviceOta:
     sent_at: float = 0.0
     downloading: int = 0
     attempt_open: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 _SHIP_COLS = (
@@ -336,9 +335,6 @@ class OtaDB:
                 (state, reason, wave, now_ms(), shipment_id),
             )
 
-    def bump(self, shipment_id: int) -> None:
-        self._x("UPDATE ota_shipments SET rev = rev + 1 WHERE id = ?", (shipment_id,))
-
     # --- per-device -------------------------------------------------------------------------------
 
     def devices(self, shipment_id: int) -> list[DeviceOta]:
@@ -348,12 +344,6 @@ class OtaDB:
                 f"SELECT {_DEV_COLS} FROM ota_devices WHERE shipment_id = ? ORDER BY device_id", (shipment_id,)
             )
         ]
-
-    def device(self, shipment_id: int, device_id: int) -> DeviceOta | None:
-        rows = self._q(
-            f"SELECT {_DEV_COLS} FROM ota_devices WHERE shipment_id = ? AND device_id = ?", (shipment_id, device_id)
-        )
-        return _device(rows[0]) if rows else None
 
     def approve(self, shipment_id: int, device_id: int) -> None:
         """Approval from a user (CLI/admin API): recorded even before the device has an entry."""
@@ -374,40 +364,6 @@ class OtaDB:
             self.db.executemany(
                 "INSERT INTO ota_events (shipment_id, device_id, ts, status, detail) VALUES (?, ?, ?, ?, ?)", events
             )
-
-    def save_device(self, d: DeviceOta, status_changed: str | None = None, detail: str | None = None) -> None:
-        """Upsert the device's row; with ``status_changed`` also append a timeline event."""
-        with self.lock, self.db:
-            self.db.execute(
-                f"INSERT INTO ota_devices ({_DEV_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (shipment_id, device_id) DO UPDATE SET status = excluded.status,"
-                " attempts = excluded.attempts, attempts_since = excluded.attempts_since,"
-                " approved = MAX(approved, excluded.approved), wave = excluded.wave,"
-                " old_version = excluded.old_version, bytes = excluded.bytes, updated_at = excluded.updated_at",
-                (
-                    d.shipment_id,
-                    d.device_id,
-                    d.status,
-                    d.attempts,
-                    d.attempts_since,
-                    int(d.approved),
-                    d.wave,
-                    d.old_version,
-                    d.bytes,
-                    d.updated_at,
-                ),
-            )
-            if status_changed:
-                self.db.execute(
-                    "INSERT INTO ota_events (shipment_id, device_id, ts, status, detail) VALUES (?, ?, ?, ?, ?)",
-                    (d.shipment_id, d.device_id, d.updated_at, status_changed, detail),
-                )
-
-    def approved_flags(self, shipment_id: int) -> dict[int, bool]:
-        return {
-            r[0]: bool(r[1])
-            for r in self._q("SELECT device_id, approved FROM ota_devices WHERE shipment_id = ?", (shipment_id,))
-        }
 
     def events(self, shipment_id: int, device_id: int | None = None) -> list[dict]:
         if device_id is None:

@@ -170,7 +170,7 @@ async def _download(ota: OtaService, request: web.Request) -> web.StreamResponse
     ota.stats.downloads_started += 1
     try:
         await _stream(ota, request, resp, data, start, end + 1, ship.rate, e)
-    except (ConnectionError, TimeoutError, asyncio.TimeoutError, asyncio.CancelledError, RuntimeError) as exc:
+    except (ConnectionError, TimeoutError, asyncio.CancelledError, RuntimeError) as exc:
         ota.stats.downloads_failed += 1
         reason = "stalled" if isinstance(exc, (TimeoutError, asyncio.TimeoutError)) else "connection closed"
         ota.save(e)

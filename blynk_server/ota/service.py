@@ -2,8 +2,9 @@
 status through the download and its next login, and keeps shipments' waves and states.
 
 Triggers: a device's info message (``Domain.on_device_info``, after the reply), a shipment starting,
-resuming or an approval (for devices already online), and a 1 s tick for devices waiting on their
-time window or on a free in-flight slot. CLI changes reach us through ``OtaDB.revs()``.
+resuming or an approval (for devices already online), and a tick every ``ota_poll_interval`` (0.5 s)
+for devices waiting on their time window or on a free in-flight slot. CLI changes reach us through
+``OtaDB.revs()``, read on the same tick (``_sync``).
 """
 
 from __future__ import annotations

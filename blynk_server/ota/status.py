@@ -6,7 +6,7 @@ Pure functions and constants only, so the rules can be unit-tested without a ser
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from blynk_server.timeutil import zone
 
@@ -139,8 +139,8 @@ def in_window(window: str, tz_name: str | None, now: float) -> bool:
     if span is None:
         return True
     try:
-        tz = zone(tz_name) if tz_name else timezone.utc
+        tz = zone(tz_name) if tz_name else UTC
     except Exception:
-        tz = timezone.utc
+        tz = UTC
     hour = datetime.fromtimestamp(now, tz).hour
     return span[0] <= hour < span[1]

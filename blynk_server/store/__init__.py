@@ -1,4 +1,5 @@
-"""Persistence: the ``Store`` interface and its SQLite implementation."""
+"""Persistence: the SQLite store (``sqlite``), its write-behind batches (``batch``), recovery files
+(``recovery``) and retention (``retention``)."""
 
 from blynk_server.store.sqlite import SqliteStore
 

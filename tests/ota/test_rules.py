@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -34,10 +34,10 @@ def test_new_firmware_needs_version_and_known_build():
 
 
 def test_windows_in_device_time_zone():
-    at = datetime(2026, 1, 10, 23, 30, tzinfo=timezone.utc).timestamp()  # 23:30 UTC = 08:30 in Tokyo
+    at = datetime(2026, 1, 10, 23, 30, tzinfo=UTC).timestamp()  # 23:30 UTC = 08:30 in Tokyo
     assert st.in_window("evening", None, at) and not st.in_window("morning", None, at)
     assert st.in_window("morning", "Asia/Tokyo", at)
-    assert st.in_window("night", "America/New_York", datetime(2026, 1, 10, 8, 0, tzinfo=timezone.utc).timestamp())
+    assert st.in_window("night", "America/New_York", datetime(2026, 1, 10, 8, 0, tzinfo=UTC).timestamp())
     assert st.in_window("any", "Nowhere/Bogus", at)
 
 

@@ -288,7 +288,7 @@ class Control:
                     self.stats.last_value = value
                 else:
                     self.stats.rtts.append(await ping_rtt(self.client, self.timeout))
-            except (asyncio.TimeoutError, AssertionError, ConnectionError, OSError) as exc:
+            except (TimeoutError, AssertionError, ConnectionError, OSError) as exc:
                 self.stats.failures.append(f"{type(exc).__name__}: {exc}"[:200])
                 if self.client.closed.is_set() or len(self.stats.failures) > 20:
                     return

@@ -121,7 +121,7 @@ async def test_an_ip_out_of_failed_login_budget_is_refused_until_it_refills(rig)
             try:
                 await (await connect(r.srv, token, timeout=0.5)).close()  # a refusal is never answered
                 break
-            except (ConnectionError, asyncio.TimeoutError):
+            except (TimeoutError, ConnectionError):
                 assert loop.time() < deadline, "the failed-login budget never refilled"
                 await asyncio.sleep(0.1)
     assert control.stats.failures == []

@@ -58,7 +58,7 @@ async def _send_until_closed(sock: socket.socket, data: bytes, seconds: float) -
 
     try:
         await asyncio.wait_for(forever(), seconds)
-    except asyncio.TimeoutError:  # before OSError: on 3.11 it is the builtin TimeoutError, an OSError
+    except TimeoutError:  # before OSError: on 3.11 it is the builtin TimeoutError, an OSError
         return False
     except (ConnectionError, OSError):
         return True

@@ -7,7 +7,7 @@ the device's message budget, so a sync flood meets flood control. Another device
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -30,7 +30,7 @@ def test_cached_dst_transitions_equal_the_computed_ones(offset):
     next two changes after *now*, as computing them afresh does."""
     now = KYIV_SPRING_2026 + offset
     tz = zone("Europe/Kyiv")
-    assert upcoming_transitions(tz, now) == next_transitions(tz, datetime.fromtimestamp(now, timezone.utc), 2)
+    assert upcoming_transitions(tz, now) == next_transitions(tz, datetime.fromtimestamp(now, UTC), 2)
 
 
 async def _until_ping(client: DeviceClient, timeout: float = 5.0) -> list[tuple]:

@@ -113,7 +113,7 @@ async def test_slow_headers_are_closed(site):
         try:
             trickled = await asyncio.wait_for(reader.read(), 0.05)
             break
-        except asyncio.TimeoutError:
+        except TimeoutError:
             writer.write(b"a")  # the attacker's pace
     assert trickled == b""
     # A keep-alive connection: the first request is answered, the next one's slow headers are timed too.

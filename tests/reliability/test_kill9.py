@@ -61,7 +61,7 @@ async def test_kill9_loses_at_most_the_flush_interval(rig) -> None:
         writer = asyncio.create_task(_write_until_cancelled(dev, acked, ROUND_SPAN * (round_no + 1)))
         try:
             await asyncio.wait_for(asyncio.shield(writer), rnd.uniform(1.5 * FLUSH, 2.5 * FLUSH + 1.0))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass  # the random moment: the writer is still running
         assert not writer.done() or writer.exception() is None, writer.exception()
         t_kill = time.time()
