@@ -544,4 +544,4 @@ class Domain:
         self.store.put_meta(dev.id, name, value)
         if name in ("Timezone", "timezone") and dev.record.timezone != value:
             dev.record.timezone = value
-            self.store.set_device_timezone(dev.id, value)  # a synchronous commit: only on a change
+            self.store.put_device_timezone(dev.id, value)

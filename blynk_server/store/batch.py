@@ -43,6 +43,7 @@ class Batch:
     events: list[EventRow] = field(default_factory=list)
     devices: dict[int, tuple[int | None, str | None]] = field(default_factory=dict)  # id -> (last_seen, info)
     meta: dict[tuple[int, str], str] = field(default_factory=dict)
+    timezones: dict[int, str | None] = field(default_factory=dict)  # device id -> time zone name
 
     def __len__(self) -> int:
         return (
@@ -52,6 +53,7 @@ class Batch:
             + len(self.events)
             + len(self.devices)
             + len(self.meta)
+            + len(self.timezones)
         )
 
     def tables(self) -> list[tuple[str, list[tuple]]]:
@@ -63,6 +65,7 @@ class Batch:
             ("events", self.events),
             ("devices", [(d, seen, info) for d, (seen, info) in self.devices.items()]),
             ("device_meta", [(d, n, v) for (d, n), v in self.meta.items()]),
+            ("timezones", [(tz, d) for d, tz in self.timezones.items()]),
         ]
 
 
@@ -73,7 +76,7 @@ class Rejected(NamedTuple):
 
     @property
     def device_id(self) -> object:
-        return self.row[1] if self.table == "events" else self.row[0]
+        return self.row[1] if self.table in ("events", "timezones") else self.row[0]
 
 
 def write_batch(conn: sqlite3.Connection, batch: Batch) -> list[Rejected]:
@@ -159,6 +162,10 @@ def _meta(conn: sqlite3.Connection, rows: list[tuple]) -> None:
     )
 
 
+def _timezones(conn: sqlite3.Connection, rows: list[tuple]) -> None:
+    conn.executemany("UPDATE devices SET timezone = ? WHERE id = ?", rows)
+
+
 WRITERS: dict[str, Callable[[sqlite3.Connection, list[tuple]], None]] = {
     "pin_values": _values,
     "properties": _props,
@@ -166,6 +173,7 @@ WRITERS: dict[str, Callable[[sqlite3.Connection, list[tuple]], None]] = {
     "events": _events,
     "devices": _devices,
     "device_meta": _meta,
+    "timezones": _timezones,
 }
 
 

@@ -44,6 +44,8 @@ def _lines(batch: Batch):
         yield ["d", d, seen, info]
     for (d, n), v in batch.meta.items():
         yield ["m", d, n, v]
+    for d, tz in batch.timezones.items():
+        yield ["t", d, tz]
 
 
 def save(data_dir: Path, batch: Batch) -> Path:
@@ -101,5 +103,8 @@ def _add(batch: Batch, row: list) -> None:
     elif kind == "m":
         _, d, n, v = row
         batch.meta[(d, n)] = v
+    elif kind == "t":
+        _, d, tz = row
+        batch.timezones[d] = tz
     else:
         raise ValueError(f"unknown row kind {kind!r}")

@@ -121,6 +121,7 @@ class SqliteStore:
         self._events: list[tuple] = []
         self._devices: dict[int, tuple[int | None, str | None]] = {}
         self._meta: dict[tuple[int, str], str] = {}
+        self._timezones: dict[int, str | None] = {}
         self.stats = FlushStats()
         self._writer: threading.Thread | None = None
         self._stop = threading.Event()
@@ -206,6 +207,7 @@ class SqliteStore:
             + len(self._events)
             + len(self._devices)
             + len(self._meta)
+            + len(self._timezones)
         )
 
     def flush_now(self, timeout: float = 10.0) -> None:
@@ -231,9 +233,11 @@ class SqliteStore:
 
     def _take(self) -> Batch:
         # Swapping the dicts/lists is atomic under the GIL: the loop keeps appending to fresh ones.
-        batch = Batch(self._values, self._props, self._history, self._events, self._devices, self._meta)
+        batch = Batch(
+            self._values, self._props, self._history, self._events, self._devices, self._meta, self._timezones
+        )
         self._values, self._props, self._history = {}, {}, []
-        self._events, self._devices, self._meta = [], {}, {}
+        self._events, self._devices, self._meta, self._timezones = [], {}, {}, {}
         return batch
 
     def _put_back(self, batch: Batch) -> None:
@@ -246,6 +250,8 @@ class SqliteStore:
             self._devices.setdefault(k, v)
         for k, v in batch.meta.items():
             self._meta.setdefault(k, v)
+        for k, v in batch.timezones.items():
+            self._timezones.setdefault(k, v)
         self._history[:0] = batch.history
         self._events[:0] = batch.events
         excess = len(self._history) + len(self._events) - self.max_pending_rows
@@ -324,6 +330,10 @@ class SqliteStore:
     def put_meta(self, device_id: int, name: str, value: str) -> None:
         """A device metadata field, written behind (a device's ``meta set`` must not commit on the loop)."""
         self._meta[(device_id, name)] = value
+
+    def put_device_timezone(self, device_id: int, tz: str | None) -> None:
+        """The device's time zone (from its ``Timezone`` metadata), written behind."""
+        self._timezones[device_id] = tz
 
     def put_device_seen(self, device_id: int, last_seen: int, info_json: str | None = None) -> None:
         """The device's last-seen time and, when given, its info message as JSON."""
@@ -455,9 +465,6 @@ class SqliteStore:
     def get_device_by_token(self, token: str) -> DeviceRecord | None:
         rows = self._query(f"SELECT {self._DEVICE_COLS} FROM devices WHERE token = ?", (token,))
         return _device(rows[0]) if rows else None
-
-    def set_device_timezone(self, device_id: int, tz: str | None) -> None:
-        self._exec("UPDATE devices SET timezone = ? WHERE id = ?", (tz, device_id))
 
     def delete_device(self, device_id: int) -> bool:
         with self._lock, transaction(self.db):

@@ -170,7 +170,7 @@ def test_meta_fields_and_sizes(store, monkeypatch):
     domain = make_domain(store, max_meta_fields=2, max_meta_size=10)
     dev = new_device(domain)
     commits = []
-    monkeypatch.setattr(store, "set_device_timezone", lambda *a: commits.append(a))
+    monkeypatch.setattr(store, "put_device_timezone", lambda *a: commits.append(a))
     domain.meta_set(dev, "Timezone", "UTC")
     domain.meta_set(dev, "Timezone", "UTC")  # unchanged: no write at all
     domain.meta_set(dev, "Room", "K")
@@ -182,7 +182,7 @@ def test_meta_fields_and_sizes(store, monkeypatch):
         domain.meta_set(dev, "Room", "x" * 11)
     with pytest.raises(LimitExceeded, match="name is longer than 10"):
         domain.meta_set(dev, "n" * 11, "x")
-    assert commits == [(dev.id, "UTC")]  # the timezone column is committed once, on the change
+    assert commits == [(dev.id, "UTC")]  # the timezone column is written (behind) once, on the change
     assert dev.meta == {"Timezone": "UTC", "Room": "L"}
     assert domain.stats.meta_rejected == 3
 

@@ -102,17 +102,18 @@ def test_a_stop_that_cannot_write_saves_a_recovery_file_replayed_next_start(tmp_
     s.put_property(dev, "v1", "label", b"Temp", 10)
     s.put_meta(dev, "Location", "garden")
     s.put_device_seen(dev, 11, '{"fw": "1.0"}')
+    s.put_device_timezone(dev, "Europe/Kyiv")
     s.db.execute("PRAGMA query_only = ON")
     report = s.close()
     assert not report.ok
-    assert report.unwritten == 7 and report.lost == 0
+    assert report.unwritten == 8 and report.lost == 0
     assert report.recovery_file is not None and report.recovery_file.exists()
     assert "readonly" in report.error
     assert stat.S_IMODE(report.recovery_file.stat().st_mode) == 0o600
 
     s2 = SqliteStore(tmp_path / "data")
     rows, files = s2.replay_recovery()
-    assert (rows, files) == (7, [report.recovery_file])
+    assert (rows, files) == (8, [report.recovery_file])
     assert not report.recovery_file.exists()
     assert s2.load_values(dev) == {"v1": (b"\x00\xffbinary", 7)}
     assert s2.history(dev, "v1") == [(7, b"\x00\xffbinary")]
@@ -120,6 +121,7 @@ def test_a_stop_that_cannot_write_saves_a_recovery_file_replayed_next_start(tmp_
     assert s2.load_properties(dev) == {("v1", "label"): b"Temp"}
     assert s2.load_meta(dev) == {"Location": "garden"}
     assert s2.get_device(dev).last_seen == 11
+    assert s2.get_device(dev).timezone == "Europe/Kyiv"
     assert s2.close().ok
 
 
