@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from blynk_server.devclient import DeviceClient
@@ -226,6 +228,29 @@ async def write_restart_read(srv, token: str, pin: int = COUNTER_PIN, value: obj
         await dev.close()
     assert got == str(value).encode(), f"v{pin}: wrote {value!r}, read back {got!r} after a restart"
     return got
+
+
+# --- the server's /metrics --------------------------------------------------------------------------
+
+
+async def metric(srv, name: str, **labels: str) -> float:
+    """One sample of the server's ``/metrics``: ``name`` with exactly ``labels``; 0 when it is absent."""
+    selector = "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else ""
+    url = f"http://{srv.admin_host}:{srv.admin_port}/metrics"
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
+        m = re.search(rf"^{re.escape(name + selector)} (\S+)$", await r.text(), re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+async def wait_metric(srv, name: str, done: Callable[[float], bool], timeout: float = 15.0, **labels: str) -> float:
+    """The sample's value once ``done(value)``; fails after ``timeout`` s. The server is another process:
+    its counters are what there is to wait on, so they are read again every 50 ms."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not done(value := await metric(srv, name, **labels)):
+        assert loop.time() < deadline, f"{name}{labels or ''} stayed at {value} for {timeout} s"
+        await asyncio.sleep(0.05)
+    return value
 
 
 # --- a control device that keeps pinging during an attack ---------------------------------------------

@@ -13,22 +13,13 @@ import asyncio
 import re
 import ssl
 
-import aiohttp
-
 from blynk_server.config import Settings
 from blynk_server.devclient import DeviceClient
 from blynk_server.hardware.guard import MAX_TRACKED_IPS, LoginGuard
 from blynk_server.hardware.stats import HardwareStats
 from protocol import Command, Status, encode_frame
 
-from .conftest import Control, assert_no_traceback, connect, write_restart_read
-
-
-async def _metric(srv, name: str, **labels: str) -> float:
-    selector = "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else ""
-    async with aiohttp.ClientSession() as s, s.get(f"http://{srv.admin_host}:{srv.admin_port}/metrics") as r:
-        m = re.search(rf"^{re.escape(name + selector)} (\S+)$", await r.text(), re.M)
-    return float(m.group(1)) if m else 0.0
+from .conftest import Control, assert_no_traceback, connect, metric, wait_metric, write_restart_read
 
 
 async def _open(srv, source: str = "127.0.0.1") -> DeviceClient:
@@ -66,14 +57,6 @@ async def _wait_log(srv, pattern: str, seconds: float = 5.0) -> re.Match:
     return m
 
 
-async def _wait_pending(srv, n: int) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5
-    while await _metric(srv, "blynk_connections_pending") != n:
-        assert loop.time() < deadline, f"pending logins never reached {n}"
-        await asyncio.sleep(0.05)
-
-
 async def test_failed_logins_close_and_are_summarised_not_logged_one_by_one(rig):
     r = rig(env={"BLYNK_FAILED_LOGIN_BURST": "1000", "BLYNK_AUTH_LOG_INTERVAL": "0.5"})
     control_token = r.token()
@@ -98,8 +81,8 @@ async def test_failed_logins_close_and_are_summarised_not_logged_one_by_one(rig)
         counts[reason] = counts.get(reason, 0) + int(n)
     assert counts == {"invalid_token": 30, "not_logged_in": 1, "frame_too_large": 1}
     assert "invalid token" not in r.srv.stderr().lower() and "before login" not in r.srv.stderr()
-    assert await _metric(r.srv, "blynk_logins_total", result="invalid_token") == 30
-    assert await _metric(r.srv, "blynk_logins_total", result="frame_too_large") == 1
+    assert await metric(r.srv, "blynk_logins_total", result="invalid_token") == 30
+    assert await metric(r.srv, "blynk_logins_total", result="frame_too_large") == 1
     assert control.stats.failures == []
     await write_restart_read(r.srv, control_token)
     assert_no_traceback(r.srv)
@@ -114,7 +97,7 @@ async def test_an_ip_out_of_failed_login_budget_is_refused_until_it_refills(rig)
         for _ in range(3):
             await _failed_login(r.srv)
         await _refused(r.srv, token)
-        assert await _metric(r.srv, "blynk_connections_refused_total", reason="budget_exhausted") >= 1
+        assert await metric(r.srv, "blynk_connections_refused_total", reason="budget_exhausted") >= 1
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 5
         while True:  # the budget refills at 2 tokens/s
@@ -135,20 +118,20 @@ async def test_connections_waiting_for_login_are_capped_per_ip_and_in_total(rig)
     control_token, token = r.token(), r.token()
     async with Control(r.srv, control_token) as control:
         silent = [await _open(r.srv) for _ in range(3)]
-        await _wait_pending(r.srv, 3)
+        await wait_metric(r.srv, "blynk_connections_pending", lambda n: n == 3, 5)
         await _refused(r.srv, token)  # a 4th from 127.0.0.1
         other = await _open(r.srv, "127.0.0.2")
-        await _wait_pending(r.srv, 4)
+        await wait_metric(r.srv, "blynk_connections_pending", lambda n: n == 4, 5)
         await _refused(r.srv, token, "127.0.0.3")  # over the global cap
-        assert await _metric(r.srv, "blynk_connections_refused_total", reason="pending_per_ip") == 1
-        assert await _metric(r.srv, "blynk_connections_refused_total", reason="pending_global") == 1
+        assert await metric(r.srv, "blynk_connections_refused_total", reason="pending_per_ip") == 1
+        assert await metric(r.srv, "blynk_connections_refused_total", reason="pending_global") == 1
 
         assert await silent[0].login(token) == Status.SUCCESS  # logged in: no longer pending
         await silent[1].close()  # closed
         silent[2].send_raw(f"GET /external/api/isHardwareConnected?token={token} HTTP/1.0\r\n\r\n".encode())
-        await _wait_pending(r.srv, 1)  # only 127.0.0.2's is left
+        await wait_metric(r.srv, "blynk_connections_pending", lambda n: n == 1, 5)  # only 127.0.0.2's is left
         fresh = [await _open(r.srv) for _ in range(3)]
-        await _wait_pending(r.srv, 4)
+        await wait_metric(r.srv, "blynk_connections_pending", lambda n: n == 4, 5)
         for c in (*silent, other, *fresh):
             await c.close()
     assert control.stats.failures == []

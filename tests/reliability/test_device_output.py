@@ -12,20 +12,12 @@ import contextlib
 import re
 import socket
 
-import aiohttp
-
 from protocol import Command, Status, encode_frame
 from protocol.body import join_fields
 
-from .conftest import Control, RssSampler, assert_no_traceback, connect, write_restart_read
+from .conftest import Control, RssSampler, assert_no_traceback, connect, metric, wait_metric, write_restart_read
 
 RSS_BOUND_MB = 150  # the finding: 93 -> 545 MB in 3 s, and 529 MB after the close
-
-
-async def _metric(srv, name: str) -> float:
-    async with aiohttp.ClientSession() as s, s.get(f"http://{srv.admin_host}:{srv.admin_port}/metrics") as r:
-        m = re.search(rf"^{re.escape(name)} (\S+)$", await r.text(), re.M)
-    return float(m.group(1)) if m else 0.0
 
 
 async def _non_reader(srv, token: str, heartbeat: int) -> socket.socket:
@@ -65,14 +57,6 @@ async def _send_until_closed(sock: socket.socket, data: bytes, seconds: float) -
     return False  # not reached: forever() only ends by raising
 
 
-async def _wait_metric(srv, name: str, seconds: float) -> float:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while (value := await _metric(srv, name)) == 0 and loop.time() < deadline:
-        await asyncio.sleep(0.1)
-    return value
-
-
 async def test_a_device_that_does_not_read_is_paused_then_closed_and_memory_stays_bounded(rig):
     """Syncs of a 1 KB value as fast as the socket takes them, replies never read (flood control off,
     so only the output limits act). Over 64 KiB unsent the server stops reading it, so its output stops
@@ -85,9 +69,9 @@ async def test_a_device_that_does_not_read_is_paused_then_closed_and_memory_stay
         sock = await _non_reader(r.srv, attacker_token, heartbeat=1)
         with contextlib.closing(sock):
             assert await _send_until_closed(sock, sync, 15), "the server kept a non-reading device"
-        assert await _wait_metric(r.srv, "blynk_sessions_closed_slow_reader_total", 5) == 1
-        assert await _metric(r.srv, "blynk_write_pauses_total") >= 1
-        assert await _metric(r.srv, "blynk_idle_timeouts_total") == 0
+        assert await wait_metric(r.srv, "blynk_sessions_closed_slow_reader_total", bool, 5) == 1
+        assert await metric(r.srv, "blynk_write_pauses_total") >= 1
+        assert await metric(r.srv, "blynk_idle_timeouts_total") == 0
     assert rss.max_mb < RSS_BOUND_MB, f"server RSS reached {rss.max_mb} MB"
     assert control.stats.failures == [] and control.stats.writes_acked > 0
     assert re.search(r"slow reader: output blocked for \d+s \(timeout 3s\)", r.srv.stderr())
@@ -115,7 +99,7 @@ async def test_a_device_over_the_unsent_cap_is_closed_at_once(rig):
             for pin in pins:
                 await loop.sock_sendall(sock, encode_frame(Command.HARDWARE, 4, join_fields("vw", pin, "y" * 1000)))
             assert await _send_until_closed(sock, sync, 15), "the server kept a non-reading device"
-        assert await _wait_metric(r.srv, "blynk_sessions_closed_slow_reader_total", 5) == 1
+        assert await wait_metric(r.srv, "blynk_sessions_closed_slow_reader_total", bool, 5) == 1
     assert control.stats.failures == [] and control.stats.rtts
     assert re.search(r"slow reader: \d+ bytes unsent \(write_buffer_max 200000\)", r.srv.stderr())
     await write_restart_read(r.srv, control_token)
@@ -137,16 +121,11 @@ async def test_a_replaced_device_that_does_not_read_its_last_output_is_dropped(r
             await loop.sock_sendall(sock, encode_frame(Command.HARDWARE, 4, join_fields("vw", pin, "y" * 1000)))
         # 60 syncs of 150 kB: more than the kernel's buffers take, so some of it waits in the server.
         await loop.sock_sendall(sock, encode_frame(Command.HARDWARE_SYNC, 9, join_fields("vr", *pins)) * 60)
-        deadline = loop.time() + 15
-        while await _metric(r.srv, 'blynk_messages_in_total{command="hardware_sync"}') < 60:
-            assert loop.time() < deadline, "the syncs were not read"
-            await asyncio.sleep(0.1)
+        await wait_metric(r.srv, "blynk_messages_in_total", lambda n: n >= 60, command="hardware_sync")
         newer = await connect(r.srv, token)  # replaces it: the old one is closed with output queued
         try:
-            deadline = loop.time() + 15
-            while await _metric(r.srv, "blynk_connections_open") > 1 and loop.time() < deadline:
-                await asyncio.sleep(0.2)
-            assert await _metric(r.srv, "blynk_connections_open") == 1, "the replaced connection stayed open"
+            # Fails here if the replaced connection stays open.
+            assert await wait_metric(r.srv, "blynk_connections_open", lambda n: n <= 1) == 1
             assert await newer.ping() == Status.SUCCESS
         finally:
             await newer.close()

@@ -15,7 +15,7 @@ from blynk_server.ota import status as st
 from blynk_server.testing import run_cli
 from tests.ota.conftest import OTA_ENV, edgent_update, image, info, new_device, report, ship, upload, wait_ota
 
-from .conftest import assert_no_traceback
+from .conftest import assert_no_traceback, metric
 
 HUGE = "9" * 5000  # past Python's 4,300-digit int() limit, and far past SQLite's 64-bit integers
 URL = re.compile(r"^http://[^/]+/static/fw_(\d+)_([A-Za-z0-9_-]+)\.bin\?token=([A-Za-z0-9_-]+)$")
@@ -98,9 +98,7 @@ async def test_only_live_targets_download(make_server, tmp_path, unique):
         async with s.post(f"{admin}/cancel") as r:
             assert r.status == 200
     await _refused(url, 404)
-    code, _, text = await _get(f"http://{srv.admin_host}:{srv.admin_port}/metrics")
-    refused = re.search(rb'^blynk_ota_downloads(?:_total)?\{outcome="refused"\} (\S+)$', text, re.M)
-    assert refused is not None and float(refused.group(1)) == 10  # each refusal above, counted
+    assert await metric(srv, "blynk_ota_downloads_total", outcome="refused") == 10  # each refusal above, counted
     assert_no_traceback(srv)
 
 

@@ -3,27 +3,13 @@ finding 6), in the background, while devices keep working; the counts are in /me
 
 from __future__ import annotations
 
-import asyncio
-import re
 import sqlite3
-
-import aiohttp
 
 from blynk_server.model import now_ms
 
-from .conftest import db_path, write_restart_read
+from .conftest import db_path, metric, wait_metric, write_restart_read
 
 DAY_MS = 86_400_000
-
-
-async def _metrics(srv) -> str:
-    async with aiohttp.ClientSession() as s, s.get(f"http://{srv.admin_host}:{srv.admin_port}/metrics") as r:
-        return await r.text()
-
-
-def _value(text: str, sample: str) -> float:
-    m = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
 
 
 async def test_old_history_and_events_are_deleted_by_the_running_server(rig):
@@ -47,14 +33,9 @@ async def test_old_history_and_events_are_deleted_by_the_running_server(rig):
 
     r.srv.env.update({"BLYNK_HISTORY_DAYS": "2", "BLYNK_EVENTS_DAYS": "3", "BLYNK_RETENTION_INTERVAL": "1"})
     r.srv.start()
-    text = ""
-    for _ in range(100):  # the first pass runs one interval after start
-        text = await _metrics(r.srv)
-        if _value(text, "blynk_retention_runs_total") >= 1:
-            break
-        await asyncio.sleep(0.1)
-    assert _value(text, 'blynk_retention_deleted_rows_total{table="history"}') == 3000
-    assert _value(text, 'blynk_retention_deleted_rows_total{table="events"}') == 1
+    await wait_metric(r.srv, "blynk_retention_runs_total", lambda n: n >= 1)  # one interval after start
+    assert await metric(r.srv, "blynk_retention_deleted_rows_total", table="history") == 3000
+    assert await metric(r.srv, "blynk_retention_deleted_rows_total", table="events") == 1
     conn = sqlite3.connect(f"file:{db_path(r.srv.data_dir)}?mode=ro", uri=True)
     try:
         assert conn.execute("SELECT ts FROM history WHERE device_id = ?", (device_id,)).fetchall() == [(recent,)]

@@ -20,6 +20,7 @@ from .conftest import (
     assert_no_traceback,
     connect,
     db_path,
+    metric,
     rss_bytes,
     write_restart_read,
 )
@@ -185,13 +186,7 @@ async def test_info_cache_bounded_by_bytes(rig):
         for i in range(2000)
     ]
     assert set(await answers(dev, infos)) == {OK}
-    async with aiohttp.ClientSession() as s, s.get(f"http://{srv.admin_host}:{srv.admin_port}/metrics") as resp:
-        text = await resp.text()
-    gauges = {
-        line.split()[0]: float(line.split()[1])
-        for line in text.splitlines()
-        if line.startswith(("blynk_info_cache_bytes ", "blynk_info_cache_entries "))
-    }
+    gauges = {name: await metric(srv, name) for name in ("blynk_info_cache_bytes", "blynk_info_cache_entries")}
     assert 0 < gauges["blynk_info_cache_bytes"] <= 65536
     assert 0 < gauges["blynk_info_cache_entries"] <= 65536 // 3800
     assert await dev.ping() == OK

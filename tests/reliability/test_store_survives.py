@@ -14,13 +14,12 @@ import resource
 import subprocess
 import sys
 
-import aiohttp
 import pytest
 
 from blynk_server.testing import server_argv
 from protocol import Command, Status
 
-from .conftest import connect, write_acked, write_restart_read
+from .conftest import connect, metric, write_acked, write_restart_read
 
 FILE_LIMIT = 1_500_000  # bytes: the WAL reaches it after a few rounds of big values
 PINS = range(10, 250)  # pins with no datastream: stored as sent
@@ -28,14 +27,6 @@ PINS = range(10, 250)  # pins with no datastream: stored as sent
 
 def _limit_file_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT, FILE_LIMIT))
-
-
-async def _metric(srv, name: str) -> float:
-    url = f"http://{srv.admin_host}:{srv.admin_port}/metrics"
-    async with aiohttp.ClientSession() as s, s.get(url) as r:
-        text = await r.text()
-    m = re.search(rf"^{name} (\S+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
 
 
 async def test_a_full_disk_keeps_rows_and_a_stop_saves_them_for_the_next_start(rig):
@@ -53,7 +44,7 @@ async def test_a_full_disk_keeps_rows_and_a_stop_saves_them_for_the_next_start(r
             for pin in PINS:
                 dev.virtual_write(pin, filler)
             assert await dev.ping() == Status.SUCCESS
-            if await _metric(r.srv, "blynk_store_flush_errors_total"):
+            if await metric(r.srv, "blynk_store_flush_errors_total"):
                 break
             await asyncio.sleep(0.1)  # let a flush run; the disk fills when it does
         else:
