@@ -33,7 +33,8 @@ import aiohttp
 from benchmarks.harness.__main__ import machine
 from benchmarks.harness.engine import raise_nofile
 from benchmarks.harness.scenarios import Workers, ms, pct
-from benchmarks.harness.targets import BlynkTarget, cleanup, make_workdir, proc_rss, run_cli
+from benchmarks.harness.targets import BlynkTarget, cleanup, make_workdir, run_cli
+from blynk_server.testing import rss_bytes
 from protocol import Command, Decoder, Status, encode_frame
 from protocol.body import join_fields
 
@@ -441,7 +442,7 @@ def persisted_v1(data_dir) -> dict[str, float]:
 async def rss_sampler(pid: int, stop: asyncio.Event, out: list[int]) -> None:
     while not stop.is_set():
         with contextlib.suppress(OSError):
-            out.append(proc_rss(pid))
+            out.append(rss_bytes(pid))
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.25)
 
@@ -472,7 +473,7 @@ async def run_attack(name: str, target: BlynkTarget, others: list[str], ctx_toke
         conn = (await pool.gather(300))[0]
         out["others_logged_in"] = conn["logged_in"]
         await asyncio.sleep(1.0)
-        out["rss_before_mb"] = round(proc_rss(proc.pid) / 2**20, 1)
+        out["rss_before_mb"] = round(rss_bytes(proc.pid) / 2**20, 1)
         samples: list[int] = []
         stop = asyncio.Event()
         sampling = asyncio.create_task(rss_sampler(proc.pid, stop, samples))
@@ -489,7 +490,7 @@ async def run_attack(name: str, target: BlynkTarget, others: list[str], ctx_toke
         alive = proc.poll() is None
         out["server_alive"] = alive
         out["rss_max_mb"] = round(max(samples, default=0) / 2**20, 1)
-        out["rss_after_mb"] = round(proc_rss(proc.pid) / 2**20, 1) if alive else None
+        out["rss_after_mb"] = round(rss_bytes(proc.pid) / 2**20, 1) if alive else None
         rtts = res["rtts"]
         out.update(
             {

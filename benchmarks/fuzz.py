@@ -38,6 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from blynk_server.testing import rss_bytes
 from protocol import Command, Decoder, Status, encode_frame
 from protocol.body import join_fields
 
@@ -45,7 +46,6 @@ from protocol.body import join_fields
 
 KNOWN = [int(c) for c in Command]
 UNKNOWN = [c for c in range(256) if c not in KNOWN]
-PAGE = os.sysconf("SC_PAGE_SIZE")
 FUZZ_TEMPLATE = "TMPLfuzz01"
 FUZZ_DATASTREAMS = (
     "pin=V0,name=Switch,type=int,min=0,max=1,sync",
@@ -93,14 +93,6 @@ def raw_frame(cmd: int, msg_id: int, body: bytes) -> bytes:
 
 def raw_response(msg_id: int, status: int) -> bytes:
     return b"\0" + (msg_id & 0xFFFF).to_bytes(2, "big") + (status & 0xFFFF).to_bytes(2, "big")
-
-
-def rss_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm") as fh:
-            return int(fh.read().split()[1]) * PAGE
-    except (OSError, IndexError, ValueError):
-        return 0
 
 
 class Gen:

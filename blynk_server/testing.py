@@ -23,6 +23,15 @@ READY = re.compile(r"blynk-server ready hardware=(\S+) admin=(\S+)(?: tls=(\S+))
 STDERR_TAIL = 4000  # characters of the server's stderr quoted when it does not start
 
 
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process in bytes, from /proc/<pid>/statm; 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 class ServerStartError(RuntimeError):
     """The server exited, or did not print its ready line in time."""
 

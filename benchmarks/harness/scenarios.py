@@ -25,8 +25,8 @@ from benchmarks.harness.targets import (
     cleanup,
     make_workdir,
     proc_cpu_seconds,
-    proc_rss,
 )
+from blynk_server.testing import rss_bytes
 
 _POOL = ThreadPoolExecutor(max_workers=64)  # blocking Pipe.recv() calls, one per worker
 
@@ -240,16 +240,16 @@ async def run_load(
         extra.append(
             {"kind": kind, "host": host, "port": port, "ids": ["sysmon"], "mode": "sys", "subscribe": target.sys_topic}
         )
-    rss_empty = proc_rss(target.pid)
+    rss_empty = rss_bytes(target.pid)
     pool = Workers(specs + extra)
     try:
         conn = await pool.gather(300)
         out: dict = {"target": target.name, "mode": mode, "devices": len(ids), **_login_summary(conn[: len(specs)])}
         await asyncio.sleep(2.0 if len(ids) > 2000 else 0.5)  # let logins, info messages and GC settle
         out["rss_empty_mb"] = round(rss_empty / 2**20, 1)
-        out["rss_loaded_mb"] = round(proc_rss(target.pid) / 2**20, 1)
+        out["rss_loaded_mb"] = round(rss_bytes(target.pid) / 2**20, 1)
         if out["logged_in"]:
-            out["rss_per_session_kb"] = round((proc_rss(target.pid) - rss_empty) / out["logged_in"] / 1024, 3)
+            out["rss_per_session_kb"] = round((rss_bytes(target.pid) - rss_empty) / out["logged_in"] / 1024, 3)
         base = target.processed() if kind == "blynk" else None
         sampler = Sampler(target)
         stop = asyncio.Event()
@@ -276,7 +276,7 @@ async def run_load(
                 "sent_per_s": round(sent / elapsed),
                 "server_cpu_pct": round(100 * (cpu1 - cpu0) / (t1 - t0), 1),
                 "harness_cpu_pct": round(100 * (hcpu1 - hcpu0) / (t1 - t0), 1),
-                "rss_end_mb": round(proc_rss(target.pid) / 2**20, 1),
+                "rss_end_mb": round(rss_bytes(target.pid) / 2**20, 1),
                 "dropped_connections": sum(r["dropped"] for r in res),
                 "alive": sum(r["alive"] for r in main),
                 "bad_status": {k: v for r in res for k, v in r["bad_status"].items()},

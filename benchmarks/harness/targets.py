@@ -27,7 +27,6 @@ from pathlib import Path
 from blynk_server.testing import run_cli, start_server
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def _raise_nofile() -> None:  # runs in the child before exec
@@ -46,12 +45,6 @@ def proc_cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def proc_rss(pid: int) -> int:
-    """Resident set size in bytes, from /proc/<pid>/statm."""
-    with open(f"/proc/{pid}/statm") as fh:
-        return int(fh.read().split()[1]) * PAGE
 
 
 def _wait_port(port: int, timeout: float, proc: subprocess.Popen) -> None:

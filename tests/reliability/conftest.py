@@ -25,10 +25,10 @@ import aiohttp
 import pytest
 
 from blynk_server.devclient import DeviceClient
+from blynk_server.testing import rss_bytes
 from protocol import Command, Status
 from protocol.body import join_fields
 
-PAGE = os.sysconf("SC_PAGE_SIZE")
 DB_NAME = "blynk.sqlite3"
 
 # The standard datastreams of a reliability device (same pins as tests/server/conftest.py).
@@ -45,15 +45,6 @@ COUNTER_PIN = 6  # an int pin with a wide range: for increasing write sequences
 
 
 # --- process facts ----------------------------------------------------------------------------------
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident set size of a process, from /proc/<pid>/statm (0 when it is gone)."""
-    try:
-        with open(f"/proc/{pid}/statm") as fh:
-            return int(fh.read().split()[1]) * PAGE
-    except (OSError, IndexError, ValueError):
-        return 0
 
 
 def rss_mb(pid: int) -> float:
