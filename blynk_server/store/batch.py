@@ -56,6 +56,29 @@ class Batch:
             + len(self.timezones)
         )
 
+    def merge_older(self, older: Batch, max_rows: int) -> int:
+        """Take back the rows of a failed flush: a newer value for a key wins, older history and events
+        go first. Keeps at most ``max_rows`` history and event rows, dropping the oldest; returns how
+        many were dropped."""
+        for mine, theirs in (
+            (self.values, older.values),
+            (self.props, older.props),
+            (self.devices, older.devices),
+            (self.meta, older.meta),
+            (self.timezones, older.timezones),
+        ):
+            for k, v in theirs.items():
+                mine.setdefault(k, v)
+        self.history[:0] = older.history
+        self.events[:0] = older.events
+        excess = len(self.history) + len(self.events) - max_rows
+        if excess <= 0:
+            return 0
+        from_history = min(excess, len(self.history))
+        del self.history[:from_history]
+        del self.events[: excess - from_history]
+        return excess
+
     def tables(self) -> list[tuple[str, list[tuple]]]:
         """Each table's rows as flat tuples, in the order they are written."""
         return [

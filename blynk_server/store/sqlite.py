@@ -115,13 +115,7 @@ class SqliteStore:
             raise StoreUnavailable(f"cannot use the data dir {self.data_dir}: {_reason(exc)}") from None
         self._lock = threading.Lock()  # guards the admin connection, used from loop and CLI threads
         # Pending write-behind rows (see batch.Batch); taken whole by the writer thread.
-        self._values: dict[tuple[int, str], tuple[bytes, int]] = {}
-        self._props: dict[tuple[int, str, str], tuple[bytes, int]] = {}
-        self._history: list[tuple[int, str, int, bytes]] = []
-        self._events: list[tuple] = []
-        self._devices: dict[int, tuple[int | None, str | None]] = {}
-        self._meta: dict[tuple[int, str], str] = {}
-        self._timezones: dict[int, str | None] = {}
+        self._pending = Batch()
         self.stats = FlushStats()
         self._writer: threading.Thread | None = None
         self._stop = threading.Event()
@@ -200,15 +194,7 @@ class SqliteStore:
 
     def pending(self) -> int:
         """Rows waiting to be written (the write-behind queue depth)."""
-        return (
-            len(self._values)
-            + len(self._props)
-            + len(self._history)
-            + len(self._events)
-            + len(self._devices)
-            + len(self._meta)
-            + len(self._timezones)
-        )
+        return len(self._pending)
 
     def flush_now(self, timeout: float = 10.0) -> None:
         """Ask the writer for an immediate flush and wait until it has committed (tests, admin)."""
@@ -232,36 +218,17 @@ class SqliteStore:
             time.sleep(0.2 * (attempt + 1))
 
     def _take(self) -> Batch:
-        # Swapping the dicts/lists is atomic under the GIL: the loop keeps appending to fresh ones.
-        batch = Batch(
-            self._values, self._props, self._history, self._events, self._devices, self._meta, self._timezones
-        )
-        self._values, self._props, self._history = {}, {}, []
-        self._events, self._devices, self._meta, self._timezones = [], {}, {}, {}
+        # One attribute swapped, atomic under the GIL: the loop goes on appending to the fresh batch.
+        batch, self._pending = self._pending, Batch()
         return batch
 
     def _put_back(self, batch: Batch) -> None:
-        """Return the rows of a failed flush to the pending ones; a newer value for a key wins."""
-        for k, v in batch.values.items():
-            self._values.setdefault(k, v)
-        for k, v in batch.props.items():
-            self._props.setdefault(k, v)
-        for k, v in batch.devices.items():
-            self._devices.setdefault(k, v)
-        for k, v in batch.meta.items():
-            self._meta.setdefault(k, v)
-        for k, v in batch.timezones.items():
-            self._timezones.setdefault(k, v)
-        self._history[:0] = batch.history
-        self._events[:0] = batch.events
-        excess = len(self._history) + len(self._events) - self.max_pending_rows
-        if excess > 0:  # flushes keep failing: bound the memory, dropping the oldest rows, counted
-            from_history = min(excess, len(self._history))
-            del self._history[:from_history]
-            del self._events[: excess - from_history]
-            self.stats.rows_dropped += excess
+        """Return the rows of a failed flush to the pending ones (``Batch.merge_older``), bounded."""
+        dropped = self._pending.merge_older(batch, self.max_pending_rows)
+        if dropped:  # flushes keep failing: the memory stays bounded, the oldest rows go, counted
+            self.stats.rows_dropped += dropped
             log.error(
-                "store: %d pending rows dropped (more than %d kept while flushes fail)", excess, self.max_pending_rows
+                "store: %d pending rows dropped (more than %d kept while flushes fail)", dropped, self.max_pending_rows
             )
 
     def _flush_with(self, conn: sqlite3.Connection) -> bool:
@@ -313,34 +280,34 @@ class SqliteStore:
     # --- write-behind (called on the event loop; never touches disk) ---------------------------
 
     def put_value(self, device_id: int, pin: str, value: bytes, ts: int) -> None:
-        self._values[(device_id, pin)] = (value, ts)
+        self._pending.values[(device_id, pin)] = (value, ts)
 
     def put_property(self, device_id: int, pin: str, name: str, value: bytes, ts: int) -> None:
-        self._props[(device_id, pin, name)] = (value, ts)
+        self._pending.props[(device_id, pin, name)] = (value, ts)
 
     def put_history(self, device_id: int, pin: str, ts: int, value: bytes) -> None:
-        self._history.append((device_id, pin, ts, value))
+        self._pending.history.append((device_id, pin, ts, value))
 
     def put_event(self, device_id: int, code: str, description: str | None, ts: int) -> None:
-        self._events.append(("log", device_id, code, description, ts))
+        self._pending.events.append(("log", device_id, code, description, ts))
 
     def put_event_clear(self, device_id: int, code: str, resolve_all: bool, ts: int) -> None:
-        self._events.append(("clear", device_id, code, resolve_all, ts))
+        self._pending.events.append(("clear", device_id, code, resolve_all, ts))
 
     def put_meta(self, device_id: int, name: str, value: str) -> None:
         """A device metadata field, written behind (a device's ``meta set`` must not commit on the loop)."""
-        self._meta[(device_id, name)] = value
+        self._pending.meta[(device_id, name)] = value
 
     def put_device_timezone(self, device_id: int, tz: str | None) -> None:
         """The device's time zone (from its ``Timezone`` metadata), written behind."""
-        self._timezones[device_id] = tz
+        self._pending.timezones[device_id] = tz
 
     def put_device_seen(self, device_id: int, last_seen: int, info_json: str | None = None) -> None:
         """The device's last-seen time and, when given, its info message as JSON."""
         if info_json is None:
-            old = self._devices.get(device_id)
+            old = self._pending.devices.get(device_id)
             info_json = old[1] if old else None
-        self._devices[device_id] = (last_seen, info_json)
+        self._pending.devices[device_id] = (last_seen, info_json)
 
     # --- admin (synchronous) ---------------------------------------------------------------------
 
