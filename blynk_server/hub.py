@@ -9,7 +9,16 @@ log = logging.getLogger(__name__)
 
 
 class DeviceLink(Protocol):
-    """What the hub needs of a connected device (a hardware session, a WebSocket session)."""
+    """What the hub, OTA and the doors may use of a connected device (a hardware session, a WebSocket
+    session); nothing else of a session is read from outside it."""
+
+    device: object  # the DeviceState logged in on this link (None before login)
+    info_acked: bool  # the device's info message was answered: server pushes may start (OTA waits for it)
+    buff_in: int | None  # the device's receive buffer from its info message; None when not reported
+
+    def local_host(self) -> str | None:
+        """The local address this connection reached the server on (for links a device can follow)."""
+        ...
 
     def push(self, command: int, body: bytes, msg_id: int | None = None) -> bool: ...
 
