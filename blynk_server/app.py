@@ -1,30 +1,40 @@
-"""Composition root: builds the store, hub, domain, listeners and HTTP apps; starts and stops them
-in order. A graceful stop closes sessions and flushes every pending write."""
+"""Composition root: takes the data dir's lock, builds the store, hub, domain, provisioning, listeners,
+OTA and HTTP apps, each given what it uses; starts and stops them in order. A graceful stop closes
+sessions and flushes every pending write (or says what it could not)."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import os
-import secrets
 import signal
-import string
 import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 
 import protocol
 from blynk_server import apikey, hot_path_implementation
 from blynk_server.config import Settings
+from blynk_server.control import CONTROL_SOCKET, DataDirLock
 from blynk_server.domain import Domain
 from blynk_server.hardware.server import HardwareServer
 from blynk_server.http.admin import build_admin_app
-from blynk_server.http.frontend import HttpFrontend
+from blynk_server.http.frontend import HttpFrontend, build_device_app
+from blynk_server.http.stats import HttpStats
 from blynk_server.hub import Hub
+from blynk_server.looplag import LoopLag
+from blynk_server.metrics import Sources, build_registry, render
 from blynk_server.model import Datastream
+from blynk_server.ota.service import OtaService
+from blynk_server.provisioning import Provisioning, new_template_id
 from blynk_server.store import SqliteStore
 from blynk_server.store.retention import Retention
+from blynk_server.store.sqlite import CloseReport, Snapshot, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -32,69 +42,160 @@ API_KEY_SETTING = "admin_api_key"
 API_KEY_FILE = "admin-api-key"
 
 
-def _template_id() -> str:
-    alphabet = string.ascii_letters + string.digits
-    return "TMPL" + "".join(secrets.choice(alphabet) for _ in range(8))
+@dataclass(slots=True)
+class Prepared:
+    """What start-up read and wrote on the store's thread, for the loop to act on."""
+
+    snapshot: Snapshot
+    replayed: int = 0
+    recovery_files: int = 0
+    api_key_hash: str = ""
+    new_key: str | None = None  # the admin API key made on this start (printed once)
+    quickstart: tuple[str, str] | None = None  # (template id, token) made on an empty data dir
+
+
+def prepare(store: SqliteStore, data_dir: Path) -> Prepared:
+    """On the store's thread, before anything listens: check the database takes writes, replay the
+    recovery files a failed stop left, make the admin API key and the Quickstart device on a first
+    start, and read everything the domain holds."""
+    store.check_writable()
+    replayed, files = store.replay_recovery()
+    out = Prepared(Snapshot([], []), replayed, len(files))
+    stored = store.get_setting(API_KEY_SETTING)
+    if stored is None:
+        key = apikey.new_key()
+        stored = apikey.hash_key(key)
+        store.set_setting(API_KEY_SETTING, stored)
+        path = data_dir / API_KEY_FILE
+        path.write_text(key + "\n")
+        os.chmod(path, 0o600)
+        out.new_key = key
+    elif not apikey.is_hashed(stored):  # a data dir from before keys were hashed
+        stored = apikey.hash_key(stored)
+        store.set_setting(API_KEY_SETTING, stored)
+    out.api_key_hash = stored
+    if store.get_setting("initialized") is None:
+        store.set_setting("initialized", "1")
+        if not store.list_templates():
+            tid = new_template_id()
+            store.create_template(tid, "Quickstart", QUICKSTART_DATASTREAMS)
+            out.quickstart = (tid, store.create_device(tid, "Quickstart Device").token)
+    out.snapshot = store.load_all()
+    return out
+
+
+QUICKSTART_DATASTREAMS = [
+    Datastream("v0", "Switch", "int", 0, 1, "0", sync=True),
+    Datastream("v1", "Value", "double", history=True),
+    Datastream("v2", "Text", "string"),
+]
 
 
 class BlynkServer:
+    """The composition root: builds every part with what it needs, starts and stops them in order."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.out = sys.stdout
+        self.lock = DataDirLock(settings.data_dir)
         self.store: SqliteStore | None = None
         self.hub = Hub()
         self.domain: Domain | None = None
+        self.provisioning: Provisioning | None = None
         self.retention: Retention | None = None
         self.hardware: HardwareServer | None = None
         self.http: HttpFrontend | None = None
-        self.ota = None  # OtaService, built in start() once the domain exists
-        self._admin_runner: web.AppRunner | None = None
+        self.ota: OtaService | None = None
+        self.lag = LoopLag()
+        self._runners: list[web.AppRunner] = []
         self.admin_address: tuple[str, int] | None = None
-        self.api_key_hash: str = ""  # "sha256:<hex>" of the admin API key (apikey.check_key)
-        self.out = sys.stdout
-        self._quickstart: tuple[str, str] | None = None
 
     def _say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
 
-    def _first_start(self) -> None:
-        """On an empty data dir: a Quickstart template and device, and the admin API key."""
-        store = self.store
-        assert store is not None
-        stored = store.get_setting(API_KEY_SETTING)
-        if stored is None:
-            key = apikey.new_key()
-            stored = apikey.hash_key(key)
-            store.set_setting(API_KEY_SETTING, stored)
-            path = self.settings.data_dir / API_KEY_FILE
-            path.write_text(key + "\n")
-            os.chmod(path, 0o600)
-            self._say(f"Admin API key (also in {path}): {key}")
-        elif not apikey.is_hashed(stored):  # a data dir from before keys were hashed
-            stored = apikey.hash_key(stored)
-            store.set_setting(API_KEY_SETTING, stored)
-        self.api_key_hash = stored
-        if store.get_setting("initialized") is not None:
-            return
-        store.set_setting("initialized", "1")
-        if store.list_templates():
-            return
-        tid = _template_id()
-        store.create_template(
-            tid,
-            "Quickstart",
-            [
-                Datastream("v0", "Switch", "int", 0, 1, "0", sync=True),
-                Datastream("v1", "Value", "double", history=True),
-                Datastream("v2", "Text", "string"),
-            ],
+    async def start(self) -> None:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        if not await loop.run_in_executor(None, self.lock.acquire):
+            pid = self.lock.holder_pid()
+            raise StoreUnavailable(f"another blynk-server (pid {pid}) runs on the data dir {s.data_dir}")
+        self.store = store = await loop.run_in_executor(
+            None, SqliteStore, s.data_dir, s.flush_interval, s.store_max_pending_rows
         )
-        device = store.create_device(tid, "Quickstart Device")
-        self._quickstart = (tid, device.token)
+        store.forbid_thread(threading.get_ident())  # from here, SQLite on the loop thread raises
+        store.start_writer()
+        ready = await store.run(prepare, store, s.data_dir)
+        if ready.recovery_files:
+            self._say(
+                f"Replayed {ready.replayed} rows from {ready.recovery_files} recovery file(s) a previous stop left."
+            )
+        if ready.new_key is not None:
+            self._say(f"Admin API key (also in {s.data_dir / API_KEY_FILE}): {ready.new_key}")
+        self.retention = Retention(
+            store.path,
+            s.history_days,
+            s.events_days,
+            s.retention_interval,
+            first_delay=min(10.0, s.retention_interval),  # after start-up settles; sooner when runs are frequent
+        )
+        self.retention.start()
+        self.domain = domain = Domain(store, self.hub, s)
+        domain.load_snapshot(ready.snapshot)
+        self.provisioning = Provisioning(store, domain)
+        self.hardware = hardware = HardwareServer(s, domain, self.hub, loop)
+        self.ota = OtaService(s, domain, self.hub, store.run, store.submit, lambda: hardware.address)
+        await self.ota.start()
+        http_stats = HttpStats()
+        self.http = HttpFrontend(
+            s, build_device_app(s, http_stats, domain, self.hub, self.ota, hardware.new_session), http_stats
+        )
+        hardware.http_handoff = await self.http.start()  # before the listener: the first connection finds it
+        await hardware.start()
+        self.lag.start(loop)
+        registry = build_registry(
+            Sources(
+                self.hub,
+                hardware.stats,
+                lambda: len(hardware.sessions),
+                domain.stats,
+                store,
+                self.retention.stats,
+                http_stats,
+                self.lag,
+                self.ota,
+            )
+        )
+        admin = functools.partial(build_admin_app, self.provisioning, self.hub, self.ota, lambda: render(registry))
+        self._print_quickstart(ready.quickstart)
+        runner = await self._runner(admin(ready.api_key_hash, http_stats))
+        await web.TCPSite(runner, s.admin_host, s.admin_port).start()
+        self.admin_address = runner.addresses[0][:2]
+        await self._serve_control(await self._runner(admin(None)))
+        line = f"blynk-server ready hardware={_hostport(hardware.address)} admin={_hostport(self.admin_address)}"
+        if hardware.tls_address:
+            line += f" tls={_hostport(hardware.tls_address)}"
+        self._say(line)
+        log.info("framer: %s, device hot path: %s", protocol.IMPLEMENTATION, hot_path_implementation())
 
-    def _print_quickstart(self) -> None:
-        if self._quickstart is None or self.hardware is None or self.hardware.address is None:
+    async def _runner(self, app: web.Application) -> web.AppRunner:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        self._runners.append(runner)
+        return runner
+
+    async def _serve_control(self, runner: web.AppRunner) -> None:
+        """The admin API on ``<data dir>/control.sock`` for the CLI, without the key: only who can
+        enter the private (0700) data dir can reach it. A socket left by a killed server is replaced
+        (we hold the data dir's lock, so it is nobody's)."""
+        path = self.settings.data_dir / CONTROL_SOCKET
+        path.unlink(missing_ok=True)
+        await web.UnixSite(runner, str(path)).start()
+        os.chmod(path, 0o600)
+
+    def _print_quickstart(self, quickstart: tuple[str, str] | None) -> None:
+        if quickstart is None or self.hardware is None or self.hardware.address is None:
             return
-        tid, token = self._quickstart
+        tid, token = quickstart
         port = self.hardware.address[1]
         self._say(
             "Quickstart device created. Put these lines at the top of your sketch:\n"
@@ -104,78 +205,49 @@ class BlynkServer:
             f'and connect to this server: Blynk.begin(BLYNK_AUTH_TOKEN, ssid, pass, "<this host>", {port});'
         )
 
-    async def start(self) -> None:
-        s = self.settings
-        loop = asyncio.get_running_loop()
-        self.store = SqliteStore(s.data_dir, s.flush_interval, s.store_max_pending_rows)
-        self.store.check_writable()
-        replayed, files = self.store.replay_recovery()
-        if files:
-            self._say(f"Replayed {replayed} rows from {len(files)} recovery file(s) a previous stop left.")
-        self._first_start()
-        self.store.start_writer()
-        self.retention = Retention(
-            self.store.path,
-            s.history_days,
-            s.events_days,
-            s.retention_interval,
-            first_delay=min(10.0, s.retention_interval),  # after start-up settles; sooner when runs are frequent
-        )
-        self.retention.start()
-        self.domain = Domain(self.store, self.hub, s)
-        self.hardware = HardwareServer(s, self.domain, self.hub, loop)
-        self.http = HttpFrontend(self)
-        await self.http.start()  # before the listener, so the first HTTP connection finds the app
-        await self.hardware.start()
-        from blynk_server.ota.service import OtaService
-
-        self.ota = OtaService(self)
-        self.ota.start()
-        self._print_quickstart()
-        self._admin_runner = web.AppRunner(build_admin_app(self), access_log=None)
-        await self._admin_runner.setup()
-        site = web.TCPSite(self._admin_runner, s.admin_host, s.admin_port)
-        await site.start()
-        self.admin_address = self._admin_runner.addresses[0][:2]
-        line = f"blynk-server ready hardware={_hostport(self.hardware.address)} admin={_hostport(self.admin_address)}"
-        if self.hardware.tls_address:
-            line += f" tls={_hostport(self.hardware.tls_address)}"
-        self._say(line)
-        log.info("framer: %s, device hot path: %s", protocol.IMPLEMENTATION, hot_path_implementation())
-
     async def stop(self) -> int:
         """Stop everything; 0 when every pending write was flushed, 1 when some were not (they were saved
         to a recovery file, or lost when even that failed: the log says which)."""
+        loop = asyncio.get_running_loop()
         if self.hardware is not None:
             await self.hardware.stop()
+            self.hardware.http_handoff = None
         if self.http is not None:
             await self.http.stop()
         if self.ota is not None:
             await self.ota.stop()
-        if self._admin_runner is not None:
-            await self._admin_runner.cleanup()
+        for runner in self._runners:
+            await runner.cleanup()
+        (self.settings.data_dir / CONTROL_SOCKET).unlink(missing_ok=True)
+        self.lag.stop()
         if self.retention is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.retention.stop)
-        if self.store is None:
-            return 0
-        report = await asyncio.get_running_loop().run_in_executor(None, self.store.close)
-        if report.ok:
-            log.info("stopped; every pending write flushed")
-            return 0
-        if report.recovery_file is not None:
-            log.error(
-                "stopped; %d rows could not be written (%s): saved to %s, replayed at the next start",
-                report.unwritten,
-                report.error,
-                report.recovery_file,
-            )
-        else:
-            log.error(
-                "stopped; %d rows could not be written (%s) nor saved to a recovery file: LOST",
-                report.lost,
-                report.error,
-            )
-        return 1
+            await loop.run_in_executor(None, self.retention.stop)
+        code = 0
+        if self.store is not None:
+            report = await loop.run_in_executor(None, self.store.close)
+            code = _report(report)
+        self.lock.release()
+        return code
+
+
+def _report(report: CloseReport) -> int:
+    if report.ok:
+        log.info("stopped; every pending write flushed")
+        return 0
+    if report.recovery_file is not None:
+        log.error(
+            "stopped; %d rows could not be written (%s): saved to %s, replayed at the next start",
+            report.unwritten,
+            report.error,
+            report.recovery_file,
+        )
+    else:
+        log.error(
+            "stopped; %d rows could not be written (%s) nor saved to a recovery file: LOST",
+            report.lost,
+            report.error,
+        )
+    return 1
 
 
 def _hostport(addr) -> str:

@@ -1,8 +1,11 @@
-"""Domain rules shared by every door (device session, HTTP API, admin API, CLI).
+"""Domain rules shared by every door (device session, WebSocket, device and legacy HTTP APIs, admin
+API, CLI).
 
-``Domain`` holds the live state of devices in memory (latest values, properties, online state) and
-writes it behind through the store. Each rule exists once here: a pin write from a device, from the
-HTTP API or from a bridge goes through ``write_pin``.
+``Domain`` holds every template and device in memory (loaded once at start; provisioning changes both
+the store and this copy), with each device's latest values, properties, metadata and online state, and
+writes changes behind through the store. So a login, a lookup or a write never waits on SQLite; reads
+of history and events run on the store's thread. Each rule exists once here: a pin write from a device
+goes through ``write_keys``/``write_key``, from an API or a bridge through ``write_pin``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from blynk_server.config import Settings
+from blynk_server.history import HistoryQuery
 from blynk_server.hub import Hub
 from blynk_server.model import MAX_TS_MS, Datastream, DeviceRecord, Template, now_ms
 from blynk_server.store import SqliteStore
@@ -28,7 +32,6 @@ MAX_STRING_VALUE = 1024  # blynk.cloud limit for one value
 MAX_EVENT_DESCRIPTION = 300
 MIN_EVENT_INTERVAL_MS = 1000
 DAY_MS = 86_400_000
-TEMPLATE_TTL_S = 5.0  # re-read a template at most this often, so CLI edits reach a running server
 REFUSAL_LOG_INTERVAL = 60.0  # seconds between INFO lines about refused state (the rest go to DEBUG)
 
 
@@ -71,7 +74,7 @@ class DeviceState:
     last_event_ms: dict[str, int] = field(default_factory=dict)  # code -> ts; at most max_event_codes
     events_day: int = 0  # the UTC day (ms // DAY_MS) events_today counts
     events_today: int = 0
-    template_loaded: float = 0.0
+    deleted: bool = False  # removed by provisioning: writes still under way are dropped
 
     @property
     def id(self) -> int:
@@ -91,6 +94,12 @@ def check_ts(ts: int) -> None:
     batch holding it would fail for every device."""
     if not 0 <= ts <= MAX_TS_MS:
         raise InvalidValue("Timestamp is out of range.")
+
+
+def _check_live(dev: DeviceState) -> None:
+    """Refuse a change to a device deleted while the request that holds it was under way."""
+    if dev.deleted:
+        raise InvalidValue("Invalid token.")
 
 
 def check_text(text: str, limit: int, what: str) -> None:
@@ -207,78 +216,84 @@ class Domain:
         self.on_device_info: list[Callable[[DeviceState, object], None]] = []
         self.on_device_offline: list[Callable[[DeviceState], None]] = []
 
-    # --- lookup ------------------------------------------------------------------------------
+    # --- lookup (memory only: the domain holds every template and device, loaded once at start) ------
+
+    def load(self, templates: list[Template], devices: list[DeviceState]) -> None:
+        """Take the stored templates and devices (``SqliteStore.load_all``, read on the store's thread)."""
+        self._templates = {tpl.id: tpl for tpl in templates}
+        for dev in devices:
+            dev.template = self._templates.get(dev.record.template_id) or Template(dev.record.template_id, "")
+            self._by_id[dev.id] = dev
+            self._by_token[dev.token] = dev
+
+    def templates(self) -> list[Template]:
+        return sorted(self._templates.values(), key=lambda t: t.id)
 
     def template(self, template_id: str) -> Template | None:
-        cached = self._templates.get(template_id)
-        now = time.monotonic()
-        if cached and now - cached[1] < TEMPLATE_TTL_S:
-            return cached[0]
-        tpl = self.store.get_template(template_id)
-        if tpl is None:
-            self._templates.pop(template_id, None)
-            return None
-        self._templates[template_id] = (tpl, now)
-        for dev in self._by_id.values():
-            if dev.record.template_id == template_id:
-                dev.template = tpl
-        return tpl
+        return self._templates.get(template_id)
 
-    def invalidate_template(self, template_id: str) -> None:
-        self._templates.pop(template_id, None)
-        self.template(template_id)
+    def devices(self, template_id: str | None = None) -> list[DeviceState]:
+        devs = self._by_id.values()
+        if template_id is not None:
+            devs = [d for d in devs if d.record.template_id == template_id]
+        return sorted(devs, key=lambda d: d.id)
 
     def authenticate(self, token: str) -> DeviceState | None:
-        """The device for ``token``, confirmed against the store (so CLI-made devices log in at once,
-        and deleted ones do not)."""
-        record = self.store.get_device_by_token(token)
-        if record is None:
-            stale = self._by_token.pop(token, None)
-            if stale is not None:
-                self._by_id.pop(stale.id, None)
-            return None
-        dev = self._by_token.get(token)
-        if dev is None or dev.id != record.id:
-            dev = self._load(record)
-        else:
-            tpl = self.template(record.template_id)
-            if tpl is not None:
-                dev.template = tpl
-        return dev
+        """The device of ``token``, or None (unknown or deleted)."""
+        return self._by_token.get(token)
 
-    def device_by_token(self, token: str) -> DeviceState | None:
-        """For HTTP: the in-memory device, loading it from the store on first use."""
-        dev = self._by_token.get(token)
-        if dev is not None:
-            return dev
-        return self.authenticate(token)
+    device_by_token = authenticate
 
     def device(self, device_id: int) -> DeviceState | None:
-        dev = self._by_id.get(device_id)
-        if dev is not None:
-            return dev
-        record = self.store.get_device(device_id)
-        return self._load(record) if record else None
+        return self._by_id.get(device_id)
 
-    def _load(self, record: DeviceRecord) -> DeviceState:
-        tpl = self.template(record.template_id) or Template(record.template_id, record.template_id)
-        dev = DeviceState(
-            record,
-            tpl,
-            values=self.store.load_values(record.id),
-            properties=self.store.load_properties(record.id),
-            meta=self.store.load_meta(record.id),
-        )
+    # --- provisioning's changes (``Provisioning`` stores them, then applies them here) ------------
+
+    def put_template(self, tpl: Template) -> None:
+        self._templates[tpl.id] = tpl
+        for dev in self._by_id.values():
+            if dev.record.template_id == tpl.id:
+                dev.template = tpl
+
+    def remove_template(self, template_id: str) -> None:
+        self._templates.pop(template_id, None)
+
+    def put_datastream(self, template_id: str, ds: Datastream) -> None:
+        """Add or replace a datastream in place: every device of the template sees it at its next write."""
+        tpl = self._templates[template_id]
+        tpl.datastreams = {**tpl.datastreams, ds.pin: ds}
+
+    def delete_datastream(self, template_id: str, pin_key: str) -> None:
+        tpl = self._templates[template_id]
+        tpl.datastreams = {k: v for k, v in tpl.datastreams.items() if k != pin_key}
+
+    def add_device(self, record: DeviceRecord) -> DeviceState:
+        tpl = self._templates.get(record.template_id) or Template(record.template_id, "")
+        dev = DeviceState(record, tpl)
         self._by_id[record.id] = dev
         self._by_token[record.token] = dev
         return dev
 
-    def forget(self, device_id: int) -> None:
-        """Drop a deleted device from memory and close its session."""
+    def remove_device(self, device_id: int, reason: str) -> None:
+        """Forget a device and close its session at once: from here on every door refuses its token,
+        and its writes still under way (a batch between two yields) are not stored."""
         dev = self._by_id.pop(device_id, None)
-        if dev is not None:
-            self._by_token.pop(dev.token, None)
-        self.hub.close(device_id, "device deleted")
+        if dev is None:
+            return
+        self._by_token.pop(dev.token, None)
+        dev.deleted = True
+        log.info("device removed device=%d reason=%s", device_id, reason)
+        self.hub.close(device_id, reason)
+
+    # --- reads from the store (on its thread; they include rows not written yet) -------------------
+
+    async def history_json(self, query: HistoryQuery) -> bytes:
+        """The JSON answer of a history query (raises ``NoHistory`` when the period is empty)."""
+        return await self.store.run(query.run, self.store)
+
+    async def events(self, dev: DeviceState, limit: int) -> list[dict]:
+        """The device's events, newest first."""
+        return await self.store.run(self.store.events, dev.id, limit)
 
     # --- online state -------------------------------------------------------------------------
 
@@ -339,9 +354,24 @@ class Domain:
 
     # --- pins -------------------------------------------------------------------------------
 
-    def write_pin(self, dev: DeviceState, pin: Pin, raw: bytes, ts: int | None = None, deliver: bool = False) -> bytes:
-        """Store a pin value (validated against its datastream); ``deliver`` also sends it to the
-        device when it is online. Returns the stored value."""
+    def write_pin(
+        self,
+        dev: DeviceState,
+        pin: Pin,
+        raw: bytes,
+        ts: int | None = None,
+        deliver: bool = False,
+        needs_datastream: bool = True,
+    ) -> bytes:
+        """Store a pin value from outside the device (an API, a bridge), validated against its
+        datastream; ``deliver`` also sends it to the device when it is online. Returns the stored value.
+
+        A pin without a datastream is refused unless ``needs_datastream`` is False: the legacy token
+        API and bridges, which predate datastreams, and the device's own writes (``write_keys``) take
+        any pin."""
+        if needs_datastream and pin.key not in dev.template.datastreams:
+            self.stats.invalid_writes += 1
+            raise InvalidValue("No datastream setup for that pin.")
         value = self.write_key(dev, pin.key, raw, ts)
         if deliver and self.hub.send(dev.id, Command.HARDWARE, hardware_write_raw(pin, value)):
             self.stats.http_writes_delivered += 1
@@ -350,7 +380,10 @@ class Domain:
     def write_keys(self, dev: DeviceState, writes: list, ts: int) -> list | None:
         """Several ``(key, raw, tag)`` writes of one device from one read, in order, under the rules of
         ``write_key``: the device hot path, one call per read instead of one per frame. Returns the
-        ``(tag, key, error)`` of the rejected ones, or None when all were stored."""
+        ``(tag, key, error)`` of the rejected ones, or None when all were stored (or the device was
+        deleted meanwhile: its session is closing, nothing is stored)."""
+        if dev.deleted:
+            return None
         if not 0 <= ts <= MAX_TS_MS:
             self.stats.invalid_writes += len(writes)
             bad = InvalidValue("Timestamp is out of range.")
@@ -386,6 +419,7 @@ class Domain:
         ds = dev.template.datastreams.get(key)
         ts = ts or now_ms()
         try:
+            _check_live(dev)
             check_ts(ts)
             value = coerce_value(ds, raw)
         except InvalidValue:
@@ -399,12 +433,18 @@ class Domain:
         self.stats.writes += 1
         return value
 
-    def write_history(self, dev: DeviceState, pin: Pin, points: list[tuple[int, bytes]]) -> None:
+    def write_history(
+        self, dev: DeviceState, pin: Pin, points: list[tuple[int, bytes]], needs_datastream: bool = True
+    ) -> None:
         """Timestamped points (batch import): each goes to history; the newest becomes the value.
-        All or nothing: one bad point (value or timestamp) refuses the batch."""
+        All or nothing: one bad point (value or timestamp) refuses the batch. A pin without a
+        datastream as in ``write_pin``."""
         key = pin.key
         ds = dev.template.datastreams.get(key)
         try:
+            _check_live(dev)
+            if ds is None and needs_datastream:
+                raise InvalidValue("No datastream setup for that pin.")
             for ts, _ in points:
                 check_ts(ts)
             coerced = [(ts, coerce_value(ds, raw)) for ts, raw in points]
@@ -444,6 +484,7 @@ class Domain:
         """Set a widget property on pins, all or none. Existing names may always be updated; a new
         name beyond ``max_properties_per_pin`` on a pin, or ``max_properties_per_device`` in all,
         raises LimitExceeded, as does a name or value over ``max_property_size`` bytes."""
+        _check_live(dev)
         value = SEP.join(values)
         limit = self.max_property_size
         props = dev.properties
@@ -478,6 +519,7 @@ class Domain:
         since the server started), so ``last_event_ms`` stays small."""
         if not code:
             raise EventRejected("Event code is not provided.")
+        _check_live(dev)
         ts = now_ms()
         try:
             self._check_event_code(code)
@@ -528,6 +570,7 @@ class Domain:
     def meta_set(self, dev: DeviceState, name: str, value: str) -> None:
         """Set a metadata field, written behind. A new name beyond ``max_meta_fields``, or a name or
         value over ``max_meta_size`` bytes, raises LimitExceeded; an unchanged value writes nothing."""
+        _check_live(dev)
         meta = dev.meta
         current = meta.get(name)
         if current == value:

@@ -8,11 +8,9 @@ lookup of prometheus-client.
 
 from __future__ import annotations
 
-import asyncio
-import bisect
 import logging
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -24,148 +22,89 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from blynk_server.domain import DomainStats
+from blynk_server.hardware.stats import HardwareStats
+from blynk_server.http.stats import HTTP_BUCKETS, HttpStats
+from blynk_server.hub import Hub
+from blynk_server.looplag import LoopLag
 from blynk_server.ota.metrics import ota_metrics
+from blynk_server.ota.service import OtaService
+from blynk_server.store import SqliteStore
+from blynk_server.store.retention import RetentionStats
 from protocol import Command
-
-if TYPE_CHECKING:
-    from blynk_server.app import BlynkServer
 
 log = logging.getLogger(__name__)
 
 COMMAND_NAMES = {int(c): c.name.lower() for c in Command}
-HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-class HttpStats:
-    """Requests by (app, route, method, status) and a latency histogram by (app, route): plain numbers."""
+@dataclass(slots=True)
+class Sources:
+    """What the collector reads: each part's counters, handed over by the composition root."""
 
-    __slots__ = (
-        "requests",
-        "latency",
-        "connections_open",
-        "connections_refused",
-        "header_timeouts",
-        "body_timeouts",
-        "bad_requests",
-        "throttled",
-    )
-
-    def __init__(self) -> None:
-        self.requests: dict[tuple[str, str, str, int], int] = {}
-        # (app, route) -> [bucket counts (non-cumulative, last = +Inf), sum of seconds]
-        self.latency: dict[tuple[str, str], list] = {}
-        # The device port's HTTP limits (blynk_server/http/limits.py).
-        self.connections_open = 0
-        self.connections_refused = 0  # over http_connections_per_ip
-        self.header_timeouts = 0  # closed for not sending a request's headers within http_header_timeout
-        self.body_timeouts = 0  # closed for sending a request body slower than limits.MIN_BODY_RATE
-        self.bad_requests = 0  # requests aiohttp could not parse (answered 4xx by aiohttp, then closed)
-        self.throttled = 0  # device API requests answered 429 (over http_request_rate)
-
-    def observe(self, app: str, route: str, method: str, status: int, seconds: float) -> None:
-        key = (app, route, method, status)
-        self.requests[key] = self.requests.get(key, 0) + 1
-        entry = self.latency.get((app, route))
-        if entry is None:
-            entry = self.latency[(app, route)] = [[0] * (len(HTTP_BUCKETS) + 1), 0.0]
-        entry[0][bisect.bisect_left(HTTP_BUCKETS, seconds)] += 1
-        entry[1] += seconds
-
-
-class LoopLag:
-    """Measures event-loop lag: how late a ``call_later`` callback runs. A blocked loop shows here first."""
-
-    def __init__(self, interval: float = 0.5) -> None:
-        self.interval = interval
-        self.last = 0.0
-        self.max = 0.0
-        self.total = 0.0
-        self.samples = 0
-        self._handle: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._due = 0.0
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._schedule()
-
-    def _schedule(self) -> None:
-        assert self._loop is not None
-        self._due = self._loop.time() + self.interval
-        self._handle = self._loop.call_at(self._due, self._tick)
-
-    def _tick(self) -> None:
-        assert self._loop is not None
-        lag = max(0.0, self._loop.time() - self._due)
-        self.last = lag
-        self.max = max(self.max, lag)
-        self.total += lag
-        self.samples += 1
-        self._schedule()
-
-    def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+    hub: Hub
+    hardware: HardwareStats
+    connections_open: Callable[[], int]
+    domain: DomainStats
+    store: SqliteStore
+    retention: RetentionStats | None
+    http: HttpStats
+    lag: LoopLag
+    ota: OtaService | None = None
 
 
 class BlynkCollector(Collector):
     """Reads the server's counters at scrape time."""
 
-    def __init__(self, server: BlynkServer, http: HttpStats, lag: LoopLag) -> None:
-        self.server = server
-        self.http = http
-        self.lag = lag
+    def __init__(self, sources: Sources) -> None:
+        self.sources = sources
 
     def collect(self) -> Iterator[Metric]:
-        server = self.server
-        yield GaugeMetricFamily("blynk_sessions_online", "Devices with a live session", value=len(server.hub))
-        hw = server.hardware
-        if hw is not None:
-            yield from _hardware(hw.stats, len(hw.sessions))
-        if server.domain is not None:
-            d = server.domain.stats
-            yield CounterMetricFamily("blynk_pin_writes", "Pin values stored", value=d.writes)
-            yield CounterMetricFamily(
-                "blynk_pin_writes_invalid", "Pin writes rejected by a datastream", value=d.invalid_writes
-            )
-            yield CounterMetricFamily("blynk_events_logged", "Events logged", value=d.events)
-            yield CounterMetricFamily("blynk_events_rejected", "Events rejected (limits)", value=d.events_rejected)
-            yield CounterMetricFamily(
-                "blynk_properties_rejected", "Property updates refused (per-device limits)", value=d.properties_rejected
-            )
-            yield CounterMetricFamily(
-                "blynk_meta_rejected", "Metadata updates refused (per-device limits)", value=d.meta_rejected
-            )
-            yield GaugeMetricFamily(
-                "blynk_info_cache_bytes", "Estimated bytes of shared device info messages", value=d.info_cache_bytes
-            )
-            yield GaugeMetricFamily(
-                "blynk_info_cache_entries", "Distinct device info messages shared", value=d.info_cache_entries
-            )
-            yield CounterMetricFamily(
-                "blynk_http_writes_delivered",
-                "HTTP/admin pin writes delivered to a live device",
-                value=d.http_writes_delivered,
-            )
-        if server.store is not None:
-            yield from _store(server.store)
-        if server.retention is not None:
-            yield from _retention(server.retention.stats)
-        yield from _http(self.http)
-        yield from _ota(server)
-        yield GaugeMetricFamily(
-            "blynk_event_loop_lag_seconds", "Lateness of the last periodic timer", value=self.lag.last
+        src = self.sources
+        yield GaugeMetricFamily("blynk_sessions_online", "Devices with a live session", value=len(src.hub))
+        yield from _hardware(src.hardware, src.connections_open())
+        d = src.domain
+        yield CounterMetricFamily("blynk_pin_writes", "Pin values stored", value=d.writes)
+        yield CounterMetricFamily(
+            "blynk_pin_writes_invalid", "Pin writes rejected by a datastream", value=d.invalid_writes
+        )
+        yield CounterMetricFamily("blynk_events_logged", "Events logged", value=d.events)
+        yield CounterMetricFamily("blynk_events_rejected", "Events rejected (limits)", value=d.events_rejected)
+        yield CounterMetricFamily(
+            "blynk_properties_rejected", "Property updates refused (per-device limits)", value=d.properties_rejected
+        )
+        yield CounterMetricFamily(
+            "blynk_meta_rejected", "Metadata updates refused (per-device limits)", value=d.meta_rejected
         )
         yield GaugeMetricFamily(
-            "blynk_event_loop_lag_max_seconds", "Largest timer lateness since start", value=self.lag.max
+            "blynk_info_cache_bytes", "Estimated bytes of shared device info messages", value=d.info_cache_bytes
+        )
+        yield GaugeMetricFamily(
+            "blynk_info_cache_entries", "Distinct device info messages shared", value=d.info_cache_entries
+        )
+        yield CounterMetricFamily(
+            "blynk_http_writes_delivered",
+            "HTTP/admin pin writes delivered to a live device",
+            value=d.http_writes_delivered,
+        )
+        yield from _store(src.store)
+        if src.retention is not None:
+            yield from _retention(src.retention)
+        yield from _http(src.http)
+        if src.ota is not None:
+            yield from _ota(src.ota)
+        yield GaugeMetricFamily(
+            "blynk_event_loop_lag_seconds", "Lateness of the last periodic timer", value=src.lag.last
+        )
+        yield GaugeMetricFamily(
+            "blynk_event_loop_lag_max_seconds", "Largest timer lateness since start", value=src.lag.max
         )
 
 
-def _ota(server: BlynkServer) -> Iterator[Metric]:
+def _ota(ota: OtaService) -> Iterator[Metric]:
     """The OTA module's families; their failure must not fail the whole scrape."""
     try:
-        families = list(ota_metrics(server))
+        families = list(ota_metrics(ota))
     except Exception:
         log.exception("ota metrics failed")
         return
@@ -309,9 +248,9 @@ def _http(h: HttpStats) -> Iterator[Metric]:
     )
 
 
-def build_registry(server: BlynkServer, http: HttpStats, lag: LoopLag) -> CollectorRegistry:
+def build_registry(sources: Sources) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(BlynkCollector(server, http, lag))
+    registry.register(BlynkCollector(sources))
     return registry
 
 

@@ -10,8 +10,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from blynk_server.metrics import HttpStats
-from blynk_server.model import MAX_TS_MS, Datastream
+from blynk_server.http.stats import HttpStats
+from blynk_server.model import MAX_TS_MS
 from protocol.body import SEP, Pin
 
 log = logging.getLogger(__name__)
@@ -82,30 +82,6 @@ def json_timestamp(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TS_MS:
         raise ApiError("Timestamp is out of range.")
     return value
-
-
-def typed_value(ds: Datastream | None, raw: bytes) -> object:
-    """A stored value as JSON: numbers for numeric datastreams, a list for multi-value, else a string."""
-    if SEP in raw:
-        parts = raw.split(SEP)
-        if ds is not None and ds.type == "location":
-            try:
-                return [float(p) for p in parts]
-            except ValueError:
-                pass
-        return [p.decode("utf-8", "replace") for p in parts]
-    text = raw.decode("utf-8", "replace")
-    if ds is not None and ds.type in ("int", "enum"):
-        try:
-            return int(float(text))
-        except (ValueError, OverflowError):  # a value stored before the datastream's type changed
-            return text
-    if ds is not None and ds.type == "double":
-        try:
-            return float(text)
-        except ValueError:
-            return text
-    return text
 
 
 def json_to_raw(value: object) -> bytes:

@@ -1,5 +1,4 @@
-"""Wiring of the HTTP side: the device-port aiohttp app (reached by hand-off from the hardware
-listener), the metrics registry and the event-loop lag probe.
+"""The device port's HTTP side: its aiohttp app, reached by hand-off from the hardware listener.
 
 The device app has no listening socket of its own: the hardware listener sniffs the first bytes of
 a connection and, for HTTP, swaps in a protocol made by ``http_handoff`` on the same transport. That
@@ -13,18 +12,20 @@ import asyncio
 import functools
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from aiohttp import web
 
+from blynk_server.config import Settings
+from blynk_server.domain import Domain
+from blynk_server.hardware.session import HardwareSession
 from blynk_server.http import device_api, legacy_api, websocket
 from blynk_server.http.common import ApiError, Handler, LogBudget, json_error, metrics_middleware, route_name
 from blynk_server.http.limits import REQUEST_RATE, ConnectionGuard, GuardedHandler, RequestRate, Throttled
-from blynk_server.metrics import HttpStats, LoopLag, build_registry
+from blynk_server.http.stats import HttpStats
+from blynk_server.hub import Hub
 from blynk_server.ota.http import add_device_routes
-
-if TYPE_CHECKING:
-    from blynk_server.app import BlynkServer
+from blynk_server.ota.service import OtaService
 
 log = logging.getLogger(__name__)
 DEVICE_APP_MAX_BODY = 4 * 1024 * 1024  # a 10,000-point batch fits with room to spare
@@ -70,36 +71,41 @@ async def device_errors(request: web.Request, handler: Handler) -> web.StreamRes
     return response
 
 
-def build_device_app(server: BlynkServer, stats: HttpStats) -> web.Application:
+def build_device_app(
+    settings: Settings,
+    stats: HttpStats,
+    domain: Domain,
+    hub: Hub,
+    ota: OtaService,
+    new_session: Callable[[], HardwareSession],
+) -> web.Application:
+    """The device port's HTTP app: WebSocket sessions, the device and legacy token APIs, OTA downloads."""
     app = web.Application(
         middlewares=[metrics_middleware(stats, "device"), device_errors], client_max_size=DEVICE_APP_MAX_BODY
     )
-    settings = server.settings
     app[REQUEST_RATE] = RequestRate(settings.http_request_rate, settings.http_request_burst, stats)
-    websocket.add_routes(app, server)
-    device_api.add_routes(app, server)
-    add_device_routes(app, server)
-    legacy_api.add_routes(app, server)  # last: its /{token}/... patterns must not shadow the others
+    websocket.add_routes(app, new_session, settings.max_frame)
+    device_api.add_routes(app, domain, hub, settings.data_get_max_points)
+    add_device_routes(app, ota)
+    legacy_api.add_routes(app, domain, hub)  # last: its /{token}/... patterns must not shadow the others
     return app
 
 
 class HttpFrontend:
-    """Starts and stops the device HTTP app, metrics and the loop-lag probe, for ``BlynkServer``."""
+    """Runs the device HTTP app without a socket of its own: ``start`` returns the factory the
+    hardware listener calls to hand a sniffed HTTP connection over."""
 
-    def __init__(self, server: BlynkServer) -> None:
-        self.server = server
-        self.stats = HttpStats()
-        self.lag = LoopLag()
-        self.registry = build_registry(server, self.stats, self.lag)
-        self._runner: web.AppRunner | None = None
+    def __init__(self, settings: Settings, app: web.Application, stats: HttpStats) -> None:
+        self.settings = settings
+        self.stats = stats
+        self._runner = web.AppRunner(app, access_log=None)
 
-    async def start(self) -> None:
-        self._runner = web.AppRunner(build_device_app(self.server, self.stats), access_log=None)
+    async def start(self) -> Callable[[], asyncio.Protocol]:
         await self._runner.setup()
-        assert self.server.hardware is not None and self._runner.server is not None
-        s = self.server.settings
+        assert self._runner.server is not None
+        s = self.settings
         # aiohttp's RequestHandler, made by hand (not by ``Server.__call__``) to add the limits.
-        self.server.hardware.http_handoff = functools.partial(
+        return functools.partial(
             GuardedHandler,
             self._runner.server,
             guard=ConnectionGuard(s.http_connections_per_ip, self.stats),
@@ -109,12 +115,6 @@ class HttpFrontend:
             keepalive_timeout=s.http_keepalive_timeout,
             access_log=None,
         )
-        self.lag.start(asyncio.get_running_loop())
 
     async def stop(self) -> None:
-        self.lag.stop()
-        if self.server.hardware is not None:
-            self.server.hardware.http_handoff = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._runner.cleanup()

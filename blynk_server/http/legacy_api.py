@@ -2,24 +2,23 @@
 
 Errors are ``text/plain`` with the legacy messages (the device app's error middleware renders
 ``ApiError`` as plain text for these paths). Each request spends one of the device's request rate
-(``http_request_rate``), as on ``/external/api``. The path holds the token: logs name the route pattern. Only the device-facing calls are served: the app-only
+(``http_request_rate``), as on ``/external/api``. The path holds the token: logs name the route
+pattern. Any pin may be written, with or without a datastream: the legacy server had none (the one
+door where the datastream rule of ``Domain.write_pin`` is relaxed). Only the device-facing calls are served: the app-only
 ones (notify, email, qr, project, rtc, data export) have no equivalent here and answer 404.
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from blynk_server.domain import DeviceState, InvalidValue
+from blynk_server.domain import DeviceState, Domain, InvalidValue
 from blynk_server.http.common import MAX_BATCH, ApiError, json_timestamp, json_to_raw, parse_pin_name
 from blynk_server.http.limits import check_rate
+from blynk_server.hub import Hub
 from protocol.body import SEP, Pin
-
-if TYPE_CHECKING:
-    from blynk_server.app import BlynkServer
 
 JSON_UTF8 = "application/json"
 
@@ -39,9 +38,7 @@ def _text(value: object) -> str:
     return str(value)
 
 
-def add_routes(app: web.Application, server: BlynkServer) -> None:
-    domain = server.domain
-    assert domain is not None
+def add_routes(app: web.Application, domain: Domain, hub: Hub) -> None:
 
     def device(request: web.Request) -> DeviceState:
         token = request.match_info.get("token", "")
@@ -61,7 +58,7 @@ def add_routes(app: web.Application, server: BlynkServer) -> None:
 
     def write(dev: DeviceState, p: Pin, values: list[str], ts: int | None = None) -> None:
         try:
-            domain.write_pin(dev, p, SEP.join(v.encode() for v in values), ts, deliver=True)
+            domain.write_pin(dev, p, SEP.join(v.encode() for v in values), ts, deliver=True, needs_datastream=False)
         except InvalidValue as exc:
             raise ApiError(str(exc)) from None
 
@@ -122,7 +119,7 @@ def add_routes(app: web.Application, server: BlynkServer) -> None:
             points.append((json_timestamp(item["timestamp"]), _text(item["value"]).encode()))
         try:
             # Every point goes to history; the first one becomes the current value and reaches the device.
-            domain.write_history(dev, p, points[1:])
+            domain.write_history(dev, p, points[1:], needs_datastream=False)
         except InvalidValue as exc:
             raise ApiError(str(exc)) from None
         write(dev, p, [points[0][1].decode()], points[0][0])
@@ -130,7 +127,7 @@ def add_routes(app: web.Application, server: BlynkServer) -> None:
 
     async def is_hw_connected(request: web.Request) -> web.Response:
         dev = device(request)
-        return _json(server.hub.is_online(dev.id))
+        return _json(hub.is_online(dev.id))
 
     async def is_app_connected(request: web.Request) -> web.Response:
         device(request)

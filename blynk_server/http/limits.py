@@ -34,7 +34,7 @@ from blynk_server.http.common import ApiError, LogBudget
 if TYPE_CHECKING:
     from aiohttp.web_server import Server
 
-    from blynk_server.metrics import HttpStats
+    from blynk_server.http.stats import HttpStats
 
 log = logging.getLogger(__name__)
 _bad_request_log = LogBudget()  # malformed requests: at most 20 lines per 10 s

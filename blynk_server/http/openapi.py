@@ -137,8 +137,16 @@ def spec() -> dict:
                     "properties": {
                         "template_id": {"type": "string"},
                         "name": {"type": "string"},
-                        "token": {"type": "string", "description": "optional; generated when absent"},
+                        "token": {
+                            "type": "string",
+                            "description": "optional; generated when absent; 8..64 of A-Z a-z 0-9 - _",
+                        },
                     },
+                },
+                "DeviceImport": {
+                    "type": "object",
+                    "required": ["devices"],
+                    "properties": {"devices": {"type": "array", "items": {"$ref": "#/components/schemas/NewDevice"}}},
                 },
                 "Device": {
                     "type": "object",
@@ -212,13 +220,29 @@ def spec() -> dict:
                 "get": _op(
                     "List devices with online state and last_seen",
                     _json({"type": "array", "items": DEVICE}),
-                    params=[{"name": "template_id", "in": "query", "schema": {"type": "string"}}],
+                    params=[
+                        {"name": "template_id", "in": "query", "schema": {"type": "string"}},
+                        {
+                            "name": "token",
+                            "in": "query",
+                            "schema": {"type": "string"},
+                            "description": "only the device with this token (an empty list when none has it)",
+                        },
+                    ],
                     errors=(),
                 ),
                 "post": _op(
                     "Create a device (token generated when absent)",
                     _json(DEVICE, "201", "Created"),
                     body="#/components/schemas/NewDevice",
+                    errors=("400", "404", "409"),
+                ),
+            },
+            "/api/devices/import": {
+                "post": _op(
+                    "Create many devices at once, all or none: {devices: [{template_id, name, token?}]}",
+                    _json({"type": "array", "items": DEVICE}, "201", "Created"),
+                    body="#/components/schemas/DeviceImport",
                     errors=("400", "404", "409"),
                 ),
             },

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
 from blynk_server.hardware.session import HardwareSession
-
-if TYPE_CHECKING:
-    from blynk_server.app import BlynkServer
 
 log = logging.getLogger(__name__)
 WS_PATHS = ("/websocket", "/websockets")
@@ -122,14 +120,14 @@ class WebSocketTransport(asyncio.Transport):
                 await self.ws.close()
 
 
-def add_routes(app: web.Application, server: BlynkServer) -> None:
+def add_routes(app: web.Application, new_session: Callable[[], HardwareSession], max_frame: int) -> None:
+    """``new_session`` makes a session of the device listener (``HardwareServer.new_session``)."""
+
     async def handle(request: web.Request) -> web.StreamResponse:
-        hardware = server.hardware
-        assert hardware is not None
-        ws = web.WebSocketResponse(max_msg_size=hardware.settings.max_frame + 5, autoping=True)
+        ws = web.WebSocketResponse(max_msg_size=max_frame + 5, autoping=True)
         await ws.prepare(request)
         transport = WebSocketTransport(ws, request)
-        session = HardwareSession(hardware)
+        session = new_session()
         session.sniffed = True  # already known to be the binary protocol
         transport.set_protocol(session)
         session.connection_made(transport)
