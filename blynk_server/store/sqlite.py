@@ -37,8 +37,9 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from importlib import resources
+from operator import itemgetter
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from blynk_server.model import Datastream, DeviceRecord, Template, new_token, now_ms
 from blynk_server.store import recovery
@@ -50,6 +51,8 @@ T = TypeVar("T")
 DB_NAME = "blynk.sqlite3"
 FAILURE_LOG_PERIOD = 60.0  # seconds between log lines of a flush that keeps failing
 FINAL_FLUSH_TRIES = 3
+_MISSING: Any = object()
+DEVICE_TABLES = ("pin_values", "properties", "history", "events", "device_meta")  # rows keyed by device_id
 
 
 class StoreUnavailable(Exception):
@@ -104,6 +107,18 @@ class FlushStats:
         self.errors = 0  # flushes that failed (their rows kept for the next one)
         self.rows_rejected = 0  # rows the database refused for what they hold, dropped
         self.rows_dropped = 0  # rows dropped because failing flushes kept more than max_pending_rows
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """The whole provisioning state, for the domain to load at start (``SqliteStore.load_all``).
+    ``values``, ``properties`` and ``meta`` have an entry (maybe empty) for every device."""
+
+    templates: list[Template]
+    devices: list[DeviceRecord]
+    values: dict[int, dict[str, tuple[bytes, int]]]  # device id -> pin -> (value, ts)
+    properties: dict[int, dict[tuple[str, str], bytes]]  # device id -> (pin, name) -> value
+    meta: dict[int, dict[str, str]]  # device id -> name -> value
 
 
 @dataclass(frozen=True)
@@ -194,6 +209,7 @@ class SqliteStore:
         self._jobs: deque[tuple[Future, Callable, tuple, dict]] = deque()
         self._cond = threading.Condition()  # guards _jobs, _closed and _writer; wakes the writer
         self._closed = False
+        self._deleted: set[int] = set()  # devices deleted by this process: their late rows are dropped
         self._last_failure_log = -1e9
         self._failures_unlogged = 0
         self._last_error = ""  # why the last flush failed, for the stop's report
@@ -208,7 +224,7 @@ class SqliteStore:
     def forbid_thread(self, ident: int) -> None:
         """From now on, any use of SQLite from thread ``ident`` raises ``LoopThreadError`` (the server
         names its event loop thread). The ``put_*`` methods, ``submit``, ``run`` and ``pending`` stay
-        callable from it."""
+        callable from it. For the thread's lifetime: a thread started after it ends may get its ident."""
         if ident == self._writer_ident:
             raise ValueError("the writer thread cannot be forbidden: it is the one that uses SQLite")
         self._forbidden = self._forbidden | {ident}
@@ -283,8 +299,13 @@ class SqliteStore:
         written are saved to a recovery file in the data dir; the report says how many, and where (or
         that they are lost). Blocks: on a server, call it from an executor. A second close does nothing."""
         ident = threading.get_ident()
+        if self._closed:
+            return CloseReport()
         if ident in self._forbidden:
-            raise LoopThreadError(_loop_message("close()"))
+            raise LoopThreadError(
+                f"SqliteStore.close() waits for the writer and uses SQLite: not on thread"
+                f" {threading.current_thread().name!r}, which forbid_thread() reserved; call it from an executor"
+            )
         if ident == self._writer_ident:
             raise RuntimeError("SqliteStore.close() from a job on the writer thread would wait for itself")
         with self._cond:
@@ -353,6 +374,10 @@ class SqliteStore:
     def _take(self) -> Batch:
         # One attribute swapped, atomic under the GIL: the loop goes on appending to the fresh batch.
         batch, self._pending = self._pending, Batch()
+        if self._deleted:
+            dropped = batch.drop_devices(self._deleted)
+            if dropped:
+                log.info("store: %d rows of deleted devices dropped", dropped)
         return batch
 
     def _put_back(self, batch: Batch) -> None:
@@ -565,55 +590,133 @@ class SqliteStore:
             rows = self._query(
                 f"SELECT {self._DEVICE_COLS} FROM devices WHERE template_id = ? ORDER BY id", (template_id,)
             )
-        return [_device(r) for r in rows]
+        return [self._fresh(_device(r)) for r in rows]
 
     @_sqlite
     def get_device(self, device_id: int) -> DeviceRecord | None:
         rows = self._query(f"SELECT {self._DEVICE_COLS} FROM devices WHERE id = ?", (device_id,))
-        return _device(rows[0]) if rows else None
+        return self._fresh(_device(rows[0])) if rows else None
 
     @_sqlite
     def get_device_by_token(self, token: str) -> DeviceRecord | None:
         rows = self._query(f"SELECT {self._DEVICE_COLS} FROM devices WHERE token = ?", (token,))
-        return _device(rows[0]) if rows else None
+        return self._fresh(_device(rows[0])) if rows else None
+
+    def _fresh(self, rec: DeviceRecord) -> DeviceRecord:
+        """``rec`` with its pending last-seen time, info and time zone (read-your-writes)."""
+        seen = self._pending.devices.get(rec.id)
+        if seen is not None:
+            rec.last_seen = seen[0]
+            if seen[1] is not None:
+                rec.info = json.loads(seen[1])
+        tz = self._pending.timezones.get(rec.id, _MISSING)
+        if tz is not _MISSING:
+            rec.timezone = tz
+        return rec
 
     @_sqlite
     def delete_device(self, device_id: int) -> bool:
+        """Remove the device and every row of it; returns whether it existed.
+
+        The pending batch is written first, on this (the writer) thread, so no row pending for the
+        device can land after the delete; then the device's rows in every table go in one
+        transaction. Rows put for it afterwards (a session not closed yet) are dropped when taken for a
+        flush or a recovery file, never written (``_take``; device ids are never reused)."""
+        self._flush()  # when it fails, the device's kept rows are dropped by _take below
         with transaction(self.db):
-            for table in ("pin_values", "properties", "history", "events", "device_meta"):
+            for table in DEVICE_TABLES:
                 self.db.execute(f"DELETE FROM {table} WHERE device_id = ?", (device_id,))
-            return self.db.execute("DELETE FROM devices WHERE id = ?", (device_id,)).rowcount > 0
+            existed = self.db.execute("DELETE FROM devices WHERE id = ?", (device_id,)).rowcount > 0
+        self._deleted.add(device_id)
+        return existed
 
     @_sqlite
-    def load_values(self, device_id: int) -> dict[str, tuple[bytes, int]]:
+    def rows_of_device(self, device_id: int) -> dict[str, int]:
+        """Committed rows of the device by table (``devices`` and every table keyed by device)."""
         return {
-            pin: (bytes(value), ts)
-            for pin, value, ts in self._query("SELECT pin, value, ts FROM pin_values WHERE device_id = ?", (device_id,))
+            table: self._query(f"SELECT COUNT(*) FROM {table} WHERE {key} = ?", (device_id,))[0][0]
+            for table, key in (("devices", "id"), *((t, "device_id") for t in DEVICE_TABLES))
         }
 
     @_sqlite
+    def load_values(self, device_id: int) -> dict[str, tuple[bytes, int]]:
+        out = {
+            pin: (bytes(value), ts)
+            for pin, value, ts in self._query("SELECT pin, value, ts FROM pin_values WHERE device_id = ?", (device_id,))
+        }
+        for (d, pin), v in self._pending.values.copy().items():  # copy(): atomic while the loop adds keys
+            if d == device_id:
+                out[pin] = v
+        return out
+
+    @_sqlite
     def load_properties(self, device_id: int) -> dict[tuple[str, str], bytes]:
-        return {
+        out = {
             (pin, name): bytes(value)
             for pin, name, value in self._query(
                 "SELECT pin, name, value FROM properties WHERE device_id = ?", (device_id,)
             )
         }
+        for (d, pin, name), (value, _) in self._pending.props.copy().items():
+            if d == device_id:
+                out[(pin, name)] = value
+        return out
 
     @_sqlite
     def load_meta(self, device_id: int) -> dict[str, str]:
-        return dict(self._query("SELECT name, value FROM device_meta WHERE device_id = ?", (device_id,)))
+        out = dict(self._query("SELECT name, value FROM device_meta WHERE device_id = ?", (device_id,)))
+        for (d, name), value in self._pending.meta.copy().items():
+            if d == device_id:
+                out[name] = value
+        return out
 
     @_sqlite
-    def set_meta(self, device_id: int, name: str, value: str) -> None:
-        self._exec(
-            "INSERT OR REPLACE INTO device_meta (device_id, name, value) VALUES (?, ?, ?)", (device_id, name, value)
-        )
+    def load_all(self) -> Snapshot:
+        """Every template, device record, and per device its values, properties and metadata (pending
+        rows included): what the domain loads at start. A few queries over whole tables; rows of
+        devices that do not exist are left out. Consistent without a transaction: this thread is the
+        only one that writes these tables."""
+        templates = self.list_templates()
+        devices = self.list_devices()
+        values: dict[int, dict[str, tuple[bytes, int]]] = {d.id: {} for d in devices}
+        properties: dict[int, dict[tuple[str, str], bytes]] = {d.id: {} for d in devices}
+        meta: dict[int, dict[str, str]] = {d.id: {} for d in devices}
+        for did, pin, value, ts in self._query("SELECT device_id, pin, value, ts FROM pin_values"):
+            if (of := values.get(did)) is not None:
+                of[pin] = (bytes(value), ts)
+        for did, pin, name, value in self._query("SELECT device_id, pin, name, value FROM properties"):
+            if (of := properties.get(did)) is not None:
+                of[(pin, name)] = bytes(value)
+        for did, name, value in self._query("SELECT device_id, name, value FROM device_meta"):
+            if (of := meta.get(did)) is not None:
+                of[name] = value
+        pending = self._pending
+        for (did, pin), v in pending.values.copy().items():
+            if (of := values.get(did)) is not None:
+                of[pin] = v
+        for (did, pin, name), (value, _) in pending.props.copy().items():
+            if (of := properties.get(did)) is not None:
+                of[(pin, name)] = value
+        for (did, name), value in pending.meta.copy().items():
+            if (of := meta.get(did)) is not None:
+                of[name] = value
+        return Snapshot(templates, devices, values, properties, meta)
+
+    # Read-your-writes. These reads run on the writer thread (or inline with no writer), and only that
+    # thread takes the pending batch (``_take`` in ``_flush``): while one runs, a row is either
+    # committed or still in ``self._pending`` (a failed flush puts its rows back before returning),
+    # never in flight between the two. So a read merges the committed rows with the pending ones,
+    # without forcing a flush and without missing or doubling a row. The loop may append to the
+    # pending batch meanwhile: those rows are newer, and seen or not like any write racing a read.
 
     @_sqlite
-    def history(self, device_id: int, pin: str, since_ms: int = 0, until_ms: int | None = None, limit: int = 100_000):
+    def history(
+        self, device_id: int, pin: str, since_ms: int = 0, until_ms: int | None = None, limit: int = 100_000
+    ) -> list[tuple[int, bytes]]:
+        """(ts, value) points of one pin in [since_ms, until_ms], oldest first, at most ``limit``:
+        committed rows and pending ones merged (read-your-writes, see above)."""
         until = until_ms if until_ms is not None else 2**62
-        return [
+        rows = [
             (ts, bytes(v))
             for ts, v in self._query(
                 "SELECT ts, value FROM history WHERE device_id = ? AND pin = ? AND ts >= ? AND ts <= ?"
@@ -621,14 +724,41 @@ class SqliteStore:
                 (device_id, pin, since_ms, until, limit),
             )
         ]
+        pending = [
+            (ts, v) for d, p, ts, v in self._pending.history if d == device_id and p == pin and since_ms <= ts <= until
+        ]
+        if pending:  # the first ``limit`` committed rows suffice: any later one has ``limit`` before it
+            rows += pending
+            rows.sort(key=itemgetter(0))  # stable: a committed row before a pending one of the same ts
+            del rows[limit:]
+        return rows
 
     @_sqlite
     def events(self, device_id: int, limit: int = 1000) -> list[dict]:
+        """The device's newest ``limit`` events, newest first, pending logs and clears included
+        (read-your-writes, see above). An event not yet written has ``"id": None``."""
         rows = self._query(
             "SELECT id, code, description, ts, resolved_at FROM events WHERE device_id = ? ORDER BY id DESC LIMIT ?",
             (device_id, limit),
         )
-        return [{"id": i, "code": c, "description": d, "ts": ts, "resolved_at": r} for i, c, d, ts, r in rows]
+        out = [{"id": i, "code": c, "description": d, "ts": ts, "resolved_at": r} for i, c, d, ts, r in rows]
+        pending = [ev for ev in self._pending.events if ev[1] == device_id]
+        if not pending:
+            return out
+        out.reverse()  # oldest first, to replay the pending rows in their order
+        for kind, _, code, arg, ts in pending:
+            if kind == "log":
+                out.append({"id": None, "code": code, "description": arg, "ts": ts, "resolved_at": None})
+                continue
+            # A clear resolves the newest unresolved event of its code, or all of them (batch._events).
+            # When that event is older than the committed rows read, it is not shown anyway.
+            for ev in reversed(out):
+                if ev["code"] == code and ev["resolved_at"] is None:
+                    ev["resolved_at"] = ts
+                    if not arg:
+                        break
+        out.reverse()
+        return out[:limit]
 
 
 def _datastream(row: tuple) -> Datastream:
@@ -658,4 +788,4 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-__all__ = ["CloseReport", "LoopThreadError", "SqliteStore", "StoreClosed", "StoreUnavailable", "new_token"]
+__all__ = ["CloseReport", "LoopThreadError", "Snapshot", "SqliteStore", "StoreClosed", "StoreUnavailable", "new_token"]
