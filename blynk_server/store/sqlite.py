@@ -179,11 +179,11 @@ def _sqlite(method: Callable[..., T]) -> Callable[..., T]:
     return on_writer
 
 
-def _loop_message(what: str) -> str:
+def _loop_message(what: str, fix: str | None = None) -> str:
+    fix = fix or f"run it on the writer thread with `await store.run(store.{what}, ...)`"
     return (
         f"SqliteStore.{what} uses SQLite on thread {threading.current_thread().name!r}, which forbid_thread()"
-        f" reserved (the event loop must not wait on disk): run it on the writer thread with"
-        f" `await store.run(store.{what.removesuffix('()')}, ...)`"
+        f" reserved (the event loop must not wait on disk): {fix}"
     )
 
 
@@ -218,7 +218,8 @@ class SqliteStore:
     def db(self) -> sqlite3.Connection:
         """The connection (the writer thread's once it runs). Refused on a forbidden thread."""
         if threading.get_ident() in self._forbidden:
-            raise LoopThreadError(_loop_message(f"db (in {sys._getframe(1).f_code.co_name}())"))
+            caller = sys._getframe(1).f_code.co_name
+            raise LoopThreadError(_loop_message("db", f"{caller}() must run on the writer thread (store.run)"))
         return self._db
 
     def forbid_thread(self, ident: int) -> None:
@@ -276,7 +277,9 @@ class SqliteStore:
     def submit(self, fn: Callable[..., T], /, *args, **kw) -> Future[T]:
         """Run ``fn(*args, **kw)`` on the writer thread, after the jobs queued before it (FIFO), between
         flushes; its result or exception lands in the returned future. Without a writer it runs now,
-        inline, and the future is done. After ``close()`` the future fails with ``StoreClosed``."""
+        inline, and the future is done. After ``close()`` the future fails with ``StoreClosed``.
+        A job must not wait for a job it submits (the writer would wait for itself): it calls the
+        store's methods directly, they run inline on the writer thread."""
         fut: Future[T] = Future()
         with self._cond:
             if self._closed:
@@ -302,10 +305,7 @@ class SqliteStore:
         if self._closed:
             return CloseReport()
         if ident in self._forbidden:
-            raise LoopThreadError(
-                f"SqliteStore.close() waits for the writer and uses SQLite: not on thread"
-                f" {threading.current_thread().name!r}, which forbid_thread() reserved; call it from an executor"
-            )
+            raise LoopThreadError(_loop_message("close()", "it waits for the writer: call it from an executor"))
         if ident == self._writer_ident:
             raise RuntimeError("SqliteStore.close() from a job on the writer thread would wait for itself")
         with self._cond:
@@ -364,7 +364,10 @@ class SqliteStore:
             if stopping:
                 break
             if time.monotonic() >= due:
-                self._flush()
+                try:
+                    self._flush()
+                except Exception:  # _flush keeps the rows of a failed write; anything else must not end the thread
+                    log.exception("store: unexpected error in a flush")
                 due = time.monotonic() + self.flush_interval
         for attempt in range(FINAL_FLUSH_TRIES):
             if self._flush() or attempt == FINAL_FLUSH_TRIES - 1:
