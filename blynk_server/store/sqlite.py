@@ -717,7 +717,8 @@ class SqliteStore:
         self, device_id: int, pin: str, since_ms: int = 0, until_ms: int | None = None, limit: int = 100_000
     ) -> list[tuple[int, bytes]]:
         """(ts, value) points of one pin in [since_ms, until_ms], oldest first, at most ``limit``:
-        committed rows and pending ones merged (read-your-writes, see above)."""
+        committed rows and pending ones merged (read-your-writes). No row is in flight meanwhile: this
+        runs on the writer thread, the only one that takes the pending batch (see above)."""
         until = until_ms if until_ms is not None else 2**62
         rows = [
             (ts, bytes(v))
@@ -739,7 +740,8 @@ class SqliteStore:
     @_sqlite
     def events(self, device_id: int, limit: int = 1000) -> list[dict]:
         """The device's newest ``limit`` events, newest first, pending logs and clears included
-        (read-your-writes, see above). An event not yet written has ``"id": None``."""
+        (read-your-writes; on the writer thread, so no row is in flight, see above). An event not yet
+        written has ``"id": None``."""
         rows = self._query(
             "SELECT id, code, description, ts, resolved_at FROM events WHERE device_id = ? ORDER BY id DESC LIMIT ?",
             (device_id, limit),
