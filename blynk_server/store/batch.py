@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -78,6 +78,18 @@ class Batch:
         del self.history[:from_history]
         del self.events[: excess - from_history]
         return excess
+
+    def drop_devices(self, ids: Set[int]) -> int:
+        """Remove every row of the devices ``ids`` (deleted meanwhile); returns how many went."""
+        before = len(self)
+        self.values = {k: v for k, v in self.values.items() if k[0] not in ids}
+        self.props = {k: v for k, v in self.props.items() if k[0] not in ids}
+        self.history = [r for r in self.history if r[0] not in ids]
+        self.events = [e for e in self.events if e[1] not in ids]
+        self.devices = {k: v for k, v in self.devices.items() if k not in ids}
+        self.meta = {k: v for k, v in self.meta.items() if k[0] not in ids}
+        self.timezones = {k: v for k, v in self.timezones.items() if k not in ids}
+        return before - len(self)
 
     def tables(self) -> list[tuple[str, list[tuple]]]:
         """Each table's rows as flat tuples, in the order they are written."""

@@ -1,35 +1,58 @@
-"""SQLite store: admin changes commit synchronously; device writes are written behind in batches.
+"""SQLite store: one writer thread owns the database; the event loop never touches it.
 
-The event loop never waits on disk for device traffic: it appends to in-memory pending batches, and
-one writer thread with its own connection (WAL mode) commits them every ``flush_interval`` seconds.
+Device writes are written behind: the event loop appends them to an in-memory pending ``Batch``
+(``put_*``, callable from any thread, never touching disk), and the writer thread commits it every
+``flush_interval`` seconds in one transaction. Everything else that uses SQLite (admin changes, reads,
+deletes) is a job on that same thread: ``submit`` (a ``concurrent.futures.Future``) and ``run`` (its
+awaitable form) queue it, FIFO, between flushes; a job's exception lands in its future and the thread
+goes on. One thread, one connection: no lock, no two writers in one process.
+
+Threads. Once ``start_writer`` ran, the connection belongs to the writer thread. A method that uses
+SQLite, called from another thread, is queued to the writer and waited for (it blocks that caller);
+called from a thread named to ``forbid_thread`` (the server's event loop) it raises
+``LoopThreadError`` instead, so a stray synchronous call on the loop is a bug that shows. Without a
+writer (a CLI command), everything runs inline in the caller's thread.
+
 A crash loses at most one flush interval of device writes. A flush that fails for the environment
 (a full disk, a read-only file) keeps its rows for the next one; rows refused for what they hold are
-dropped alone, counted and logged (``batch.write_batch``). A stop flushes everything, or saves what it
-could not write to a recovery file that the next start replays (``recovery``), and says which.
+dropped alone, counted and logged (``batch.write_batch``). A stop runs the queued jobs, flushes
+everything, or saves what it could not write to a recovery file that the next start replays
+(``recovery``), and says which.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
 import os
 import sqlite3
 import stat
+import sys
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from importlib import resources
+from operator import itemgetter
 from pathlib import Path
+from typing import Any, TypeVar
 
 from blynk_server.model import Datastream, DeviceRecord, Template, new_token, now_ms
 from blynk_server.store import recovery
 from blynk_server.store.batch import Batch, Rejected, transaction, write_batch
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DB_NAME = "blynk.sqlite3"
 FAILURE_LOG_PERIOD = 60.0  # seconds between log lines of a flush that keeps failing
 FINAL_FLUSH_TRIES = 3
+_MISSING: Any = object()
+DEVICE_TABLES = ("pin_values", "properties", "history", "events", "device_meta")  # rows keyed by device_id
 
 
 class StoreUnavailable(Exception):
@@ -86,6 +109,18 @@ class FlushStats:
         self.rows_dropped = 0  # rows dropped because failing flushes kept more than max_pending_rows
 
 
+@dataclass(slots=True)
+class Snapshot:
+    """The whole provisioning state, for the domain to load at start (``SqliteStore.load_all``).
+    ``values``, ``properties`` and ``meta`` have an entry (maybe empty) for every device."""
+
+    templates: list[Template]
+    devices: list[DeviceRecord]
+    values: dict[int, dict[str, tuple[bytes, int]]]  # device id -> pin -> (value, ts)
+    properties: dict[int, dict[tuple[str, str], bytes]]  # device id -> (pin, name) -> value
+    meta: dict[int, dict[str, str]]  # device id -> name -> value
+
+
 @dataclass(frozen=True)
 class CloseReport:
     """What a stop did with the pending rows: all written, saved to ``recovery_file``, or ``lost``."""
@@ -100,45 +135,116 @@ class CloseReport:
         return self.unwritten == 0
 
 
+class LoopThreadError(RuntimeError):
+    """SQLite used from a thread given to ``SqliteStore.forbid_thread`` (the event loop): a bug."""
+
+
+class StoreClosed(RuntimeError):
+    """A job or a method of a store that ``close()`` has stopped."""
+
+
+def _job_name(fn: Callable) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+def _run_job(fut: Future, fn: Callable, args: tuple, kw: dict) -> None:
+    if not fut.set_running_or_notify_cancel():  # cancelled while queued (e.g. the awaiting task)
+        return
+    try:
+        result = fn(*args, **kw)
+    except BaseException as exc:  # the caller's to see; the writer thread goes on
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)
+
+
+def _sqlite(method: Callable[..., T]) -> Callable[..., T]:
+    """For a method that uses the connection: on the writer thread (or with no writer) it runs inline;
+    from another thread it runs as a writer job, waited for; from a forbidden thread it raises."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def on_writer(self: SqliteStore, *args, **kw) -> T:
+        ident = threading.get_ident()
+        if ident == self._writer_ident:
+            return method(self, *args, **kw)
+        if ident in self._forbidden:
+            raise LoopThreadError(_loop_message(name))
+        if self._writer is not None:
+            return self.submit(method, self, *args, **kw).result()
+        if self._closed:
+            raise StoreClosed(f"SqliteStore.{name}(): the store {self.path} is closed")
+        return method(self, *args, **kw)
+
+    return on_writer
+
+
+def _loop_message(what: str, fix: str | None = None) -> str:
+    fix = fix or f"run it on the writer thread with `await store.run(store.{what}, ...)`"
+    return (
+        f"SqliteStore.{what} uses SQLite on thread {threading.current_thread().name!r}, which forbid_thread()"
+        f" reserved (the event loop must not wait on disk): {fix}"
+    )
+
+
 class SqliteStore:
     def __init__(self, data_dir: Path | str, flush_interval: float = 1.0, max_pending_rows: int = 1_000_000) -> None:
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / DB_NAME
         self.flush_interval = flush_interval
         self.max_pending_rows = max_pending_rows  # history/event rows kept while flushes fail
+        self._forbidden: frozenset[int] = frozenset()
         try:
             _private_dir(self.data_dir)
             _private_file(self.path)
-            self.db = connect(self.path)
-            self.db.executescript(resources.files("blynk_server.store").joinpath("schema.sql").read_text())
+            self._db = connect(self.path)
+            self._db.executescript(resources.files("blynk_server.store").joinpath("schema.sql").read_text())
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(f"cannot use the data dir {self.data_dir}: {_reason(exc)}") from None
-        self._lock = threading.Lock()  # guards the admin connection, used from loop and CLI threads
-        # Pending write-behind rows (see batch.Batch); taken whole by the writer thread.
+        # Pending write-behind rows (see batch.Batch); taken whole, on the writer thread only.
         self._pending = Batch()
         self.stats = FlushStats()
         self._writer: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._flushed = threading.Condition()
-        self._wdb: sqlite3.Connection | None = None
+        self._writer_ident: int | None = None
+        self._jobs: deque[tuple[Future, Callable, tuple, dict]] = deque()
+        self._cond = threading.Condition()  # guards _jobs, _closed and _writer; wakes the writer
+        self._closed = False
+        self._deleted: set[int] = set()  # devices deleted by this process: their late rows are dropped
         self._last_failure_log = -1e9
         self._failures_unlogged = 0
         self._last_error = ""  # why the last flush failed, for the stop's report
 
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection (the writer thread's once it runs). Refused on a forbidden thread."""
+        if threading.get_ident() in self._forbidden:
+            caller = sys._getframe(1).f_code.co_name
+            raise LoopThreadError(_loop_message("db", f"{caller}() must run on the writer thread (store.run)"))
+        return self._db
+
+    def forbid_thread(self, ident: int) -> None:
+        """From now on, any use of SQLite from thread ``ident`` raises ``LoopThreadError`` (the server
+        names its event loop thread). The ``put_*`` methods, ``submit``, ``run`` and ``pending`` stay
+        callable from it. For the thread's lifetime: a thread started after it ends may get its ident."""
+        if ident == self._writer_ident:
+            raise ValueError("the writer thread cannot be forbidden: it is the one that uses SQLite")
+        self._forbidden = self._forbidden | {ident}
+
     # --- lifecycle ---------------------------------------------------------------------------
 
+    @_sqlite
     def check_writable(self) -> None:
         """Raise ``StoreUnavailable`` unless the database takes a write (a server must not start on a
         data dir it cannot persist to)."""
         try:
-            with self._lock, transaction(self.db):
+            with transaction(self.db):
                 self.db.execute(
                     "INSERT OR REPLACE INTO settings (key, value) VALUES ('last_start', ?)", (str(now_ms()),)
                 )
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot write the database {self.path}: {_reason(exc)}") from None
 
+    @_sqlite
     def replay_recovery(self) -> tuple[int, list[Path]]:
         """Write the rows of every recovery file a failed stop left, then remove the files.
         Returns (rows, files). Raises ``StoreUnavailable`` when they cannot be written."""
@@ -147,8 +253,7 @@ class SqliteStore:
         for path in files:
             try:
                 batch = recovery.load(path)
-                with self._lock:
-                    rejected = write_batch(self.db, batch)
+                rejected = write_batch(self.db, batch)
             except (recovery.RecoveryError, OSError, sqlite3.Error) as exc:
                 raise StoreUnavailable(f"cannot replay the recovery file {path}: {_reason(exc)}") from None
             self._count_rejected(rejected)
@@ -158,26 +263,66 @@ class SqliteStore:
         return total, files
 
     def start_writer(self) -> None:
-        """Start the write-behind thread (the server does; CLI commands do not need it)."""
-        self._wdb = connect(self.path)
-        self._writer = threading.Thread(target=self._run_writer, name="blynk-store-writer", daemon=True)
-        self._writer.start()
+        """Start the writer thread (the server does; a CLI command works inline without it). From now on
+        the connection is used on that thread only."""
+        with self._cond:
+            if self._closed:
+                raise StoreClosed(f"the store {self.path} is closed")
+            if self._writer is not None:
+                raise RuntimeError("the store's writer thread is already running")
+            self._writer = threading.Thread(target=self._run_writer, name="blynk-store-writer", daemon=True)
+            self._writer.start()
+            self._writer_ident = self._writer.ident
+
+    def submit(self, fn: Callable[..., T], /, *args, **kw) -> Future[T]:
+        """Run ``fn(*args, **kw)`` on the writer thread, after the jobs queued before it (FIFO), between
+        flushes; its result or exception lands in the returned future. Without a writer it runs now,
+        inline, and the future is done. After ``close()`` the future fails with ``StoreClosed``.
+        A job must not wait for a job it submits (the writer would wait for itself): it calls the
+        store's methods directly, they run inline on the writer thread."""
+        fut: Future[T] = Future()
+        with self._cond:
+            if self._closed:
+                fut.set_exception(StoreClosed(f"the store {self.path} is closed: {_job_name(fn)} was not run"))
+                return fut
+            if self._writer is not None:
+                self._jobs.append((fut, fn, args, kw))
+                self._cond.notify()
+                return fut
+        _run_job(fut, fn, args, kw)
+        return fut
+
+    async def run(self, fn: Callable[..., T], /, *args, **kw) -> T:
+        """``submit`` awaited: the event loop's way to use the store (cancelling the awaiting task
+        cancels the job if it has not started)."""
+        return await asyncio.wrap_future(self.submit(fn, *args, **kw))
 
     def close(self) -> CloseReport:
-        """Flush every pending write and close both connections. Rows that cannot be written are saved
-        to a recovery file in the data dir; the report says how many, and where (or that they are lost)."""
-        if self._writer is not None:
-            self._stop.set()
-            self._wake.set()
-            self._writer.join()
-            self._writer = None
+        """Run the queued jobs, flush every pending write and close the connection. Rows that cannot be
+        written are saved to a recovery file in the data dir; the report says how many, and where (or
+        that they are lost). Blocks: on a server, call it from an executor. A second close does nothing."""
+        ident = threading.get_ident()
+        if self._closed:
+            return CloseReport()
+        if ident in self._forbidden:
+            raise LoopThreadError(_loop_message("close()", "it waits for the writer: call it from an executor"))
+        if ident == self._writer_ident:
+            raise RuntimeError("SqliteStore.close() from a job on the writer thread would wait for itself")
+        with self._cond:
+            if self._closed:
+                return CloseReport()
+            self._closed = True  # new jobs are refused; the writer drains the queued ones, then stops
+            writer = self._writer
+            self._cond.notify_all()
+        if writer is not None:
+            writer.join()
+            with self._cond:
+                self._writer = None
+                self._writer_ident = None
         else:
-            self._flush_with(self.db)
+            self._flush()
         report = self._save_unwritten()
-        if self._wdb is not None:
-            self._wdb.close()
-            self._wdb = None
-        self.db.close()
+        self._db.close()
         return report
 
     def _save_unwritten(self) -> CloseReport:
@@ -196,30 +341,46 @@ class SqliteStore:
         """Rows waiting to be written (the write-behind queue depth)."""
         return len(self._pending)
 
-    def flush_now(self, timeout: float = 10.0) -> None:
-        """Ask the writer for an immediate flush and wait until it has committed (tests, admin)."""
-        if self._writer is None:
-            self._flush_with(self.db)
-            return
-        with self._flushed:
-            target = self.stats.batches + 1
-            self._wake.set()
-            self._flushed.wait_for(lambda: self.stats.batches >= target, timeout)
+    @_sqlite
+    def flush_now(self) -> None:
+        """Write the pending rows now (on the writer thread, waited for). Reads do not need it: they see
+        pending rows; tests and tools that look at the database file with their own connection do."""
+        self._flush()
 
     def _run_writer(self) -> None:
-        assert self._wdb is not None
-        while not self._stop.is_set():
-            self._wake.wait(self.flush_interval)
-            self._wake.clear()
-            self._flush_with(self._wdb)
+        self._writer_ident = threading.get_ident()
+        due = time.monotonic() + self.flush_interval
+        while True:
+            with self._cond:
+                while not self._jobs and not self._closed:
+                    wait = due - time.monotonic()
+                    if wait <= 0:
+                        break
+                    self._cond.wait(wait)
+                job = self._jobs.popleft() if self._jobs else None
+                stopping = job is None and self._closed
+            if job is not None:
+                _run_job(*job)
+            if stopping:
+                break
+            if time.monotonic() >= due:
+                try:
+                    self._flush()
+                except Exception:  # _flush keeps the rows of a failed write; anything else must not end the thread
+                    log.exception("store: unexpected error in a flush")
+                due = time.monotonic() + self.flush_interval
         for attempt in range(FINAL_FLUSH_TRIES):
-            if self._flush_with(self._wdb) or attempt == FINAL_FLUSH_TRIES - 1:
+            if self._flush() or attempt == FINAL_FLUSH_TRIES - 1:
                 break
             time.sleep(0.2 * (attempt + 1))
 
     def _take(self) -> Batch:
         # One attribute swapped, atomic under the GIL: the loop goes on appending to the fresh batch.
         batch, self._pending = self._pending, Batch()
+        if self._deleted:
+            dropped = batch.drop_devices(self._deleted)
+            if dropped:
+                log.info("store: %d rows of deleted devices dropped", dropped)
         return batch
 
     def _put_back(self, batch: Batch) -> None:
@@ -231,8 +392,9 @@ class SqliteStore:
                 "store: %d pending rows dropped (more than %d kept while flushes fail)", dropped, self.max_pending_rows
             )
 
-    def _flush_with(self, conn: sqlite3.Connection) -> bool:
+    def _flush(self) -> bool:
         """Write the pending rows; False (rows kept for the next flush) when the database failed."""
+        conn = self.db
         batch = self._take()
         rows = len(batch)
         start = time.perf_counter()
@@ -248,13 +410,12 @@ class SqliteStore:
             self._count_rejected(rejected)
             self._last_error = ""
         elapsed = time.perf_counter() - start
-        with self._flushed:
-            self.stats.batches += 1
-            self.stats.rows += rows
-            self.stats.last_batch_rows = rows
-            self.stats.seconds_total += elapsed
-            self.stats.last_seconds = elapsed
-            self._flushed.notify_all()
+        s = self.stats
+        s.batches += 1
+        s.rows += rows
+        s.last_batch_rows = rows
+        s.seconds_total += elapsed
+        s.last_seconds = elapsed
         return True
 
     def _log_failure(self, rows: int, exc: Exception) -> None:
@@ -277,7 +438,7 @@ class SqliteStore:
         more = f" and {len(rejected) - 5} more" if len(rejected) > 5 else ""
         log.error("store dropped %d rows it cannot store: %s%s", len(rejected), shown, more)
 
-    # --- write-behind (called on the event loop; never touches disk) ---------------------------
+    # --- write-behind (callable from any thread, the event loop included; never touches disk) ---
 
     def put_value(self, device_id: int, pin: str, value: bytes, ts: int) -> None:
         self._pending.values[(device_id, pin)] = (value, ts)
@@ -309,25 +470,26 @@ class SqliteStore:
             info_json = old[1] if old else None
         self._pending.devices[device_id] = (last_seen, info_json)
 
-    # --- admin (synchronous) ---------------------------------------------------------------------
+    # --- admin and reads (on the writer thread: ``await store.run(store.method, ...)``) ----------
 
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
-        with self._lock:
-            return self.db.execute(sql, args).fetchall()
+        return self.db.execute(sql, args).fetchall()
 
     def _exec(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
-        with self._lock:
-            return self.db.execute(sql, args)
+        return self.db.execute(sql, args)
 
+    @_sqlite
     def get_setting(self, key: str) -> str | None:
         rows = self._query("SELECT value FROM settings WHERE key = ?", (key,))
         return rows[0][0] if rows else None
 
+    @_sqlite
     def set_setting(self, key: str, value: str) -> None:
         self._exec("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", (key, value))
 
+    @_sqlite
     def create_template(self, template_id: str, name: str, datastreams: list[Datastream] = ()) -> Template:
-        with self._lock, transaction(self.db):
+        with transaction(self.db):
             self.db.execute(
                 "INSERT INTO templates (id, name, created_at) VALUES (?, ?, ?)", (template_id, name, now_ms())
             )
@@ -335,8 +497,9 @@ class SqliteStore:
                 self._insert_datastream(template_id, ds)
         return self.get_template(template_id)  # type: ignore[return-value]
 
+    @_sqlite
     def put_datastream(self, template_id: str, ds: Datastream) -> None:
-        with self._lock, transaction(self.db):
+        with transaction(self.db):
             self._insert_datastream(template_id, ds)
 
     def _insert_datastream(self, template_id: str, ds: Datastream) -> None:
@@ -357,12 +520,15 @@ class SqliteStore:
             ),
         )
 
+    @_sqlite
     def delete_datastream(self, template_id: str, pin: str) -> bool:
         return self._exec("DELETE FROM datastreams WHERE template_id = ? AND pin = ?", (template_id, pin)).rowcount > 0
 
+    @_sqlite
     def delete_template(self, template_id: str) -> bool:
         return self._exec("DELETE FROM templates WHERE id = ?", (template_id,)).rowcount > 0
 
+    @_sqlite
     def list_templates(self) -> list[Template]:
         templates = {
             tid: Template(tid, name, created)
@@ -378,6 +544,7 @@ class SqliteStore:
                 tpl.datastreams[ds.pin] = ds
         return list(templates.values())
 
+    @_sqlite
     def get_template(self, template_id: str) -> Template | None:
         rows = self._query("SELECT id, name, created_at FROM templates WHERE id = ?", (template_id,))
         if not rows:
@@ -392,6 +559,7 @@ class SqliteStore:
             tpl.datastreams[ds.pin] = ds
         return tpl
 
+    @_sqlite
     def create_device(self, template_id: str, name: str, token: str | None = None) -> DeviceRecord:
         token = token or new_token()
         created = now_ms()
@@ -401,11 +569,12 @@ class SqliteStore:
         )
         return DeviceRecord(cur.lastrowid, token, name, template_id, created)  # type: ignore[arg-type]
 
+    @_sqlite
     def import_devices(self, rows: list[tuple[str, str, str]]) -> list[DeviceRecord]:
         """Create many (template_id, name, token) devices in one transaction: all or none."""
         created = now_ms()
         out = []
-        with self._lock, transaction(self.db):
+        with transaction(self.db):
             for template_id, name, token in rows:
                 cur = self.db.execute(
                     "INSERT INTO devices (token, name, template_id, created_at) VALUES (?, ?, ?, ?)",
@@ -416,6 +585,7 @@ class SqliteStore:
 
     _DEVICE_COLS = "id, token, name, template_id, created_at, last_seen, info, timezone"
 
+    @_sqlite
     def list_devices(self, template_id: str | None = None) -> list[DeviceRecord]:
         if template_id is None:
             rows = self._query(f"SELECT {self._DEVICE_COLS} FROM devices ORDER BY id")
@@ -423,47 +593,134 @@ class SqliteStore:
             rows = self._query(
                 f"SELECT {self._DEVICE_COLS} FROM devices WHERE template_id = ? ORDER BY id", (template_id,)
             )
-        return [_device(r) for r in rows]
+        return [self._fresh(_device(r)) for r in rows]
 
+    @_sqlite
     def get_device(self, device_id: int) -> DeviceRecord | None:
         rows = self._query(f"SELECT {self._DEVICE_COLS} FROM devices WHERE id = ?", (device_id,))
-        return _device(rows[0]) if rows else None
+        return self._fresh(_device(rows[0])) if rows else None
 
+    @_sqlite
     def get_device_by_token(self, token: str) -> DeviceRecord | None:
         rows = self._query(f"SELECT {self._DEVICE_COLS} FROM devices WHERE token = ?", (token,))
-        return _device(rows[0]) if rows else None
+        return self._fresh(_device(rows[0])) if rows else None
 
+    def _fresh(self, rec: DeviceRecord) -> DeviceRecord:
+        """``rec`` with its pending last-seen time, info and time zone (read-your-writes)."""
+        seen = self._pending.devices.get(rec.id)
+        if seen is not None:
+            rec.last_seen = seen[0]
+            if seen[1] is not None:
+                rec.info = json.loads(seen[1])
+        tz = self._pending.timezones.get(rec.id, _MISSING)
+        if tz is not _MISSING:
+            rec.timezone = tz
+        return rec
+
+    @_sqlite
     def delete_device(self, device_id: int) -> bool:
-        with self._lock, transaction(self.db):
-            for table in ("pin_values", "properties", "history", "events", "device_meta"):
-                self.db.execute(f"DELETE FROM {table} WHERE device_id = ?", (device_id,))
-            return self.db.execute("DELETE FROM devices WHERE id = ?", (device_id,)).rowcount > 0
+        """Remove the device and every row of it; returns whether it existed.
 
-    def load_values(self, device_id: int) -> dict[str, tuple[bytes, int]]:
+        The pending batch is written first, on this (the writer) thread, so no row pending for the
+        device can land after the delete; then the device's rows in every table go in one
+        transaction. Rows put for it afterwards (a session not closed yet) are dropped when taken for a
+        flush or a recovery file, never written (``_take``; device ids are never reused)."""
+        self._flush()  # when it fails, the device's kept rows are dropped by _take below
+        with transaction(self.db):
+            for table in DEVICE_TABLES:
+                self.db.execute(f"DELETE FROM {table} WHERE device_id = ?", (device_id,))
+            existed = self.db.execute("DELETE FROM devices WHERE id = ?", (device_id,)).rowcount > 0
+        self._deleted.add(device_id)
+        return existed
+
+    @_sqlite
+    def rows_of_device(self, device_id: int) -> dict[str, int]:
+        """Committed rows of the device by table (``devices`` and every table keyed by device)."""
         return {
+            table: self._query(f"SELECT COUNT(*) FROM {table} WHERE {key} = ?", (device_id,))[0][0]
+            for table, key in (("devices", "id"), *((t, "device_id") for t in DEVICE_TABLES))
+        }
+
+    @_sqlite
+    def load_values(self, device_id: int) -> dict[str, tuple[bytes, int]]:
+        out = {
             pin: (bytes(value), ts)
             for pin, value, ts in self._query("SELECT pin, value, ts FROM pin_values WHERE device_id = ?", (device_id,))
         }
+        for (d, pin), v in self._pending.values.copy().items():  # copy(): atomic while the loop adds keys
+            if d == device_id:
+                out[pin] = v
+        return out
 
+    @_sqlite
     def load_properties(self, device_id: int) -> dict[tuple[str, str], bytes]:
-        return {
+        out = {
             (pin, name): bytes(value)
             for pin, name, value in self._query(
                 "SELECT pin, name, value FROM properties WHERE device_id = ?", (device_id,)
             )
         }
+        for (d, pin, name), (value, _) in self._pending.props.copy().items():
+            if d == device_id:
+                out[(pin, name)] = value
+        return out
 
+    @_sqlite
     def load_meta(self, device_id: int) -> dict[str, str]:
-        return dict(self._query("SELECT name, value FROM device_meta WHERE device_id = ?", (device_id,)))
+        out = dict(self._query("SELECT name, value FROM device_meta WHERE device_id = ?", (device_id,)))
+        for (d, name), value in self._pending.meta.copy().items():
+            if d == device_id:
+                out[name] = value
+        return out
 
-    def set_meta(self, device_id: int, name: str, value: str) -> None:
-        self._exec(
-            "INSERT OR REPLACE INTO device_meta (device_id, name, value) VALUES (?, ?, ?)", (device_id, name, value)
-        )
+    @_sqlite
+    def load_all(self) -> Snapshot:
+        """Every template, device record, and per device its values, properties and metadata (pending
+        rows included): what the domain loads at start. A few queries over whole tables; rows of
+        devices that do not exist are left out. Consistent without a transaction: this thread is the
+        only one that writes these tables."""
+        templates = self.list_templates()
+        devices = self.list_devices()
+        values: dict[int, dict[str, tuple[bytes, int]]] = {d.id: {} for d in devices}
+        properties: dict[int, dict[tuple[str, str], bytes]] = {d.id: {} for d in devices}
+        meta: dict[int, dict[str, str]] = {d.id: {} for d in devices}
+        for did, pin, value, ts in self._query("SELECT device_id, pin, value, ts FROM pin_values"):
+            if (of := values.get(did)) is not None:
+                of[pin] = (bytes(value), ts)
+        for did, pin, name, value in self._query("SELECT device_id, pin, name, value FROM properties"):
+            if (of := properties.get(did)) is not None:
+                of[(pin, name)] = bytes(value)
+        for did, name, value in self._query("SELECT device_id, name, value FROM device_meta"):
+            if (of := meta.get(did)) is not None:
+                of[name] = value
+        pending = self._pending
+        for (did, pin), v in pending.values.copy().items():
+            if (of := values.get(did)) is not None:
+                of[pin] = v
+        for (did, pin, name), (value, _) in pending.props.copy().items():
+            if (of := properties.get(did)) is not None:
+                of[(pin, name)] = value
+        for (did, name), value in pending.meta.copy().items():
+            if (of := meta.get(did)) is not None:
+                of[name] = value
+        return Snapshot(templates, devices, values, properties, meta)
 
-    def history(self, device_id: int, pin: str, since_ms: int = 0, until_ms: int | None = None, limit: int = 100_000):
+    # Read-your-writes. These reads run on the writer thread (or inline with no writer), and only that
+    # thread takes the pending batch (``_take`` in ``_flush``): while one runs, a row is either
+    # committed or still in ``self._pending`` (a failed flush puts its rows back before returning),
+    # never in flight between the two. So a read merges the committed rows with the pending ones,
+    # without forcing a flush and without missing or doubling a row. The loop may append to the
+    # pending batch meanwhile: those rows are newer, and seen or not like any write racing a read.
+
+    @_sqlite
+    def history(
+        self, device_id: int, pin: str, since_ms: int = 0, until_ms: int | None = None, limit: int = 100_000
+    ) -> list[tuple[int, bytes]]:
+        """(ts, value) points of one pin in [since_ms, until_ms], oldest first, at most ``limit``:
+        committed rows and pending ones merged (read-your-writes). No row is in flight meanwhile: this
+        runs on the writer thread, the only one that takes the pending batch (see above)."""
         until = until_ms if until_ms is not None else 2**62
-        return [
+        rows = [
             (ts, bytes(v))
             for ts, v in self._query(
                 "SELECT ts, value FROM history WHERE device_id = ? AND pin = ? AND ts >= ? AND ts <= ?"
@@ -471,13 +728,42 @@ class SqliteStore:
                 (device_id, pin, since_ms, until, limit),
             )
         ]
+        pending = [
+            (ts, v) for d, p, ts, v in self._pending.history if d == device_id and p == pin and since_ms <= ts <= until
+        ]
+        if pending:  # the first ``limit`` committed rows suffice: any later one has ``limit`` before it
+            rows += pending
+            rows.sort(key=itemgetter(0))  # stable: a committed row before a pending one of the same ts
+            del rows[limit:]
+        return rows
 
+    @_sqlite
     def events(self, device_id: int, limit: int = 1000) -> list[dict]:
+        """The device's newest ``limit`` events, newest first, pending logs and clears included
+        (read-your-writes; on the writer thread, so no row is in flight, see above). An event not yet
+        written has ``"id": None``."""
         rows = self._query(
             "SELECT id, code, description, ts, resolved_at FROM events WHERE device_id = ? ORDER BY id DESC LIMIT ?",
             (device_id, limit),
         )
-        return [{"id": i, "code": c, "description": d, "ts": ts, "resolved_at": r} for i, c, d, ts, r in rows]
+        out = [{"id": i, "code": c, "description": d, "ts": ts, "resolved_at": r} for i, c, d, ts, r in rows]
+        pending = [ev for ev in self._pending.events if ev[1] == device_id]
+        if not pending:
+            return out
+        out.reverse()  # oldest first, to replay the pending rows in their order
+        for kind, _, code, arg, ts in pending:
+            if kind == "log":
+                out.append({"id": None, "code": code, "description": arg, "ts": ts, "resolved_at": None})
+                continue
+            # A clear resolves the newest unresolved event of its code, or all of them (batch._events).
+            # When that event is older than the committed rows read, it is not shown anyway.
+            for ev in reversed(out):
+                if ev["code"] == code and ev["resolved_at"] is None:
+                    ev["resolved_at"] = ts
+                    if not arg:
+                        break
+        out.reverse()
+        return out[:limit]
 
 
 def _datastream(row: tuple) -> Datastream:
@@ -507,4 +793,4 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-__all__ = ["CloseReport", "SqliteStore", "StoreUnavailable", "new_token"]
+__all__ = ["CloseReport", "LoopThreadError", "Snapshot", "SqliteStore", "StoreClosed", "StoreUnavailable", "new_token"]
