@@ -23,6 +23,7 @@ from blynk_server.history import HistoryQuery
 from blynk_server.hub import Hub
 from blynk_server.model import MAX_TS_MS, Datastream, DeviceRecord, Template, now_ms
 from blynk_server.store import SqliteStore
+from blynk_server.store.sqlite import Snapshot
 from protocol import Command, Status
 from protocol.body import SEP, Pin, hardware_write_raw
 
@@ -218,13 +219,14 @@ class Domain:
 
     # --- lookup (memory only: the domain holds every template and device, loaded once at start) ------
 
-    def load(self, templates: list[Template], devices: list[DeviceState]) -> None:
-        """Take the stored templates and devices (``SqliteStore.load_all``, read on the store's thread)."""
-        self._templates = {tpl.id: tpl for tpl in templates}
-        for dev in devices:
-            dev.template = self._templates.get(dev.record.template_id) or Template(dev.record.template_id, "")
-            self._by_id[dev.id] = dev
-            self._by_token[dev.token] = dev
+    def load_snapshot(self, snapshot: Snapshot) -> None:
+        """Take every stored template and device (``SqliteStore.load_all``, read on the store's thread)."""
+        self._templates = {tpl.id: tpl for tpl in snapshot.templates}
+        for record in snapshot.devices:
+            dev = self.add_device(record)
+            dev.values = snapshot.values.get(record.id, {})
+            dev.properties = snapshot.properties.get(record.id, {})
+            dev.meta = snapshot.meta.get(record.id, {})
 
     def templates(self) -> list[Template]:
         return sorted(self._templates.values(), key=lambda t: t.id)
