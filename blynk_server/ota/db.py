@@ -1,8 +1,8 @@
 """OTA tables in the server's SQLite file, on a connection of their own.
 
-Writes are synchronous and small (a status change is one UPDATE and one INSERT): OTA events are rare
-next to device traffic. The CLI and the running server share the file; the server notices CLI changes
-through each shipment's ``rev`` counter (see ``OtaService._sync``).
+Every method is synchronous. In the running server the connection is used only on the store's writer
+thread (``OtaService`` calls through ``run_db`` / ``submit_db``); the CLI uses it directly when no
+server runs. Writes are small (a status change is one upsert and one INSERT, batched per loop turn).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ CREATE TABLE IF NOT EXISTS ota_shipments (
     reason TEXT,
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL,
-    rev INTEGER NOT NULL DEFAULT 1,
+    rev INTEGER NOT NULL DEFAULT 1, -- unused since the server stopped polling for CLI changes
     secret TEXT
 );
 CREATE TABLE IF NOT EXISTS ota_devices (
@@ -126,7 +126,6 @@ class Shipment:
     reason: str | None
     created_at: int
     updated_at: int
-    rev: int
     secret: str  # in every download URL of this shipment; never in reports or listings
 
     def as_dict(self) -> dict:
@@ -156,7 +155,7 @@ class DeviceOta:
 _SHIP_COLS = (
     "id, name, firmware_id, template_id, targets, condition, time_window, attempts_limit, reset_period, rate, "
     "max_in_flight, user_control, first_wave_percent, max_failure_ratio, host_url, wave, wave1, state, reason, "
-    "created_at, updated_at, rev, secret"
+    "created_at, updated_at, secret"
 )
 _FW_COLS = "id, sha256, md5, size, type, version, build, board, library_version, tag, file_name, created_at"
 _DEV_COLS = "shipment_id, device_id, status, attempts, attempts_since, approved, wave, old_version, bytes, updated_at"
@@ -191,7 +190,8 @@ _UPSERT = (
 )
 
 
-def _row(d: DeviceOta) -> tuple:
+def device_row(d: DeviceOta) -> tuple:
+    """The stored columns of an entry, for ``save_devices`` (taken on the loop, written elsewhere)."""
     return (
         d.shipment_id,
         d.device_id,
@@ -320,20 +320,22 @@ class OtaDB:
             rows = self._q(f"SELECT {_SHIP_COLS} FROM ota_shipments ORDER BY id")
         return [_shipment(r) for r in rows]
 
-    def revs(self) -> dict[int, int]:
-        return dict(self._q("SELECT id, rev FROM ota_shipments WHERE state IN ('live', 'paused')"))
+    def active_shipments(self) -> list[Shipment]:
+        rows = self._q(f"SELECT {_SHIP_COLS} FROM ota_shipments WHERE state IN ('live', 'paused') ORDER BY id")
+        return [_shipment(r) for r in rows]
 
-    def set_state(self, shipment_id: int, state: str, reason: str | None = None, wave: int | None = None) -> None:
-        if wave is None:
-            self._x(
-                "UPDATE ota_shipments SET state = ?, reason = ?, updated_at = ?, rev = rev + 1 WHERE id = ?",
-                (state, reason, now_ms(), shipment_id),
-            )
-        else:
-            self._x(
-                "UPDATE ota_shipments SET state = ?, reason = ?, wave = ?, updated_at = ?, rev = rev + 1 WHERE id = ?",
-                (state, reason, wave, now_ms(), shipment_id),
-            )
+    def set_state(
+        self,
+        shipment_id: int,
+        state: str,
+        reason: str | None = None,
+        wave: int | None = None,
+        updated_at: int | None = None,
+    ) -> None:
+        self._x(
+            "UPDATE ota_shipments SET state = ?, reason = ?, wave = COALESCE(?, wave), updated_at = ? WHERE id = ?",
+            (state, reason, wave, updated_at if updated_at is not None else now_ms(), shipment_id),
+        )
 
     # --- per-device -------------------------------------------------------------------------------
 
@@ -346,21 +348,21 @@ class OtaDB:
         ]
 
     def approve(self, shipment_id: int, device_id: int) -> None:
-        """Approval from a user (CLI/admin API): recorded even before the device has an entry."""
-        with self.lock:
-            self.db.execute(
-                "INSERT INTO ota_devices (shipment_id, device_id, status, approved, updated_at)"
-                " VALUES (?, ?, 'Awaiting user action', 1, ?)"
-                " ON CONFLICT (shipment_id, device_id) DO UPDATE SET approved = 1",
-                (shipment_id, device_id, now_ms()),
-            )
-            self.db.execute("UPDATE ota_shipments SET rev = rev + 1 WHERE id = ?", (shipment_id,))
+        """Approval from the CLI with no server running (a running server saves its entry instead):
+        recorded even before the device has an entry."""
+        self._x(
+            "INSERT INTO ota_devices (shipment_id, device_id, status, approved, updated_at)"
+            " VALUES (?, ?, 'Awaiting user action', 1, ?)"
+            " ON CONFLICT (shipment_id, device_id) DO UPDATE SET approved = 1",
+            (shipment_id, device_id, now_ms()),
+        )
 
-    def save_devices(self, rows: list[DeviceOta], events: list[tuple]) -> None:
-        """Upsert many device rows and append timeline events (shipment, device, ts, status, detail) in
-        one transaction: a wave start changes thousands of rows in one loop turn."""
+    def save_devices(self, rows: list[tuple], events: list[tuple]) -> None:
+        """Upsert many device rows (``device_row``) and append timeline events (shipment, device, ts,
+        status, detail) in one transaction: a wave start changes thousands of rows in one loop turn."""
         with self.lock, self.db:
-            self.db.executemany(_UPSERT, [_row(d) for d in rows])
+            self.db.execute("BEGIN")  # the connection is in autocommit mode: one transaction for all
+            self.db.executemany(_UPSERT, rows)
             self.db.executemany(
                 "INSERT INTO ota_events (shipment_id, device_id, ts, status, detail) VALUES (?, ?, ?, ?, ?)", events
             )

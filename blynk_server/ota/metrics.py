@@ -1,4 +1,4 @@
-"""OTA metric families for the /metrics collector, built at scrape time from in-memory state."""
+"""OTA metric families for the /metrics collector, built at scrape time from the service's memory."""
 
 from __future__ import annotations
 
@@ -8,14 +8,11 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 if TYPE_CHECKING:
-    from blynk_server.app import BlynkServer
+    from blynk_server.ota.service import OtaService
 
 
-def ota_metrics(server: BlynkServer) -> Iterator[Metric]:
+def ota_metrics(ota: OtaService) -> Iterator[Metric]:
     """Devices per (shipment, status) of active shipments, bytes served, downloads in flight."""
-    ota = getattr(server, "ota", None)
-    if ota is None:
-        return
     s = ota.stats
     yield CounterMetricFamily("blynk_ota_bytes_served", "Firmware bytes sent to devices", value=s.bytes_served)
     yield GaugeMetricFamily(
@@ -35,14 +32,6 @@ def ota_metrics(server: BlynkServer) -> Iterator[Metric]:
     devices = GaugeMetricFamily(
         "blynk_ota_devices", "Devices of active shipments by status", labels=["shipment", "status"]
     )
-    for sid, entries in list(ota.entries.items()):
-        ship = ota.shipments.get(sid)
-        if ship is None:
-            continue
-        counts: dict[str, int] = {}
-        for e in list(entries.values()):
-            if e.status:
-                counts[e.status] = counts.get(e.status, 0) + 1
-        for status, n in sorted(counts.items()):
-            devices.add_metric([ship.name, status], n)
+    for name, status, n in ota.status_counts():
+        devices.add_metric([name, status], n)
     yield devices

@@ -15,11 +15,12 @@ import os
 import sqlite3
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from blynk_server.ota.db import Firmware, OtaDB
-from protocol.firmware import find_tag
+from protocol.firmware import FirmwareTag, find_tag
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,105 @@ def _field(value: str | None, what: str, limit: int) -> str | None:
     return value or None
 
 
+@dataclass(slots=True)
+class Prepared:
+    """A received image hashed, synced and scanned (``prepare``), not yet recorded."""
+
+    path: Path
+    sha256: str
+    md5: str
+    size: int
+    tag: FirmwareTag | None
+    file_name: str | None
+    type_: str | None
+    version: str | None
+    build: str | None
+
+
+def prepare(
+    upload: Upload,
+    file_name: str | None = None,
+    type_: str | None = None,
+    version: str | None = None,
+    build: str | None = None,
+) -> Prepared:
+    """Check the explicit fields, fsync the temp file and find its tag. Blocking (fsync, a scan of
+    the file) but no database: the admin API runs it in a worker thread."""
+    file_name = _field(file_name, "the file name", MAX_FILE_NAME)
+    type_ = _field(type_, "the firmware type", MAX_FIELD)
+    version = _field(version, "the firmware version", MAX_FIELD)
+    build = _field(build, "the build", MAX_FIELD)
+    if not upload.size:
+        raise FirmwareError("the firmware file is empty")
+    upload.file.flush()
+    os.fsync(upload.file.fileno())  # on disk before the row that points at it
+    with open(upload.path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        tag = find_tag(view)
+    return Prepared(
+        upload.path,
+        upload.sha256.hexdigest(),
+        upload.md5.hexdigest(),
+        upload.size,
+        tag,
+        file_name,
+        type_,
+        version,
+        build,
+    )
+
+
+def record(db: OtaDB, data_dir: Path, p: Prepared) -> tuple[Firmware, bool]:
+    """Keep a prepared image and return (firmware, created): the same content already stored is
+    returned as it is; else explicit type/version/build override the tag, and a file with no tag
+    needs at least type and version. Quick (a rename and a row): the server runs it on the store's
+    writer thread."""
+    existing = db.firmware_by_sha(p.sha256)
+    if existing is not None:
+        return existing, False
+    tag = p.tag
+    if tag is None and not (p.type_ and p.version):
+        raise FirmwareError(
+            "no blnkinf tag found in the firmware (compressed or not built with the Blynk library?);"
+            " give --type and --version explicitly"
+        )
+    fw_type = p.type_ or (tag.type if tag else None)
+    fw_version = p.version or (tag.version if tag else None)
+    if not fw_type:
+        raise FirmwareError("the firmware tag has no fw-type; give --type explicitly (usually the template id)")
+    if not fw_version:
+        raise FirmwareError("the firmware tag has no firmware version (mcu/fw); give --version explicitly")
+    os.replace(p.path, firmware_dir(data_dir) / f"{p.sha256}.bin")
+    try:
+        fw = db.add_firmware(
+            {
+                "sha256": p.sha256,
+                "md5": p.md5,
+                "size": p.size,
+                "type": fw_type,
+                "version": fw_version,
+                "build": p.build or (tag.build if tag else None),
+                "board": tag.board if tag else None,
+                "library_version": tag.library_version if tag else None,
+                "tag": dict(tag.fields) if tag else None,
+                "file_name": p.file_name,
+            }
+        )
+    except sqlite3.IntegrityError:  # the same image, uploaded at the same moment by someone else
+        same = db.firmware_by_sha(p.sha256)
+        if same is None:
+            raise
+        return same, False
+    log.info(
+        "firmware stored id=%d sha256=%s size=%d type=%s version=%s",
+        fw.id,
+        p.sha256[:12],
+        fw.size,
+        fw_type,
+        fw_version,
+    )
+    return fw, True
+
+
 def register(
     db: OtaDB,
     data_dir: Path,
@@ -118,56 +218,5 @@ def register(
     version: str | None = None,
     build: str | None = None,
 ) -> tuple[Firmware, bool]:
-    """Keep a received image and return (firmware, created). Explicit type/version/build override
-    the tag; a file with no tag needs at least type and version. Blocking (fsync, a scan of the
-    file): the admin API runs it in a thread."""
-    file_name = _field(file_name, "the file name", MAX_FILE_NAME)
-    type_ = _field(type_, "the firmware type", MAX_FIELD)
-    version = _field(version, "the firmware version", MAX_FIELD)
-    build = _field(build, "the build", MAX_FIELD)
-    if not upload.size:
-        raise FirmwareError("the firmware file is empty")
-    upload.file.flush()
-    os.fsync(upload.file.fileno())  # on disk before the row that points at it
-    sha = upload.sha256.hexdigest()
-    existing = db.firmware_by_sha(sha)
-    if existing is not None:
-        return existing, False
-    with open(upload.path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as view:
-        tag = find_tag(view)
-    if tag is None and not (type_ and version):
-        raise FirmwareError(
-            "no blnkinf tag found in the firmware (compressed or not built with the Blynk library?);"
-            " give --type and --version explicitly"
-        )
-    fw_type = type_ or (tag.type if tag else None)
-    fw_version = version or (tag.version if tag else None)
-    if not fw_type:
-        raise FirmwareError("the firmware tag has no fw-type; give --type explicitly (usually the template id)")
-    if not fw_version:
-        raise FirmwareError("the firmware tag has no firmware version (mcu/fw); give --version explicitly")
-    os.replace(upload.path, firmware_dir(data_dir) / f"{sha}.bin")
-    try:
-        fw = db.add_firmware(
-            {
-                "sha256": sha,
-                "md5": upload.md5.hexdigest(),
-                "size": upload.size,
-                "type": fw_type,
-                "version": fw_version,
-                "build": build or (tag.build if tag else None),
-                "board": tag.board if tag else None,
-                "library_version": tag.library_version if tag else None,
-                "tag": dict(tag.fields) if tag else None,
-                "file_name": file_name,
-            }
-        )
-    except sqlite3.IntegrityError:  # the same image, uploaded at the same moment by someone else
-        same = db.firmware_by_sha(sha)
-        if same is None:
-            raise
-        return same, False
-    log.info(
-        "firmware stored id=%d sha256=%s size=%d type=%s version=%s", fw.id, sha[:12], fw.size, fw_type, fw_version
-    )
-    return fw, True
+    """``prepare`` and ``record`` in one call (the CLI with no server running)."""
+    return record(db, data_dir, prepare(upload, file_name, type_, version, build))

@@ -1,7 +1,9 @@
-"""Creating shipments and changing their state: shared by the CLI and the admin API.
+"""Creating shipments and changing their state: the rules, shared by the running server
+(``OtaService``, for the admin API) and the CLI when no server runs.
 
-Both only write the database; the running server picks changes up through the shipment's ``rev``
-(and the admin API also pokes the service so it acts at once).
+The functions taking an ``OtaDB`` are synchronous database work (the server runs them on the store's
+writer thread); ``transition``, ``check_active`` and ``check_target`` are pure, so the server applies
+them to the shipment it holds in memory.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ import csv
 import io
 import math
 import sqlite3
+from typing import Protocol
 
+from blynk_server.model import DeviceRecord
 from blynk_server.ota import status as st
 from blynk_server.ota.db import OtaDB, Shipment
-from blynk_server.store import SqliteStore
 from protocol.body import BodyError, parse_uint
 
 MAX_NAME = 40
@@ -33,6 +36,16 @@ class ShipmentError(ValueError):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+
+class Catalog(Protocol):
+    """What shipments need to know of templates and devices (the store answers it)."""
+
+    def get_template(self, template_id: str) -> object | None: ...
+
+    def get_device(self, device_id: int) -> DeviceRecord | None: ...
+
+    def list_devices(self, template_id: str | None = None) -> list[DeviceRecord]: ...
 
 
 def parse_id(value: object, what: str) -> int:
@@ -69,7 +82,7 @@ def _text(value: object, what: str, limit: int) -> str:
 
 def create(
     db: OtaDB,
-    store: SqliteStore,
+    store: Catalog,
     *,
     name: str,
     firmware: int,
@@ -171,54 +184,76 @@ def create(
         raise ShipmentError(f"a shipment named {name!r} already exists", 409) from None
 
 
-def find(db: OtaDB, ref: str | int) -> Shipment:
-    """A shipment by id (an int or a string of digits, of any length) or by name."""
+def parse_ref(ref: str | int) -> int | str:
+    """A shipment reference: an id (an int or a string of digits, of any length) or a name;
+    ShipmentError 404 for one no shipment can have."""
     if isinstance(ref, int) or (ref.isascii() and ref.isdigit()):
         try:
-            key: int | str = parse_id(ref, "shipment id")
+            return parse_id(ref, "shipment id")
         except ShipmentError:
             raise ShipmentError(f"no shipment {str(ref)[:24]!r}", 404) from None
-    elif len(ref) > MAX_NAME:
+    if len(ref) > MAX_NAME:
         raise ShipmentError(f"no shipment {ref[:24]!r}...", 404)
-    else:
-        key = ref
-    ship = db.shipment(key)
+    return ref
+
+
+def find(db: OtaDB, ref: str | int) -> Shipment:
+    """A shipment by id or by name (``parse_ref``)."""
+    ship = db.shipment(parse_ref(ref))
     if ship is None:
         raise ShipmentError(f"no shipment {str(ref)!r}", 404)
     return ship
 
 
-def control(db: OtaDB, ref: str | int, action: str) -> Shipment:
-    """pause / resume / cancel. Resuming a shipment whose first wave paused it moves on to the rest."""
-    ship = find(db, ref)
-    allowed = {"pause": (st.LIVE,), "resume": (st.PAUSED,), "cancel": (st.LIVE, st.PAUSED)}
-    if action not in allowed:
+ACTIONS = {"pause": (st.LIVE,), "resume": (st.PAUSED,), "cancel": (st.LIVE, st.PAUSED)}
+
+
+def transition(ship: Shipment, action: str) -> tuple[str, str | None, int | None]:
+    """What pause / resume / cancel does to ``ship``: (new state, reason, new wave or None);
+    ShipmentError when the action is unknown or not allowed in the shipment's state. Resuming a
+    shipment whose first wave paused it moves on to the rest."""
+    if action not in ACTIONS:
         raise ShipmentError(f"unknown action {action!r}")
-    if ship.state not in allowed[action]:
+    if ship.state not in ACTIONS[action]:
         raise ShipmentError(f"shipment {ship.id} is {ship.state}; cannot {action} it", 409)
     if action == "pause":
-        db.set_state(ship.id, st.PAUSED, "paused by operator")
-    elif action == "resume":
+        return st.PAUSED, "paused by operator", None
+    if action == "resume":
         # After the first wave paused itself, resuming is the operator's go-ahead for the rest.
-        db.set_state(ship.id, st.LIVE, None, wave=2 if (ship.reason or "").startswith("first wave") else None)
-    else:
-        db.set_state(ship.id, st.CANCELLED, "cancelled by operator")
+        return st.LIVE, None, 2 if (ship.reason or "").startswith("first wave") else None
+    return st.CANCELLED, "cancelled by operator", None
+
+
+def control(db: OtaDB, ref: str | int, action: str) -> Shipment:
+    """pause / resume / cancel in the database (the CLI with no server running)."""
+    ship = find(db, ref)
+    state, reason, wave = transition(ship, action)
+    db.set_state(ship.id, state, reason, wave)
     return find(db, ship.id)
 
 
-def approve(db: OtaDB, store: SqliteStore, ref: str | int, device: object) -> Shipment:
-    ship = find(db, ref)
-    device = parse_id(device, "device")
+def check_active(ship: Shipment) -> None:
     if ship.state not in (st.LIVE, st.PAUSED):
         raise ShipmentError(f"shipment {ship.id} is {ship.state}", 409)
-    rec = store.get_device(device)
-    if rec is None or rec.template_id != ship.template_id or (ship.targets and device not in ship.targets):
-        raise ShipmentError(f"device {device} is not a target of shipment {ship.id}", 404)
+
+
+def check_target(ship: Shipment, device_id: int, rec: DeviceRecord | None) -> None:
+    """``rec`` (the device ``device_id``, None if there is none) is a target of ``ship``."""
+    if rec is None or rec.template_id != ship.template_id or (ship.targets and device_id not in ship.targets):
+        raise ShipmentError(f"device {device_id} is not a target of shipment {ship.id}", 404)
+
+
+def approve(db: OtaDB, store: Catalog, ref: str | int, device: object) -> Shipment:
+    """Approve one device in the database (the CLI with no server running)."""
+    ship = find(db, ref)
+    device = parse_id(device, "device")
+    check_active(ship)
+    check_target(ship, device, store.get_device(device))
     db.approve(ship.id, device)
     return ship
 
 
-def report(db: OtaDB, store: SqliteStore, ref: str | int) -> dict:
+def report(db: OtaDB, store: Catalog, ref: str | int) -> dict:
     """Everything about a shipment: settings, firmware, counts by status, each device and its timeline."""
     ship = find(db, ref)
     fw = db.firmware(ship.firmware_id)
