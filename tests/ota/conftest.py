@@ -8,6 +8,7 @@ import json
 import random
 import socket
 import time
+import urllib.request
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -17,7 +18,7 @@ from blynk_server.devclient import DeviceClient
 from protocol import Command
 from protocol.firmware import build_tag
 
-OTA_ENV = {"BLYNK_OTA_STALL_TIMEOUT": "1", "BLYNK_OTA_POLL_INTERVAL": "0.1"}
+OTA_ENV = {"BLYNK_OTA_STALL_TIMEOUT": "1", "BLYNK_OTA_POLL_INTERVAL": "0.1"}  # poll: the tick for waiting devices
 
 
 def image(
@@ -52,7 +53,7 @@ def info(version: str, fw_type: str, build: str = "Nov 20 2026 10:00:00") -> dic
 
 @pytest.fixture(scope="module")
 def ota_server(request, tmp_path_factory):
-    """A server with short OTA timeouts (stall 1 s, CLI poll 0.1 s)."""
+    """A server with short OTA timeouts (stall 1 s, a tick every 0.1 s)."""
     cls = next(p.ServerProcess for p in request.config.pluginmanager.get_plugins() if hasattr(p, "ServerProcess"))
     srv = cls(tmp_path_factory.mktemp("ota") / "data", env=OTA_ENV).start()
     yield srv
@@ -70,10 +71,22 @@ def upload(srv, tmp_path, data: bytes, *extra: str) -> dict:
     return json.loads(srv.cli("ota", "upload", str(path), *extra).stdout)
 
 
-def ship(srv, name: str, firmware: int, template: str, *extra: str) -> dict:
-    return json.loads(
-        srv.cli("ota", "ship", "--name", name, "--firmware", str(firmware), "--template", template, *extra).stdout
+def admin(srv, path: str, body: dict | None = None) -> dict:
+    """POST to the running server's OTA admin API (how the CLI reaches a running server too); the
+    answer's JSON. Blocking, for a few milliseconds: the server is another process."""
+    req = urllib.request.Request(
+        f"http://{srv.admin_host}:{srv.admin_port}/api/ota/{path}",
+        data=json.dumps(body or {}).encode(),
+        headers={"X-API-Key": srv.api_key, "Content-Type": "application/json"},
+        method="POST",
     )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def ship(srv, name: str, firmware: int, template: str, **fields) -> dict:
+    """A shipment through the admin API; ``fields`` as its JSON (rate=..., devices=[...], ...)."""
+    return admin(srv, "shipments", {"name": name, "firmware": firmware, "template": template, **fields})
 
 
 async def report(srv, sid: int) -> dict:

@@ -13,6 +13,7 @@ from blynk_server.devclient import DeviceClient
 from blynk_server.ota import status as st
 
 from .conftest import (
+    admin,
     edgent_update,
     http_get,
     image,
@@ -125,7 +126,7 @@ async def test_range_resume_stall_and_rate(ota_server, tmp_path, unique):
     fw = upload(srv, tmp_path, data)
     (a, ta), (b, tb) = new_device(srv, unique, "a"), new_device(srv, unique, "b")
     rate = 150_000
-    sid = ship(srv, f"r-{unique}", fw["id"], unique, "--rate", str(rate))["id"]
+    sid = ship(srv, f"r-{unique}", fw["id"], unique, rate=rate)["id"]
     ca = await DeviceClient.connect(srv.host, srv.port, ta, info=info("1.0.0", unique))
     cb = await DeviceClient.connect(srv.host, srv.port, tb, info=info("1.0.0", unique))
     (_, url_a), (_, url_b) = await wait_ota(ca), await wait_ota(cb)
@@ -161,7 +162,7 @@ async def test_attempts_limit_and_reset(ota_server, tmp_path, unique):
     srv.new_template(unique)
     fw = upload(srv, tmp_path, image("3.0.0", unique, seed=4))
     did, token = new_device(srv, unique, "d")
-    sid = ship(srv, f"l-{unique}", fw["id"], unique, "--attempts", "2", "--reset", "3s")["id"]
+    sid = ship(srv, f"l-{unique}", fw["id"], unique, attempts=2, reset="3s")["id"]
     c = await DeviceClient.connect(srv.host, srv.port, token, info=info("1.0.0", unique))
     _, url = await wait_ota(c)
     await c.close()
@@ -187,10 +188,10 @@ async def test_user_control_and_condition(ota_server, tmp_path, unique):
     fw = upload(srv, tmp_path, image("1.0.0", unique, seed=5, build="Dec  1 2026 09:00:00"))
     did, token = new_device(srv, unique, "u")
     c = await DeviceClient.connect(srv.host, srv.port, token, info=info("1.0.0", unique, "Nov 30 2026 09:00:00"))
-    sid = ship(srv, f"u-{unique}", fw["id"], unique, "--condition", "earlier-build", "--user-control")["id"]
+    sid = ship(srv, f"u-{unique}", fw["id"], unique, condition="earlier-build", user_control=True)["id"]
     await wait_status(srv, sid, did, st.AWAITING_USER)
     await no_ota(c, 0.3)
-    srv.cli("ota", "approve", str(sid), str(did))
+    admin(srv, f"shipments/{sid}/approve", {"device": did})
     _, url = await wait_ota(c)
     assert url.startswith(f"http://{srv.host}:{srv.port}/")
     await c.close()
@@ -212,13 +213,9 @@ async def test_staged_rollout_pauses_itself(ota_server, tmp_path, unique):
         f"w-{unique}",
         fw["id"],
         unique,
-        "--device",
-        *[str(d) for d, _ in devs][:1],
-        *sum((["--device", str(d)] for d, _ in devs[1:]), []),
-        "--first-wave",
-        "50",
-        "--max-failure-ratio",
-        "0.5",
+        devices=[d for d, _ in devs],
+        first_wave=50,
+        max_failure_ratio=0.5,
     )["id"]
     urls = [(await wait_ota(c))[1] for c in clients[:2]]
     for c in clients[:2]:
@@ -237,7 +234,7 @@ async def test_staged_rollout_pauses_itself(ota_server, tmp_path, unique):
     assert rep["shipment"]["state"] == "paused" and "first wave" in rep["shipment"]["reason"]
     # The operator resumes: the rest of the targets get the update.
     clients = [await DeviceClient.connect(srv.host, srv.port, t, info=info("1.0.0", unique)) for _, t in devs[2:]]
-    srv.cli("ota", "resume", str(sid))
+    admin(srv, f"shipments/{sid}/resume")
     for c in clients:
         await wait_ota(c)
         await c.close()
@@ -254,7 +251,7 @@ async def test_state_survives_restart(make_server, tmp_path, unique):
     await c.close()
     assert (await http_get(url)).status == 200
     await wait_status(srv, sid, did, st.FIRMWARE_UPLOADED)
-    srv.cli("ota", "pause", str(sid))
+    admin(srv, f"shipments/{sid}/pause")
     assert srv.stop() == 0
     srv.start()
     rep = await report(srv, sid)

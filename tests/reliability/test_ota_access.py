@@ -74,7 +74,7 @@ async def test_only_live_targets_download(make_server, tmp_path, unique):
     # A device list: a device of the right template outside the list is refused with the secret URL.
     fw_c = upload(srv, tmp_path, image("3.0.0", c, seed=12))
     (c1, tc1), (c2, tc2) = new_device(srv, c, "c1"), new_device(srv, c, "c2")
-    sid_c = ship(srv, f"list-{unique}", fw_c["id"], c, "--device", str(c1))["id"]
+    sid_c = ship(srv, f"list-{unique}", fw_c["id"], c, devices=[c1])["id"]
     dev = await DeviceClient.connect(srv.host, srv.port, tc1, info=info("1.0.0", c))
     _, url_c = await wait_ota(dev)
     await dev.close()
@@ -125,7 +125,7 @@ async def test_numbers_of_any_length(make_server, tmp_path, unique):
     size = 64 * 1024
     fw = upload(srv, tmp_path, image("2.0.0", unique, size=size, seed=14))
     did, token = new_device(srv, unique, "n")
-    sid = ship(srv, f"n-{unique}", fw["id"], unique, "--attempts", "50")["id"]
+    sid = ship(srv, f"n-{unique}", fw["id"], unique, attempts=50)["id"]
     dev = await DeviceClient.connect(srv.host, srv.port, token, info=info("1.0.0", unique))
     _, url = await wait_ota(dev)
     await dev.close()
