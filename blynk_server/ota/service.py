@@ -363,12 +363,12 @@ class OtaService:
     # --- the per-device state machine -------------------------------------------------------------
 
     def entry(self, sid: int, did: int, create: bool = False) -> DeviceOta | None:
-        per = self.entries.setdefault(sid, {})
-        e = per.get(did)
+        per = self.entries.get(sid)
+        e = per.get(did) if per is not None else None
         if e is None and create:
             ship = self.shipments[sid]
             wave = 1 if ship.wave1 is None or did in ship.wave1 else 2
-            e = per[did] = DeviceOta(sid, did, "", wave=wave, updated_at=self.now_ms())
+            e = self.entries.setdefault(sid, {})[did] = DeviceOta(sid, did, "", wave=wave, updated_at=self.now_ms())
         return e
 
     def set_status(self, e: DeviceOta, status: str, detail: str | None = None) -> None:
