@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from blynk_server.config import Settings
     from blynk_server.domain import DeviceState, Domain
     from blynk_server.hub import Hub
+    from blynk_server.model import DeviceRecord, Template
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,38 @@ def _load(data_dir: Path) -> _Loaded:
     return _Loaded(db, active, firmware, {s.id: db.devices(s.id) for s in active})
 
 
+class _Catalog:
+    """``shipments.Catalog`` answered from the domain's memory, taken on the loop for one template
+    (and the devices a request names), so the database work on the writer thread never reads the
+    domain while the loop changes it."""
+
+    def __init__(self, domain: Domain, template_id: object, named: object = None) -> None:
+        tpl = domain.template(template_id) if isinstance(template_id, str) else None
+        self.template = tpl
+        self.records = {d.id: d.record for d in domain.devices(tpl.id)} if tpl is not None else {}
+        if isinstance(named, list) and len(named) <= ships.MAX_TARGETS:
+            for ref in named:
+                try:
+                    did = ships.parse_id(ref, "device")
+                except ships.ShipmentError:
+                    continue  # shipments.create says so
+                dev = domain.device(did)
+                if dev is not None:
+                    self.records[did] = dev.record
+
+    def get_template(self, template_id: str) -> Template | None:
+        return self.template if self.template is not None and self.template.id == template_id else None
+
+    def get_device(self, device_id: int) -> DeviceRecord | None:
+        return self.records.get(device_id)
+
+    def list_devices(self, template_id: str | None = None) -> list[DeviceRecord]:
+        return sorted(
+            (r for r in self.records.values() if template_id is None or r.template_id == template_id),
+            key=lambda r: r.id,
+        )
+
+
 def _log_write_failure(fut: concurrent.futures.Future) -> None:
     exc = fut.exception()
     if exc is not None:
@@ -145,21 +178,19 @@ class OtaService:
         run_db: RunDb,
         submit_db: SubmitDb,
         hardware_address: Callable[[], tuple[str, int] | None],
-        catalog: ships.Catalog,
         *,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        """``catalog`` (the store) answers template and device questions when a shipment is created,
-        approved or reported; it is only called through ``run_db``. ``clock`` times the request
-        timeout; ``wall_clock`` the time windows, attempt resets and timestamps."""
+        """``domain`` is read on the loop only (devices, templates, tokens, and its info/offline
+        hooks); ``clock`` times the request timeout; ``wall_clock`` the time windows, attempt resets
+        and timestamps."""
         self.settings = settings
         self.domain = domain
         self.hub = hub
         self.run_db = run_db
         self.submit_db = submit_db
         self.hardware_address = hardware_address
-        self.catalog = catalog
         self.clock = clock
         self.wall_clock = wall_clock
         self.db: OtaDB | None = None  # opened on the writer thread by start()
@@ -261,15 +292,18 @@ class OtaService:
         return await self.run_db(self._need_db().list_shipments, state)
 
     async def report(self, ref: str | int) -> dict:
+        ship = await self.find(ref)
+        catalog = _Catalog(self.domain, ship.template_id)
         self.flush()  # read-your-writes: the pending rows go before the read, on the same thread
-        return await self.run_db(ships.report, self._need_db(), self.catalog, ref)
+        return await self.run_db(ships.report, self._need_db(), catalog, ship.id)
 
     async def create_shipment(self, fields: dict) -> Shipment:
         """Validate and store a live shipment (``shipments.create``), then act on it at once."""
         db = self._need_db()
+        catalog = _Catalog(self.domain, fields.get("template"), fields.get("devices"))
 
         def create() -> tuple[Shipment, Firmware | None]:
-            ship = ships.create(db, self.catalog, **fields)
+            ship = ships.create(db, catalog, **fields)
             return ship, db.firmware(ship.firmware_id)
 
         ship, fw = await self.run_db(create)
@@ -300,9 +334,8 @@ class OtaService:
         ship = await self.find(ref)
         did = ships.parse_id(device, "device")
         ships.check_active(ship)
-        rec = await self.run_db(self.catalog.get_device, did)
-        ships.check_target(ship, did, rec)
-        ships.check_active(ship)  # again: it may have finished or been cancelled during the lookup
+        dev = self.domain.device(did)
+        ships.check_target(ship, did, dev.record if dev is not None else None)
         e = self.entry(ship.id, did, create=True)
         if not e.approved:
             e.approved = True

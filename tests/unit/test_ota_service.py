@@ -1,5 +1,6 @@
-"""The OTA state machine in-process: a real ``OtaService`` over a tmp_path ``OtaDB``, with the hub's
-fake links for devices, an inline ``run_db``/``submit_db`` and fake clocks. No sockets, no sleeps."""
+"""The OTA state machine in-process: a real ``OtaService`` over a tmp_path ``OtaDB``, a fake domain,
+the hub with fake links for devices, an inline ``run_db``/``submit_db`` that guards every database
+use, and fake clocks. No sockets, no sleeps."""
 
 from __future__ import annotations
 
@@ -98,34 +99,28 @@ class GuardedConnection:
         return self._conn.__exit__(*exc)
 
 
-class Catalog:
-    """Templates and device records, as the store would answer them (on the writer thread)."""
-
-    def __init__(self, guard: Guard) -> None:
-        self.guard = guard
-        self.records: dict[int, DeviceRecord] = {}
-
-    def get_template(self, template_id: str):
-        self.guard.check()
-        return Template(template_id, template_id) if template_id == TPL else None
-
-    def get_device(self, device_id: int):
-        self.guard.check()
-        return self.records.get(device_id)
-
-    def list_devices(self, template_id: str | None = None):
-        self.guard.check()
-        return [r for r in self.records.values() if template_id is None or r.template_id == template_id]
-
-
 class Domain:
+    """The domain's memory as OTA reads it (on the loop)."""
+
     def __init__(self) -> None:
         self.on_device_info: list = []
         self.on_device_offline: list = []
-        self.by_token: dict[str, DeviceState] = {}
+        self.by_id: dict[int, DeviceState] = {}
+
+    def template(self, template_id: str) -> Template | None:
+        return Template(template_id, template_id) if template_id == TPL else None
+
+    def device(self, device_id: int) -> DeviceState | None:
+        return self.by_id.get(device_id)
+
+    def devices(self, template_id: str | None = None) -> list[DeviceState]:
+        return sorted(
+            (d for d in self.by_id.values() if template_id is None or d.record.template_id == template_id),
+            key=lambda d: d.id,
+        )
 
     def device_by_token(self, token: str) -> DeviceState | None:
-        return self.by_token.get(token)
+        return next((d for d in self.by_id.values() if d.token == token), None)
 
 
 class World:
@@ -135,10 +130,8 @@ class World:
         self.wall = Clock(NOON)
         self.hub = Hub()
         self.domain = Domain()
-        self.catalog = Catalog(self.guard)
         self.settings = Settings(data_dir=tmp_path, host="0.0.0.0", port=8080)
         self.settings.ota_request_timeout = REQUEST_TIMEOUT
-        self.devices: dict[int, DeviceState] = {}
         self.ota = self.service()
 
     def service(self) -> OtaService:
@@ -149,7 +142,6 @@ class World:
             self.run_db,
             self.submit_db,
             lambda: ("0.0.0.0", 8080),
-            self.catalog,
             clock=self.clock,
             wall_clock=self.wall,
         )
@@ -194,10 +186,7 @@ class World:
 
     def device(self, did: int, version: str = "1.0.0", fw_type: str = TPL, tz: str | None = None) -> DeviceState:
         rec = DeviceRecord(did, f"token{did}", f"d{did}", TPL, 0, info=self.info(version, fw_type), timezone=tz)
-        self.catalog.records[did] = rec
-        dev = DeviceState(rec, Template(TPL, TPL))
-        self.devices[did] = dev
-        self.domain.by_token[rec.token] = dev
+        dev = self.domain.by_id[did] = DeviceState(rec, Template(TPL, TPL))
         return dev
 
     @staticmethod
@@ -206,7 +195,7 @@ class World:
 
     def login(self, did: int, version: str | None = None) -> FakeLink:
         """The device connects (again), its info answered: OTA looks at it."""
-        dev = self.devices[did]
+        dev = self.domain.by_id[did]
         if version is not None:
             dev.record.info = self.info(version)
         link = FakeLink(dev)
@@ -218,7 +207,7 @@ class World:
         link = self.hub.link(did)
         self.hub.detach(did, link)
         for hook in self.domain.on_device_offline:
-            hook(self.devices[did])
+            hook(self.domain.by_id[did])
 
     async def ship(self, fw, **fields):
         return await self.ota.create_shipment({"name": "s1", "firmware": fw.id, "template": TPL, **fields})
@@ -297,7 +286,7 @@ async def test_a_login_resends_and_a_frame_too_big_fails(w):
     link = w.login(1)  # reconnects on the old firmware before downloading: it gets the URL again
     assert len(link.urls()) == 1
     w.logout(1)
-    dev = w.devices[1]
+    dev = w.domain.by_id[1]
     small = FakeLink(dev, buff_in=64)
     w.hub.attach(1, small)
     w.clock.t += REQUEST_TIMEOUT + 1
