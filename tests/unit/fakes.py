@@ -21,6 +21,7 @@ import collections
 import dataclasses
 import heapq
 import itertools
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -331,15 +332,18 @@ class World:
         return dev
 
     def add_device(self, name: str = "other", token: str | None = None):
-        """A second device of the same template (its record)."""
-        return self.store.create_device("TMPLunit", name, token)
+        """Another device of the same template (its record), known to the domain."""
+        record = off_thread(self.store.create_device, "TMPLunit", name, token)
+        if hasattr(self.domain, "add_device"):  # issue 11's domain: provisioning adds it to memory
+            self.domain.add_device(record)
+        return record
 
     def pending_value(self, device_id: int, pin: str) -> tuple[bytes, int] | None:
         """The value of a pin waiting in the store's write-behind batch (nothing is flushed in these tests)."""
         return self.store._pending.values.get((device_id, pin))
 
     def close(self) -> None:
-        self.store.close()
+        off_thread(self.store.close)
 
 
 DATASTREAMS = [
@@ -347,6 +351,26 @@ DATASTREAMS = [
     Datastream("v2", "Label", "string"),
     Datastream("v3", "Count", "int"),
 ]
+
+
+def off_thread(fn: Callable, *args: Any) -> Any:
+    """Run ``fn`` on another thread and return its result: SQLite work of the test's setup, kept off
+    the thread that plays the event loop (the store may forbid SQLite there)."""
+    out: list = []
+
+    def run() -> None:
+        try:
+            out.append((True, fn(*args)))
+        except BaseException as exc:  # re-raised on the test's thread
+            out.append((False, exc))
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    ok, value = out[0]
+    if not ok:
+        raise value
+    return value
 
 
 def make_world(tmp_path: Path, **settings: Any) -> World:
@@ -357,6 +381,10 @@ def make_world(tmp_path: Path, **settings: Any) -> World:
     record = store.create_device("TMPLunit", "dev")
     hub = Hub()
     domain = Domain(store, hub, s)
+    if hasattr(domain, "load_snapshot"):  # issue 11's domain: loaded once at start, then pure memory
+        domain.load_snapshot(store.load_all())
+    if hasattr(store, "forbid_thread"):  # ... and no SQLite on the loop thread: the test's thread here
+        store.forbid_thread(threading.get_ident())
     loop = FakeLoop()
     ctx = SessionContext(s, domain, hub, loop)  # type: ignore[arg-type]  # a FakeLoop for the loop
     return World(s, store, hub, domain, loop, ctx, record.token, record.id)

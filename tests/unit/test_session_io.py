@@ -167,15 +167,15 @@ def test_a_bridge_writes_to_the_target_and_forwards_to_it_when_online(world):
     source = world.login()
     assert source.request(Command.BRIDGE, hw(1, "i", other.token)) == [response(2, Status.SUCCESS)]
     # Offline target: the value is stored, the sender told the target is not connected.
-    assert source.request(Command.BRIDGE, hw(1, "vw", 5, "hi")) == [response(3, Status.DEVICE_NOT_IN_NETWORK)]
-    assert world.domain.device(other.id).values["v5"][0] == b"hi"
+    assert source.request(Command.BRIDGE, hw(1, "vw", 2, "hi")) == [response(3, Status.DEVICE_NOT_IN_NETWORK)]
+    assert world.domain.device(other.id).values["v2"][0] == b"hi"
     target = world.login(token=other.token, peer=("198.51.100.2", 1))
     target.request(Command.INTERNAL, info(buff_in=1024))
     world.loop.advance(0.05)
     target.frames()
-    assert source.request(Command.BRIDGE, hw(1, "vw", 5, "again")) == []
-    assert target.frames() == [(Command.BRIDGE, 4, hw("vw", 5, "again"))]
-    assert world.domain.device(other.id).values["v5"][0] == b"again"
+    assert source.request(Command.BRIDGE, hw(1, "vw", 2, "again")) == []
+    assert target.frames() == [(Command.BRIDGE, 4, hw("vw", 2, "again"))]
+    assert world.domain.device(other.id).values["v2"][0] == b"again"
 
 
 @pytest.mark.parametrize("token", ["short", "y" * 32])
