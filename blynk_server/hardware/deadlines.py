@@ -62,9 +62,11 @@ class Deadlines:
 
     def _tick(self) -> None:
         self._timer = self._timer_key = None
-        now_key = math.floor(self.loop.time() / RESOLUTION)
+        # The same product as the timer's time in _schedule: floor(now / RESOLUTION) would be one short
+        # when the timer fires at exactly key * RESOLUTION and that divides back to 42.999... (key 43).
+        now = self.loop.time()
         keys = self._keys
-        while keys and keys[0] <= now_key:
+        while keys and keys[0] * RESOLUTION <= now:
             key = heapq.heappop(keys)
             for owner in self._buckets.pop(key, ()):
                 owner._deadline_key = None

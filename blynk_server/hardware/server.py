@@ -9,45 +9,43 @@ from collections.abc import Callable
 
 from blynk_server.config import Settings
 from blynk_server.domain import Domain
-from blynk_server.hardware.deadlines import Deadlines
-from blynk_server.hardware.guard import LoginGuard
+from blynk_server.hardware.context import SessionContext
 from blynk_server.hardware.session import HardwareSession
-from blynk_server.hardware.stats import HardwareStats
 from blynk_server.hub import Hub
 
 log = logging.getLogger(__name__)
 
 
 class HardwareServer:
+    """The listeners; what their sessions share is the ``context`` built here."""
+
     def __init__(self, settings: Settings, domain: Domain, hub: Hub, loop: asyncio.AbstractEventLoop) -> None:
         self.settings = settings
-        self.domain = domain
-        self.hub = hub
         self.loop = loop
-        self.stats = HardwareStats()
-        self.sessions: set[HardwareSession] = set()
-        self.deadlines = Deadlines(loop)  # every session's login and heartbeat deadline
-        self.guard = LoginGuard(settings, loop, self.stats)  # who may wait for login, failed-login budgets
-        # Set by the HTTP part: builds an asyncio protocol that takes over a sniffed HTTP connection.
-        self.http_handoff: Callable[[], asyncio.Protocol] | None = None
-        self.login_hooks: list[Callable[[HardwareSession], None]] = []
+        self.context = SessionContext(settings, domain, hub, loop)
+        self.stats = self.context.stats  # read by the metrics
+        self.sessions = self.context.sessions  # live connections, logged in or not
+        self.login_hooks = self.context.login_hooks  # called with each session that logs in
         self._servers: list[asyncio.AbstractServer] = []
         self.address: tuple[str, int] | None = None
         self.tls_address: tuple[str, int] | None = None
 
-    def on_login(self, session: HardwareSession) -> None:
-        for hook in self.login_hooks:
-            try:
-                hook(session)
-            except Exception:
-                log.exception("login hook failed device=%s", session.device.id if session.device else "-")
+    @property
+    def http_handoff(self) -> Callable[[], asyncio.Protocol] | None:
+        """Set by the HTTP part: builds an asyncio protocol that takes over a sniffed HTTP connection."""
+        return self.context.http_handoff
 
-    def _factory(self) -> HardwareSession:
-        return HardwareSession(self)
+    @http_handoff.setter
+    def http_handoff(self, factory: Callable[[], asyncio.Protocol] | None) -> None:
+        self.context.http_handoff = factory
+
+    def new_session(self) -> HardwareSession:
+        """A session of this listener's context (the protocol factory; the WebSocket door uses it too)."""
+        return HardwareSession(self.context)
 
     async def start(self) -> None:
         s = self.settings
-        server = await self.loop.create_server(self._factory, s.host, s.port, backlog=4096, reuse_address=True)
+        server = await self.loop.create_server(self.new_session, s.host, s.port, backlog=4096, reuse_address=True)
         self._servers.append(server)
         self.address = server.sockets[0].getsockname()[:2]
         if s.tls_port is not None:
@@ -57,7 +55,7 @@ class HardwareServer:
             ctx.load_cert_chain(str(s.cert), str(s.key))
             # A silent TCP connection on the TLS port gets as long for its handshake as for its login.
             tls = await self.loop.create_server(
-                self._factory,
+                self.new_session,
                 s.host,
                 s.tls_port,
                 ssl=ctx,

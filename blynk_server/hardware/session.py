@@ -1,20 +1,22 @@
 """One device connection: login, info, heartbeat, flood control, and one handler per command.
 
-An ``asyncio.BufferedProtocol`` with a small receive buffer: the loop reads at most
-``recv_buffer`` bytes per read into a buffer we own, and when a read fills it we pause reading and
-queue the session for a later loop turn (``ReadTurns``), so busy sockets cannot starve the others.
+An ``asyncio.BufferedProtocol``: the loop reads at most ``recv_buffer`` bytes per read into the buffer
+the listener's sessions share, and when a read fills it we pause reading and queue the session for a
+later loop turn (``turns.ReadTurns``), so busy sockets cannot starve the others. What a session uses
+of its listener comes in a ``context.SessionContext``; what others may use of a session is the hub's
+``DeviceLink`` (``device``, ``info_acked``, ``buff_in``, ``local_host``, ``push``, ``close``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
-from typing import TYPE_CHECKING
 
 from blynk_server.config import read_timeout
 from blynk_server.domain import DeviceState, InvalidValue
+from blynk_server.hardware.context import SessionContext
 from blynk_server.hardware.deadlines import Deadlines
+from blynk_server.hardware.turns import ReadTurns
 from blynk_server.model import MAX_TS_MS, now_ms
 from blynk_server.timeutil import UTC_REQUESTS, rtc_seconds, utc_answer
 from protocol import Command, Decoder, FrameTooLarge, Status, encode_frame, encode_response
@@ -34,9 +36,6 @@ from protocol.body import (
     parse_sync,
 )
 
-if TYPE_CHECKING:
-    from blynk_server.hardware.server import HardwareServer
-
 log = logging.getLogger(__name__)
 
 HTTP_PREFIXES = (b"GET ", b"POST", b"PUT ", b"HEAD", b"OPTI", b"PATC", b"DELE", b"TRAC", b"CONN")
@@ -47,8 +46,6 @@ MAX_BRIDGES = 100  # per connection, as the legacy server
 PACE_GAP = 0.05  # seconds between frames to a client that parses one frame per recv() (blynklib)
 MAX_PACED = 1024  # frames queued for such a client before further ones are dropped
 CLOSE_GRACE = 5.0  # seconds a closed connection may take to send what is left before it is aborted
-READS_PER_TURN = 8  # busy (full-buffer) sockets resumed per loop turn: bounds one turn's work in a flood
-SMALL_READ = 256  # bytes read from a socket not granted a turn while busy ones wait (pings, logins fit)
 
 
 _WRITE_KEYS: dict[bytes, str] = {}  # b"vw\0" b"1" -> "v1": few distinct pins, so parse each once
@@ -72,46 +69,12 @@ def _write_key(prefix: bytes) -> str | None:
     return key
 
 
-class ReadTurns:
-    """Round robin over the sessions whose last read filled their buffer.
-
-    Resuming every such socket on the very next turn makes a turn's work grow with the number of busy
-    sockets: 1,000 flooding devices x 4 KiB is ~290,000 frames per turn, so a quiet device's ping or a
-    new login waits a second or more. Resuming at most ``READS_PER_TURN`` of them per turn bounds a
-    turn to a few milliseconds; quiet sockets (pings, logins, commands) are never queued and are read
-    every turn. Busy sockets wait in order, and TCP flow control holds their senders meanwhile.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
-        self.loop = loop
-        self.waiting: collections.deque[HardwareSession] = collections.deque()
-        self.scheduled = False
-        self.buf = bytearray(size)  # the receive buffer every session of this server shares
-        self.view = memoryview(self.buf)
-        self.small = self.view[:SMALL_READ]
-
-    def defer(self, session: HardwareSession) -> None:
-        self.waiting.append(session)
-        if not self.scheduled:
-            self.scheduled = True
-            self.loop.call_soon(self._turn)
-
-    def _turn(self) -> None:
-        waiting = self.waiting
-        for _ in range(min(READS_PER_TURN, len(waiting))):
-            waiting.popleft()._resume_turn()
-        if waiting:
-            self.loop.call_soon(self._turn)  # runs on the next turn, after this turn's reads
-        else:
-            self.scheduled = False
-
-
 class HardwareSession(asyncio.BufferedProtocol):
     """The server side of one device TCP/TLS connection."""
 
     # No per-instance __dict__: with 15,000 idle sessions the dict was a fifth of the server's memory.
     __slots__ = (
-        "server",
+        "ctx",
         "settings",
         "stats",
         "domain",
@@ -158,18 +121,16 @@ class HardwareSession(asyncio.BufferedProtocol):
         "_bridges",
     )
 
-    def __init__(self, server: HardwareServer) -> None:
-        self.server = server
-        self.settings = server.settings
-        self.stats = server.stats
-        self.domain = server.domain
-        self.loop = server.loop
+    def __init__(self, ctx: SessionContext) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.stats = ctx.stats
+        self.domain = ctx.domain
+        self.loop = ctx.loop
         self.decoder = Decoder(self.settings.max_frame)
-        turns = getattr(server, "read_turns", None)
-        if turns is None or len(turns.buf) != self.settings.recv_buffer:
-            turns = server.read_turns = ReadTurns(self.loop, self.settings.recv_buffer)
-        self._turns: ReadTurns = turns
-        self._deadlines: Deadlines = server.deadlines
+        turns: ReadTurns = ctx.turns
+        self._turns = turns
+        self._deadlines: Deadlines = ctx.deadlines
         self._deadline_key: int | None = None
         # One receive buffer for all sessions: the loop reads into it and calls buffer_updated at once,
         # which consumes or copies every byte (the decoder keeps partial frames in its own buffer). A
@@ -182,7 +143,7 @@ class HardwareSession(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.ip = "?"
         self.peer = "?"
-        self._pending = False  # counted by the server's LoginGuard as waiting for login
+        self._pending = False  # counted by the listener's LoginGuard as waiting for login
         self._write_paused = False  # more than write_buffer_high bytes wait to be sent: not read meanwhile
         self._write_paused_at = 0.0
         self._reply_cost = 0  # frames sent in answer to this read's requests, charged with its frames
@@ -219,7 +180,7 @@ class HardwareSession(asyncio.BufferedProtocol):
         self.ip = str(peer[0]) if peer else "?"
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.stats.connections += 1
-        if self.server.guard.admit(self.ip) is not None:
+        if self.ctx.guard.admit(self.ip) is not None:
             self.closed = True  # over a pending-login cap or the IP's failed-login budget: no answer
             transport.close()
             return
@@ -227,7 +188,7 @@ class HardwareSession(asyncio.BufferedProtocol):
         high = self.settings.write_buffer_high
         transport.set_write_buffer_limits(high=high, low=high // 4)  # drives pause_writing/resume_writing
         self.last_read = self.loop.time()
-        self.server.sessions.add(self)
+        self.ctx.sessions.add(self)
         self._arm(self.timeout)
 
     def get_buffer(self, sizehint: int):  # type: ignore[override]
@@ -360,10 +321,10 @@ class HardwareSession(asyncio.BufferedProtocol):
     def connection_lost(self, exc) -> None:
         self.closed = True
         self._release_pending()
-        self.server.sessions.discard(self)
+        self.ctx.sessions.discard(self)
         self._deadlines.cancel(self)
         dev = self.device
-        if dev is not None and self.server.hub.detach(dev.id, self):
+        if dev is not None and self.ctx.hub.detach(dev.id, self):
             self.domain.set_offline(dev)
             log.info("device offline device=%d peer=%s reason=%s", dev.id, self.peer, exc or "closed")
 
@@ -481,6 +442,11 @@ class HardwareSession(asyncio.BufferedProtocol):
         self._noise += 1
         return self._noise & (self._noise - 1) == 0
 
+    def local_host(self) -> str | None:
+        """The local address the device reached us on (the socket's ``sockname``), None when unknown."""
+        sock = self.transport.get_extra_info("sockname") if self.transport is not None else None
+        return str(sock[0]) if sock else None
+
     def push(self, command: int, body: bytes, msg_id: int | None = None) -> bool:
         """A server-initiated message (HTTP write, bridge, OTA). Held until the info message is
         answered, because blynklib reads the next frame after its info as the info's reply."""
@@ -523,15 +489,15 @@ class HardwareSession(asyncio.BufferedProtocol):
         """Close a connection that never logged in. No log line of its own: the guard summarises them
         (a token scanner makes tens of thousands a second); a failed login is charged to the IP."""
         if failed:
-            self.server.guard.failed(self.ip)
-        self.server.guard.note(outcome, self.ip)
+            self.ctx.guard.failed(self.ip)
+        self.ctx.guard.note(outcome, self.ip)
         self.closed = True
         self.transport.close()
 
     def _release_pending(self) -> None:
         if self._pending:
             self._pending = False
-            self.server.guard.release(self.ip)
+            self.ctx.guard.release(self.ip)
 
     def _who(self) -> str:
         return str(self.device.id) if self.device is not None else "-"
@@ -603,7 +569,7 @@ class HardwareSession(asyncio.BufferedProtocol):
             self._sniff_held = head
             return True
         self.sniffed = True
-        if head[:4] in HTTP_PREFIXES and self.server.http_handoff is not None:
+        if head[:4] in HTTP_PREFIXES and self.ctx.http_handoff is not None:
             self._handoff_http(head)
             return True
         if self._sniff_held:
@@ -615,9 +581,9 @@ class HardwareSession(asyncio.BufferedProtocol):
         """The first bytes are an HTTP request: give the connection to the HTTP application."""
         self._deadlines.cancel(self)
         self._release_pending()  # HTTP has limits of its own
-        self.server.sessions.discard(self)
+        self.ctx.sessions.discard(self)
         self.closed = True
-        protocol = self.server.http_handoff()
+        protocol = self.ctx.http_handoff()
         self.transport.set_protocol(protocol)
         protocol.connection_made(self.transport)
         protocol.data_received(first)
@@ -641,7 +607,7 @@ class HardwareSession(asyncio.BufferedProtocol):
         self.device = dev
         self.login_command = cmd
         self.stats.logins["ok"] += 1
-        old = self.server.hub.attach(dev.id, self)
+        old = self.ctx.hub.attach(dev.id, self)
         if old is not None:
             self.stats.replaced += 1
             old.close("replaced by a newer connection with the same token")
@@ -651,7 +617,7 @@ class HardwareSession(asyncio.BufferedProtocol):
         self._reply(msg_id, Status.SUCCESS)
         self.loop.call_later(self.settings.info_grace, self._info_grace_over)
         log.info("device online device=%d peer=%s", dev.id, self.peer)
-        self.server.on_login(self)
+        self.ctx.logged_in(self, dev.id)
 
     def _info_grace_over(self) -> None:
         if not self.info_acked and not self.closed:
@@ -848,7 +814,7 @@ class HardwareSession(asyncio.BufferedProtocol):
         except (BodyError, InvalidValue):
             self._reply(msg_id, Status.ILLEGAL_COMMAND)
             return
-        if not self.server.hub.send(target.id, Command.BRIDGE, msg.hardware, msg_id):
+        if not self.ctx.hub.send(target.id, Command.BRIDGE, msg.hardware, msg_id):
             self._reply(msg_id, Status.DEVICE_NOT_IN_NETWORK)
 
     def _on_notification(self, command: int, msg_id: int) -> None:

@@ -1,0 +1,71 @@
+"""What a device session uses of the listener that accepted it, and nothing more.
+
+``HardwareServer`` builds one ``SessionContext`` and hands it to every session it creates (and the
+WebSocket door hands the same one to its sessions). A test builds one around a fake loop: see
+``tests/unit/fakes.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from blynk_server.config import Settings
+from blynk_server.domain import Domain
+from blynk_server.hardware.deadlines import Deadlines
+from blynk_server.hardware.guard import LoginGuard
+from blynk_server.hardware.stats import HardwareStats
+from blynk_server.hardware.turns import ReadTurns
+from blynk_server.hub import DeviceLink, Hub
+
+log = logging.getLogger(__name__)
+
+
+class SessionContext:
+    """Shared by the sessions of one listener.
+
+    - ``loop``: only ``time()``, ``call_at``, ``call_later`` and ``call_soon`` are used (a fake clock fits);
+    - ``deadlines``: every session's login and heartbeat deadline, on one timer;
+    - ``guard``: admission of connections waiting for login, failed-login budgets;
+    - ``turns``: the shared receive buffer and the round robin of busy sockets;
+    - ``sessions``: the live connections, logged in or not (closed at shutdown, counted by the metrics);
+    - ``http_handoff``: set by the HTTP side, builds the protocol that takes over a sniffed HTTP
+      connection (None: HTTP is not served on the device port);
+    - ``login_hooks``: called with each session that logs in (a failing hook is logged, not raised).
+    """
+
+    __slots__ = (
+        "settings",
+        "stats",
+        "domain",
+        "hub",
+        "loop",
+        "deadlines",
+        "guard",
+        "turns",
+        "sessions",
+        "http_handoff",
+        "login_hooks",
+    )
+
+    def __init__(self, settings: Settings, domain: Domain, hub: Hub, loop: asyncio.AbstractEventLoop) -> None:
+        self.settings = settings
+        self.domain = domain
+        self.hub = hub
+        self.loop = loop
+        self.stats = HardwareStats()
+        self.deadlines = Deadlines(loop)
+        self.guard = LoginGuard(settings, loop, self.stats)
+        self.turns = ReadTurns(loop, settings.recv_buffer)
+        self.sessions: set[DeviceLink] = set()
+        self.http_handoff: Callable[[], asyncio.Protocol] | None = None
+        self.login_hooks: list[Callable[[DeviceLink], None]] = []
+
+    def logged_in(self, link: DeviceLink, device_id: int) -> None:
+        """Run the login hooks for a session that has just logged in."""
+        for hook in self.login_hooks:
+            try:
+                hook(link)
+            except Exception:
+                log.exception("login hook failed device=%d", device_id)
