@@ -46,7 +46,7 @@ API_KEY_FILE = "admin-api-key"
 class Prepared:
     """What start-up read and wrote on the store's thread, for the loop to act on."""
 
-    snapshot: Snapshot
+    snapshot: Snapshot | None = None
     replayed: int = 0
     recovery_files: int = 0
     api_key_hash: str = ""
@@ -60,7 +60,7 @@ def prepare(store: SqliteStore, data_dir: Path) -> Prepared:
     start, and read everything the domain holds."""
     store.check_writable()
     replayed, files = store.replay_recovery()
-    out = Prepared(Snapshot([], []), replayed, len(files))
+    out = Prepared(None, replayed, len(files))
     stored = store.get_setting(API_KEY_SETTING)
     if stored is None:
         key = apikey.new_key()

@@ -810,7 +810,7 @@ class HardwareSession(asyncio.BufferedProtocol):
         try:
             op = parse_hardware(msg.hardware)
             if op.is_write:
-                self.domain.write_pin(target, op.pin, op.value)
+                self.domain.write_pin(target, op.pin, op.value, needs_datastream=False)
         except (BodyError, InvalidValue):
             self._reply(msg_id, Status.ILLEGAL_COMMAND)
             return
