@@ -34,12 +34,13 @@ def store(tmp_path):
 
 
 def make_domain(store: SqliteStore, **limits) -> Domain:
-    return Domain(store, Hub(), dataclasses.replace(Settings(), **limits))
+    domain = Domain(store, Hub(), dataclasses.replace(Settings(), **limits))
+    domain.load_snapshot(store.load_all())
+    return domain
 
 
 def new_device(domain: Domain):
-    record = domain.store.create_device("TMPLu", "d")
-    return domain.device(record.id)
+    return domain.add_device(domain.store.create_device("TMPLu", "d"))
 
 
 def count(store: SqliteStore, table: str) -> int:

@@ -17,14 +17,17 @@ def _module(path: Path) -> str:
 
 
 def _imports(path: Path, known: set[str]) -> set[str]:
-    """Every blynk_server module ``path`` imports, at any level (functions, TYPE_CHECKING blocks)."""
+    """Every blynk_server module ``path`` imports, at any level (functions, TYPE_CHECKING blocks).
+    ``from package import submodule`` counts as importing the submodule only."""
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
         names = []
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            names = [
+                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module for a in node.names
+            ]
         for name in names:
             while name and name not in known:
                 name = name.rpartition(".")[0]
