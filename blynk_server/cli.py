@@ -157,8 +157,8 @@ class Direct:
         return device.as_dict()
 
     def values_and_meta(self, device: dict) -> tuple[dict, dict]:
-        values = {
-            pin.upper(): {"value": v.decode("utf-8", "replace"), "ts": ts}
+        values = {  # as the admin API renders them, so the output does not depend on the mode
+            pin.upper(): {"value": v.decode("utf-8", "replace").replace("\0", ","), "ts": ts}
             for pin, (v, ts) in self.store.load_values(device["id"]).items()
         }
         return values, self.store.load_meta(device["id"])
