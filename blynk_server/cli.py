@@ -32,7 +32,7 @@ from blynk_server.cli_common import (
 from blynk_server.control import DataDirBusy
 from blynk_server.model import DATASTREAM_TYPES, DeviceRecord, new_token
 from blynk_server.ota.cli import add_ota_parser, cmd_ota
-from blynk_server.provisioning import check_token, parse_datastream_spec
+from blynk_server.provisioning import ProvisioningError, check_token, parse_datastream_spec
 from blynk_server.redact import RedactingFormatter
 from blynk_server.store import SqliteStore
 from blynk_server.store.sqlite import StoreUnavailable
@@ -187,7 +187,9 @@ class ViaServer:
         return known.__contains__
 
     def token_exists(self) -> Callable[[str], bool]:
-        return lambda token: False  # the server refuses a taken token for the whole import
+        # One look at every token, for the line-numbered message; the server still refuses a token taken
+        # in between, for the whole import.
+        return {d["token"] for d in self.remote.call("GET", "/api/devices")[1]}.__contains__
 
     def create_device(self, tid: str, name: str, token: str | None) -> dict:
         body = {"template_id": tid, "name": name} | ({"token": token} if token else {})
@@ -306,7 +308,7 @@ def _read_import(path: Path, default_template: str | None, p: Provisioning) -> l
             raise CliError(f"{path}:{lineno}: no template (add a third column or --template)")
         try:
             check_token(token)
-        except ValueError as exc:
+        except ProvisioningError as exc:
             raise CliError(f"{path}:{lineno}: {exc}") from None
         if token in seen or token_exists(token):
             raise CliError(f"{path}:{lineno}: token {token} already exists")
@@ -334,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(0o077)  # whatever this creates in the data dir (database, firmware, recovery files) is private
     try:
         return handlers[args.command](args)
-    except (CliError, DataDirBusy, StoreUnavailable) as exc:
+    except (CliError, DataDirBusy, ProvisioningError, StoreUnavailable) as exc:
         print(f"blynk-server: {exc}", file=sys.stderr)
         return 2
     except ServerFailed as exc:

@@ -85,7 +85,7 @@ def test_import_checks_every_row_with_its_line(cli, tmp_path):
     cases = {
         f"{tokens[0]},again,TMPLi\n": "bad.csv:1: token importtoken00 already exists",
         "freshtoken01,x,TMPLi\nfreshtoken01,y,TMPLi\n": "bad.csv:2: token freshtoken01 already exists",
-        "short,x,TMPLi\n": "bad.csv:1: a token is 8..64 characters",
+        "short,x,TMPLi\n": "bad.csv:1: A token is 8..64 characters",
         "freshtoken02,x,TMPLnone\n": "bad.csv:1: no template 'TMPLnone'",
         "freshtoken03,x\n": "bad.csv:1: no template (add a third column or --template)",
     }
