@@ -1,7 +1,9 @@
 """The ``blynk-server`` command: ``serve`` (the default) and provisioning on the same data dir.
 
-Provisioning works while the server runs: both open the same SQLite file (WAL), and the server
-confirms every login against it, so a device created here can log in at once.
+While a server runs on the data dir it is the only writer: every provisioning command is sent to it
+over its control socket (the admin API), so it applies the change at once (a device deleted here is
+disconnected and refused). With no server running, a command takes the data dir's lock and works on the
+store itself. Each command is written once, against :class:`Direct` and :class:`ViaServer` alike.
 """
 
 from __future__ import annotations
@@ -13,23 +15,27 @@ import logging
 import os
 import sqlite3
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
+from urllib.parse import urlencode
 
-from blynk_server import config
-from blynk_server.model import DATASTREAM_TYPES, Datastream, new_token
+from blynk_server.cli_common import (
+    CliError,
+    Local,
+    Remote,
+    ServerFailed,
+    add_common,
+    open_data_dir,
+    settings_from,
+)
+from blynk_server.control import DataDirBusy
+from blynk_server.model import DATASTREAM_TYPES, DeviceRecord, new_token
+from blynk_server.ota.cli import add_ota_parser, cmd_ota
+from blynk_server.provisioning import ProvisioningError, check_token, parse_datastream_spec
 from blynk_server.redact import RedactingFormatter
 from blynk_server.store import SqliteStore
 from blynk_server.store.sqlite import StoreUnavailable
-from protocol.body import BodyError, parse_pin
-
-
-class CliError(Exception):
-    """A user error: printed as one line on stderr, exit status 2."""
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="TOML settings file")
-    p.add_argument("--data-dir", type=Path, help="data directory (default ./blynk-data)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tpl = sub.add_parser("template", help="templates and their datastreams").add_subparsers(dest="action")
     create = tpl.add_parser("create", help="create a template")
-    _common(create)
+    add_common(create)
     create.add_argument("--id", required=True, help="template id, e.g. TMPLabc123")
     create.add_argument("--name", required=True)
     create.add_argument(
@@ -54,38 +60,36 @@ def build_parser() -> argparse.ArgumentParser:
         " type is one of " + "/".join(DATASTREAM_TYPES) + "; enum values as enum=0|1|2",
     )
     lst = tpl.add_parser("list", help="list templates")
-    _common(lst)
+    add_common(lst)
     lst.add_argument("--json", action="store_true")
 
     dev = sub.add_parser("device", help="devices and their tokens").add_subparsers(dest="action")
     create = dev.add_parser("create", help="create a device; prints only its token")
-    _common(create)
+    add_common(create)
     create.add_argument("--template", required=True)
     create.add_argument("--name", required=True)
     create.add_argument("--token", help="use this static token instead of a new one")
     lst = dev.add_parser("list", help="list devices")
-    _common(lst)
+    add_common(lst)
     lst.add_argument("--template")
     lst.add_argument("--json", action="store_true")
     show = dev.add_parser("show", help="one device with its values")
-    _common(show)
+    add_common(show)
     show.add_argument("device", help="device id or token")
     delete = dev.add_parser("delete", help="delete a device and its data")
-    _common(delete)
+    add_common(delete)
     delete.add_argument("device", help="device id or token")
     imp = dev.add_parser("import", help="import static tokens from CSV (columns: token,name[,template])")
-    _common(imp)
+    add_common(imp)
     imp.add_argument("file", type=Path)
     imp.add_argument("--template", help="template for rows that name none")
 
-    from blynk_server.ota.cli import add_ota_parser  # here: ota/cli imports this module
-
-    add_ota_parser(sub, _common)
+    add_ota_parser(sub)
     return parser
 
 
 def _serve_flags(p: argparse.ArgumentParser) -> None:
-    _common(p)
+    add_common(p)
     p.add_argument("--host", help="device listener address (default 0.0.0.0)")
     p.add_argument("--port", type=int, help="device port, binary protocol and HTTP (default 8080; 0 = any free)")
     p.add_argument("--tls-port", type=int, help="TLS device port (needs --cert and --key)")
@@ -101,157 +105,195 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
 
 
-_SETTING_FLAGS = (
-    "data_dir",
-    "host",
-    "port",
-    "tls_port",
-    "cert",
-    "key",
-    "admin_host",
-    "admin_port",
-    "external_url",
-    "flush_interval",
-    "message_rate",
-    "history_days",
-    "events_days",
-    "log_level",
-)
+DEVICE_KEYS = tuple(f.name for f in fields(DeviceRecord))  # what ``device list/show`` print of a device
 
 
-def settings_from(args: argparse.Namespace) -> config.Settings:
-    overrides = {name: getattr(args, name, None) for name in _SETTING_FLAGS}
-    return config.load(getattr(args, "config", None), overrides=overrides)
+@dataclass(frozen=True)
+class ImportRow:
+    lineno: int
+    token: str
+    name: str
+    template: str
 
 
-def open_store(args: argparse.Namespace) -> SqliteStore:
-    return SqliteStore(settings_from(args).data_dir)
+class Direct:
+    """No server runs: the store, under this command's lock."""
+
+    def __init__(self, local: Local) -> None:
+        self.store: SqliteStore = local.store
+
+    def create_template(self, tid: str, name: str, specs: list[str]) -> dict:
+        datastreams = [parse_datastream_spec(s) for s in specs]
+        try:
+            return self.store.create_template(tid, name, datastreams).as_dict()
+        except sqlite3.IntegrityError:
+            raise CliError(f"template {tid!r} already exists") from None
+
+    def list_templates(self) -> list[dict]:
+        return [t.as_dict() for t in self.store.list_templates()]
+
+    def template_exists(self) -> Callable[[str], bool]:
+        return lambda tid: self.store.get_template(tid) is not None
+
+    def token_exists(self) -> Callable[[str], bool]:
+        return lambda token: self.store.get_device_by_token(token) is not None
+
+    def create_device(self, tid: str, name: str, token: str | None) -> dict:
+        if self.store.get_template(tid) is None:
+            raise CliError(f"no template {tid!r}")
+        try:
+            return self.store.create_device(tid, name, token or new_token()).as_dict()
+        except sqlite3.IntegrityError:
+            raise CliError("a device with that token already exists") from None
+
+    def list_devices(self, tid: str | None) -> list[dict]:
+        return [d.as_dict() for d in self.store.list_devices(tid)]
+
+    def find_device(self, ref: str) -> dict:
+        device = self.store.get_device(int(ref)) if ref.isdigit() else None
+        device = device or self.store.get_device_by_token(ref)
+        if device is None:
+            raise CliError(f"no device {ref!r}")
+        return device.as_dict()
+
+    def values_and_meta(self, device: dict) -> tuple[dict, dict]:
+        values = {  # as the admin API renders them, so the output does not depend on the mode
+            pin.upper(): {"value": v.decode("utf-8", "replace").replace("\0", ","), "ts": ts}
+            for pin, (v, ts) in self.store.load_values(device["id"]).items()
+        }
+        return values, self.store.load_meta(device["id"])
+
+    def delete_device(self, device: dict) -> None:
+        self.store.delete_device(device["id"])
+
+    def import_devices(self, rows: list[ImportRow]) -> int:
+        return len(self.store.import_devices([(r.template, r.name, r.token) for r in rows]))
 
 
-def parse_datastream(spec: str) -> Datastream:
-    values: dict[str, str] = {}
-    flags: set[str] = set()
-    for part in spec.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if "=" in part:
-            k, v = part.split("=", 1)
-            values[k.strip().lower()] = v.strip()
-        else:
-            flags.add(part.lower())
-    unknown = (set(values) - {"pin", "name", "type", "min", "max", "default", "enum"}) | (flags - {"history", "sync"})
-    if unknown:
-        raise CliError(f"unknown datastream field(s) {sorted(unknown)} in {spec!r}")
-    if "pin" not in values:
-        raise CliError(f"datastream {spec!r} needs pin=")
-    try:
-        pin = parse_pin(values["pin"])
-    except BodyError as exc:
-        raise CliError(f"datastream {spec!r}: {exc}") from None
-    typ = values.get("type", "string").lower()
-    if typ not in DATASTREAM_TYPES:
-        raise CliError(f"datastream type {typ!r} is not one of {', '.join(DATASTREAM_TYPES)}")
-    try:
-        mn = float(values["min"]) if "min" in values else None
-        mx = float(values["max"]) if "max" in values else None
-        enum = tuple(int(x) for x in values["enum"].split("|")) if "enum" in values else ()
-    except ValueError as exc:
-        raise CliError(f"datastream {spec!r}: {exc}") from None
-    if mn is not None and mx is not None and mn > mx:
-        raise CliError(f"datastream {spec!r}: min is greater than max")
-    return Datastream(
-        pin.key,
-        values.get("name", str(pin)),
-        typ,
-        mn,
-        mx,
-        values.get("default"),
-        enum,
-        "history" in flags,
-        "sync" in flags,
-    )
+class ViaServer:
+    """A server runs on the data dir: its admin API, over the control socket."""
+
+    def __init__(self, remote: Remote) -> None:
+        self.remote = remote
+
+    def create_template(self, tid: str, name: str, specs: list[str]) -> dict:
+        return self.remote.call("POST", "/api/templates", {"id": tid, "name": name, "datastreams": specs})[1]
+
+    def list_templates(self) -> list[dict]:
+        return self.remote.call("GET", "/api/templates")[1]
+
+    def template_exists(self) -> Callable[[str], bool]:
+        known = {t["id"] for t in self.list_templates()}
+        return known.__contains__
+
+    def token_exists(self) -> Callable[[str], bool]:
+        # One look at every token, for the line-numbered message; the server still refuses a token taken
+        # in between, for the whole import.
+        return {d["token"] for d in self.remote.call("GET", "/api/devices")[1]}.__contains__
+
+    def create_device(self, tid: str, name: str, token: str | None) -> dict:
+        body = {"template_id": tid, "name": name} | ({"token": token} if token else {})
+        return _device_fields(self.remote.call("POST", "/api/devices", body, not_found=f"no template {tid!r}")[1])
+
+    def list_devices(self, tid: str | None) -> list[dict]:
+        query = "?" + urlencode({"template_id": tid}) if tid is not None else ""
+        return [_device_fields(d) for d in self.remote.call("GET", f"/api/devices{query}")[1]]
+
+    def find_device(self, ref: str) -> dict:
+        if ref.isdigit():
+            try:
+                return _device_fields(self.remote.call("GET", f"/api/devices/{ref}", not_found="")[1])
+            except CliError:
+                pass  # no such id: it may be an all-digit token
+        # Matched here too: the token is the whole key, whatever the query matches.
+        found = [
+            d for d in self.remote.call("GET", "/api/devices?" + urlencode({"token": ref}))[1] if d["token"] == ref
+        ]
+        if not found:
+            raise CliError(f"no device {ref!r}")
+        return _device_fields(found[0])
+
+    def values_and_meta(self, device: dict) -> tuple[dict, dict]:
+        gone = f"no device {device['token']!r}"
+        values = self.remote.call("GET", f"/api/devices/{device['id']}/values", not_found=gone)[1]
+        meta = self.remote.call("GET", f"/api/devices/{device['id']}/meta", not_found=gone)[1]
+        return {pin.upper(): v for pin, v in values.items()}, meta
+
+    def delete_device(self, device: dict) -> None:
+        self.remote.call("DELETE", f"/api/devices/{device['id']}", not_found=f"no device {device['token']!r}")
+
+    def import_devices(self, rows: list[ImportRow]) -> int:
+        body = {"devices": [{"token": r.token, "name": r.name, "template_id": r.template} for r in rows]}
+        return len(self.remote.call("POST", "/api/devices/import", body)[1])
 
 
-def _find_device(store: SqliteStore, ref: str):
-    device = store.get_device(int(ref)) if ref.isdigit() else None
-    device = device or store.get_device_by_token(ref)
-    if device is None:
-        raise CliError(f"no device {ref!r}")
-    return device
+def _device_fields(d: dict) -> dict:
+    """A device of the admin API with what the CLI prints of it (the store's columns) and nothing more,
+    so the output is the same with and without a running server."""
+    return {k: d.get(k) for k in DEVICE_KEYS}
+
+
+Provisioning = Direct | ViaServer
+
+
+def _provisioning(target: Local | Remote) -> Provisioning:
+    return Direct(target) if isinstance(target, Local) else ViaServer(target)
 
 
 def cmd_template(args) -> int:
-    store = open_store(args)
-    if args.action == "create":
-        datastreams = [parse_datastream(s) for s in args.datastream]
-        try:
-            tpl = store.create_template(args.id, args.name, datastreams)
-        except sqlite3.IntegrityError:
-            raise CliError(f"template {args.id!r} already exists") from None
-        print(json.dumps(tpl.as_dict(), indent=2))
-    elif args.action == "list":
-        templates = store.list_templates()
-        if args.json:
-            print(json.dumps([t.as_dict() for t in templates], indent=2))
-        for t in [] if args.json else templates:
-            pins = " ".join(f"{ds.pin.upper()}:{ds.type}" for ds in t.datastreams.values())
-            print(f"{t.id}\t{t.name}\t{pins}")
-    else:
+    if args.action not in ("create", "list"):
         raise CliError("template needs an action: create, list")
+    with open_data_dir(args) as target:
+        p = _provisioning(target)
+        if args.action == "create":
+            print(json.dumps(p.create_template(args.id, args.name, args.datastream), indent=2))
+        else:
+            templates = p.list_templates()
+            if args.json:
+                print(json.dumps(templates, indent=2))
+            for t in [] if args.json else templates:
+                pins = " ".join(f"{ds['pin'].upper()}:{ds['type']}" for ds in t["datastreams"])
+                print(f"{t['id']}\t{t['name']}\t{pins}")
     return 0
 
 
 def cmd_device(args) -> int:
-    store = open_store(args)
-    if args.action == "create":
-        if store.get_template(args.template) is None:
-            raise CliError(f"no template {args.template!r}")
-        token = args.token or new_token()
-        _check_token(token)
-        try:
-            device = store.create_device(args.template, args.name, token)
-        except sqlite3.IntegrityError:
-            raise CliError("a device with that token already exists") from None
-        print(device.token)
-    elif args.action == "list":
-        devices = store.list_devices(args.template)
-        if args.json:
-            print(json.dumps([d.as_dict() for d in devices], indent=2))
-        for d in [] if args.json else devices:
-            print(f"{d.id}\t{d.name}\t{d.template_id}\t{d.token}\tlast_seen={d.last_seen or '-'}")
-    elif args.action == "show":
-        device = _find_device(store, args.device)
-        out = device.as_dict()
-        out["values"] = {
-            pin.upper(): {"value": v.decode("utf-8", "replace"), "ts": ts}
-            for pin, (v, ts) in sorted(store.load_values(device.id).items())
-        }
-        out["metadata"] = store.load_meta(device.id)
-        print(json.dumps(out, indent=2))
-    elif args.action == "delete":
-        device = _find_device(store, args.device)
-        store.delete_device(device.id)
-        print(f"deleted device {device.id} ({device.name})")
-    elif args.action == "import":
-        rows = _read_import(args.file, args.template, store)
-        created = store.import_devices(rows)
-        print(f"imported {len(created)} devices")
-    else:
+    if args.action not in ("create", "list", "show", "delete", "import"):
         raise CliError("device needs an action: create, list, show, delete, import")
+    with open_data_dir(args) as target:
+        p = _provisioning(target)
+        if args.action == "create":
+            if args.token is not None:
+                check_token(args.token)
+            print(p.create_device(args.template, args.name, args.token)["token"])
+        elif args.action == "list":
+            devices = p.list_devices(args.template)
+            if args.json:
+                print(json.dumps(devices, indent=2))
+            for d in [] if args.json else devices:
+                print(f"{d['id']}\t{d['name']}\t{d['template_id']}\t{d['token']}\tlast_seen={d['last_seen'] or '-'}")
+        elif args.action == "show":
+            out = p.find_device(args.device)
+            values, meta = p.values_and_meta(out)
+            out["values"] = dict(sorted(values.items()))
+            out["metadata"] = meta
+            print(json.dumps(out, indent=2))
+        elif args.action == "delete":
+            device = p.find_device(args.device)
+            p.delete_device(device)
+            print(f"deleted device {device['id']} ({device['name']})")
+        else:
+            rows = _read_import(args.file, args.template, p)
+            print(f"imported {p.import_devices(rows)} devices")
     return 0
 
 
-def _check_token(token: str) -> None:
-    if not (8 <= len(token) <= 64) or not all(c.isalnum() or c in "-_" for c in token):
-        raise CliError("a token is 8..64 characters of letters, digits, '-' and '_' (Blynk's are 32)")
-
-
-def _read_import(path: Path, default_template: str | None, store: SqliteStore) -> list[tuple[str, str, str]]:
+def _read_import(path: Path, default_template: str | None, p: Provisioning) -> list[ImportRow]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise CliError(f"cannot read {path}: {exc.strerror}") from None
+    token_exists, template_exists = p.token_exists(), p.template_exists()
     rows = []
     seen: set[str] = set()
     for lineno, row in enumerate(csv.reader(text.splitlines()), 1):
@@ -265,15 +307,15 @@ def _read_import(path: Path, default_template: str | None, store: SqliteStore) -
         if not template:
             raise CliError(f"{path}:{lineno}: no template (add a third column or --template)")
         try:
-            _check_token(token)
-        except CliError as exc:
+            check_token(token)
+        except ProvisioningError as exc:
             raise CliError(f"{path}:{lineno}: {exc}") from None
-        if token in seen or store.get_device_by_token(token) is not None:
+        if token in seen or token_exists(token):
             raise CliError(f"{path}:{lineno}: token {token} already exists")
-        if store.get_template(template) is None:
+        if not template_exists(template):
             raise CliError(f"{path}:{lineno}: no template {template!r}")
         seen.add(token)
-        rows.append((template, name, token))
+        rows.append(ImportRow(lineno, token, name, template))
     return rows
 
 
@@ -290,17 +332,16 @@ def cmd_serve(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {None: cmd_serve, "serve": cmd_serve, "template": cmd_template, "device": cmd_device}
-    if args.command == "ota":
-        from blynk_server.ota.cli import cmd_ota
-
-        handlers["ota"] = cmd_ota
+    handlers = {None: cmd_serve, "serve": cmd_serve, "template": cmd_template, "device": cmd_device, "ota": cmd_ota}
     os.umask(0o077)  # whatever this creates in the data dir (database, firmware, recovery files) is private
     try:
         return handlers[args.command](args)
-    except (CliError, StoreUnavailable) as exc:
+    except (CliError, DataDirBusy, ProvisioningError, StoreUnavailable) as exc:
         print(f"blynk-server: {exc}", file=sys.stderr)
         return 2
+    except ServerFailed as exc:
+        print(f"blynk-server: {exc}", file=sys.stderr)
+        return 1
     except (ValueError, OSError) as exc:
         print(f"blynk-server: {exc}", file=sys.stderr)
         return 2

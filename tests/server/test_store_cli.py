@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import socket
 import sqlite3
 import time
 
+import aiohttp
+import pytest
+
+from blynk_server.control import CONTROL_SOCKET, LOCK_FILE, DataDirLock
 from blynk_server.devclient import DeviceClient
+from blynk_server.testing import ServerStartError, run_cli
 from protocol import Command
 from protocol.body import join_fields
 
@@ -109,7 +116,7 @@ def test_template_and_device_cli(server, tmp_path):
     bad = server.cli(
         "template", "create", "--id", "TMPLbad", "--name", "x", "--datastream", "pin=V1,type=float", check=False
     )
-    assert bad.returncode == 2 and "not one of" in bad.stderr
+    assert bad.returncode == 2 and "one of" in bad.stderr  # "is not one of" before provisioning.py
     token = server.new_device("TMPLcli", "one")
     devices = json.loads(server.cli("device", "list", "--json", "--template", "TMPLcli").stdout)
     assert [d["token"] for d in devices] == [token]
@@ -153,3 +160,78 @@ def test_first_start_prints_quickstart_and_api_key(make_server):
     srv.stop()
     srv.start()
     assert srv.quickstart_token is None  # only on the first start
+
+
+async def test_cli_goes_through_the_running_server(server, unique):
+    """With a server on the data dir, the CLI asks it: a change takes effect at once on every door."""
+    holder = (server.data_dir / LOCK_FILE).read_text().split()
+    assert holder == [str(server.proc.pid), "server"]
+    server.new_template(unique, "pin=V1,type=double")
+    token = server.new_device(unique, "online one")
+    c = await DeviceClient.connect("127.0.0.1", server.port, token)  # logs in at once
+    c.virtual_write(1, 21.5)
+    assert await c.ping() == 200
+    listed = json.loads(server.cli("device", "list", "--json", "--template", unique).stdout)
+    assert [d["token"] for d in listed] == [token] and set(listed[0]) == {
+        "id", "token", "name", "template_id", "created_at", "last_seen", "info", "timezone"
+    }  # fmt: skip
+    shown = json.loads(server.cli("device", "show", token).stdout)
+    assert shown["id"] == listed[0]["id"] and shown["metadata"] == {}
+    assert shown["values"]["V1"]["value"] == "21.5"  # the server's memory: no flush needed
+    assert (
+        server.cli("device", "delete", str(shown["id"])).stdout.strip() == f"deleted device {shown['id']} (online one)"
+    )
+    await asyncio.wait_for(c.closed.wait(), 1.0)  # the server dropped the session when it deleted the device
+    await c.close()
+    url = f"http://127.0.0.1:{server.port}/external/api/isHardwareConnected?token={token}"
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
+        assert r.status == 400 and "Invalid token" in (await r.json())["error"]["message"]
+    c = await DeviceClient.open("127.0.0.1", server.port)
+    assert await c.login(token) == 9
+    await c.close()
+    missing = server.cli("device", "delete", token, check=False)
+    assert missing.returncode == 2 and f"no device '{token}'" in missing.stderr
+
+
+def test_cli_without_a_server_takes_the_lock(tmp_path):
+    data = tmp_path / "data"
+    tpl = json.loads(run_cli(data, "template", "create", "--id", "TMPLdirect", "--name", "d").stdout)
+    assert tpl["id"] == "TMPLdirect"
+    token = run_cli(data, "device", "create", "--template", "TMPLdirect", "--name", "d1").stdout.strip()
+    shown = json.loads(run_cli(data, "device", "show", token).stdout)
+    assert shown["token"] == token and shown["name"] == "d1"
+    assert (data / LOCK_FILE).read_text() == ""  # released, no pid left behind
+    assert not (data / CONTROL_SOCKET).exists()
+    bad = run_cli(data, "device", "create", "--template", "TMPLdirect", "--name", "x", "--token", "short", check=False)
+    assert bad.returncode == 2 and "8..64 characters" in bad.stderr
+    # Another command (here: this test) holds the lock: the CLI fails at once and says who.
+    with DataDirLock(data, role="cli"):
+        busy = run_cli(data, "device", "list", check=False)
+        assert busy.returncode == 2
+        assert f"another blynk-server command (pid {os.getpid()}) is working on {data}" in busy.stderr
+    # A server holds it, but its socket is a dead one (it hangs, or died leaving the file): exit 1, said so.
+    with DataDirLock(data):
+        dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        dead.bind(str(data / CONTROL_SOCKET))
+        dead.close()
+        stuck = run_cli(data, "device", "list", check=False)
+        assert stuck.returncode == 1
+        assert f"a server holds the data dir {data} (pid {os.getpid()}) but its control socket does not answer" in (
+            stuck.stderr
+        )
+    assert json.loads(run_cli(data, "device", "list", "--json").stdout)[0]["token"] == token
+    assert run_cli(data, "device", "delete", token).stdout.startswith("deleted device")
+    assert json.loads(run_cli(data, "device", "list", "--json").stdout) == []
+
+
+def test_a_server_does_not_start_on_a_data_dir_in_use(make_server, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    with DataDirLock(data, role="cli"), pytest.raises(ServerStartError, match=r"exit code 2"):
+        make_server(data_dir=data)
+    srv = make_server(data_dir=data)
+    with pytest.raises(ServerStartError, match=rf"another blynk-server \(pid {srv.proc.pid}\) runs on"):
+        make_server(data_dir=data)
+    assert srv.stop() == 0
+    assert not (data / CONTROL_SOCKET).exists()
+    assert json.loads(run_cli(data, "template", "list", "--json").stdout)[0]["name"] == "Quickstart"
