@@ -20,7 +20,7 @@ from aiohttp import web
 import protocol
 from blynk_server import apikey, hot_path_implementation
 from blynk_server.config import Settings
-from blynk_server.control import CONTROL_SOCKET, DataDirLock
+from blynk_server.control import CONTROL_SOCKET, DataDirBusy, DataDirLock, listen_socket
 from blynk_server.domain import Domain
 from blynk_server.hardware.server import HardwareServer
 from blynk_server.http.admin import build_admin_app
@@ -34,7 +34,7 @@ from blynk_server.ota.service import OtaService
 from blynk_server.provisioning import Provisioning, new_template_id
 from blynk_server.store import SqliteStore
 from blynk_server.store.retention import Retention
-from blynk_server.store.sqlite import CloseReport, Snapshot, StoreUnavailable
+from blynk_server.store.sqlite import CloseReport, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +116,8 @@ class BlynkServer:
     async def start(self) -> None:
         s = self.settings
         loop = asyncio.get_running_loop()
-        if not await loop.run_in_executor(None, self.lock.acquire):
-            pid = self.lock.holder_pid()
-            raise StoreUnavailable(f"another blynk-server (pid {pid}) runs on the data dir {s.data_dir}")
+        if not await loop.run_in_executor(None, self._lock_data_dir):
+            raise DataDirBusy(s.data_dir, self.lock.holder())
         self.store = store = await loop.run_in_executor(
             None, SqliteStore, s.data_dir, s.flush_interval, s.store_max_pending_rows
         )
@@ -167,15 +166,19 @@ class BlynkServer:
         )
         admin = functools.partial(build_admin_app, self.provisioning, self.hub, self.ota, lambda: render(registry))
         self._print_quickstart(ready.quickstart)
+        await self._serve_control(await self._runner(admin(None)))  # before "ready": the CLI may ask at once
         runner = await self._runner(admin(ready.api_key_hash, http_stats))
         await web.TCPSite(runner, s.admin_host, s.admin_port).start()
         self.admin_address = runner.addresses[0][:2]
-        await self._serve_control(await self._runner(admin(None)))
         line = f"blynk-server ready hardware={_hostport(hardware.address)} admin={_hostport(self.admin_address)}"
         if hardware.tls_address:
             line += f" tls={_hostport(hardware.tls_address)}"
         self._say(line)
         log.info("framer: %s, device hot path: %s", protocol.IMPLEMENTATION, hot_path_implementation())
+
+    def _lock_data_dir(self) -> bool:
+        self.settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return self.lock.acquire()
 
     async def _runner(self, app: web.Application) -> web.AppRunner:
         runner = web.AppRunner(app, access_log=None)
@@ -187,10 +190,7 @@ class BlynkServer:
         """The admin API on ``<data dir>/control.sock`` for the CLI, without the key: only who can
         enter the private (0700) data dir can reach it. A socket left by a killed server is replaced
         (we hold the data dir's lock, so it is nobody's)."""
-        path = self.settings.data_dir / CONTROL_SOCKET
-        path.unlink(missing_ok=True)
-        await web.UnixSite(runner, str(path)).start()
-        os.chmod(path, 0o600)
+        await web.SockSite(runner, listen_socket(self.settings.data_dir)).start()
 
     def _print_quickstart(self, quickstart: tuple[str, str] | None) -> None:
         if quickstart is None or self.hardware is None or self.hardware.address is None:

@@ -3,17 +3,18 @@
 While a server runs on the data dir it is the only writer: every provisioning command is sent to it
 over its control socket (the admin API), so it applies the change at once (a device deleted here is
 disconnected and refused). With no server running, a command takes the data dir's lock and works on the
-store itself. Each command is written once, against :class:`Direct` and :class:`ViaServer` alike.
+store itself through the same ``Provisioning`` service. Each command is written once, against
+:class:`Direct` and :class:`ViaServer` alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import json
 import logging
 import os
-import sqlite3
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -30,9 +31,12 @@ from blynk_server.cli_common import (
     settings_from,
 )
 from blynk_server.control import DataDirBusy
-from blynk_server.model import DATASTREAM_TYPES, DeviceRecord, new_token
+from blynk_server.domain import DeviceState, Domain
+from blynk_server.hub import Hub
+from blynk_server.model import DATASTREAM_TYPES, DeviceRecord
 from blynk_server.ota.cli import add_ota_parser, cmd_ota
-from blynk_server.provisioning import ProvisioningError, check_token, parse_datastream_spec
+from blynk_server.provisioning import NewDevice, NotFound, ProvisioningError, check_token, parse_datastream_spec
+from blynk_server.provisioning import Provisioning as ProvisioningService
 from blynk_server.redact import RedactingFormatter
 from blynk_server.store import SqliteStore
 from blynk_server.store.sqlite import StoreUnavailable
@@ -117,57 +121,61 @@ class ImportRow:
 
 
 class Direct:
-    """No server runs: the store, under this command's lock."""
+    """No server runs: the same ``Provisioning`` the server's admin API uses, on the store under this
+    command's lock (each call runs on a short-lived event loop; the store runs its SQLite inline)."""
 
     def __init__(self, local: Local) -> None:
         self.store: SqliteStore = local.store
+        self.domain = Domain(self.store, Hub(), local.settings)
+        self.domain.load_snapshot(self.store.load_all())
+        self.service = ProvisioningService(self.store, self.domain)
 
     def create_template(self, tid: str, name: str, specs: list[str]) -> dict:
         datastreams = [parse_datastream_spec(s) for s in specs]
-        try:
-            return self.store.create_template(tid, name, datastreams).as_dict()
-        except sqlite3.IntegrityError:
-            raise CliError(f"template {tid!r} already exists") from None
+        return asyncio.run(self.service.create_template(name, datastreams, tid)).as_dict()
 
     def list_templates(self) -> list[dict]:
-        return [t.as_dict() for t in self.store.list_templates()]
+        return [t.as_dict() for t in self.service.templates()]
 
     def template_exists(self) -> Callable[[str], bool]:
-        return lambda tid: self.store.get_template(tid) is not None
+        return lambda tid: self.domain.template(tid) is not None
 
     def token_exists(self) -> Callable[[str], bool]:
-        return lambda token: self.store.get_device_by_token(token) is not None
+        return lambda token: self.domain.device_by_token(token) is not None
 
     def create_device(self, tid: str, name: str, token: str | None) -> dict:
-        if self.store.get_template(tid) is None:
-            raise CliError(f"no template {tid!r}")
         try:
-            return self.store.create_device(tid, name, token or new_token()).as_dict()
-        except sqlite3.IntegrityError:
-            raise CliError("a device with that token already exists") from None
+            return asyncio.run(self.service.create_device(tid, name, token)).as_dict()
+        except NotFound:
+            raise CliError(f"no template {tid!r}") from None
 
     def list_devices(self, tid: str | None) -> list[dict]:
-        return [d.as_dict() for d in self.store.list_devices(tid)]
+        return [d.as_dict() for d in self.service.devices(tid)]
+
+    def _device(self, ref: str) -> DeviceState:
+        dev = self.domain.device(int(ref)) if ref.isdigit() else None
+        dev = dev or self.domain.device_by_token(ref)
+        if dev is None:
+            raise CliError(f"no device {ref!r}")
+        return dev
 
     def find_device(self, ref: str) -> dict:
-        device = self.store.get_device(int(ref)) if ref.isdigit() else None
-        device = device or self.store.get_device_by_token(ref)
-        if device is None:
-            raise CliError(f"no device {ref!r}")
-        return device.as_dict()
+        return self._device(ref).record.as_dict()
 
     def values_and_meta(self, device: dict) -> tuple[dict, dict]:
+        dev = self._device(str(device["id"]))
         values = {  # as the admin API renders them, so the output does not depend on the mode
             pin.upper(): {"value": v.decode("utf-8", "replace").replace("\0", ","), "ts": ts}
-            for pin, (v, ts) in self.store.load_values(device["id"]).items()
+            for pin, (v, ts) in dev.values.items()
         }
-        return values, self.store.load_meta(device["id"])
+        return values, dict(dev.meta)
 
     def delete_device(self, device: dict) -> None:
-        self.store.delete_device(device["id"])
+        asyncio.run(self.service.delete_device(device["id"]))
 
     def import_devices(self, rows: list[ImportRow]) -> int:
-        return len(self.store.import_devices([(r.template, r.name, r.token) for r in rows]))
+        new = [NewDevice(r.template, r.name, r.token) for r in rows]
+        return len(asyncio.run(self.service.import_devices(new)))
 
 
 class ViaServer:

@@ -193,14 +193,14 @@ class Provisioning:
         if not 1 <= len(tid) <= 64 or not tid.isprintable():
             raise ProvisioningError("A template id is 1..64 printable characters.")
         if self.domain.template(tid) is not None:
-            raise Conflict("Template already exists.")
+            raise Conflict(f"Template {tid!r} already exists.")
         pins = [ds.pin for ds in datastreams]
         if len(set(pins)) != len(pins):
             raise ProvisioningError("Two datastreams on one pin.")
         try:
             tpl = await self.store.run(self.store.create_template, tid, name or tid, datastreams)
         except sqlite3.IntegrityError:
-            raise Conflict("Template already exists.") from None
+            raise Conflict(f"Template {tid!r} already exists.") from None
         self.domain.put_template(tpl)
         log.info("template created template=%s datastreams=%d", tid, len(datastreams))
         return tpl
@@ -250,14 +250,14 @@ class Provisioning:
                 except ProvisioningError as exc:
                     raise ProvisioningError(where + exc.message) from None
                 if row.token in seen or self.domain.device_by_token(row.token) is not None:
-                    raise Conflict(f"{where}Token already in use.")
+                    raise Conflict(f"{where}A device with that token already exists.")
                 seen.add(row.token)
         try:
             records = await self.store.run(
                 self.store.import_devices, [(r.template_id, r.name, r.token or new_token()) for r in rows]
             )
         except sqlite3.IntegrityError:
-            raise Conflict("Token already in use.") from None
+            raise Conflict("A device with that token already exists.") from None
         for record in records:
             self.domain.add_device(record)
             log.info("device created device=%d template=%s", record.id, record.template_id)

@@ -115,11 +115,11 @@ async def test_device_crud_online_values_events_meta(admin, http, auth, unique, 
         f"{admin}/api/devices", "POST", json={"template_id": unique, "token": token}, headers=auth
     ) == (
         409,
-        "Token already in use.",
+        "A device with that token already exists.",
     )
     assert await http.error(f"{admin}/api/devices", "POST", json={"template_id": "nope"}, headers=auth) == (
         404,
-        "Template not found.",
+        "Template 'nope' not found.",
     )
     assert (await http.fetch("DELETE", f"{admin}/api/templates/{unique}", headers=auth))[0] == 409
     did = dev["id"]

@@ -43,7 +43,7 @@ def test_templates_and_devices(cli):
     assert code == 0 and json.loads(out)["datastreams"][0]["pin"] == "V1"
     assert cli("template", "list") == (0, "TMPLu\tU\tV1:int\n", "")
     code, _, err = cli("template", "create", "--id", "TMPLu", "--name", "again")
-    assert code == 2 and err == "blynk-server: template 'TMPLu' already exists\n"
+    assert code == 2 and err == "blynk-server: Template 'TMPLu' already exists.\n"
     code, _, err = cli("template", "create", "--id", "TMPLv", "--name", "v", "--datastream", "pin=V1,colour=red")
     assert code == 2 and "unknown datastream field(s) ['colour']" in err
 
