@@ -144,6 +144,7 @@ class BlynkServer:
         self.hardware = hardware = HardwareServer(s, domain, self.hub, loop)
         self.ota = OtaService(s, domain, self.hub, store.run, store.submit, lambda: hardware.address)
         await self.ota.start()
+        self.ota.db.forbid_thread(threading.get_ident())  # OTA's tables too: only through the store's thread
         http_stats = HttpStats()
         self.http = HttpFrontend(
             s, build_device_app(s, http_stats, domain, self.hub, self.ota, hardware.new_session), http_stats

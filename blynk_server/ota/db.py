@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from blynk_server.model import now_ms
-from blynk_server.store.sqlite import DB_NAME, connect
+from blynk_server.store.sqlite import DB_NAME, LoopThreadError, connect
 
 SECRET_BYTES = 16  # 128 bits: the download URL's per-shipment secret (``secrets.token_urlsafe``)
 
@@ -209,7 +209,8 @@ def device_row(d: DeviceOta) -> tuple:
 class OtaDB:
     def __init__(self, data_dir: Path) -> None:
         self.path = Path(data_dir) / DB_NAME
-        self.db = connect(self.path)
+        self._conn = connect(self.path)
+        self._forbidden: frozenset[int] = frozenset()
         self.db.executescript(SCHEMA)
         self._migrate()
         self.lock = threading.Lock()
@@ -227,6 +228,16 @@ class OtaDB:
                 self.db.execute(
                     "UPDATE ota_shipments SET secret = ? WHERE id = ?", (secrets.token_urlsafe(SECRET_BYTES), sid)
                 )
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection, refused on a thread ``forbid_thread`` named (the server's event loop)."""
+        if threading.get_ident() in self._forbidden:
+            raise LoopThreadError("OtaDB used on the event loop thread: go through the store's thread (run_db)")
+        return self._conn
+
+    def forbid_thread(self, ident: int) -> None:
+        self._forbidden = self._forbidden | {ident}
 
     def close(self) -> None:
         self.db.close()

@@ -159,7 +159,7 @@ class World:
     async def start(self, ota: OtaService | None = None) -> OtaService:
         ota = ota or self.ota
         await ota.start()
-        ota.db.db = GuardedConnection(ota.db.db, self.guard)
+        ota.db._conn = GuardedConnection(ota.db._conn, self.guard)
         return ota
 
     def db(self) -> OtaDB:
