@@ -34,7 +34,7 @@ class Settings:
     log_level: str = "INFO"
     # OTA: a download with no progress for this long fails ("Upload failure").
     ota_stall_timeout: float = 10.0
-    ota_poll_interval: float = 0.5  # seconds between checks for shipment changes made by the CLI
+    ota_poll_interval: float = 0.5  # seconds between looks at devices waiting on a time window or a free slot
     ota_request_timeout: float = 300.0  # seconds a sent ota command holds an in-flight slot without a download
     ota_max_firmware: int = 64 * 1024 * 1024  # bytes: the largest firmware image accepted (CLI and admin API)
 
