@@ -6,6 +6,7 @@ installed package, not the in-tree sources.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from blynk_server.testing import run_cli, start_server
+from protocol import Command, Status
 
 
 class ServerProcess:
@@ -156,3 +158,28 @@ _counter = iter(range(1, 10**9))
 def unique():
     """A unique id for templates and names inside a shared server."""
     return f"T{os.getpid()}x{next(_counter)}"
+
+
+async def _until_ping(client, timeout: float = 5.0) -> list[tuple]:
+    """Send a PING and return every frame that arrives before its answer.
+
+    The server handles one connection's frames in order, so when the answer comes everything sent
+    before the PING has been handled, and anything it sent back is in the list: this is how a test
+    waits for "the server has done it, and said nothing" instead of sleeping through a quiet window.
+    """
+    ping_id = client.send(Command.PING)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    before = []
+    while True:
+        frame = await client.recv(max(0.0, deadline - loop.time()))
+        if frame[0] == Command.RESPONSE and frame[1] == ping_id:
+            assert frame[2] == Status.SUCCESS, f"PING answered {frame[2]}"
+            return before
+        before.append(frame)
+
+
+@pytest.fixture
+def until_ping():
+    """``await until_ping(client)``: the frames the server sends before answering a PING sent now."""
+    return _until_ping
