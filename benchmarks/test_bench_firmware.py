@@ -13,7 +13,9 @@ import random
 
 from protocol.firmware import find_tag
 
-TAG = b"blnkinf\0mcu\0" b"1.0.2\0fw-type\0TMPLabc123\0build\0Apr 25 2026 10:00:00\0\0\0"
+TAG = b"\0".join(
+    [b"blnkinf", b"mcu", b"1.0.2", b"fw-type", b"TMPLabc123", b"build", b"Apr 25 2026 10:00:00", b"", b"", b""]
+)
 SIZE = 4 * 1024 * 1024
 
 
