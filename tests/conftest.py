@@ -97,6 +97,30 @@ class ServerProcess:
     def new_device(self, template: str, name: str = "dev") -> str:
         return self.cli("device", "create", "--template", template, "--name", name).stdout.strip()
 
+    def new_devices(self, template: str, n: int, name: str = "dev") -> list[str]:
+        """``n`` devices of ``template`` in one ``device import`` (one CLI run, not ``n``); their tokens."""
+        tokens = [os.urandom(16).hex() for _ in range(n)]
+        csv = self.data_dir.parent / f"import-{template}-{next(_counter)}.csv"
+        csv.write_text("token,name,template\n" + "".join(f"{t},{name}{i},{template}\n" for i, t in enumerate(tokens)))
+        self.cli("device", "import", str(csv))
+        return tokens
+
+
+class DevicePool:
+    """Fresh devices of one template on a shared server, provisioned ``batch`` at a time: a test that
+    needs its own device takes one without two CLI runs of its own."""
+
+    def __init__(self, srv: ServerProcess, datastreams: tuple[str, ...], batch: int = 16) -> None:
+        self.srv, self.batch = srv, batch
+        self.template = f"P{os.getpid()}x{next(_counter)}"
+        srv.new_template(self.template, *datastreams)
+        self._free: list[str] = []
+
+    def take(self) -> str:
+        if not self._free:
+            self._free = self.srv.new_devices(self.template, self.batch)
+        return self._free.pop()
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
@@ -104,6 +128,19 @@ def server(tmp_path_factory):
     srv = ServerProcess(tmp_path_factory.mktemp("srv") / "data").start()
     yield srv
     srv.kill()
+
+
+@pytest.fixture(scope="module")
+def device_pools(server):
+    """``device_pools(datastreams)``: the module's :class:`DevicePool` of those datastreams on ``server``."""
+    pools: dict[tuple[str, ...], DevicePool] = {}
+
+    def get(datastreams: tuple[str, ...]) -> DevicePool:
+        if datastreams not in pools:
+            pools[datastreams] = DevicePool(server, datastreams)
+        return pools[datastreams]
+
+    return get
 
 
 @pytest.fixture
