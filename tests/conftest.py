@@ -6,6 +6,7 @@ installed package, not the in-tree sources.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from blynk_server.testing import run_cli, start_server
+from protocol import Command, Status
 
 
 class ServerProcess:
@@ -95,6 +97,30 @@ class ServerProcess:
     def new_device(self, template: str, name: str = "dev") -> str:
         return self.cli("device", "create", "--template", template, "--name", name).stdout.strip()
 
+    def new_devices(self, template: str, n: int, name: str = "dev") -> list[str]:
+        """``n`` devices of ``template`` in one ``device import`` (one CLI run, not ``n``); their tokens."""
+        tokens = [os.urandom(16).hex() for _ in range(n)]
+        csv = self.data_dir.parent / f"import-{template}-{next(_counter)}.csv"
+        csv.write_text("token,name,template\n" + "".join(f"{t},{name}{i},{template}\n" for i, t in enumerate(tokens)))
+        self.cli("device", "import", str(csv))
+        return tokens
+
+
+class DevicePool:
+    """Fresh devices of one template on a shared server, provisioned ``batch`` at a time: a test that
+    needs its own device takes one without two CLI runs of its own."""
+
+    def __init__(self, srv: ServerProcess, datastreams: tuple[str, ...], batch: int = 16) -> None:
+        self.srv, self.batch = srv, batch
+        self.template = f"P{os.getpid()}x{next(_counter)}"
+        srv.new_template(self.template, *datastreams)
+        self._free: list[str] = []
+
+    def take(self) -> str:
+        if not self._free:
+            self._free = self.srv.new_devices(self.template, self.batch)
+        return self._free.pop()
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
@@ -102,6 +128,19 @@ def server(tmp_path_factory):
     srv = ServerProcess(tmp_path_factory.mktemp("srv") / "data").start()
     yield srv
     srv.kill()
+
+
+@pytest.fixture(scope="module")
+def device_pools(server):
+    """``device_pools(datastreams)``: the module's :class:`DevicePool` of those datastreams on ``server``."""
+    pools: dict[tuple[str, ...], DevicePool] = {}
+
+    def get(datastreams: tuple[str, ...]) -> DevicePool:
+        if datastreams not in pools:
+            pools[datastreams] = DevicePool(server, datastreams)
+        return pools[datastreams]
+
+    return get
 
 
 @pytest.fixture
@@ -156,3 +195,28 @@ _counter = iter(range(1, 10**9))
 def unique():
     """A unique id for templates and names inside a shared server."""
     return f"T{os.getpid()}x{next(_counter)}"
+
+
+async def _until_ping(client, timeout: float = 5.0) -> list[tuple]:
+    """Send a PING and return every frame that arrives before its answer.
+
+    The server handles one connection's frames in order, so when the answer comes everything sent
+    before the PING has been handled, and anything it sent back is in the list: this is how a test
+    waits for "the server has done it, and said nothing" instead of sleeping through a quiet window.
+    """
+    ping_id = client.send(Command.PING)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    before = []
+    while True:
+        frame = await client.recv(max(0.0, deadline - loop.time()))
+        if frame[0] == Command.RESPONSE and frame[1] == ping_id:
+            assert frame[2] == Status.SUCCESS, f"PING answered {frame[2]}"
+            return before
+        before.append(frame)
+
+
+@pytest.fixture
+def until_ping():
+    """``await until_ping(client)``: the frames the server sends before answering a PING sent now."""
+    return _until_ping

@@ -27,7 +27,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(_LINKS), os.environ.g
 from benchmarks.harness.scenarios import _sys_value, run_load  # noqa: E402
 from benchmarks.harness.targets import AmqttTarget, BlynkTarget, MosquittoTarget  # noqa: E402
 
-pytestmark = pytest.mark.timeout(90)
+# A load run against three servers (about 20 s): in the slow run, not the default one.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 
 def test_blynk_counts_and_probes(tmp_path):

@@ -38,8 +38,10 @@ def provision(srv, tid: str) -> Device:
 
 
 @pytest.fixture
-def device(server, unique) -> Device:
-    return provision(server, unique)
+def device(server, device_pools) -> Device:
+    """A fresh device of the SPEC datastreams (the template is shared by the module's tests)."""
+    pool = device_pools(SPEC)
+    return Device(server, pool.template, pool.take())
 
 
 class Http:

@@ -121,9 +121,12 @@ async def test_history_json(device, http):
     hour = now // 3_600_000 * 3_600_000 - 3_600_000
     points = [[hour + 1000, 1], [hour + 2000, 3], [hour + 3_600_000 + 5, 10]]
     assert (await http.fetch("POST", device.ext("batch/update", "pin=v5"), json=points))[0] == 200
-    await asyncio.sleep(1.5)  # history is written behind
-    status, body, _ = await http.fetch("GET", device.ext("data/get", "pin=v5&period=DAY&output=JSON"))
-    assert status == 200
+    for _ in range(100):  # history is written behind: wait until the points are there
+        status, body, _ = await http.fetch("GET", device.ext("data/get", "pin=v5&period=DAY&output=JSON"))
+        if status == 200:
+            break
+        await asyncio.sleep(0.1)
+    assert status == 200, body
     out = json.loads(body)
     assert out["rows"] == 3 and [r["value"] for r in out["data"]] == [1, 3, 10]
     q = "dataStreamId=5&period=DAY&granularityType=HOURLY&sourceType=AVG&output=JSON"

@@ -23,7 +23,8 @@ FRAMES = int(os.environ.get("BLYNK_FUZZ_FRAMES", "20000"))
 SEED = int(os.environ.get("BLYNK_FUZZ_SEED", "10"))
 RSS_GROWTH_MB = 150  # the stated bound: fuzzing may not grow the server by more than this
 
-pytestmark = pytest.mark.timeout(240)
+# 20,000 fuzzed frames then a restart (about 11 s): in the slow run, not the default one.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 def _load_fuzz() -> ModuleType:

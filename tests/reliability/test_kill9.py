@@ -18,9 +18,14 @@ import os
 import random
 import time
 
+import pytest
+
 from protocol import Command, Status
 
 from .conftest import COUNTER_PIN, connect, integrity_check, read_pin, stored_value
+
+# Three kill/restart rounds of several seconds each: in the slow run, not the default one.
+pytestmark = pytest.mark.slow
 
 ROUNDS = int(os.environ.get("BLYNK_KILL9_ROUNDS", "3"))
 FLUSH = float(os.environ.get("BLYNK_KILL9_FLUSH", "1"))

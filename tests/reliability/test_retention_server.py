@@ -31,9 +31,9 @@ async def test_old_history_and_events_are_deleted_by_the_running_server(rig):
         )
     conn.close()
 
-    r.srv.env.update({"BLYNK_HISTORY_DAYS": "2", "BLYNK_EVENTS_DAYS": "3", "BLYNK_RETENTION_INTERVAL": "1"})
+    r.srv.env.update({"BLYNK_HISTORY_DAYS": "2", "BLYNK_EVENTS_DAYS": "3", "BLYNK_RETENTION_INTERVAL": "0.2"})
     r.srv.start()
-    await wait_metric(r.srv, "blynk_retention_runs_total", lambda n: n >= 1)  # one interval after start
+    await wait_metric(r.srv, "blynk_retention_runs_total", lambda n: n >= 1)  # one interval (0.2 s) after start
     assert await metric(r.srv, "blynk_retention_deleted_rows_total", table="history") == 3000
     assert await metric(r.srv, "blynk_retention_deleted_rows_total", table="events") == 1
     conn = sqlite3.connect(f"file:{db_path(r.srv.data_dir)}?mode=ro", uri=True)

@@ -17,10 +17,11 @@ DATASTREAMS = (
 
 
 @pytest.fixture
-def device(server, unique):
-    """(server, template id, token) of a fresh device with the standard datastreams."""
-    server.new_template(unique, *DATASTREAMS)
-    return server, unique, server.new_device(unique, "dut")
+def device(server, device_pools):
+    """(server, template id, token) of a fresh device with the standard datastreams (the template is
+    shared by the module's tests; none of them changes it)."""
+    pool = device_pools(DATASTREAMS)
+    return server, pool.template, pool.take()
 
 
 @pytest.fixture

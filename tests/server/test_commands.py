@@ -6,6 +6,8 @@ import asyncio
 import json
 import time
 
+import pytest
+
 from blynk_server.devclient import DeviceClient
 from protocol import Command, Status
 from protocol.body import join_fields
@@ -15,32 +17,38 @@ def values_of(srv, token: str) -> dict:
     return json.loads(srv.cli("device", "show", token).stdout)["values"]
 
 
-async def wait_values(srv, token: str, pin: str, timeout: float = 5.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        values = values_of(srv, token)
-        if pin in values or time.monotonic() > deadline:
-            return values
-        await asyncio.sleep(0.2)
+async def wait_values(srv, token: str, pin: str, timeout: float = 10.0) -> dict:
+    """The device's stored values once ``pin`` is among them (written behind); fails after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while pin not in (values := values_of(srv, token)):
+        assert loop.time() < deadline, f"{pin} not stored within {timeout} s: {values}"
+        await asyncio.sleep(0.1)
+    return values
 
 
-async def sync(client, *pins) -> list[tuple]:
-    body = join_fields("vr", *pins) if pins else b""
-    msg_id = client.send(Command.HARDWARE_SYNC, body)
-    frames = await client.silence(0.4)
-    assert all(f[1] == msg_id for f in frames), frames
-    return frames
+@pytest.fixture
+def sync(until_ping):
+    async def sync(client, *pins) -> list[tuple]:
+        """The frames a HARDWARE_SYNC of ``pins`` (all when none) is answered with."""
+        body = join_fields("vr", *pins) if pins else b""
+        msg_id = client.send(Command.HARDWARE_SYNC, body)
+        frames = await until_ping(client)
+        assert all(f[1] == msg_id for f in frames), frames
+        return frames
+
+    return sync
 
 
-async def test_write_is_not_acknowledged_and_is_stored(client, device):
+async def test_write_is_not_acknowledged_and_is_stored(client, device, until_ping):
     srv, _, token = device
     client.virtual_write(2, "hello")
-    assert await client.silence(0.3) == []
+    assert await until_ping(client) == []
     values = await wait_values(srv, token, "V2")
     assert values["V2"]["value"] == "hello"
 
 
-async def test_multi_value_tail_stored_whole_and_synced_back(client):
+async def test_multi_value_tail_stored_whole_and_synced_back(client, sync):
     client.virtual_write(10, 1, "two", 3.5)
     frames = await sync(client, 10)
     assert frames[0][2] == b"vw\x0010\x001\x00two\x003.5"
@@ -52,7 +60,7 @@ async def test_malformed_hardware_gets_2(client):
         assert reply[2] == Status.ILLEGAL_COMMAND, body
 
 
-async def test_values_validated_and_clamped(client):
+async def test_values_validated_and_clamped(client, sync):
     client.virtual_write(3, 150)  # int 0..100 → clamped to 100
     client.virtual_write(1, -100.5)  # double -40..85 → clamped
     client.virtual_write(0, 0.6)  # int rounds
@@ -65,7 +73,7 @@ async def test_values_validated_and_clamped(client):
     assert (await sync(client, 4))[0][2] == b"vw\x004\x0030.5\x0050.4"
 
 
-async def test_sync_all_sends_only_flagged_pins_with_values(client):
+async def test_sync_all_sends_only_flagged_pins_with_values(client, sync):
     client.virtual_write(1, 21.5)  # sync flag
     client.virtual_write(2, "x")  # no sync flag
     frames = await sync(client)
@@ -75,7 +83,7 @@ async def test_sync_all_sends_only_flagged_pins_with_values(client):
     assert bodies == {b"vw\x001\x0021.5"}
 
 
-async def test_sync_listed_pins_skips_pins_without_value(client):
+async def test_sync_listed_pins_skips_pins_without_value(client, sync):
     assert await sync(client, 77) == []
     not_a_read = await client.request(Command.HARDWARE_SYNC, b"vw\x001")
     assert not_a_read == (0, not_a_read[1], Status.ILLEGAL_COMMAND)
@@ -115,7 +123,7 @@ async def test_group_gives_one_timestamp(client, device):
     assert (await client.request(Command.GROUP, b"q"))[2] == Status.ILLEGAL_COMMAND
 
 
-async def test_bridge_init_forward_and_offline(device):
+async def test_bridge_init_forward_and_offline(device, until_ping):
     srv, tid, token = device
     other = srv.new_device(tid, "target")
     sender = await DeviceClient.connect("127.0.0.1", srv.port, token)
@@ -126,7 +134,7 @@ async def test_bridge_init_forward_and_offline(device):
     target = await DeviceClient.connect("127.0.0.1", srv.port, other)
     msg_id = sender.send(Command.BRIDGE, b"1\x00vw\x006\x00on")
     assert await target.recv() == (Command.BRIDGE, msg_id, b"vw\x006\x00on")
-    assert await sender.silence(0.3) == []
+    assert await until_ping(sender) == []
     assert (await sender.request(Command.BRIDGE, b"1\x00vw"))[2] == Status.ILLEGAL_COMMAND
     await sender.close()
     await target.close()

@@ -9,7 +9,7 @@ from protocol import Command, Status
 from protocol.body import join_fields
 
 
-async def test_frames_larger_than_buff_in_are_dropped(device):
+async def test_frames_larger_than_buff_in_are_dropped(device, until_ping):
     srv, tid, token = device
     small = srv.new_device(tid, "small")
     target = await DeviceClient.connect("127.0.0.1", srv.port, small, info={"h-beat": "40", "buff-in": "40"})
@@ -18,38 +18,55 @@ async def test_frames_larger_than_buff_in_are_dropped(device):
     sender.send(Command.BRIDGE, b"1\x00vw\x002\x00" + b"x" * 40)  # 5 + 45 bytes > 40: dropped
     msg_id = sender.send(Command.BRIDGE, b"1\x00vw\x002\x00ok")
     assert await target.recv() == (Command.BRIDGE, msg_id, b"vw\x002\x00ok")
-    assert await target.silence(0.3) == []
+    assert await until_ping(target) == []
     await sender.close()
     await target.close()
 
 
-async def test_flood_control_pauses_and_warns_once(make_server):
-    srv = make_server("--message-rate", "50")
+def _burst(n: int, first_id: int = 1) -> bytes:
+    """``n`` pipelined ``vw 1 i`` frames, msg ids from ``first_id``."""
+    return b"".join(
+        bytes([Command.HARDWARE]) + i.to_bytes(2, "big") + len(b).to_bytes(2, "big") + b
+        for i, b in ((i, join_fields("vw", 1, i)) for i in range(first_id, first_id + n))
+    )
+
+
+async def _flooded(make_server) -> tuple[DeviceClient, DeviceClient]:
+    """A server at 100 messages/s per device, a flooder that has just sent 300 frames at once and got its
+    QUOTA_LIMIT, and a quiet device."""
+    srv = make_server("--message-rate", "100")
     srv.new_template("TMPLflood")
     flooder_token = srv.new_device("TMPLflood", "flooder")
     quiet_token = srv.new_device("TMPLflood", "quiet")
     flooder = await DeviceClient.connect("127.0.0.1", srv.port, flooder_token)
     quiet = await DeviceClient.connect("127.0.0.1", srv.port, quiet_token)
-    loop = asyncio.get_running_loop()
-    burst = b"".join(
-        bytes([Command.HARDWARE]) + i.to_bytes(2, "big") + len(b).to_bytes(2, "big") + b
-        for i, b in ((i, join_fields("vw", 1, i)) for i in range(1, 301))
-    )
-    start = loop.time()
-    flooder.send_raw(burst)
+    flooder.send_raw(_burst(300))
     quota = await flooder.expect(lambda f: f[0] == 0)
     assert quota[2] == Status.QUOTA_LIMIT
-    # Another device is served promptly while the flooder is paused.
-    t0 = loop.time()
+    return flooder, quiet
+
+
+async def test_flood_control_pauses_the_flooder_not_the_others(make_server):
+    flooder, quiet = await _flooded(make_server)
+    # The server does not read the flooder for as long as its excess takes, (300 - 100) / 100 = 2 s: a
+    # ping sent now waits that long. Another device is served meanwhile: its ping is answered while the
+    # flooder's is still waiting.
+    ping_id = flooder.send(Command.PING, msg_id=1000)
+    flooder_ping = asyncio.create_task(flooder.expect(lambda f: f[1] == ping_id, timeout=15))
     assert await quiet.ping() == Status.SUCCESS
-    assert loop.time() - t0 < 0.5
-    # The flooder's own ping waits behind its backlog: ~ (300 - 50) / 50 = 5 s of pausing.
-    assert await flooder.ping(timeout=15) == Status.SUCCESS
-    assert loop.time() - start >= 3.5
-    # No second QUOTA_LIMIT within the minute, and nothing written was lost.
-    flooder.send_raw(burst[: len(burst) // 3])
-    frames = await flooder.silence(1.0)
-    assert all(f[2] != Status.QUOTA_LIMIT for f in frames if f[0] == 0)
+    assert not flooder_ping.done()
+    assert (await flooder_ping)[2] == Status.SUCCESS
+    await flooder.close()
+    await quiet.close()
+
+
+async def test_a_second_flood_is_paused_without_a_second_warning(make_server, until_ping):
+    flooder, quiet = await _flooded(make_server)
+    assert await flooder.ping(timeout=15) == Status.SUCCESS  # the first pause is over
+    # Msg ids apart from the ones the client gives its own PINGs.
+    flooder.send_raw(_burst(100, first_id=2000))
+    frames = await until_ping(flooder, timeout=15)
+    assert all(f[2] != Status.QUOTA_LIMIT for f in frames if f[0] == 0)  # one per quota_warning_period
     await flooder.close()
     await quiet.close()
 
