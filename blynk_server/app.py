@@ -34,7 +34,7 @@ from blynk_server.ota.service import OtaService
 from blynk_server.provisioning import Provisioning, new_template_id
 from blynk_server.store import SqliteStore
 from blynk_server.store.retention import Retention
-from blynk_server.store.sqlite import CloseReport, Snapshot
+from blynk_server.store.sqlite import CloseReport, Snapshot, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +178,12 @@ class BlynkServer:
         log.info("framer: %s, device hot path: %s", protocol.IMPLEMENTATION, hot_path_implementation())
 
     def _lock_data_dir(self) -> bool:
-        self.settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return self.lock.acquire()
+        data_dir = self.settings.data_dir
+        try:
+            data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            return self.lock.acquire()
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot use the data dir {data_dir}: {exc.strerror or exc}") from None
 
     async def _runner(self, app: web.Application) -> web.AppRunner:
         runner = web.AppRunner(app, access_log=None)

@@ -18,6 +18,7 @@ from typing import BinaryIO
 from blynk_server import config
 from blynk_server.control import ControlClient, ControlError, DataDirBusy, DataDirLock, error_message
 from blynk_server.store import SqliteStore
+from blynk_server.store.sqlite import StoreUnavailable
 
 
 class CliError(Exception):
@@ -108,11 +109,14 @@ def open_data_dir(args: argparse.Namespace) -> Iterator[Local | Remote]:
     do not queue behind each other."""
     settings = settings_from(args)
     data_dir = settings.data_dir
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     lock = DataDirLock(data_dir, role="cli")
     for _ in range(3):  # the holder may let go between our try and our look at it
-        if lock.acquire():
-            break
+        try:
+            data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if lock.acquire():
+                break
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot use the data dir {data_dir}: {exc.strerror or exc}") from None
         holder = lock.holder()
         if holder is None:
             continue
