@@ -75,9 +75,13 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
-            return self.proc.wait(timeout)
+            code = self.proc.wait(timeout)
         finally:
             self.proc = None
+        # The store refuses SQLite on the event loop's thread (LoopThreadError): no test may have made the
+        # server do it, even where the error was caught and logged.
+        assert "LoopThreadError" not in self.stderr(), self.stderr()[-4000:]
+        return code
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -5,6 +5,7 @@ over real sockets."""
 from __future__ import annotations
 
 import io
+import logging
 
 import aiohttp
 import pytest
@@ -12,10 +13,26 @@ import pytest
 from blynk_server.app import BlynkServer
 from blynk_server.config import Settings
 from blynk_server.model import Datastream
+from blynk_server.store.sqlite import LoopThreadError
+
+
+class LoopThreadErrors(logging.Handler):
+    """Log records of SQLite refused on the event loop's thread (raised, caught and logged somewhere)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, LoopThreadError) or "LoopThreadError" in record.getMessage():
+            self.seen.append(self.format(record))
 
 
 @pytest.fixture
 async def server(tmp_path):
+    watch = LoopThreadErrors()
+    logging.getLogger().addHandler(watch)
     # Write-behind flushes only at stop: every read in these tests must see rows still pending.
     settings = Settings(data_dir=tmp_path / "data", host="127.0.0.1", port=0, admin_port=0, flush_interval=3600)
     srv = BlynkServer(settings)
@@ -25,6 +42,8 @@ async def server(tmp_path):
         yield srv
     finally:
         assert await srv.stop() == 0
+        logging.getLogger().removeHandler(watch)
+    assert watch.seen == []
 
 
 @pytest.fixture
