@@ -33,6 +33,8 @@ async def test_device_deleted_while_online_is_disconnected_and_refused_everywher
         assert (await resp.json())["error"]["message"] == "Invalid token."
     async with http.get(hw_url(server, f"/{record.token}/get/v1")) as resp:
         assert resp.status == 400
+    async with http.get(hw_url(server, f"/static/fw_1_{'a' * 22}.bin?token={record.token}")) as resp:
+        assert resp.status == 403 and (await resp.json())["error"]["message"] == "Invalid token."
     try:
         await DeviceClient.connect(host, port, record.token)
         raise AssertionError("a deleted token logged in")

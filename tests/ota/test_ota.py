@@ -144,12 +144,10 @@ async def test_range_resume_stall_and_rate(ota_server, tmp_path, unique):
     d = await wait_status(srv, sid, a, st.FIRMWARE_UPLOADED)
     assert d["attempts"] == 1
 
-    # A full download paced at the rate (wide tolerance), and no long gaps.
+    # A full download at the shipment's rate. How closely it keeps to the rate, and its longest gap, are
+    # timings: measured by benchmarks/ota_wave.py (benchmarks/RESULTS.md), not asserted here.
     full = await http_get(url_a)
     assert full.body == data
-    expected = size / rate
-    assert 0.7 * expected < full.elapsed < 1.6 * expected + 0.5, (full.elapsed, expected)
-    assert full.max_gap < 1.0
 
     # A client that stops reading: Upload failure after the (1 s) stall timeout.
     stalled = asyncio.create_task(http_get(url_b, stall_after=8192, stall_for=4.0, rcvbuf=4096))
