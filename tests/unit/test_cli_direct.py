@@ -15,13 +15,7 @@ from blynk_server.cli import main
 from blynk_server.control import LOCK_FILE, DataDirLock
 from blynk_server.store import SqliteStore
 
-
-@pytest.fixture(autouse=True)
-def keep_umask():
-    """main() makes the process's umask private; give the test process its own back."""
-    umask = os.umask(0o077)
-    yield
-    os.umask(umask)
+pytestmark = pytest.mark.usefixtures("keep_umask")
 
 
 @pytest.fixture

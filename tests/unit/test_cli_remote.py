@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 
 import pytest
 from aiohttp import web
@@ -28,15 +27,11 @@ DEVICE = {
 }
 
 
+pytestmark = pytest.mark.usefixtures("keep_umask")
+
+
 def _error(message: str, status: int) -> web.Response:
     return web.json_response({"error": {"message": message}}, status=status)
-
-
-@pytest.fixture(autouse=True)
-def keep_umask():
-    umask = os.umask(0o077)
-    yield
-    os.umask(umask)
 
 
 @pytest.fixture
