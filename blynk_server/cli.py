@@ -107,6 +107,12 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--history-days", type=float, help="days of pin history kept (default 90; 0 = forever)")
     p.add_argument("--events-days", type=float, help="days of device events kept (default 90; 0 = forever)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
+    p.add_argument("--smtp-host", help="SMTP server for e-mail notifications (none: e-mail is off)")
+    p.add_argument("--smtp-port", type=int, help="SMTP port (default 587)")
+    p.add_argument("--smtp-user", help="SMTP user name")
+    p.add_argument("--smtp-password", help="SMTP password (prefer BLYNK_SMTP_PASSWORD: flags show in ps)")
+    p.add_argument("--smtp-from", help="sender address (default blynk-server@localhost)")
+    p.add_argument("--smtp-starttls", choices=("true", "false"), help="STARTTLS when offered (default true)")
 
 
 DEVICE_KEYS = tuple(f.name for f in fields(DeviceRecord))  # what ``device list/show`` print of a device

@@ -49,6 +49,12 @@ SETTING_FLAGS = (
     "history_days",
     "events_days",
     "log_level",
+    "smtp_host",
+    "smtp_port",
+    "smtp_user",
+    "smtp_password",
+    "smtp_from",
+    "smtp_starttls",
 )
 
 

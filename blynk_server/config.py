@@ -72,6 +72,29 @@ class Settings:
     events_per_day: int = 100  # events one device may log per UTC day (blynk.cloud: 100); 0 = no limit
     max_properties_per_device: int = 256  # distinct (pin, name) properties of one device, all pins together
 
+    # --- reactions: notifications, webhooks, automations (issue 14) ---------------------------------
+    # Outbound e-mail (SMTP). No host: e-mails are refused with a clear error (device EMAIL: status 14).
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_user: str | None = None
+    smtp_password: str | None = None
+    smtp_from: str = "blynk-server@localhost"
+    smtp_starttls: bool = True  # STARTTLS when the server offers it (set false for a plain local relay)
+    smtp_timeout: float = 30.0  # seconds for one delivery
+    # The durable outbox (e-mails, webhook calls): a table in the store, drained by workers.
+    outbox_max_rows: int = 100_000  # queued deliveries kept; over it the oldest are dropped, counted
+    outbox_workers: int = 4  # deliveries in flight at once
+    outbox_retry_base: float = 2.0  # seconds before the first retry; doubles each time
+    outbox_retry_max: float = 600.0  # seconds between retries at most
+    outbox_max_attempts: int = 8  # attempts before a delivery is given up (counted, logged)
+    # Webhooks.
+    webhook_timeout: float = 10.0  # seconds for one call (connect to end of answer)
+    webhook_max_failures: int = 10  # consecutive failed calls after which a webhook is disabled
+    webhook_max_body: int = 64 * 1024  # bytes of one rendered request body
+    # Automations.
+    automation_max_depth: int = 3  # actions that trigger automations that trigger automations...: stop here
+    automation_runs_per_minute: int = 60  # runs of one automation per minute; more are skipped, counted
+
     @property
     def heartbeat_timeout_default(self) -> int:
         return read_timeout(self.default_heartbeat)
@@ -94,6 +117,13 @@ def _convert(name: str, value):
     kind = str(field.type)
     if name in _PATHS:
         return Path(value)
+    if kind.startswith("bool"):
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise ValueError(f"{name} must be true or false, not {value!r}")
+        return text in ("1", "true", "yes", "on")
     if kind.startswith("int"):
         return int(value)
     if kind.startswith("float"):

@@ -22,6 +22,7 @@ from blynk_server.config import Settings
 from blynk_server.history import HistoryQuery
 from blynk_server.hub import Hub
 from blynk_server.model import MAX_TS_MS, Datastream, DeviceRecord, Template, now_ms
+from blynk_server.reactions import VALUE, Happening, Reactions
 from blynk_server.store import SqliteStore
 from blynk_server.store.sqlite import Snapshot
 from protocol import Command, Status
@@ -213,6 +214,8 @@ class Domain:
         self._infos: OrderedDict[str, dict] = OrderedDict()
         self._refusals = 0  # refusals not yet reported in an INFO line
         self._next_refusal_log = 0.0
+        # What happens to devices, for notifications, webhooks and automations (reactions.py).
+        self.reactions = Reactions()
         # Hooks other parts subscribe to (OTA wants to know about info messages and logins).
         self.on_device_info: list[Callable[[DeviceState, object], None]] = []
         self.on_device_offline: list[Callable[[DeviceState], None]] = []
@@ -394,6 +397,7 @@ class Domain:
         values = dev.values
         store = self.store
         put_value = store.put_value
+        watched = self.reactions.watched
         device_id = dev.record.id
         failed = None
         stored = 0
@@ -412,6 +416,8 @@ class Domain:
             if ds is not None and ds.history:
                 store.put_history(device_id, key, ts, value)
             stored += 1
+            if watched and (dev.template.id, key) in watched:
+                self.reactions.emit(Happening(VALUE, dev, ts, pin=key, value=value, depth=self.reactions.depth))
         self.stats.writes += stored
         return failed
 
@@ -433,6 +439,9 @@ class Domain:
         if ds is not None and ds.history:
             self.store.put_history(device_id, key, ts, value)
         self.stats.writes += 1
+        reactions = self.reactions
+        if reactions.watched and (dev.template.id, key) in reactions.watched:
+            reactions.emit(Happening(VALUE, dev, ts, pin=key, value=value, depth=reactions.depth))
         return value
 
     def write_history(

@@ -488,6 +488,22 @@ class SqliteStore:
         self._exec("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", (key, value))
 
     @_sqlite
+    def execute_script(self, sql: str) -> None:
+        """Create a part's own tables (``CREATE TABLE IF NOT EXISTS``): parts beyond the core (events,
+        the outbox, webhooks, automations) keep their schema beside their code. On the writer thread."""
+        self.db.executescript(sql)
+
+    @_sqlite
+    def query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        """Rows of one statement, for a part's own tables (on the writer thread: through ``run``)."""
+        return self._query(sql, args)
+
+    @_sqlite
+    def execute(self, sql: str, args: tuple = ()) -> int:
+        """One statement on a part's own tables, committed; the row id it inserted (or 0)."""
+        return self._exec(sql, args).lastrowid or 0
+
+    @_sqlite
     def create_template(self, template_id: str, name: str, datastreams: list[Datastream] = ()) -> Template:
         with transaction(self.db):
             self.db.execute(
