@@ -108,6 +108,9 @@ def add_routes(app: web.Application, domain: Domain, hub: Hub, data_get_max_poin
             if pin.key not in dev.template.datastreams:
                 raise ApiError("Requested dataStream doesn't exist in the product.")
             pins = [(pin.key, pin)]
+        elif "pin" in q:  # the form of the C++ library's HTTP example: get?token=T&pin=V2
+            pin = _pin_param(q)
+            pins = [(pin.key, pin)]
         else:
             pins = _bare_pins(q, {"token"})
             if not pins:
@@ -257,18 +260,23 @@ def add_routes(app: web.Application, domain: Domain, hub: Hub, data_get_max_poin
             raise ApiError(str(exc)) from None
         return web.Response(text="")
 
-    r = app.router
-    r.add_get("/external/api/get", get)
-    r.add_get("/external/api/getAll", get_all)
-    r.add_get("/external/api/update", update)
-    r.add_get("/external/api/batch/update", batch_update)
-    r.add_post("/external/api/batch/update", batch_update)
-    r.add_get("/external/api/update/property", update_property)
-    r.add_get("/external/api/logEvent", log_event)
-    r.add_get("/external/api/isHardwareConnected", is_connected)
-    r.add_get("/external/api/data/get", data_get)
-    r.add_get("/external/api/device/meta", meta_get)
-    r.add_get("/external/api/device/meta/update", meta_update)
+    routes = [
+        ("GET", "get", get),
+        ("GET", "getAll", get_all),
+        ("GET", "update", update),
+        ("GET", "batch/update", batch_update),
+        ("POST", "batch/update", batch_update),
+        ("GET", "update/property", update_property),
+        ("GET", "logEvent", log_event),
+        ("GET", "isHardwareConnected", is_connected),
+        ("GET", "data/get", data_get),
+        ("GET", "device/meta", meta_get),
+        ("GET", "device/meta/update", meta_update),
+    ]
+    for method, path, handler in routes:
+        # With and without a trailing slash: Blynk's widget pages show ``/external/api/update/?token=``.
+        for url in (f"/external/api/{path}", f"/external/api/{path}/"):
+            app.router.add_route(method, url, handler)
 
 
 def parse_history_query(q: MultiDictProxy, dev: DeviceState, max_points: int) -> HistoryQuery:

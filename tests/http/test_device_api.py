@@ -36,6 +36,14 @@ async def test_update_offline_is_stored(device, http):
     assert (await http.fetch("GET", device.ext("get", "V1")))[1] == "100"
 
 
+async def test_get_by_pin_parameter_and_trailing_slashes(device, http):
+    """``get?pin=V2`` as in the C++ library's HTTP example; ``update/?token=`` as on Blynk's widget pages."""
+    assert (await http.fetch("GET", device.base + f"/external/api/update/?token={device.token}&v1=17"))[0] == 200
+    assert (await http.fetch("GET", device.ext("get", "pin=V1")))[1] == "17"
+    assert (await http.fetch("GET", device.base + f"/external/api/get/?token={device.token}&pin=v1"))[1] == "17"
+    assert await http.error(device.ext("get", "pin=x9")) == (400, "Wrong pin format.")
+
+
 async def test_get_errors(device, http):
     base = device.base + "/external/api/get"
     assert await http.error(base + "?v1") == (400, "No token provided.")
