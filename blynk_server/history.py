@@ -125,7 +125,8 @@ class HistoryQuery:
         if self.fmt == "TS":
             return ts
         dt = datetime.fromtimestamp(ts / 1000, UTC).astimezone(self.tz)
-        return dt.strftime("%m/%d/%Y %H:%M:%S") if self.fmt == "ISO_US" else dt.isoformat(timespec="milliseconds")
+        # Blynk's documented forms: ISO_US "04/10/19 11:45:41 AM", ISO_SIMPLE "2018-06-07 22:01:20".
+        return dt.strftime("%m/%d/%y %I:%M:%S %p" if self.fmt == "ISO_US" else "%Y-%m-%d %H:%M:%S")
 
 
 def _aggregate(points: list[tuple[int, bytes]], step: int, source: str, tz: ZoneInfo) -> list[tuple[int, float]]:

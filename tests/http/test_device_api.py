@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
+from datetime import UTC, datetime
 
 from blynk_server.devclient import DeviceClient
 from protocol import Command
@@ -129,17 +129,21 @@ async def test_history_json(device, http):
     hour = now // 3_600_000 * 3_600_000 - 3_600_000
     points = [[hour + 1000, 1], [hour + 2000, 3], [hour + 3_600_000 + 5, 10]]
     assert (await http.fetch("POST", device.ext("batch/update", "pin=v5"), json=points))[0] == 200
-    for _ in range(100):  # history is written behind: wait until the points are there
-        status, body, _ = await http.fetch("GET", device.ext("data/get", "pin=v5&period=DAY&output=JSON"))
-        if status == 200:
-            break
-        await asyncio.sleep(0.1)
+    # Read at once: a history read sees the points still waiting to be written behind.
+    status, body, _ = await http.fetch("GET", device.ext("data/get", "pin=v5&period=DAY&output=JSON"))
     assert status == 200, body
     out = json.loads(body)
     assert out["rows"] == 3 and [r["value"] for r in out["data"]] == [1, 3, 10]
     q = "dataStreamId=5&period=DAY&granularityType=HOURLY&sourceType=AVG&output=JSON"
     out = json.loads((await http.fetch("GET", device.ext("data/get", q)))[1])
     assert [(r["ts"], r["value"]) for r in out["data"]] == [(hour, 2.0), (hour + 3_600_000, 10.0)]
+    first = datetime.fromtimestamp((hour + 1000) / 1000, UTC)
+    for fmt, expected in (
+        ("ISO_SIMPLE", first.strftime("%Y-%m-%d %H:%M:%S")),  # Blynk: 2018-06-07 22:01:20
+        ("ISO_US", first.strftime("%m/%d/%y %I:%M:%S %p")),  # Blynk: 04/10/19 11:45:41 AM
+    ):
+        q = f"pin=v5&period=DAY&format={fmt}&tzName=UTC&output=JSON"
+        assert json.loads((await http.fetch("GET", device.ext("data/get", q)))[1])["data"][0]["ts"] == expected
     q = "pin=v5&period=DAY&granularityType=HOURLY&sourceType=COUNT&output=JSON"
     assert [r["value"] for r in json.loads((await http.fetch("GET", device.ext("data/get", q)))[1])["data"]] == [2, 1]
     assert await http.error(device.ext("data/get", "pin=v5&period=YEAR&output=JSON")) == (
