@@ -388,7 +388,7 @@ def rule_from_spec(name: str, spec: dict, created_at: int, resolve: Resolver = _
         raise AutomationError("give exactly one of when (a condition, event, online/offline) and cron.")
     if cron is None and tz is not None:
         raise AutomationError("tz goes with cron.")
-    if when is not None and not isinstance(when, str) or cron is not None and not isinstance(cron, str):
+    if (when is not None and not isinstance(when, str)) or (cron is not None and not isinstance(cron, str)):
         raise AutomationError("when and cron are strings.")
     if tz is not None and not isinstance(tz, str):
         raise AutomationError("tz is a string.")
