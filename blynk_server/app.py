@@ -19,6 +19,7 @@ from aiohttp import web
 
 import protocol
 from blynk_server import apikey, hot_path_implementation
+from blynk_server.automations import Automations
 from blynk_server.config import Settings
 from blynk_server.control import CONTROL_SOCKET, DataDirBusy, DataDirLock, listen_socket
 from blynk_server.domain import Domain
@@ -106,6 +107,7 @@ class BlynkServer:
         self.hardware: HardwareServer | None = None
         self.http: HttpFrontend | None = None
         self.ota: OtaService | None = None
+        self.automations: Automations | None = None
         self.lag = LoopLag()
         self._runners: list[web.AppRunner] = []
         self.admin_address: tuple[str, int] | None = None
@@ -145,6 +147,8 @@ class BlynkServer:
         self.ota = OtaService(s, domain, self.hub, store.run, store.submit, lambda: hardware.address)
         await self.ota.start()
         self.ota.db.forbid_thread(threading.get_ident())  # OTA's tables too: only through the store's thread
+        self.automations = Automations(store, domain, s)  # mailer=, webhooks= once they exist
+        await self.automations.start()  # before the listener: rules see the first device's values
         http_stats = HttpStats()
         self.http = HttpFrontend(
             s, build_device_app(s, http_stats, domain, self.hub, self.ota, hardware.new_session), http_stats
@@ -163,9 +167,17 @@ class BlynkServer:
                 http_stats,
                 self.lag,
                 self.ota,
+                self.automations.stats,
             )
         )
-        admin = functools.partial(build_admin_app, self.provisioning, self.hub, self.ota, lambda: render(registry))
+        admin = functools.partial(
+            build_admin_app,
+            self.provisioning,
+            self.hub,
+            self.ota,
+            lambda: render(registry),
+            automations=self.automations,
+        )
         self._print_quickstart(ready.quickstart)
         await self._serve_control(await self._runner(admin(None)))  # before "ready": the CLI may ask at once
         runner = await self._runner(admin(ready.api_key_hash, http_stats))
@@ -221,6 +233,8 @@ class BlynkServer:
             await self.http.stop()
         if self.ota is not None:
             await self.ota.stop()
+        if self.automations is not None:
+            self.automations.stop()
         for runner in self._runners:
             await runner.cleanup()
         (self.settings.data_dir / CONTROL_SOCKET).unlink(missing_ok=True)

@@ -21,6 +21,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from urllib.parse import urlencode
 
+from blynk_server.automations_cli import add_parser as add_automation_parser
+from blynk_server.automations_cli import cmd_automation
 from blynk_server.cli_common import (
     CliError,
     Local,
@@ -89,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--template", help="template for rows that name none")
 
     add_ota_parser(sub)
+    add_automation_parser(sub)
     return parser
 
 
@@ -347,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {None: cmd_serve, "serve": cmd_serve, "template": cmd_template, "device": cmd_device, "ota": cmd_ota}
+    handlers["automation"] = cmd_automation
     os.umask(0o077)  # whatever this creates in the data dir (database, firmware, recovery files) is private
     try:
         return handlers[args.command](args)

@@ -22,6 +22,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from blynk_server.automations import AutomationStats, automation_metrics
 from blynk_server.domain import DomainStats
 from blynk_server.hardware.stats import HardwareStats
 from blynk_server.http.stats import HTTP_BUCKETS, HttpStats
@@ -51,6 +52,7 @@ class Sources:
     http: HttpStats
     lag: LoopLag
     ota: OtaService | None = None
+    automations: AutomationStats | None = None
 
 
 class BlynkCollector(Collector):
@@ -93,6 +95,8 @@ class BlynkCollector(Collector):
         yield from _http(src.http)
         if src.ota is not None:
             yield from _ota(src.ota)
+        if src.automations is not None:
+            yield from automation_metrics(src.automations)
         yield GaugeMetricFamily(
             "blynk_event_loop_lag_seconds", "Lateness of the last periodic timer", value=src.lag.last
         )

@@ -53,6 +53,7 @@ def _path(name: str, description: str = "") -> dict:
 TEMPLATE = {"$ref": "#/components/schemas/Template"}
 DEVICE = {"$ref": "#/components/schemas/Device"}
 DATASTREAM = {"$ref": "#/components/schemas/Datastream"}
+AUTOMATION = {"$ref": "#/components/schemas/Automation"}
 
 
 def add_undocumented(doc: dict, routes) -> dict:
@@ -175,6 +176,52 @@ def spec() -> dict:
                     },
                 },
                 "MetaValue": {"type": "object", "properties": {"value": {"type": "string"}}},
+                "NewAutomation": {
+                    "type": "object",
+                    "required": ["name", "do"],
+                    "properties": {
+                        "name": {"type": "string", "description": "1..64 of letters, digits, space, _ - ."},
+                        "when": {
+                            "type": "string",
+                            "description": "TEMPLATE:V1 > 30 (> < >= <= == != changed; DEVICE:… for one device,"
+                            " an id or a token), event:TEMPLATE:CODE, online:TEMPLATE, offline:TEMPLATE",
+                        },
+                        "cron": {"type": "string", "description": "instead of when: 0 7 * * * or daily HH:MM"},
+                        "tz": {"type": "string", "description": "with cron: an IANA time zone (default UTC)"},
+                        "do": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "description": "write:DEVICE:V2=1, event:DEVICE:CODE, email:ADDRESS, webhook:NAME",
+                        },
+                    },
+                },
+                "Automation": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "when": {"type": "string", "description": "canonical: devices by id (device:42:V1 > 30)"},
+                        "cron": {"type": "string"},
+                        "tz": {"type": "string"},
+                        "do": {"type": "array", "items": {"type": "string"}},
+                        "created_at": {"type": "integer"},
+                        "next_run": {"type": "string", "description": "schedules: ISO 8601, UTC"},
+                        "runs": {"type": "integer", "description": "runs since the server started"},
+                        "skipped": {"type": "integer", "description": "runs skipped (rate) since it started"},
+                    },
+                },
+                "AutomationRun": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "ts": {"type": "integer"},
+                        "time": {"type": "string"},
+                        "trigger": {"type": "object", "description": "kind, device_id, device, pin, value, code"},
+                        "outcomes": {
+                            "type": "array",
+                            "items": {"type": "object", "description": "action, ok, error?"},
+                        },
+                    },
+                },
             },
         },
         "security": KEYED,
@@ -280,6 +327,34 @@ def spec() -> dict:
             },
             "/api/devices/{device_id}/meta": {
                 "get": _op("Metadata fields", _json({"type": "object"}), params=[did]),
+            },
+            "/api/automations": {
+                "get": _op("List automations", _json({"type": "array", "items": AUTOMATION}), errors=()),
+                "post": _op(
+                    "Create an automation (every device, template, pin, value, cron and time zone checked)",
+                    _json(AUTOMATION, "201", "Created"),
+                    body="#/components/schemas/NewAutomation",
+                    errors=("400", "404", "409"),
+                ),
+            },
+            "/api/automations/{name}": {
+                "get": _op("Show an automation", _json(AUTOMATION), params=[_path("name")], errors=("404",)),
+                "delete": _op(
+                    "Delete an automation and its runs",
+                    {"204": {"description": "Deleted"}},
+                    params=[_path("name")],
+                    errors=("404",),
+                ),
+            },
+            "/api/automations/{name}/runs": {
+                "get": _op(
+                    "Recorded runs, newest first (the last 100 are kept)",
+                    _json({"type": "array", "items": {"$ref": "#/components/schemas/AutomationRun"}}),
+                    params=[
+                        _path("name"),
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                    ],
+                ),
             },
             "/api/devices/{device_id}/meta/{name}": {
                 "put": _op(
