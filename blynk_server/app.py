@@ -28,9 +28,11 @@ from blynk_server.http.frontend import HttpFrontend, build_device_app
 from blynk_server.http.stats import HttpStats
 from blynk_server.hub import Hub
 from blynk_server.looplag import LoopLag
+from blynk_server.mailer import Mailer
 from blynk_server.metrics import Sources, build_registry, render
 from blynk_server.model import Datastream
 from blynk_server.ota.service import OtaService
+from blynk_server.outbox import Outbox
 from blynk_server.provisioning import Provisioning, new_template_id
 from blynk_server.store import SqliteStore
 from blynk_server.store.retention import Retention
@@ -106,6 +108,8 @@ class BlynkServer:
         self.hardware: HardwareServer | None = None
         self.http: HttpFrontend | None = None
         self.ota: OtaService | None = None
+        self.outbox: Outbox | None = None
+        self.mailer: Mailer | None = None
         self.lag = LoopLag()
         self._runners: list[web.AppRunner] = []
         self.admin_address: tuple[str, int] | None = None
@@ -141,7 +145,11 @@ class BlynkServer:
         self.domain = domain = Domain(store, self.hub, s)
         domain.load_snapshot(ready.snapshot)
         self.provisioning = Provisioning(store, domain)
+        self.outbox = Outbox(store, s)
+        self.mailer = Mailer(s, self.outbox)  # registers the "email" deliverer when smtp_host is set
+        await self.outbox.start()
         self.hardware = hardware = HardwareServer(s, domain, self.hub, loop)
+        hardware.context.mailer = self.mailer
         self.ota = OtaService(s, domain, self.hub, store.run, store.submit, lambda: hardware.address)
         await self.ota.start()
         self.ota.db.forbid_thread(threading.get_ident())  # OTA's tables too: only through the store's thread
@@ -163,6 +171,7 @@ class BlynkServer:
                 http_stats,
                 self.lag,
                 self.ota,
+                self.outbox.stats,
             )
         )
         admin = functools.partial(build_admin_app, self.provisioning, self.hub, self.ota, lambda: render(registry))
@@ -221,6 +230,8 @@ class BlynkServer:
             await self.http.stop()
         if self.ota is not None:
             await self.ota.stop()
+        if self.outbox is not None:  # after the doors: nothing enqueues any more; before the store closes
+            await self.outbox.stop()
         for runner in self._runners:
             await runner.cleanup()
         (self.settings.data_dir / CONTROL_SOCKET).unlink(missing_ok=True)
