@@ -253,7 +253,10 @@ class Outbox:
                     self._log_error("claim", "outbox: cannot read the queue: %s", exc)
                     claimed, next_due = [], now + max(self.retry_base, 1.0)
                 if not self._running:  # stopped while claiming: leave them queued
-                    await self.store.run(self._unclaim, [r.id for r in claimed])
+                    try:
+                        await self.store.run(self._unclaim, [r.id for r in claimed])
+                    except Exception:  # the store is closing: the claim was only in memory anyway
+                        pass
                     break
                 if claimed:
                     self._idle.clear()

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 import pytest
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, AuthResult
 
 from blynk_server.app import API_KEY_FILE, BlynkServer
 from blynk_server.config import Settings
@@ -53,10 +53,12 @@ class Inbox:
 
 
 @asynccontextmanager
-async def smtp_server(port: int = 0):
+async def smtp_server(port: int = 0, **options):
     inbox = Inbox()
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: SMTP(inbox, hostname="inbox.test", loop=loop), "127.0.0.1", port)
+    server = await loop.create_server(
+        lambda: SMTP(inbox, hostname="inbox.test", loop=loop, **options), "127.0.0.1", port
+    )
     try:
         yield server.sockets[0].getsockname()[1], inbox
     finally:
@@ -209,3 +211,28 @@ async def test_a_refused_recipient_is_given_up_at_once(tmp_path, outbox_log):
         s = srv.outbox.stats
         assert (s.gave_up, s.retried, s.delivered, s.depth) == (1, 0, 0, 0)
         assert inbox.messages.empty()
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")  # loopback, a test
+async def test_smtp_login_and_the_password_stays_out_of_the_log(tmp_path, outbox_log, caplog):
+    def check(server, session, envelope, mechanism, auth_data):
+        ok = auth_data.login == b"bot" and auth_data.password == b"right-pw"
+        return AuthResult(success=ok, handled=False)  # not handled: aiosmtpd answers 535
+
+    data = tmp_path / "data"
+    options = dict(auth_required=True, auth_require_tls=False, authenticator=check)
+    with caplog.at_level(logging.DEBUG, logger="blynk_server"):
+        async with smtp_server(**options) as (port, inbox):
+            smtp = dict(smtp_host="127.0.0.1", smtp_port=port, smtp_user="bot")
+            async with running(data, smtp_password="wrong-pw", **smtp) as first:
+                token = await new_device(first)
+                async with device(first, token) as dev:
+                    assert (await dev.request(Command.EMAIL, b"ops@example.com\0s\0b"))[2] == Status.SUCCESS
+                await outbox_log.seen("delivery failed")  # a refused login is retried, not given up
+                assert first.outbox.stats.gave_up == 0 and inbox.messages.empty()
+            async with running(data, smtp_password="right-pw", **smtp):  # the operator fixed the password
+                _, rcpts, _ = await inbox.next()
+                assert rcpts == ["ops@example.com"]
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("blynk_server")]
+    assert any("login as 'bot' refused" in line for line in ours)
+    assert not any("wrong-pw" in line or "right-pw" in line for line in ours)
