@@ -29,9 +29,11 @@ from blynk_server.http.frontend import HttpFrontend, build_device_app
 from blynk_server.http.stats import HttpStats
 from blynk_server.hub import Hub
 from blynk_server.looplag import LoopLag
+from blynk_server.mailer import Mailer
 from blynk_server.metrics import Sources, build_registry, render
 from blynk_server.model import Datastream
 from blynk_server.ota.service import OtaService
+from blynk_server.outbox import Outbox
 from blynk_server.provisioning import Provisioning, new_template_id
 from blynk_server.store import SqliteStore
 from blynk_server.store.retention import Retention
@@ -108,6 +110,8 @@ class BlynkServer:
         self.http: HttpFrontend | None = None
         self.ota: OtaService | None = None
         self.automations: Automations | None = None
+        self.outbox: Outbox | None = None
+        self.mailer: Mailer | None = None
         self.lag = LoopLag()
         self._runners: list[web.AppRunner] = []
         self.admin_address: tuple[str, int] | None = None
@@ -143,11 +147,15 @@ class BlynkServer:
         self.domain = domain = Domain(store, self.hub, s)
         domain.load_snapshot(ready.snapshot)
         self.provisioning = Provisioning(store, domain)
+        self.outbox = Outbox(store, s)
+        self.mailer = Mailer(s, self.outbox)  # registers the "email" deliverer when smtp_host is set
+        await self.outbox.start()
         self.hardware = hardware = HardwareServer(s, domain, self.hub, loop)
+        hardware.context.mailer = self.mailer
         self.ota = OtaService(s, domain, self.hub, store.run, store.submit, lambda: hardware.address)
         await self.ota.start()
         self.ota.db.forbid_thread(threading.get_ident())  # OTA's tables too: only through the store's thread
-        self.automations = Automations(store, domain, s)  # mailer=, webhooks= once they exist
+        self.automations = Automations(store, domain, s, mailer=self.mailer)
         await self.automations.start()  # before the listener: rules see the first device's values
         http_stats = HttpStats()
         self.http = HttpFrontend(
@@ -166,8 +174,9 @@ class BlynkServer:
                 self.retention.stats,
                 http_stats,
                 self.lag,
-                self.ota,
-                self.automations.stats,
+                ota=self.ota,
+                automations=self.automations.stats,
+                outbox=self.outbox.stats,
             )
         )
         admin = functools.partial(
@@ -235,6 +244,8 @@ class BlynkServer:
             await self.ota.stop()
         if self.automations is not None:
             self.automations.stop()
+        if self.outbox is not None:  # after the doors: nothing enqueues any more; before the store closes
+            await self.outbox.stop()
         for runner in self._runners:
             await runner.cleanup()
         (self.settings.data_dir / CONTROL_SOCKET).unlink(missing_ok=True)

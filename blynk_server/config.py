@@ -81,6 +81,7 @@ class Settings:
     smtp_from: str = "blynk-server@localhost"
     smtp_starttls: bool = True  # STARTTLS when the server offers it (set false for a plain local relay)
     smtp_timeout: float = 30.0  # seconds for one delivery
+    email_device_interval: float = 15.0  # seconds between e-mails one device may send (legacy default 15 s)
     # The durable outbox (e-mails, webhook calls): a table in the store, drained by workers.
     outbox_max_rows: int = 100_000  # queued deliveries kept; over it the oldest are dropped, counted
     outbox_workers: int = 4  # deliveries in flight at once

@@ -30,6 +30,7 @@ from blynk_server.hub import Hub
 from blynk_server.looplag import LoopLag
 from blynk_server.ota.metrics import ota_metrics
 from blynk_server.ota.service import OtaService
+from blynk_server.outbox import OutboxStats
 from blynk_server.store import SqliteStore
 from blynk_server.store.retention import RetentionStats
 from protocol import Command
@@ -53,6 +54,7 @@ class Sources:
     lag: LoopLag
     ota: OtaService | None = None
     automations: AutomationStats | None = None
+    outbox: OutboxStats | None = None
 
 
 class BlynkCollector(Collector):
@@ -97,6 +99,8 @@ class BlynkCollector(Collector):
             yield from _ota(src.ota)
         if src.automations is not None:
             yield from automation_metrics(src.automations)
+        if src.outbox is not None:
+            yield from _outbox(src.outbox)
         yield GaugeMetricFamily(
             "blynk_event_loop_lag_seconds", "Lateness of the last periodic timer", value=src.lag.last
         )
@@ -194,6 +198,17 @@ def _store(store) -> Iterator[Metric]:
     yield CounterMetricFamily(
         "blynk_store_rows_dropped", "Rows dropped because failing flushes kept too many", value=f.rows_dropped
     )
+
+
+def _outbox(o: OutboxStats) -> Iterator[Metric]:
+    yield CounterMetricFamily("blynk_outbox_enqueued", "Deliveries (e-mails, webhook calls) queued", value=o.enqueued)
+    yield CounterMetricFamily("blynk_outbox_delivered", "Deliveries done", value=o.delivered)
+    yield CounterMetricFamily("blynk_outbox_retried", "Failed delivery attempts scheduled again", value=o.retried)
+    yield CounterMetricFamily(
+        "blynk_outbox_gave_up", "Deliveries given up (permanent failure or attempts exhausted)", value=o.gave_up
+    )
+    yield CounterMetricFamily("blynk_outbox_dropped", "Queued deliveries dropped: the queue was full", value=o.dropped)
+    yield GaugeMetricFamily("blynk_outbox_depth", "Deliveries queued, in flight included", value=o.depth)
 
 
 def _retention(r) -> Iterator[Metric]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from blynk_server.config import Settings
 from blynk_server.domain import Domain
@@ -18,6 +19,9 @@ from blynk_server.hardware.guard import LoginGuard
 from blynk_server.hardware.stats import HardwareStats
 from blynk_server.hardware.turns import ReadTurns
 from blynk_server.hub import DeviceLink, Hub
+
+if TYPE_CHECKING:
+    from blynk_server.mailer import Mailer
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +36,8 @@ class SessionContext:
     - ``sessions``: the live connections, logged in or not (closed at shutdown, counted by the metrics);
     - ``http_handoff``: set by the HTTP side, builds the protocol that takes over a sniffed HTTP
       connection (None: HTTP is not served on the device port);
-    - ``login_hooks``: called with each session that logs in (a failing hook is logged, not raised).
+    - ``login_hooks``: called with each session that logs in (a failing hook is logged, not raised);
+    - ``mailer``: queues a device's EMAIL (None: e-mail is off, the device gets status 14).
     """
 
     __slots__ = (
@@ -47,6 +52,7 @@ class SessionContext:
         "sessions",
         "http_handoff",
         "login_hooks",
+        "mailer",
     )
 
     def __init__(self, settings: Settings, domain: Domain, hub: Hub, loop: asyncio.AbstractEventLoop) -> None:
@@ -61,6 +67,7 @@ class SessionContext:
         self.sessions: set[DeviceLink] = set()
         self.http_handoff: Callable[[], asyncio.Protocol] | None = None
         self.login_hooks: list[Callable[[DeviceLink], None]] = []
+        self.mailer: Mailer | None = None
 
     def logged_in(self, link: DeviceLink, device_id: int) -> None:
         """Run the login hooks for a session that has just logged in."""

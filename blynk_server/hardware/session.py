@@ -17,6 +17,7 @@ from blynk_server.domain import DeviceState, InvalidValue
 from blynk_server.hardware.context import SessionContext
 from blynk_server.hardware.deadlines import Deadlines
 from blynk_server.hardware.turns import ReadTurns
+from blynk_server.mailer import MailInvalid, MailNoRecipient, MailOff, MailRefused, MailTooSoon
 from blynk_server.model import MAX_TS_MS, now_ms
 from blynk_server.timeutil import UTC_REQUESTS, rtc_seconds, utc_answer
 from protocol import Command, Decoder, FrameTooLarge, Status, encode_frame, encode_response
@@ -817,13 +818,48 @@ class HardwareSession(asyncio.BufferedProtocol):
         if not self.ctx.hub.send(target.id, Command.BRIDGE, msg.hardware, msg_id):
             self._reply(msg_id, Status.DEVICE_NOT_IN_NETWORK)
 
-    def _on_notification(self, command: int, msg_id: int) -> None:
-        # Tweets, e-mails, pushes and SMS are not delivered by this server: say so, don't drop silently.
+    def _on_notification(self, command: int, msg_id: int, body: bytes) -> None:
+        """The legacy notification commands. EMAIL is queued for SMTP (never awaited: the outbox writes
+        it on the store's thread); NOTIFY is logged as the event ``notify`` (what that event notifies
+        follows from it). Tweets, pushes and SMS are not delivered: status 14, and a log line."""
+        dev = self.device
+        if command == Command.NOTIFY:
+            text = body.decode("utf-8", "replace")
+            if not text or len(text) > MAX_NOTIFY:
+                self._reply(msg_id, Status.NTF_INVALID_BODY)
+                return
+            try:
+                self.domain.log_event(dev, "notify", text)
+            except InvalidValue as exc:  # a limit of events (rate, per day); the domain logs it, rate-limited
+                self._reply(msg_id, exc.status)
+                return
+            self._reply(msg_id, Status.SUCCESS)
+            return
+        if command == Command.EMAIL and self.ctx.mailer is not None:
+            try:
+                self.ctx.mailer.send_from_device(dev.id, body)
+            except MailOff:
+                pass  # answered below, as when no mailer is configured
+            except MailRefused as exc:
+                if self._should_log():
+                    log.info("e-mail from device=%d refused: %s (%d noted)", dev.id, exc, self._noise)
+                self._reply(msg_id, _MAIL_STATUS.get(type(exc), Status.NTF_INVALID_BODY))
+                return
+            else:
+                self._reply(msg_id, Status.SUCCESS)
+                return
         if self._should_log():
-            log.info(
-                "notification command=%d from device=%d not supported (%d noted)", command, self.device.id, self._noise
-            )
+            what = "e-mail is off (no smtp_host)" if command == Command.EMAIL else "not supported"
+            log.info("notification command=%d from device=%d: %s (%d noted)", command, dev.id, what, self._noise)
         self._reply(msg_id, Status.NTF_NOT_AUTHORIZED)
+
+
+MAX_NOTIFY = 255  # characters of a NOTIFY message (the legacy server's push limit); more: status 13
+_MAIL_STATUS = {  # a refused device e-mail's answer, as the legacy server gave it
+    MailTooSoon: Status.QUOTA_LIMIT,
+    MailNoRecipient: Status.NOT_ALLOWED,
+    MailInvalid: Status.NTF_INVALID_BODY,
+}
 
 
 # One handler table for all sessions (a dict of bound methods per session cost ~1.5 KB each).
@@ -842,4 +878,4 @@ HANDLERS = {
     Command.HW_LOGIN: HardwareSession._on_login_again,
 }
 for _cmd in NOTIFICATIONS:
-    HANDLERS[_cmd] = lambda self, msg_id, body, cmd=_cmd: self._on_notification(cmd, msg_id)
+    HANDLERS[_cmd] = lambda self, msg_id, body, cmd=_cmd: self._on_notification(cmd, msg_id, body)

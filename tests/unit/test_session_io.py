@@ -207,8 +207,9 @@ def test_a_bridge_write_with_a_bad_value_is_refused(world):
 
 
 def test_notifications_are_refused_not_dropped(world):
-    dev = world.login()
-    assert dev.request(Command.NOTIFY, b"hello") == [response(2, Status.NTF_NOT_AUTHORIZED)]
+    dev = world.login()  # no mailer: e-mail is off (tests/unit/test_outbox_mailer.py has the rest)
+    assert dev.request(Command.TWEET, b"hello") == [response(2, Status.NTF_NOT_AUTHORIZED)]
+    assert dev.request(Command.EMAIL, b"a@example.com\0s\0b") == [response(3, Status.NTF_NOT_AUTHORIZED)]
 
 
 def test_an_unknown_command_is_illegal(world):
