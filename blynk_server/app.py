@@ -31,10 +31,13 @@ from blynk_server.looplag import LoopLag
 from blynk_server.metrics import Sources, build_registry, render
 from blynk_server.model import Datastream
 from blynk_server.ota.service import OtaService
+from blynk_server.outbox import Outbox
 from blynk_server.provisioning import Provisioning, new_template_id
 from blynk_server.store import SqliteStore
 from blynk_server.store.retention import Retention
 from blynk_server.store.sqlite import CloseReport, Snapshot, StoreUnavailable
+from blynk_server.webhooks import Webhooks
+from blynk_server.webhooks import add_admin_routes as add_webhook_routes
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +109,8 @@ class BlynkServer:
         self.hardware: HardwareServer | None = None
         self.http: HttpFrontend | None = None
         self.ota: OtaService | None = None
+        self.outbox: Outbox | None = None
+        self.webhooks: Webhooks | None = None
         self.lag = LoopLag()
         self._runners: list[web.AppRunner] = []
         self.admin_address: tuple[str, int] | None = None
@@ -141,6 +146,10 @@ class BlynkServer:
         self.domain = domain = Domain(store, self.hub, s)
         domain.load_snapshot(ready.snapshot)
         self.provisioning = Provisioning(store, domain)
+        self.outbox = Outbox(store, s)
+        self.webhooks = webhooks = Webhooks(store, domain, self.outbox, s)
+        await webhooks.start()  # registers its deliverer and listens before anything can happen
+        await self.outbox.start()
         self.hardware = hardware = HardwareServer(s, domain, self.hub, loop)
         self.ota = OtaService(s, domain, self.hub, store.run, store.submit, lambda: hardware.address)
         await self.ota.start()
@@ -163,9 +172,17 @@ class BlynkServer:
                 http_stats,
                 self.lag,
                 self.ota,
+                webhooks,
             )
         )
-        admin = functools.partial(build_admin_app, self.provisioning, self.hub, self.ota, lambda: render(registry))
+        admin = functools.partial(
+            build_admin_app,
+            self.provisioning,
+            self.hub,
+            self.ota,
+            lambda: render(registry),
+            extensions=[lambda app: add_webhook_routes(app, webhooks)],
+        )
         self._print_quickstart(ready.quickstart)
         await self._serve_control(await self._runner(admin(None)))  # before "ready": the CLI may ask at once
         runner = await self._runner(admin(ready.api_key_hash, http_stats))
@@ -221,6 +238,10 @@ class BlynkServer:
             await self.http.stop()
         if self.ota is not None:
             await self.ota.stop()
+        if self.outbox is not None:
+            await self.outbox.stop()  # deliveries in flight finish (bounded); the rest stay queued
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         for runner in self._runners:
             await runner.cleanup()
         (self.settings.data_dir / CONTROL_SOCKET).unlink(missing_ok=True)

@@ -40,6 +40,8 @@ from blynk_server.provisioning import Provisioning as ProvisioningService
 from blynk_server.redact import RedactingFormatter
 from blynk_server.store import SqliteStore
 from blynk_server.store.sqlite import StoreUnavailable
+from blynk_server.webhooks_cli import add_parser as add_webhook_parser
+from blynk_server.webhooks_cli import cmd_webhook
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--template", help="template for rows that name none")
 
     add_ota_parser(sub)
+    add_webhook_parser(sub)
     return parser
 
 
@@ -346,7 +349,14 @@ def cmd_serve(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {None: cmd_serve, "serve": cmd_serve, "template": cmd_template, "device": cmd_device, "ota": cmd_ota}
+    handlers = {
+        None: cmd_serve,
+        "serve": cmd_serve,
+        "template": cmd_template,
+        "device": cmd_device,
+        "ota": cmd_ota,
+        "webhook": cmd_webhook,
+    }
     os.umask(0o077)  # whatever this creates in the data dir (database, firmware, recovery files) is private
     try:
         return handlers[args.command](args)

@@ -31,6 +31,7 @@ from blynk_server.ota.metrics import ota_metrics
 from blynk_server.ota.service import OtaService
 from blynk_server.store import SqliteStore
 from blynk_server.store.retention import RetentionStats
+from blynk_server.webhooks import Webhooks, webhook_metrics
 from protocol import Command
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class Sources:
     http: HttpStats
     lag: LoopLag
     ota: OtaService | None = None
+    webhooks: Webhooks | None = None
 
 
 class BlynkCollector(Collector):
@@ -93,6 +95,8 @@ class BlynkCollector(Collector):
         yield from _http(src.http)
         if src.ota is not None:
             yield from _ota(src.ota)
+        if src.webhooks is not None:
+            yield from _webhooks(src.webhooks)
         yield GaugeMetricFamily(
             "blynk_event_loop_lag_seconds", "Lateness of the last periodic timer", value=src.lag.last
         )
@@ -107,6 +111,16 @@ def _ota(ota: OtaService) -> Iterator[Metric]:
         families = list(ota_metrics(ota))
     except Exception:
         log.exception("ota metrics failed")
+        return
+    yield from families
+
+
+def _webhooks(webhooks: Webhooks) -> Iterator[Metric]:
+    """The per-webhook families; their failure must not fail the whole scrape."""
+    try:
+        families = list(webhook_metrics(webhooks))
+    except Exception:
+        log.exception("webhook metrics failed")
         return
     yield from families
 
