@@ -29,6 +29,7 @@ from benchmarks.harness.scenarios import run_load
 from benchmarks.harness.targets import BlynkTarget, cleanup, make_workdir
 
 KEYS = (
+    "logged_in",
     "sent_per_s",
     "processed_per_s",
     "sent_equals_processed",
@@ -43,6 +44,7 @@ KEYS = (
     "webhook_queued",
     "webhook_failed",
     "webhook_skipped_interval",
+    "webhook_skipped_rate",
 )
 
 
@@ -63,7 +65,7 @@ class Hanging:
         try:
             while await reader.read(65536):
                 pass  # read what comes, answer nothing
-        except ConnectionError:
+        except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
             writer.close()
@@ -80,6 +82,7 @@ def webhook_counters(target: BlynkTarget) -> dict:
         ("webhook_queued", r'^blynk_webhook_calls_queued_total\{name="hang"\}\s+(\S+)'),
         ("webhook_failed", r'^blynk_webhook_calls_total\{name="hang",result="failed"\}\s+(\S+)'),
         ("webhook_skipped_interval", r'^blynk_webhook_calls_skipped_total\{name="hang",reason="interval"\}\s+(\S+)'),
+        ("webhook_skipped_rate", r'^blynk_webhook_calls_skipped_total\{name="hang",reason="rate"\}\s+(\S+)'),
     ):
         m = re.search(pattern, text, re.M)
         out[key] = int(float(m.group(1))) if m else None
@@ -122,6 +125,7 @@ async def one_run(label: str, every: float | None, hang: Hanging, args) -> dict:
             new_ids=new_ids,
             workers=args.workers,
             duration=args.duration,
+            concurrency=50,  # logins in flight: under the server's pending_logins_per_ip (64)
         )
         res["target"] = label
         res["hang_connections"] = hang.connections - before if every is not None else None

@@ -49,6 +49,10 @@ HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")  # an HTTP toke
 FORBIDDEN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 PIN_RE = re.compile(r"([vVdDaA])(\d{1,3})")
 RETRYABLE_4XX = (408, 429)
+# Calls one webhook may queue per second (a bucket of as many): beyond it they are skipped and counted.
+# A target that hangs or is slow cannot then fill the outbox at the devices' write rate: queueing costs
+# the store's thread a row per call, and 10,000 rows/s slowed the device path (benchmarks/webhook_hang.py).
+MAX_CALLS_PER_S = 100.0
 
 CONTENT_TYPES = {  # short names accepted for the usual types
     "json": "application/json",
@@ -253,6 +257,7 @@ class Counters:
     ok: int = 0  # calls answered 2xx
     failed: int = 0  # calls that failed (each attempt)
     skipped_interval: int = 0  # happenings within every_s of the device's last call: not queued
+    skipped_rate: int = 0  # over MAX_CALLS_PER_S: not queued
     skipped_off: int = 0  # queued calls dropped: the webhook was disabled or deleted meanwhile
 
 
@@ -275,6 +280,8 @@ class Webhook:
     header_pieces: dict[str, tuple[Piece, ...]] = field(default_factory=dict)
     body_pieces: tuple[Piece, ...] = ()
     counters: Counters = field(default_factory=Counters)
+    bucket: float = MAX_CALLS_PER_S  # calls it may queue now (refilled at MAX_CALLS_PER_S)
+    bucket_at: float | None = None  # when the bucket was last refilled (the service's clock)
 
     @property
     def json_body(self) -> bool:
@@ -326,6 +333,7 @@ class Webhook:
                 "ok": c.ok,
                 "failed": c.failed,
                 "skipped_interval": c.skipped_interval,
+                "skipped_rate": c.skipped_rate,
                 "skipped_off": c.skipped_off,
             },
         }
@@ -638,8 +646,22 @@ class Webhooks:
                 hook.counters.skipped_interval += 1
                 return False
             self._last_call[slot] = now
+        if not self._spend(hook):
+            hook.counters.skipped_rate += 1
+            return False
         self.outbox.enqueue(KIND, {"webhook": hook.name, "values": happening_values(h, hook.name, trigger)})
         hook.counters.queued += 1
+        return True
+
+    def _spend(self, hook: Webhook) -> bool:
+        """One call from the webhook's bucket (MAX_CALLS_PER_S a second), False when it is empty."""
+        now = self.clock()
+        if hook.bucket_at is not None:
+            hook.bucket = min(MAX_CALLS_PER_S, hook.bucket + (now - hook.bucket_at) * MAX_CALLS_PER_S)
+        hook.bucket_at = now
+        if hook.bucket < 1.0:
+            return False
+        hook.bucket -= 1.0
         return True
 
     # --- delivery (an outbox worker) ---
@@ -769,7 +791,8 @@ def webhook_metrics(webhooks: Webhooks) -> Iterator[Any]:
     )
     skipped = CounterMetricFamily(
         "blynk_webhook_calls_skipped",
-        "Webhook calls not made: within every_s of the device's last (interval), or disabled/deleted while queued (off)",
+        "Webhook calls not made: within every_s of the device's last (interval), over the webhook's calls/s (rate),"
+        " or disabled/deleted while queued (off)",
         labels=["name", "reason"],
     )
     queued = CounterMetricFamily("blynk_webhook_calls_queued", "Webhook calls put in the outbox", labels=["name"])
@@ -782,6 +805,7 @@ def webhook_metrics(webhooks: Webhooks) -> Iterator[Any]:
         calls.add_metric([hook.name, "ok"], c.ok)
         calls.add_metric([hook.name, "failed"], c.failed)
         skipped.add_metric([hook.name, "interval"], c.skipped_interval)
+        skipped.add_metric([hook.name, "rate"], c.skipped_rate)
         skipped.add_metric([hook.name, "off"], c.skipped_off)
         queued.add_metric([hook.name], c.queued)
         disabled.add_metric([hook.name], 0 if hook.enabled else 1)

@@ -18,6 +18,7 @@ from blynk_server.reactions import EVENT, OFFLINE, ONLINE, VALUE, Happening
 from blynk_server.store import SqliteStore
 from blynk_server.webhooks import (
     KIND,
+    MAX_CALLS_PER_S,
     MAX_WEBHOOKS,
     WebhookError,
     Webhooks,
@@ -249,6 +250,18 @@ async def test_every_s_skips_calls_per_device_and_counts_them(world):
     emit(Happening(ONLINE, dev, TS))
     assert [p["values"]["device_id"] for _, p in outbox.queued] == [dev.id, other.id, dev.id]
     assert hooks.get("h1").counters.skipped_interval == 1
+
+
+async def test_calls_per_second_of_one_webhook_are_bounded(world):
+    hooks, domain, dev, _, outbox, clock = world
+    await hooks.create(spec())
+    for i in range(int(MAX_CALLS_PER_S) + 50):
+        domain.write_key(dev, "v1", str(i).encode())
+    assert len(outbox.queued) == MAX_CALLS_PER_S and hooks.get("h1").counters.skipped_rate == 50
+    clock.now += 0.5  # half a second refills half the bucket
+    for i in range(100):
+        domain.write_key(dev, "v1", str(i).encode())
+    assert len(outbox.queued) == MAX_CALLS_PER_S * 1.5
 
 
 async def test_call_for_automations(world):
