@@ -20,6 +20,7 @@ from aiohttp import web
 import protocol
 from blynk_server import apikey, hot_path_implementation
 from blynk_server.automations import Automations
+from blynk_server.automations import add_admin_routes as add_automation_routes
 from blynk_server.config import Settings
 from blynk_server.control import CONTROL_SOCKET, DataDirBusy, DataDirLock, listen_socket
 from blynk_server.domain import Domain
@@ -38,6 +39,8 @@ from blynk_server.provisioning import Provisioning, new_template_id
 from blynk_server.store import SqliteStore
 from blynk_server.store.retention import Retention
 from blynk_server.store.sqlite import CloseReport, Snapshot, StoreUnavailable
+from blynk_server.webhooks import Webhooks
+from blynk_server.webhooks import add_admin_routes as add_webhook_routes
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +115,7 @@ class BlynkServer:
         self.automations: Automations | None = None
         self.outbox: Outbox | None = None
         self.mailer: Mailer | None = None
+        self.webhooks: Webhooks | None = None
         self.lag = LoopLag()
         self._runners: list[web.AppRunner] = []
         self.admin_address: tuple[str, int] | None = None
@@ -149,13 +153,15 @@ class BlynkServer:
         self.provisioning = Provisioning(store, domain)
         self.outbox = Outbox(store, s)
         self.mailer = Mailer(s, self.outbox)  # registers the "email" deliverer when smtp_host is set
+        self.webhooks = webhooks = Webhooks(store, domain, self.outbox, s)
+        await webhooks.start()  # registers its deliverer and listens before anything can happen
         await self.outbox.start()
         self.hardware = hardware = HardwareServer(s, domain, self.hub, loop)
         hardware.context.mailer = self.mailer
         self.ota = OtaService(s, domain, self.hub, store.run, store.submit, lambda: hardware.address)
         await self.ota.start()
         self.ota.db.forbid_thread(threading.get_ident())  # OTA's tables too: only through the store's thread
-        self.automations = Automations(store, domain, s, mailer=self.mailer)
+        self.automations = automations = Automations(store, domain, s, mailer=self.mailer, webhooks=webhooks)
         await self.automations.start()  # before the listener: rules see the first device's values
         http_stats = HttpStats()
         self.http = HttpFrontend(
@@ -177,6 +183,7 @@ class BlynkServer:
                 ota=self.ota,
                 automations=self.automations.stats,
                 outbox=self.outbox.stats,
+                webhooks=webhooks,
             )
         )
         admin = functools.partial(
@@ -185,7 +192,10 @@ class BlynkServer:
             self.hub,
             self.ota,
             lambda: render(registry),
-            automations=self.automations,
+            extensions=[
+                lambda app: add_webhook_routes(app, webhooks),
+                lambda app: add_automation_routes(app, automations),
+            ],
         )
         self._print_quickstart(ready.quickstart)
         await self._serve_control(await self._runner(admin(None)))  # before "ready": the CLI may ask at once
@@ -244,8 +254,10 @@ class BlynkServer:
             await self.ota.stop()
         if self.automations is not None:
             self.automations.stop()
-        if self.outbox is not None:  # after the doors: nothing enqueues any more; before the store closes
+        if self.outbox is not None:  # after the doors; in flight finish (bounded), the rest stay queued
             await self.outbox.stop()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         for runner in self._runners:
             await runner.cleanup()
         (self.settings.data_dir / CONTROL_SOCKET).unlink(missing_ok=True)

@@ -42,6 +42,8 @@ from blynk_server.provisioning import Provisioning as ProvisioningService
 from blynk_server.redact import RedactingFormatter
 from blynk_server.store import SqliteStore
 from blynk_server.store.sqlite import StoreUnavailable
+from blynk_server.webhooks_cli import add_parser as add_webhook_parser
+from blynk_server.webhooks_cli import cmd_webhook
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_ota_parser(sub)
     add_automation_parser(sub)
+    add_webhook_parser(sub)
     return parser
 
 
@@ -349,8 +352,15 @@ def cmd_serve(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {None: cmd_serve, "serve": cmd_serve, "template": cmd_template, "device": cmd_device, "ota": cmd_ota}
-    handlers["automation"] = cmd_automation
+    handlers = {
+        None: cmd_serve,
+        "serve": cmd_serve,
+        "template": cmd_template,
+        "device": cmd_device,
+        "ota": cmd_ota,
+        "webhook": cmd_webhook,
+        "automation": cmd_automation,
+    }
     os.umask(0o077)  # whatever this creates in the data dir (database, firmware, recovery files) is private
     try:
         return handlers[args.command](args)

@@ -33,6 +33,7 @@ from blynk_server.ota.service import OtaService
 from blynk_server.outbox import OutboxStats
 from blynk_server.store import SqliteStore
 from blynk_server.store.retention import RetentionStats
+from blynk_server.webhooks import Webhooks, webhook_metrics
 from protocol import Command
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class Sources:
     ota: OtaService | None = None
     automations: AutomationStats | None = None
     outbox: OutboxStats | None = None
+    webhooks: Webhooks | None = None
 
 
 class BlynkCollector(Collector):
@@ -101,6 +103,8 @@ class BlynkCollector(Collector):
             yield from automation_metrics(src.automations)
         if src.outbox is not None:
             yield from _outbox(src.outbox)
+        if src.webhooks is not None:
+            yield from _webhooks(src.webhooks)
         yield GaugeMetricFamily(
             "blynk_event_loop_lag_seconds", "Lateness of the last periodic timer", value=src.lag.last
         )
@@ -115,6 +119,16 @@ def _ota(ota: OtaService) -> Iterator[Metric]:
         families = list(ota_metrics(ota))
     except Exception:
         log.exception("ota metrics failed")
+        return
+    yield from families
+
+
+def _webhooks(webhooks: Webhooks) -> Iterator[Metric]:
+    """The per-webhook families; their failure must not fail the whole scrape."""
+    try:
+        families = list(webhook_metrics(webhooks))
+    except Exception:
+        log.exception("webhook metrics failed")
         return
     yield from families
 

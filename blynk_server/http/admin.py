@@ -9,13 +9,11 @@ The listener binds 127.0.0.1 by default.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from aiohttp import web
 
 from blynk_server import apikey
-from blynk_server.automations import Automations
-from blynk_server.automations import add_admin_routes as add_automation_routes
 from blynk_server.domain import DeviceState, InvalidValue
 from blynk_server.http.common import (
     INT64_MAX,
@@ -86,9 +84,10 @@ def build_admin_app(
     render_metrics: Callable[[], bytes],
     api_key_hash: str | None,
     stats: HttpStats | None = None,
-    automations: Automations | None = None,
+    extensions: Iterable[Callable[[web.Application], None]] = (),
 ) -> web.Application:
-    """The admin API. ``api_key_hash`` None: no key asked (the control socket in the private data dir)."""
+    """The admin API. ``api_key_hash`` None: no key asked (the control socket in the private data dir).
+    ``extensions`` add the routes of other parts (webhooks...), behind the same key."""
     middlewares = [auth_middleware(api_key_hash)]
     if stats is not None:
         middlewares.insert(0, metrics_middleware(stats, "admin"))
@@ -264,8 +263,8 @@ def build_admin_app(
     r.add_get("/api/devices/{device_id}/meta", device_meta)
     r.add_put("/api/devices/{device_id}/meta/{name}", put_meta)
     add_admin_routes(app, ota)
-    if automations is not None:
-        add_automation_routes(app, automations)
+    for extend in extensions:
+        extend(app)
     return app
 
 

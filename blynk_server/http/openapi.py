@@ -54,6 +54,7 @@ TEMPLATE = {"$ref": "#/components/schemas/Template"}
 DEVICE = {"$ref": "#/components/schemas/Device"}
 DATASTREAM = {"$ref": "#/components/schemas/Datastream"}
 AUTOMATION = {"$ref": "#/components/schemas/Automation"}
+WEBHOOK = {"$ref": "#/components/schemas/Webhook"}
 
 
 def add_undocumented(doc: dict, routes) -> dict:
@@ -222,10 +223,71 @@ def spec() -> dict:
                         },
                     },
                 },
+                "NewWebhook": {
+                    "type": "object",
+                    "required": ["name", "url", "on"],
+                    "properties": {
+                        "name": {"type": "string", "description": "1..80 letters, digits, spaces, - _ . '"},
+                        "url": {"type": "string", "description": "http:// or https://; placeholders in path and query"},
+                        "on": {
+                            "type": "string",
+                            "example": "datastream:TMPL1:V1",
+                            "description": "datastream:TEMPLATE:PIN, event:TEMPLATE:CODE, online:TEMPLATE, offline:TEMPLATE",
+                        },
+                        "method": {"type": "string", "enum": ["GET", "POST", "PUT", "PATCH", "DELETE"]},
+                        "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "body": {"type": "string", "description": "template: {device_name}, {datastream_value}..."},
+                        "content_type": {"type": "string", "description": "json, form, text or a media type"},
+                        "every_s": {"type": "number", "description": "minimum seconds between calls per device"},
+                        "enabled": {"type": "boolean"},
+                    },
+                },
+                "Webhook": {
+                    "allOf": [
+                        {"$ref": "#/components/schemas/NewWebhook"},
+                        {
+                            "type": "object",
+                            "properties": {
+                                "failures": {"type": "integer", "description": "consecutive failed calls"},
+                                "disabled_reason": {"type": "string", "nullable": True},
+                                "created_at": {"type": "integer"},
+                                "stats": {"type": "object"},
+                            },
+                        },
+                    ]
+                },
             },
         },
         "security": KEYED,
         "paths": {
+            "/api/webhooks": {
+                "get": _op(
+                    "List webhooks with their state and counters", _json({"type": "array", "items": WEBHOOK}), errors=()
+                ),
+                "post": _op(
+                    "Create a webhook",
+                    _json(WEBHOOK, "201", "Created"),
+                    body="#/components/schemas/NewWebhook",
+                    errors=("400", "404", "409"),
+                ),
+            },
+            "/api/webhooks/{name}": {
+                "get": _op("Show a webhook", _json(WEBHOOK), params=[_path("name")], errors=("404",)),
+                "delete": _op(
+                    "Delete a webhook (its queued calls are dropped)",
+                    {"204": {"description": "Deleted"}},
+                    params=[_path("name")],
+                    errors=("404",),
+                ),
+            },
+            "/api/webhooks/{name}/enable": {
+                "post": _op(
+                    "Enable a webhook again (failure count back to 0)",
+                    _json(WEBHOOK),
+                    params=[_path("name")],
+                    errors=("404",),
+                ),
+            },
             "/api/health": {"get": _op("Liveness and session count", public=True, errors=())},
             "/metrics": {
                 "get": _op(
