@@ -22,6 +22,7 @@ from blynk_server import apikey, hot_path_implementation
 from blynk_server.config import Settings
 from blynk_server.control import CONTROL_SOCKET, DataDirBusy, DataDirLock, listen_socket
 from blynk_server.domain import Domain
+from blynk_server.events import EventsService
 from blynk_server.hardware.server import HardwareServer
 from blynk_server.http.admin import build_admin_app
 from blynk_server.http.frontend import HttpFrontend, build_device_app
@@ -106,6 +107,7 @@ class BlynkServer:
         self.hardware: HardwareServer | None = None
         self.http: HttpFrontend | None = None
         self.ota: OtaService | None = None
+        self.events: EventsService | None = None
         self.lag = LoopLag()
         self._runners: list[web.AppRunner] = []
         self.admin_address: tuple[str, int] | None = None
@@ -141,8 +143,13 @@ class BlynkServer:
         self.domain = domain = Domain(store, self.hub, s)
         domain.load_snapshot(ready.snapshot)
         self.provisioning = Provisioning(store, domain)
+        # Before the listeners: the first logEvent finds its template's codes. Mailer: None until the
+        # mail part is merged (then ``Mailer(s, outbox)``).
+        self.events = events = EventsService(store, domain, None)
+        await events.start()
         self.hardware = hardware = HardwareServer(s, domain, self.hub, loop)
         self.ota = OtaService(s, domain, self.hub, store.run, store.submit, lambda: hardware.address)
+        self.ota.on_status.append(events.ota_status)
         await self.ota.start()
         self.ota.db.forbid_thread(threading.get_ident())  # OTA's tables too: only through the store's thread
         http_stats = HttpStats()
@@ -163,9 +170,12 @@ class BlynkServer:
                 http_stats,
                 self.lag,
                 self.ota,
+                events.stats,
             )
         )
-        admin = functools.partial(build_admin_app, self.provisioning, self.hub, self.ota, lambda: render(registry))
+        admin = functools.partial(
+            build_admin_app, self.provisioning, self.hub, self.ota, lambda: render(registry), events=events
+        )
         self._print_quickstart(ready.quickstart)
         await self._serve_control(await self._runner(admin(None)))  # before "ready": the CLI may ask at once
         runner = await self._runner(admin(ready.api_key_hash, http_stats))
@@ -217,6 +227,8 @@ class BlynkServer:
         if self.hardware is not None:
             await self.hardware.stop()
             self.hardware.http_handoff = None
+        if self.events is not None:  # after the sessions closed (their offline), before the store
+            await self.events.stop()
         if self.http is not None:
             await self.http.stop()
         if self.ota is not None:

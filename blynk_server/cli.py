@@ -32,6 +32,8 @@ from blynk_server.cli_common import (
 )
 from blynk_server.control import DataDirBusy
 from blynk_server.domain import DeviceState, Domain
+from blynk_server.events_cli import add_parser as add_event_parser
+from blynk_server.events_cli import cmd_event, cmd_timeline
 from blynk_server.hub import Hub
 from blynk_server.model import DATASTREAM_TYPES, DeviceRecord
 from blynk_server.ota.cli import add_ota_parser, cmd_ota
@@ -89,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--template", help="template for rows that name none")
 
     add_ota_parser(sub)
+    add_event_parser(sub)
     return parser
 
 
@@ -346,7 +349,15 @@ def cmd_serve(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {None: cmd_serve, "serve": cmd_serve, "template": cmd_template, "device": cmd_device, "ota": cmd_ota}
+    handlers = {
+        None: cmd_serve,
+        "serve": cmd_serve,
+        "template": cmd_template,
+        "device": cmd_device,
+        "ota": cmd_ota,
+        "event": cmd_event,
+        "timeline": cmd_timeline,
+    }
     os.umask(0o077)  # whatever this creates in the data dir (database, firmware, recovery files) is private
     try:
         return handlers[args.command](args)

@@ -21,12 +21,13 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from blynk_server.domain import DeviceState, Domain
 from blynk_server.eventdefs import LEVELS, OFFLINE, ONLINE, OTA, EventDef, load_rows
@@ -71,6 +72,26 @@ class EventsStats:
         self.offline_pending = 0  # devices away, inside their ignore period (gauge)
         self.mails = 0  # e-mails handed to the mailer
         self.mails_failed = 0  # e-mails the mailer refused (e-mail off, bad address)
+
+
+def event_metrics(stats: EventsStats) -> Iterator[Metric]:
+    """The families ``metrics.py`` adds to a scrape."""
+    system = CounterMetricFamily("blynk_system_events", "System events recorded on timelines", labels=["code"])
+    for code, n in stats.system.items():
+        system.add_metric([code], n)
+    yield system
+    yield CounterMetricFamily(
+        "blynk_offline_ignored",
+        "Disconnections not recorded: the device came back within its offline-ignore period",
+        value=stats.offline_ignored,
+    )
+    yield GaugeMetricFamily(
+        "blynk_devices_offline_pending", "Devices away, inside their offline-ignore period", value=stats.offline_pending
+    )
+    mails = CounterMetricFamily("blynk_event_mails", "Event e-mails handed to the mailer", labels=["result"])
+    mails.add_metric(["queued"], stats.mails)
+    mails.add_metric(["refused"], stats.mails_failed)
+    yield mails
 
 
 @dataclass(slots=True)
@@ -435,6 +456,7 @@ __all__ = [
     "TimelineQuery",
     "add_admin_routes",
     "compose_mail",
+    "event_metrics",
     "load_state",
     "parse_timeline_query",
 ]

@@ -15,6 +15,8 @@ from aiohttp import web
 
 from blynk_server import apikey
 from blynk_server.domain import DeviceState, InvalidValue
+from blynk_server.events import EventsService
+from blynk_server.events import add_admin_routes as add_event_routes
 from blynk_server.http.common import (
     INT64_MAX,
     ApiError,
@@ -84,6 +86,7 @@ def build_admin_app(
     render_metrics: Callable[[], bytes],
     api_key_hash: str | None,
     stats: HttpStats | None = None,
+    events: EventsService | None = None,
 ) -> web.Application:
     """The admin API. ``api_key_hash`` None: no key asked (the control socket in the private data dir)."""
     middlewares = [auth_middleware(api_key_hash)]
@@ -261,6 +264,8 @@ def build_admin_app(
     r.add_get("/api/devices/{device_id}/meta", device_meta)
     r.add_put("/api/devices/{device_id}/meta/{name}", put_meta)
     add_admin_routes(app, ota)
+    if events is not None:
+        add_event_routes(app, events, provisioning)
     return app
 
 
