@@ -24,6 +24,8 @@ from blynk_server.automations import add_admin_routes as add_automation_routes
 from blynk_server.config import Settings
 from blynk_server.control import CONTROL_SOCKET, DataDirBusy, DataDirLock, listen_socket
 from blynk_server.domain import Domain
+from blynk_server.events import EventsService
+from blynk_server.events import add_admin_routes as add_event_routes
 from blynk_server.hardware.server import HardwareServer
 from blynk_server.http.admin import build_admin_app
 from blynk_server.http.frontend import HttpFrontend, build_device_app
@@ -116,6 +118,7 @@ class BlynkServer:
         self.outbox: Outbox | None = None
         self.mailer: Mailer | None = None
         self.webhooks: Webhooks | None = None
+        self.events: EventsService | None = None
         self.lag = LoopLag()
         self._runners: list[web.AppRunner] = []
         self.admin_address: tuple[str, int] | None = None
@@ -156,9 +159,13 @@ class BlynkServer:
         self.webhooks = webhooks = Webhooks(store, domain, self.outbox, s)
         await webhooks.start()  # registers its deliverer and listens before anything can happen
         await self.outbox.start()
+        # Before the listeners: the first logEvent finds its template's codes.
+        self.events = events = EventsService(store, domain, self.mailer)
+        await events.start()
         self.hardware = hardware = HardwareServer(s, domain, self.hub, loop)
         hardware.context.mailer = self.mailer
         self.ota = OtaService(s, domain, self.hub, store.run, store.submit, lambda: hardware.address)
+        self.ota.on_status.append(events.ota_status)
         await self.ota.start()
         self.ota.db.forbid_thread(threading.get_ident())  # OTA's tables too: only through the store's thread
         self.automations = automations = Automations(store, domain, s, mailer=self.mailer, webhooks=webhooks)
@@ -184,6 +191,7 @@ class BlynkServer:
                 automations=self.automations.stats,
                 outbox=self.outbox.stats,
                 webhooks=webhooks,
+                events=events.stats,
             )
         )
         admin = functools.partial(
@@ -195,6 +203,7 @@ class BlynkServer:
             extensions=[
                 lambda app: add_webhook_routes(app, webhooks),
                 lambda app: add_automation_routes(app, automations),
+                lambda app: add_event_routes(app, events, self.provisioning),
             ],
         )
         self._print_quickstart(ready.quickstart)
@@ -248,6 +257,8 @@ class BlynkServer:
         if self.hardware is not None:
             await self.hardware.stop()
             self.hardware.http_handoff = None
+        if self.events is not None:  # after the sessions closed (their offline), before the store
+            await self.events.stop()
         if self.http is not None:
             await self.http.stop()
         if self.ota is not None:

@@ -34,6 +34,8 @@ from blynk_server.cli_common import (
 )
 from blynk_server.control import DataDirBusy
 from blynk_server.domain import DeviceState, Domain
+from blynk_server.events_cli import add_parser as add_event_parser
+from blynk_server.events_cli import cmd_event, cmd_timeline
 from blynk_server.hub import Hub
 from blynk_server.model import DATASTREAM_TYPES, DeviceRecord
 from blynk_server.ota.cli import add_ota_parser, cmd_ota
@@ -95,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_ota_parser(sub)
     add_automation_parser(sub)
     add_webhook_parser(sub)
+    add_event_parser(sub)
     return parser
 
 
@@ -360,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         "ota": cmd_ota,
         "webhook": cmd_webhook,
         "automation": cmd_automation,
+        "event": cmd_event,
+        "timeline": cmd_timeline,
     }
     os.umask(0o077)  # whatever this creates in the data dir (database, firmware, recovery files) is private
     try:

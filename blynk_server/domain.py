@@ -19,10 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from blynk_server.config import Settings
+from blynk_server.eventdefs import TemplateEvents
 from blynk_server.history import HistoryQuery
 from blynk_server.hub import Hub
 from blynk_server.model import MAX_TS_MS, Datastream, DeviceRecord, Template, now_ms
-from blynk_server.reactions import VALUE, Happening, Reactions
+from blynk_server.reactions import EVENT, VALUE, Happening, Reactions
 from blynk_server.store import SqliteStore
 from blynk_server.store.sqlite import Snapshot
 from protocol import Command, Status
@@ -58,9 +59,16 @@ class EventRejected(InvalidValue):
 
 
 class EventQuotaExceeded(EventRejected):
-    """An event over a rate (one code per second, events per day)."""
+    """An event over a rate (its definition's ``every_s``, at least 1 s; events per day)."""
 
     status = Status.QUOTA_LIMIT
+
+
+class EventNotDeclared(EventRejected):
+    """A code the device's template does not declare (or a system code, which only the server logs):
+    refused as Blynk does, status 2 on the device, 400 over HTTP."""
+
+    status = Status.ILLEGAL_COMMAND
 
 
 @dataclass(slots=True, eq=False)
@@ -85,6 +93,12 @@ class DeviceState:
     @property
     def token(self) -> str:
         return self.record.token
+
+
+def _seconds(ms: int) -> str:
+    """``1 second``, ``2.5 seconds``: an event interval in a refusal's message."""
+    n = ms / 1000
+    return "1 second" if n == 1 else f"{n:g} seconds"
 
 
 def _format_number(x: float) -> bytes:
@@ -163,6 +177,7 @@ class DomainStats:
         "invalid_writes",
         "events",
         "events_rejected",
+        "events_undeclared",
         "properties_rejected",
         "meta_rejected",
         "http_writes_delivered",
@@ -174,7 +189,8 @@ class DomainStats:
         self.writes = 0
         self.invalid_writes = 0  # includes out-of-range timestamps
         self.events = 0
-        self.events_rejected = 0
+        self.events_rejected = 0  # every refused event, undeclared codes included
+        self.events_undeclared = 0
         self.properties_rejected = 0
         self.meta_rejected = 0
         self.http_writes_delivered = 0
@@ -216,8 +232,13 @@ class Domain:
         self._next_refusal_log = 0.0
         # What happens to devices, for notifications, webhooks and automations (reactions.py).
         self.reactions = Reactions()
-        # Hooks other parts subscribe to (OTA wants to know about info messages and logins).
+        # The events each template declares (eventdefs.py): filled at start by the events service and
+        # changed by provisioning; ``log_event`` refuses a code not in it.
+        self.event_defs = TemplateEvents()
+        # Hooks other parts subscribe to (OTA wants to know about info messages and logins; the events
+        # service about logins and disconnections, for the online/offline timeline).
         self.on_device_info: list[Callable[[DeviceState, object], None]] = []
+        self.on_device_online: list[Callable[[DeviceState], None]] = []
         self.on_device_offline: list[Callable[[DeviceState], None]] = []
 
     # --- lookup (memory only: the domain holds every template and device, loaded once at start) ------
@@ -262,6 +283,7 @@ class Domain:
 
     def remove_template(self, template_id: str) -> None:
         self._templates.pop(template_id, None)
+        self.event_defs.drop_template(template_id)  # its rows went with the template (ON DELETE CASCADE)
 
     def put_datastream(self, template_id: str, ds: Datastream) -> None:
         """Add or replace a datastream in place: every device of the template sees it at its next write."""
@@ -306,6 +328,11 @@ class Domain:
         dev.online = True
         dev.record.last_seen = now_ms()
         self.store.put_device_seen(dev.id, dev.record.last_seen)
+        for hook in self.on_device_online:
+            try:
+                hook(dev)
+            except Exception:
+                log.exception("device online hook failed device=%d", dev.id)
 
     def set_offline(self, dev: DeviceState) -> None:
         dev.online = False
@@ -524,16 +551,23 @@ class Domain:
     # --- events, metadata -----------------------------------------------------------------------
 
     def log_event(self, dev: DeviceState, code: str, description: str | None) -> None:
-        """Log an event with the cloud's limits: description ≤ 300 chars, ≥ 1 s between events of
-        one code (reference protocol.md §7.2), ``events_per_day`` per device; and this server's:
-        code ≤ ``max_event_code`` chars, ≤ ``max_event_codes`` distinct codes per device (counted
-        since the server started), so ``last_event_ms`` stays small."""
+        """Log an event a device (or an API) sends, as Blynk does: the code must be one the device's
+        template declares, or the built-in ``notify`` (``EventNotDeclared`` otherwise, status 2); at
+        most one event of a code per the definition's ``every_s`` and never two within 1 s (the cloud's
+        floor); ``events_per_day`` per device; description ≤ 300 chars. And this server's: code ≤
+        ``max_event_code`` chars, ≤ ``max_event_codes`` distinct codes per device (counted since the
+        server started), so ``last_event_ms`` stays small. Stored with the definition's level, and
+        emitted as an EVENT happening (the description sent, else the definition's)."""
         if not code:
             raise EventRejected("Event code is not provided.")
         _check_live(dev)
         ts = now_ms()
         try:
             self._check_event_code(code)
+            edef = self.event_defs.loggable(dev.template.id, code)
+            if edef is None:
+                self.stats.events_undeclared += 1
+                raise EventNotDeclared(f"Event code {code!r} is not declared by the device's template.")
             if description is not None:
                 if len(description) > MAX_EVENT_DESCRIPTION:
                     raise EventRejected(f"Event description is longer than {MAX_EVENT_DESCRIPTION} characters.")
@@ -543,8 +577,10 @@ class Domain:
             if last is None:
                 if len(seen) >= self.max_event_codes:
                     raise EventRejected(f"A device may use at most {self.max_event_codes} event codes.")
-            elif ts - last < MIN_EVENT_INTERVAL_MS:
-                raise EventQuotaExceeded("Events of one code must be at least 1 second apart.")
+            else:
+                interval = max(MIN_EVENT_INTERVAL_MS, int(edef.every_s * 1000))
+                if ts - last < interval:
+                    raise EventQuotaExceeded(f"Events of one code must be at least {_seconds(interval)} apart.")
             day = ts // DAY_MS
             if dev.events_day != day:
                 dev.events_day = day
@@ -556,7 +592,28 @@ class Domain:
             raise self._refused(dev, exc) from None
         dev.events_today += 1
         seen[code] = ts
-        self.store.put_event(dev.id, code, description, ts)
+        level = edef.level
+        self.store.put_event(dev.id, code, description, ts, level)
+        self.stats.events += 1
+        reactions = self.reactions
+        reactions.emit(
+            Happening(
+                EVENT,
+                dev,
+                ts,
+                code=code,
+                level=level,
+                description=description if description is not None else edef.description or None,
+                depth=reactions.depth,
+            )
+        )
+
+    def put_system_event(self, dev: DeviceState, code: str, ts: int, description: str | None, level: str) -> None:
+        """Record an event the server itself logs (online, offline, ota): no declaration, no rate or
+        daily limit. Nothing for a deleted device. The caller emits what it means."""
+        if dev.deleted:
+            return
+        self.store.put_event(dev.id, code, description, ts, level)
         self.stats.events += 1
 
     def _check_event_code(self, code: str) -> None:

@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 
 from blynk_server.automations import AutomationStats, automation_metrics
 from blynk_server.domain import DomainStats
+from blynk_server.events import EventsStats, event_metrics
 from blynk_server.hardware.stats import HardwareStats
 from blynk_server.http.stats import HTTP_BUCKETS, HttpStats
 from blynk_server.hub import Hub
@@ -57,6 +58,7 @@ class Sources:
     automations: AutomationStats | None = None
     outbox: OutboxStats | None = None
     webhooks: Webhooks | None = None
+    events: EventsStats | None = None
 
 
 class BlynkCollector(Collector):
@@ -75,7 +77,12 @@ class BlynkCollector(Collector):
             "blynk_pin_writes_invalid", "Pin writes rejected by a datastream", value=d.invalid_writes
         )
         yield CounterMetricFamily("blynk_events_logged", "Events logged", value=d.events)
-        yield CounterMetricFamily("blynk_events_rejected", "Events rejected (limits)", value=d.events_rejected)
+        yield CounterMetricFamily(
+            "blynk_events_rejected", "Events rejected (limits, undeclared codes)", value=d.events_rejected
+        )
+        yield CounterMetricFamily(
+            "blynk_events_undeclared", "Events refused: a code the template does not declare", value=d.events_undeclared
+        )
         yield CounterMetricFamily(
             "blynk_properties_rejected", "Property updates refused (per-device limits)", value=d.properties_rejected
         )
@@ -105,6 +112,8 @@ class BlynkCollector(Collector):
             yield from _outbox(src.outbox)
         if src.webhooks is not None:
             yield from _webhooks(src.webhooks)
+        if src.events is not None:
+            yield from event_metrics(src.events)
         yield GaugeMetricFamily(
             "blynk_event_loop_lag_seconds", "Lateness of the last periodic timer", value=src.lag.last
         )

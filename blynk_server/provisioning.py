@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import secrets
 import sqlite3
 import string
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from blynk_server import eventdefs
 from blynk_server.domain import Domain
+from blynk_server.eventdefs import LEVELS, SYSTEM_CODES, EventDef
 from blynk_server.model import DATASTREAM_TYPES, Datastream, DeviceRecord, Template, new_token
 from blynk_server.store import SqliteStore
 from protocol.body import BodyError, parse_pin
@@ -27,6 +30,14 @@ INT64_MAX = 2**63 - 1
 TOKEN_CHARS = frozenset(string.ascii_letters + string.digits + "-_")
 SPEC_FIELDS = frozenset({"pin", "name", "type", "min", "max", "default", "enum"})
 SPEC_FLAGS = frozenset({"history", "sync"})
+EVENT_CODE_CHARS = frozenset(string.ascii_letters + string.digits + "_-. ")
+MAX_EVENT_NAME = 100
+MAX_EVENT_DESCRIPTION = 300
+MAX_EVENT_EMAILS = 20
+MAX_EMAIL = 254
+MAX_EVERY_S = 366 * 86_400  # a year: more is a typo
+MAX_OFFLINE_IGNORE_S = 7 * 86_400
+EMAIL = re.compile(r"[^@\s,;<>\"']+@[^@\s,;<>\"']+\.[^@\s,;<>\"']+")
 
 
 class ProvisioningError(Exception):
@@ -158,6 +169,60 @@ def datastream_from_json(pin: object, d: dict) -> Datastream:
     )
 
 
+def make_event_def(
+    code: object,
+    name: object = None,
+    level: object = "info",
+    description: object = "",
+    every_s: object = 0,
+    emails: Iterable[object] = (),
+    max_code: int = 64,
+) -> EventDef:
+    """A checked event definition: a code of letters, digits, ``_ - .`` and spaces (≤ ``max_code``
+    chars, as devices send it), a name ≤ 100 chars (the code when none), a level of ``LEVELS``, a
+    description ≤ 300 chars, ``every_s`` 0..a year, ≤ 20 plain e-mail addresses. The one validation the
+    CLI and the admin API share."""
+    code = str(code or "")
+    if not 1 <= len(code) <= max_code or not EVENT_CODE_CHARS.issuperset(code) or code.strip() != code:
+        raise ProvisioningError(f"An event code is 1..{max_code} letters, digits, '_', '-', '.' and inner spaces.")
+    name = str(name if name is not None else "") or code
+    if len(name) > MAX_EVENT_NAME or not name.isprintable():
+        raise ProvisioningError(f"An event name is 1..{MAX_EVENT_NAME} printable characters.")
+    level = str(level or "info").lower()
+    if level not in LEVELS:
+        raise ProvisioningError(f"level must be one of {', '.join(LEVELS)}.")
+    description = str(description or "")
+    if len(description) > MAX_EVENT_DESCRIPTION:
+        raise ProvisioningError(f"An event description is at most {MAX_EVENT_DESCRIPTION} characters.")
+    try:
+        every = float(every_s or 0)
+    except (TypeError, ValueError, OverflowError):
+        raise ProvisioningError("every_s must be a number of seconds.") from None
+    if not math.isfinite(every) or not 0 <= every <= MAX_EVERY_S:
+        raise ProvisioningError(f"every_s must be 0..{MAX_EVERY_S} seconds.")
+    if isinstance(emails, str):
+        emails = [emails]
+    addresses = tuple(dict.fromkeys(str(e).strip() for e in emails))
+    if len(addresses) > MAX_EVENT_EMAILS:
+        raise ProvisioningError(f"At most {MAX_EVENT_EMAILS} e-mail recipients per event.")
+    for address in addresses:
+        if len(address) > MAX_EMAIL or not EMAIL.fullmatch(address):
+            raise ProvisioningError(f"Not an e-mail address: {address[:64]!r}.")
+    return EventDef(code, name, level, description, every, addresses)
+
+
+def event_def_from_json(d: dict, max_code: int = 64) -> EventDef:
+    """The JSON form (``EventDef.as_dict``'s fields)."""
+    if not isinstance(d, dict):
+        raise ProvisioningError("An event is a JSON object.")
+    emails = d.get("emails") or ()
+    if not isinstance(emails, list | tuple | str):
+        raise ProvisioningError("emails must be a list of addresses.")
+    return make_event_def(
+        d.get("code"), d.get("name"), d.get("level"), d.get("description"), d.get("every_s"), emails, max_code
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class NewDevice:
     """One device to create: its template, name and (optional) static token."""
@@ -270,3 +335,55 @@ class Provisioning:
         self.domain.remove_device(device_id, "device deleted")
         await self.store.run(self.store.delete_device, device_id)
         log.info("device deleted device=%d", device_id)
+
+    # --- template events ----------------------------------------------------------------------
+
+    def event_defs(self, template_id: str) -> list[EventDef]:
+        self.template(template_id)
+        return self.domain.event_defs.declared(template_id)
+
+    async def put_event_def(self, template_id: str, d: EventDef, replace: bool = True) -> EventDef:
+        """Declare (or, with ``replace``, redeclare) an event; its devices may log it at once. A system
+        code may be declared to change its name, level and recipients (devices still cannot log it)."""
+        self.template(template_id)
+        registry = self.domain.event_defs
+        declared = {e.code for e in registry.declared(template_id)}
+        if d.code in declared and not replace:
+            raise Conflict(f"Event {d.code!r} already exists.")
+        if d.code not in declared and len(declared) >= self.domain.max_event_codes:
+            raise ProvisioningError(f"A template may declare at most {self.domain.max_event_codes} events.")
+        await self.store.run(eventdefs.save_def, self.store, template_id, d)
+        registry.put(template_id, d)
+        log.info(
+            "event declared template=%s code=%s level=%s every_s=%g recipients=%d%s",
+            template_id,
+            d.code,
+            d.level,
+            d.every_s,
+            len(d.emails),
+            " (system event)" if d.code in SYSTEM_CODES else "",
+        )
+        return d
+
+    async def delete_event_def(self, template_id: str, code: str) -> None:
+        self.template(template_id)
+        registry = self.domain.event_defs
+        if code not in {e.code for e in registry.declared(template_id)}:
+            raise NotFound("Event not found.")
+        await self.store.run(eventdefs.delete_def, self.store, template_id, code)
+        registry.remove(template_id, code)
+        log.info("event deleted template=%s code=%s", template_id, code)
+
+    async def set_offline_ignore(self, template_id: str, seconds: object) -> float:
+        """The template's offline-ignore period: a device away for less is not recorded offline."""
+        self.template(template_id)
+        try:
+            value = float(seconds)  # type: ignore[arg-type]
+        except (TypeError, ValueError, OverflowError):
+            raise ProvisioningError("offline_ignore_s must be a number of seconds.") from None
+        if not math.isfinite(value) or not 0 <= value <= MAX_OFFLINE_IGNORE_S:
+            raise ProvisioningError(f"offline_ignore_s must be 0..{MAX_OFFLINE_IGNORE_S} seconds.")
+        await self.store.run(eventdefs.save_settings, self.store, template_id, value)
+        self.domain.event_defs.set_offline_ignore(template_id, value)
+        log.info("offline ignore period template=%s seconds=%g", template_id, value)
+        return value

@@ -13,7 +13,9 @@ import re
 import shutil
 import signal
 import subprocess
+import urllib.request
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -97,6 +99,19 @@ class ServerProcess:
         for ds in datastreams:
             args += ["--datastream", ds]
         return json.loads(self.cli(*args).stdout)
+
+    def declare_events(self, template: str, *codes: str, **fields: object) -> None:
+        """Declare event codes on ``template`` through the admin API (devices may log only the codes
+        their template declares); declaring one again replaces it."""
+        for code in codes:
+            request = urllib.request.Request(
+                f"http://{self.admin_host}:{self.admin_port}/api/templates/{quote(template, safe='')}"
+                f"/events/{quote(code, safe='')}",
+                data=json.dumps(fields).encode(),
+                headers={"Authorization": f"Bearer {self.api_key}", "Content-Type": "application/json"},
+                method="PUT",
+            )
+            urllib.request.urlopen(request, timeout=10).close()
 
     def new_device(self, template: str, name: str = "dev") -> str:
         return self.cli("device", "create", "--template", template, "--name", name).stdout.strip()

@@ -50,7 +50,13 @@ def _path(name: str, description: str = "") -> dict:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}, "description": description}
 
 
+def _query(name: str, kind: str, description: str) -> dict:
+    return {"name": name, "in": "query", "required": False, "schema": {"type": kind}, "description": description}
+
+
 TEMPLATE = {"$ref": "#/components/schemas/Template"}
+EVENT_DEF = {"$ref": "#/components/schemas/EventDef"}
+EVENT_SETTINGS = {"$ref": "#/components/schemas/EventSettings"}
 DEVICE = {"$ref": "#/components/schemas/Device"}
 DATASTREAM = {"$ref": "#/components/schemas/Datastream"}
 AUTOMATION = {"$ref": "#/components/schemas/Automation"}
@@ -256,6 +262,43 @@ def spec() -> dict:
                         },
                     ]
                 },
+                "EventDef": {
+                    "type": "object",
+                    "required": ["code"],
+                    "properties": {
+                        "code": {"type": "string", "description": "as devices send it: letters, digits, _ - . space"},
+                        "name": {"type": "string", "description": "the code when absent"},
+                        "level": {"type": "string", "enum": ["info", "warning", "critical", "content"]},
+                        "description": {"type": "string"},
+                        "every_s": {"type": "number", "description": "at most one per device per N s (1 s floor)"},
+                        "emails": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+                "EventSettings": {
+                    "type": "object",
+                    "properties": {"offline_ignore_s": {"type": "number", "description": "0..604800"}},
+                },
+                "TimelinePage": {
+                    "type": "object",
+                    "properties": {
+                        "events": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "id": {"type": "integer", "nullable": True, "description": "null: not flushed"},
+                                    "code": {"type": "string"},
+                                    "name": {"type": "string"},
+                                    "level": {"type": "string"},
+                                    "description": {"type": "string", "nullable": True},
+                                    "ts": {"type": "integer"},
+                                    "resolved_at": {"type": "integer", "nullable": True},
+                                },
+                            },
+                        },
+                        "next_cursor": {"type": "string", "nullable": True},
+                    },
+                },
             },
         },
         "security": KEYED,
@@ -384,6 +427,51 @@ def spec() -> dict:
                             "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000},
                             "description": "decimal digits; larger values are taken as 10000",
                         },
+                    ],
+                ),
+            },
+            "/api/templates/{template_id}/events": {
+                "get": _op(
+                    "The template's declared events", _json({"type": "array", "items": EVENT_DEF}), params=[tid]
+                ),
+                "post": _op(
+                    "Declare an event (devices may log its code at once)",
+                    _json(EVENT_DEF, "201", "Created"),
+                    body="#/components/schemas/EventDef",
+                    params=[tid],
+                    errors=("400", "404", "409"),
+                ),
+            },
+            "/api/templates/{template_id}/events/{code}": {
+                "put": _op(
+                    "Declare or redeclare an event",
+                    _json(EVENT_DEF),
+                    body="#/components/schemas/EventDef",
+                    params=[tid, _path("code")],
+                ),
+                "delete": _op("Delete an event", {"204": {"description": "Deleted"}}, params=[tid, _path("code")]),
+            },
+            "/api/templates/{template_id}/event-settings": {
+                "get": _op("The template's offline-ignore period", _json(EVENT_SETTINGS), params=[tid]),
+                "put": _op(
+                    "Set the offline-ignore period",
+                    _json(EVENT_SETTINGS),
+                    body="#/components/schemas/EventSettings",
+                    params=[tid],
+                ),
+            },
+            "/api/devices/{device_id}/timeline": {
+                "get": _op(
+                    "The device's timeline, newest first, one page (unflushed events included)",
+                    _json({"$ref": "#/components/schemas/TimelinePage"}),
+                    params=[
+                        did,
+                        _query("since", "integer", "ms, inclusive"),
+                        _query("until", "integer", "ms, inclusive"),
+                        _query("level", "string", "info, warning, critical, content; comma-separated"),
+                        _query("code", "string", "comma-separated"),
+                        _query("limit", "integer", "1..1000, default 100"),
+                        _query("cursor", "string", "next_cursor of the previous page"),
                     ],
                 ),
             },

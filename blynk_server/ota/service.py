@@ -204,6 +204,9 @@ class OtaService:
         self._dirty: dict[tuple[int, int], DeviceOta] = {}
         self._events: list[tuple] = []
         self._flush_scheduled = False
+        # Told of every status change: (shipment id, device id, status, detail, failed). The events
+        # service puts them on the device's timeline; OTA does not know it.
+        self.on_status: list[Callable[[int, int, str, str | None, bool], None]] = []
 
     def now_ms(self) -> int:
         return int(self.wall_clock() * 1000)
@@ -415,6 +418,11 @@ class OtaService:
             status,
             f" detail={detail!r}" if detail else "",
         )
+        for hook in self.on_status:
+            try:
+                hook(e.shipment_id, e.device_id, status, detail, status in st.FAILURES)
+            except Exception:
+                log.exception("ota status hook failed device=%d", e.device_id)
         self._after_status(e)
 
     def save(self, e: DeviceOta) -> None:

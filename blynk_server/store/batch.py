@@ -29,7 +29,9 @@ DATA_ERRORS = (
     sqlite3.DataError,
 )
 
-EventRow = tuple  # ("log", device_id, code, description, ts) | ("clear", device_id, code, resolve_all, ts)
+# ("log", device_id, code, description, ts, level) | ("clear", device_id, code, resolve_all, ts); a log row
+# without its level (a recovery file of an older version) is stored as "info".
+EventRow = tuple
 
 
 @dataclass(slots=True)
@@ -168,7 +170,10 @@ def _history(conn: sqlite3.Connection, rows: list[tuple]) -> None:
 def _events(conn: sqlite3.Connection, rows: list[tuple]) -> None:
     for ev in rows:
         if ev[0] == "log":
-            conn.execute("INSERT INTO events (device_id, code, description, ts) VALUES (?, ?, ?, ?)", ev[1:])
+            conn.execute(
+                "INSERT INTO events (device_id, code, description, ts, level) VALUES (?, ?, ?, ?, ?)",
+                ev[1:] if len(ev) == 6 else (*ev[1:], "info"),
+            )
         else:
             _, device_id, code, resolve_all, ts = ev
             conn.execute(

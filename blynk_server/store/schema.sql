@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS events (
     code TEXT NOT NULL,
     description TEXT,
     ts INTEGER NOT NULL,
-    resolved_at INTEGER
+    resolved_at INTEGER,
+    level TEXT NOT NULL DEFAULT 'info'
 );
 CREATE INDEX IF NOT EXISTS events_by_device ON events (device_id, ts);
 CREATE TABLE IF NOT EXISTS device_meta (

@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future
 from dataclasses import dataclass
 from importlib import resources
@@ -66,6 +66,15 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=10000")
     return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a data dir made by an older version up to ``schema.sql`` (``CREATE TABLE IF NOT EXISTS``
+    leaves existing tables as they were): events gained a level (existing rows read as ``info``,
+    without rewriting the table)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+    if "level" not in columns:
+        conn.execute("ALTER TABLE events ADD COLUMN level TEXT NOT NULL DEFAULT 'info'")
 
 
 def _private_dir(path: Path) -> None:
@@ -199,6 +208,7 @@ class SqliteStore:
             _private_file(self.path)
             self._db = connect(self.path)
             self._db.executescript(resources.files("blynk_server.store").joinpath("schema.sql").read_text())
+            _migrate(self._db)
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(f"cannot use the data dir {self.data_dir}: {_reason(exc)}") from None
         # Pending write-behind rows (see batch.Batch); taken whole, on the writer thread only.
@@ -449,8 +459,8 @@ class SqliteStore:
     def put_history(self, device_id: int, pin: str, ts: int, value: bytes) -> None:
         self._pending.history.append((device_id, pin, ts, value))
 
-    def put_event(self, device_id: int, code: str, description: str | None, ts: int) -> None:
-        self._pending.events.append(("log", device_id, code, description, ts))
+    def put_event(self, device_id: int, code: str, description: str | None, ts: int, level: str = "info") -> None:
+        self._pending.events.append(("log", device_id, code, description, ts, level))
 
     def put_event_clear(self, device_id: int, code: str, resolve_all: bool, ts: int) -> None:
         self._pending.events.append(("clear", device_id, code, resolve_all, ts))
@@ -758,28 +768,132 @@ class SqliteStore:
         """The device's newest ``limit`` events, newest first, pending logs and clears included
         (read-your-writes; on the writer thread, so no row is in flight, see above). An event not yet
         written has ``"id": None``."""
+        return self.timeline(device_id, limit=limit)[0]
+
+    @_sqlite
+    def timeline(
+        self,
+        device_id: int,
+        since_ms: int = 0,
+        until_ms: int | None = None,
+        levels: Collection[str] = (),
+        codes: Collection[str] = (),
+        limit: int = 100,
+        before: tuple[int, int] | None = None,
+    ) -> tuple[list[dict], tuple[int, int] | None]:
+        """One page of the device's events, newest first (by time, then id): in [since_ms, until_ms],
+        of the given levels and codes (empty: any), older than the cursor ``before`` (ts, id). Returns
+        the rows and the cursor of the next page (None at the end).
+
+        Committed rows and pending ones merged (read-your-writes, on the writer thread: no row is in
+        flight). A pending event has ``"id": None``; for ordering and cursors it counts with the id
+        the flush will give it (the events table's sequence plus its place among the pending events),
+        so a page boundary stays put across a flush. Pending clears resolve what the flush will
+        resolve, filters or not."""
+        until = until_ms if until_ms is not None else 2**62
+        where = "device_id = ? AND ts >= ? AND ts <= ?"
+        args: list[Any] = [device_id, since_ms, until]
+        if levels:
+            where += f" AND level IN ({', '.join('?' * len(levels))})"
+            args += list(levels)
+        if codes:
+            where += f" AND code IN ({', '.join('?' * len(codes))})"
+            args += list(codes)
+        if before is not None:
+            where += " AND (ts < ? OR (ts = ? AND id < ?))"
+            args += [before[0], before[0], before[1]]
         rows = self._query(
-            "SELECT id, code, description, ts, resolved_at FROM events WHERE device_id = ? ORDER BY id DESC LIMIT ?",
-            (device_id, limit),
+            "SELECT id, code, description, ts, resolved_at, level FROM events WHERE "
+            + where
+            + " ORDER BY ts DESC, id DESC LIMIT ?",
+            (*args, limit + 1),
         )
-        out = [{"id": i, "code": c, "description": d, "ts": ts, "resolved_at": r} for i, c, d, ts, r in rows]
-        pending = [ev for ev in self._pending.events if ev[1] == device_id]
-        if not pending:
-            return out
-        out.reverse()  # oldest first, to replay the pending rows in their order
-        for kind, _, code, arg, ts in pending:
-            if kind == "log":
-                out.append({"id": None, "code": code, "description": arg, "ts": ts, "resolved_at": None})
+        out = [
+            ({"id": i, "code": c, "description": d, "ts": ts, "resolved_at": r, "level": lv}, i)
+            for i, c, d, ts, r, lv in rows
+        ]
+        pending = self._pending.events
+        if any(ev[1] == device_id for ev in pending):
+            out += self._pending_page(device_id, since_ms, until, set(levels), set(codes), before, out)
+            out.sort(key=lambda row: (row[0]["ts"], row[1]), reverse=True)
+        more = len(out) > limit
+        del out[limit:]
+        cursor = (out[-1][0]["ts"], out[-1][1]) if more and out else None
+        return [row for row, _ in out], cursor
+
+    def _pending_page(
+        self,
+        device_id: int,
+        since_ms: int,
+        until: int,
+        levels: set[str],
+        codes: set[str],
+        before: tuple[int, int] | None,
+        committed: list[tuple[dict, int]],
+    ) -> list[tuple[dict, int]]:
+        """The pending events of the page (with the id each will get), and the pending clears applied
+        to them and to ``committed``."""
+        seq = self._query("SELECT seq FROM sqlite_sequence WHERE name = 'events'")
+        next_id = (seq[0][0] if seq else 0) + 1
+        ops: list[tuple] = []  # this device's logs (with their future id) and clears, in order
+        for ev in self._pending.events:
+            if ev[0] == "log":
+                if ev[1] == device_id:
+                    ops.append((next_id, ev))
+                next_id += 1
+            elif ev[1] == device_id:
+                ops.append((None, ev))
+        resolved = self._pending_clears(device_id, ops)
+        out = []
+        for vid, ev in ops:
+            if vid is None:
                 continue
-            # A clear resolves the newest unresolved event of its code, or all of them (batch._events).
-            # When that event is older than the committed rows read, it is not shown anyway.
-            for ev in reversed(out):
-                if ev["code"] == code and ev["resolved_at"] is None:
-                    ev["resolved_at"] = ts
-                    if not arg:
-                        break
-        out.reverse()
-        return out[:limit]
+            _, _, code, description, ts, *rest = ev
+            level = rest[0] if rest else "info"
+            if not since_ms <= ts <= until or (levels and level not in levels) or (codes and code not in codes):
+                continue
+            if before is not None and (ts, vid) >= before:
+                continue
+            row = {"id": None, "code": code, "description": description, "ts": ts, "resolved_at": None}
+            row["level"] = level
+            out.append((row, vid))
+        for row, vid in (*committed, *out):
+            if vid in resolved:
+                row["resolved_at"] = resolved[vid]
+        return out
+
+    def _pending_clears(self, device_id: int, ops: list[tuple]) -> dict[int, int]:
+        """id -> resolved_at for what the pending clears will resolve (``batch._events``: the newest
+        unresolved event of the code, or all of them)."""
+        cleared = {ev[2] for vid, ev in ops if vid is None}
+        if not cleared:
+            return {}
+        open_ids: dict[str, list[int]] = {
+            code: [
+                i
+                for (i,) in self._query(
+                    "SELECT id FROM events WHERE device_id = ? AND code = ? AND resolved_at IS NULL ORDER BY id",
+                    (device_id, code),
+                )
+            ]
+            for code in cleared
+        }
+        resolved: dict[int, int] = {}
+        for vid, ev in ops:
+            code = ev[2]
+            if code not in cleared:
+                continue
+            if vid is not None:
+                open_ids[code].append(vid)
+                continue
+            _, _, _, resolve_all, ts = ev
+            ids = open_ids[code]
+            if resolve_all:
+                resolved.update((i, ts) for i in ids)
+                ids.clear()
+            elif ids:
+                resolved[ids.pop()] = ts
+        return resolved
 
 
 def _datastream(row: tuple) -> Datastream:

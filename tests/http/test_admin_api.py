@@ -104,6 +104,7 @@ async def test_device_crud_online_values_events_meta(admin, http, auth, unique, 
         json={"id": unique, "datastreams": [{"pin": "v1", "type": "int"}]},
         headers=auth,
     )
+    await http.fetch("POST", f"{admin}/api/templates/{unique}/events", json={"code": "door"}, headers=auth)
     token = "T" * 20 + unique[-12:].rjust(12, "x")
     async with http.session.post(
         f"{admin}/api/devices", json={"template_id": unique, "name": "d1", "token": token}, headers=auth
@@ -141,7 +142,7 @@ async def test_device_crud_online_values_events_meta(admin, http, auth, unique, 
         await client.ping()
         async with http.session.get(f"{admin}/api/devices/{did}/events", headers=auth) as r:
             events = await r.json()
-        assert [(e["code"], e["description"]) for e in events] == [("door", "opened")]
+        assert [(e["code"], e["description"]) for e in events] == [("door", "opened"), ("online", None)]
         assert (await http.fetch("PUT", f"{admin}/api/devices/{did}/meta/Room", json={"value": "K"}, headers=auth))[
             0
         ] == 200

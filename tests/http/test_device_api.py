@@ -113,11 +113,16 @@ async def test_batch_post(device, http):
 
 
 async def test_property_and_log_event(device, http):
+    device.srv.declare_events(device.tid, "overheat")
     assert (await http.fetch("GET", device.ext("update/property", "pin=v1&label=Temp&color=%23FF0000")))[0] == 200
     assert await http.error(device.ext("update/property", "pin=v1")) == (400, "Wrong request format.")
     assert await http.error(device.ext("update/property", "pin=w1&label=x")) == (400, "Wrong pin format.")
     assert (await http.fetch("GET", device.ext("logEvent", "code=overheat&description=hot")))[0] == 200
     assert await http.error(device.ext("logEvent")) == (400, "Event code is not provided.")
+    assert await http.error(device.ext("logEvent", "code=undeclared")) == (
+        400,
+        "Event code 'undeclared' is not declared by the device's template.",
+    )
     assert await http.error(device.ext("logEvent", "code=overheat")) == (
         400,
         "Events of one code must be at least 1 second apart.",

@@ -98,7 +98,9 @@ async def test_property(client, device):
     assert (await client.request(Command.PROPERTY, b"x\x00color\x001"))[2] == Status.ILLEGAL_COMMAND
 
 
-async def test_event_log_limits_and_clear(client):
+async def test_event_log_limits_and_clear(client, device):
+    srv, tid, _ = device
+    srv.declare_events(tid, "alarm", "other", "third")
     assert (await client.request(Command.EVENT_LOG, b"alarm\x00too hot"))[2] == Status.SUCCESS
     # Same code within 1 s is refused; another code is fine.
     assert (await client.request(Command.EVENT_LOG, b"alarm"))[2] == Status.QUOTA_LIMIT

@@ -16,6 +16,7 @@ from blynk_server.domain import (
     LimitExceeded,
     _info_cost,
 )
+from blynk_server.eventdefs import EventDef
 from blynk_server.hub import Hub
 from blynk_server.model import MAX_TS_MS, Datastream
 from blynk_server.store import SqliteStore
@@ -37,6 +38,12 @@ def make_domain(store: SqliteStore, **limits) -> Domain:
     domain = Domain(store, Hub(), dataclasses.replace(Settings(), **limits))
     domain.load_snapshot(store.load_all())
     return domain
+
+
+def declare(domain: Domain, *codes: str) -> None:
+    """Declare event codes on the unit template (a device may log only those)."""
+    for code in codes:
+        domain.event_defs.put("TMPLu", EventDef(code, code))
 
 
 def new_device(domain: Domain):
@@ -120,6 +127,7 @@ def test_property_name_and_value_size(store):
 
 def test_event_code_length_and_distinct_codes(store):
     domain = make_domain(store, max_event_code=8, max_event_codes=3)
+    declare(domain, "a", "b", "c", "d")
     dev = new_device(domain)
     with pytest.raises(EventRejected, match="longer than 8") as exc:
         domain.log_event(dev, "c" * 9, None)
@@ -139,6 +147,7 @@ def test_event_code_length_and_distinct_codes(store):
 
 def test_events_per_day(store, monkeypatch):
     domain = make_domain(store, events_per_day=5)
+    declare(domain, *(f"c{i}" for i in range(10)))
     dev = new_device(domain)
     clock = [1_700_000_000_000]
     monkeypatch.setattr("blynk_server.domain.now_ms", lambda: clock[0])
@@ -155,6 +164,7 @@ def test_events_per_day(store, monkeypatch):
 
 def test_events_per_day_zero_means_no_limit(store, monkeypatch):
     domain = make_domain(store, events_per_day=0)
+    declare(domain, "c")
     dev = new_device(domain)
     clock = [1_700_000_000_000]
     monkeypatch.setattr("blynk_server.domain.now_ms", lambda: clock[0])

@@ -214,12 +214,13 @@ def test_events_merge_pending_logs_and_clears_as_the_flush_will_write_them(store
     s.put_event(a, "cold", None, 3)
     s.put_event_clear(a, "hot", False, 4)  # the newest unresolved "hot": the pending one
     s.put_event(b, "hot", "other device", 4)
-    pending = [("cold", 3, None), ("hot", 2, 4), ("hot", 0, None), ("hot", 1, None)]
+    # Newest first by time (then by id): the "older" event logged last comes last.
+    pending = [("cold", 3, None), ("hot", 2, 4), ("hot", 1, None), ("hot", 0, None)]
     assert _events(s, a) == pending
     events = on_writer(s, s.events, a)
     assert [e["id"] for e in events[:2]] == [None, None] and all(e["id"] for e in events[2:])
     s.put_event_clear(a, "hot", True, 5)  # every unresolved "hot", committed ones included
-    resolved = [("cold", 3, None), ("hot", 2, 4), ("hot", 0, 5), ("hot", 1, 5)]
+    resolved = [("cold", 3, None), ("hot", 2, 4), ("hot", 1, 5), ("hot", 0, 5)]
     assert _events(s, a) == resolved
     assert _events(s, a, 2) == resolved[:2]
     on_writer(s, s.flush_now)
