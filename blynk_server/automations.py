@@ -542,7 +542,8 @@ class Automations:
         return resolve
 
     def _check(self, rule: Rule) -> None:
-        """What parsing cannot see: the written pin's datastream and value, event codes' length."""
+        """What parsing cannot see: the written pin's datastream and value, event codes (length, declared
+        by the device's template)."""
         for action in rule.actions:
             if action.kind == "write":
                 dev = self.domain.device(action.device)
@@ -555,8 +556,16 @@ class Automations:
                     coerce_value(ds, action.value)
                 except InvalidValue as exc:
                     raise AutomationError(f"{action.text()}: {exc}") from None
-            elif action.kind == "event" and len(action.code) > self.max_event_code:
-                raise AutomationError(f"{action.text()}: an event code has at most {self.max_event_code} characters.")
+            elif action.kind == "event":
+                if len(action.code) > self.max_event_code:
+                    raise AutomationError(
+                        f"{action.text()}: an event code has at most {self.max_event_code} characters."
+                    )
+                dev = self.domain.device(action.device)
+                if dev is not None and self.domain.event_defs.loggable(dev.template.id, action.code) is None:
+                    raise AutomationError(
+                        f"{action.text()}: the template of device {action.device} declares no event {action.code!r}."
+                    )
         code = rule.trigger.code
         if code is not None and len(code) > self.max_event_code:
             raise AutomationError(f"an event code has at most {self.max_event_code} characters.")

@@ -23,6 +23,7 @@ from blynk_server.automations import (
 )
 from blynk_server.config import Settings
 from blynk_server.domain import Domain
+from blynk_server.eventdefs import EventDef
 from blynk_server.hub import Hub
 from blynk_server.model import Datastream
 from blynk_server.provisioning import Provisioning
@@ -360,6 +361,9 @@ async def test_the_timer_is_armed_for_the_next_due_time(world):
 async def test_events_and_presence_trigger_their_rules(world):
     w = world
     svc = await w.service()
+    with pytest.raises(AutomationError, match="declares no event 'cooling'"):
+        await svc.create("ev", {"when": f"event:{w.tpl.id}:overheat", "do": [f"event:{w.b.id}:cooling"]})
+    w.domain.event_defs.put(w.tpl.id, EventDef("cooling", "Cooling"))
     await svc.create("ev", {"when": f"event:{w.tpl.id}:overheat", "do": [f"event:{w.b.id}:cooling"]})
     await svc.create("on", {"when": f"online:{w.a.token}", "do": ["webhook:up"]})
     await svc.create("off", {"when": f"offline:{w.tpl.id}", "do": ["webhook:down"]})
@@ -436,6 +440,7 @@ async def test_create_checks_everything_and_delete_forgets(world):
 async def test_a_stored_rule_is_json_of_canonical_texts(world):
     w = world
     svc = await w.service()
+    w.domain.event_defs.put(w.tpl.id, EventDef("lit", "Lit"))
     await svc.create("x", {"when": f"device:{w.a.token}:V3 == on", "do": [f"event:{w.b.token}:lit"]})
     ((spec,),) = await w.store.run(w.store.query, "SELECT spec FROM automations")
     assert json.loads(spec) == {"when": f"device:{w.a.id}:V3 == on", "do": [f"event:{w.b.id}:lit"]}

@@ -17,6 +17,7 @@ def data(tmp_path, capsys):
     d = str(tmp_path / "data")
     assert main(["template", "create", "--data-dir", d, "--id", "TMPLg", "--name", "G",
                  "--datastream", "pin=V1,name=T,type=double", "--datastream", "pin=V2,name=P,type=int,min=0,max=1"]) == 0  # fmt: skip
+    assert main(["event", "create", "--data-dir", d, "--template", "TMPLg", "--code", "wake", "--name", "Wake"]) == 0
     assert main(["device", "create", "--data-dir", d, "--template", "TMPLg", "--name", "A"]) == 0
     token = capsys.readouterr().out.split()[-1]
     return d, token
