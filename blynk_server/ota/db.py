@@ -148,6 +148,7 @@ class DeviceOta:
     updated_at: int = 0
     # Runtime only.
     sent_at: float = 0.0
+    sent_login: int | None = None  # the login (its last_seen ms) the ota command went to
     downloading: int = 0
     attempt_open: bool = False
 

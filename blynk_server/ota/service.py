@@ -495,8 +495,11 @@ class OtaService:
         if e.downloading:
             return
         waiting_for_device = self.clock() - e.sent_at < self.settings.ota_request_timeout
-        if status in (st.REQUEST_SENT, st.FIRMWARE_REQUESTED) and not login and waiting_for_device:
-            return  # the device has it; wait for its download or its next login
+        same_login = e.sent_login is not None and e.sent_login == dev.record.last_seen
+        if status in (st.REQUEST_SENT, st.FIRMWARE_REQUESTED) and waiting_for_device and (not login or same_login):
+            # The device has it (a login's info may be considered just after a shipment's start sent the
+            # command on that same connection): wait for its download or its next login.
+            return
         if status in st.DELIVERED and not login:
             return
         # 2. Eligibility.
@@ -563,6 +566,7 @@ class OtaService:
             return
         self.stats.commands_sent += 1
         e.sent_at = self.clock()
+        e.sent_login = dev.record.last_seen
         self.set_status(e, st.REQUEST_SENT, url.split("?", 1)[0].replace(ship.secret, "<secret>"))
 
     def base_url(self, ship: Shipment, dev: DeviceState) -> str:

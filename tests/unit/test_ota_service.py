@@ -278,6 +278,23 @@ async def test_a_sent_command_waits_for_the_request_timeout(w):
     assert len(link.urls()) == 2
 
 
+async def test_the_info_of_the_login_a_command_went_to_does_not_send_it_again(w):
+    """A shipment's start sends the command to an online device; that device's answered info may be
+    considered just after (a loaded server): same login, so not again. A new login gets it again."""
+    fw = w.firmware()
+    dev = w.device(1)
+    dev.record.last_seen = 1_000  # the login time (Domain.set_online)
+    link = FakeLink(dev)
+    w.hub.attach(1, link)
+    ship = await w.ship(fw)  # the start kicks: the online device gets the command
+    assert len(link.urls()) == 1
+    w.ota.device_ready(dev)  # the info of that same login
+    assert len(link.urls()) == 1 and w.status(ship.id, 1) == st.REQUEST_SENT
+    dev.record.last_seen = 2_000  # it reconnected
+    w.ota.device_ready(dev)
+    assert len(link.urls()) == 2
+
+
 async def test_a_login_resends_and_a_frame_too_big_fails(w):
     fw = w.firmware()
     w.device(1)
