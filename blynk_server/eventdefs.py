@@ -23,7 +23,8 @@ NOTIFY = "notify"  # legacy Blynk.notify(): an event of this code
 ONLINE = "online"
 OFFLINE = "offline"
 OTA = "ota"
-SYSTEM_CODES = frozenset({ONLINE, OFFLINE, OTA})  # recorded by the server only
+WEBHOOK = "webhook"  # a webhook this device's call failed was disabled
+SYSTEM_CODES = frozenset({ONLINE, OFFLINE, OTA, WEBHOOK})  # recorded by the server only
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS template_events (
@@ -71,6 +72,7 @@ BUILTINS: dict[str, EventDef] = {
     ONLINE: EventDef(ONLINE, "Online", "info"),
     OFFLINE: EventDef(OFFLINE, "Offline", "warning"),
     OTA: EventDef(OTA, "Firmware update", "info"),
+    WEBHOOK: EventDef(WEBHOOK, "Webhook disabled", "warning"),
 }
 
 

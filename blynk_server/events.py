@@ -30,7 +30,7 @@ from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from blynk_server.domain import DeviceState, Domain
-from blynk_server.eventdefs import LEVELS, OFFLINE, ONLINE, OTA, EventDef, load_rows
+from blynk_server.eventdefs import LEVELS, OFFLINE, ONLINE, OTA, WEBHOOK, EventDef, load_rows
 from blynk_server.http.common import INT64_MAX, ApiError
 from blynk_server.model import MAX_TS_MS, now_ms
 from blynk_server.provisioning import Provisioning, event_def_from_json
@@ -67,7 +67,7 @@ class EventsStats:
     __slots__ = ("system", "offline_ignored", "offline_pending", "mails", "mails_failed")
 
     def __init__(self) -> None:
-        self.system = {ONLINE: 0, OFFLINE: 0, OTA: 0}  # system events recorded, by code
+        self.system = {ONLINE: 0, OFFLINE: 0, OTA: 0, WEBHOOK: 0}  # system events recorded, by code
         self.offline_ignored = 0  # disconnections followed by a reconnect within the ignore period
         self.offline_pending = 0  # devices away, inside their ignore period (gauge)
         self.mails = 0  # e-mails handed to the mailer
@@ -252,6 +252,23 @@ class EventsService:
         self.stats.system[OTA] += 1
         reactions = self.domain.reactions
         reactions.emit(Happening(EVENT, dev, ts, code=OTA, level=level, description=description, depth=reactions.depth))
+
+    def webhook_disabled(self, name: str, reason: str, device_id: int | None) -> None:
+        """``Webhooks.on_disabled`` hook: consecutive failures disabled a webhook. As Blynk does, an event
+        says so, on the timeline of the device whose call failed last (a ``webhook`` system event)."""
+        dev = self.domain.device(device_id) if device_id is not None else None
+        if dev is None:
+            return
+        edef = self.domain.event_defs.get(dev.template.id, WEBHOOK)
+        assert edef is not None
+        description = f"webhook {name} disabled: {reason}"[:300]
+        ts = self.wall_ms()
+        self.domain.put_system_event(dev, WEBHOOK, ts, description, edef.level)
+        self.stats.system[WEBHOOK] += 1
+        reactions = self.domain.reactions
+        reactions.emit(
+            Happening(EVENT, dev, ts, code=WEBHOOK, level=edef.level, description=description, depth=reactions.depth)
+        )
 
     # --- notifications --------------------------------------------------------------------------
 
