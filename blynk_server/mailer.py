@@ -16,7 +16,7 @@ from __future__ import annotations
 import email.policy
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -95,15 +95,18 @@ def one_line(text: str, limit: int) -> str:
     return text.strip()[:limit]
 
 
-def parse_device_mail(body: bytes) -> tuple[list[str], str, str]:
+def parse_device_mail(body: bytes, default_to: Sequence[str] = ()) -> tuple[list[str], str, str]:
     """A device's EMAIL body, as the Blynk libraries send it: ``to\\0subject\\0body`` (C++
     ``Blynk.email(to, subject, msg)``, blynklib's ``email(to, subject, body)``); ``to`` may list
-    addresses separated by commas. ``subject\\0body`` (no address) raises MailNoRecipient."""
+    addresses separated by commas. ``subject\\0body`` (no address) goes to ``default_to`` (the
+    template's recipients), or raises MailNoRecipient when there are none."""
     if len(body) > DEVICE_MAIL_MAX_BYTES:
         raise MailInvalid(f"e-mail body over {DEVICE_MAIL_MAX_BYTES} bytes")
     fields = body.decode("utf-8", "replace").split("\0")
     if len(fields) < 3:
-        raise MailNoRecipient("the e-mail names no address")
+        if len(fields) != 2 or not default_to:
+            raise MailNoRecipient("the e-mail names no address and the template has no default recipients")
+        fields = [",".join(default_to), *fields]
     to, subject, text = fields[0], fields[1], "\0".join(fields[2:])
     recipients = check_recipients([a for a in to.replace(";", ",").split(",") if a.strip()])
     subject = one_line(subject, MAX_SUBJECT)
@@ -157,12 +160,13 @@ class Mailer:
         }
         self.outbox.enqueue(KIND, payload)
 
-    def send_from_device(self, device_id: int, body: bytes) -> list[str]:
+    def send_from_device(self, device_id: int, body: bytes, default_to: Sequence[str] = ()) -> list[str]:
         """A device's EMAIL command: parse, check the device's interval, queue. Returns the recipients.
-        MailOff, MailNoRecipient, MailInvalid or MailTooSoon say why not."""
+        ``default_to``: the template's recipients, for an e-mail that names none. MailOff,
+        MailNoRecipient, MailInvalid or MailTooSoon say why not."""
         if not self.enabled:
             raise MailOff()
-        to, subject, text = parse_device_mail(body)
+        to, subject, text = parse_device_mail(body, default_to)
         now = self.clock()
         last = self._last_device_mail.get(device_id)
         if last is not None and now - last < self.device_interval:

@@ -836,8 +836,11 @@ class HardwareSession(asyncio.BufferedProtocol):
             self._reply(msg_id, Status.SUCCESS)
             return
         if command == Command.EMAIL and self.ctx.mailer is not None:
+            # ``Blynk.email(subject, body)`` names no address: the recipients of the template's ``email``
+            # event, when it declares one.
+            defaults = self.domain.event_defs.get(dev.template.id, "email")
             try:
-                self.ctx.mailer.send_from_device(dev.id, body)
+                self.ctx.mailer.send_from_device(dev.id, body, defaults.emails if defaults is not None else ())
             except MailOff:
                 pass  # answered below, as when no mailer is configured
             except MailRefused as exc:

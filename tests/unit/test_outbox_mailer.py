@@ -14,6 +14,7 @@ import pytest
 from aiosmtplib.response import SMTPResponse
 
 from blynk_server.config import Settings
+from blynk_server.eventdefs import EventDef
 from blynk_server.mailer import (
     DEVICE_MAIL_MAX_BYTES,
     Mailer,
@@ -91,6 +92,13 @@ def test_device_mail_fields_are_to_subject_body():
 def test_device_mail_refusals(body, error):
     with pytest.raises(error):
         parse_device_mail(body)
+
+
+def test_device_mail_without_an_address_goes_to_the_default_recipients():
+    to, subject, body = parse_device_mail(b"Alarm\0Water level high", ("ops@example.com", "b@example.com"))
+    assert (to, subject, body) == (["ops@example.com", "b@example.com"], "Alarm", "Water level high")
+    with pytest.raises(MailNoRecipient):
+        parse_device_mail(b"just text", ("ops@example.com",))
 
 
 # --- send ------------------------------------------------------------------------------------------
@@ -223,6 +231,15 @@ def test_device_email_is_queued_and_answered(world):
     assert dev.request(Command.EMAIL, b"Alarm\0Hot") == [response(4, Status.NOT_ALLOWED)]
     assert dev.request(Command.EMAIL, b"nobody\0Alarm\0Hot") == [response(5, Status.NTF_INVALID_BODY)]
     assert len(outbox.queued) == 1 and not dev.closed
+
+
+def test_device_email_without_an_address_goes_to_the_templates_email_event(world):
+    m, outbox = mailer(Clock())
+    world.ctx.mailer = m
+    world.domain.event_defs.put("TMPLunit", EventDef("email", "E-mail", emails=("ops@example.com",)))
+    dev = world.login()
+    assert dev.request(Command.EMAIL, b"Alarm\0Hot") == [response(2, Status.SUCCESS)]
+    assert outbox.queued[0][1]["to"] == ["ops@example.com"]
 
 
 def test_device_email_when_mail_is_off(world, caplog):
