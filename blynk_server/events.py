@@ -102,9 +102,13 @@ class _Away:
     ts: int  # when it went
 
 
+MAIL_VALUES = 20  # datastream values listed in an event's e-mail
+
+
 def compose_mail(dev: DeviceState, edef: EventDef, h: Happening) -> tuple[str, str]:
     """Subject and body of an event's e-mail: the device's name and id, the event's name, code, level,
-    description and time (ISO, UTC). Never the device's token."""
+    description and time (ISO, UTC), and the device's latest datastream values (by name, at most
+    ``MAIL_VALUES``). Never the device's token."""
     name = _CONTROL.sub(" ", dev.record.name).strip() or f"Device {dev.id}"
     event_name = _CONTROL.sub(" ", edef.name).strip() or h.code
     level = h.level or edef.level
@@ -119,6 +123,14 @@ def compose_mail(dev: DeviceState, edef: EventDef, h: Happening) -> tuple[str, s
     description = h.description or edef.description
     if description:
         lines.append(f"Description: {description}")
+    datastreams = dev.template.datastreams
+    values = [
+        f"  {ds.name} ({key.upper()}): {dev.values[key][0].decode('utf-8', 'replace').replace(chr(0), ', ')}"
+        for key, ds in list(datastreams.items())[:MAIL_VALUES]
+        if key in dev.values
+    ]
+    if values:
+        lines += ["Values:", *values]
     return subject, "\n".join(lines) + "\n"
 
 

@@ -14,7 +14,7 @@ from blynk_server.domain import Domain, EventNotDeclared, EventQuotaExceeded
 from blynk_server.eventdefs import EventDef, load_rows
 from blynk_server.events import EventsService, TimelineQuery, compose_mail, load_state, parse_timeline_query
 from blynk_server.hub import Hub
-from blynk_server.model import Datastream
+from blynk_server.model import Datastream, Template
 from blynk_server.provisioning import Provisioning, ProvisioningError, make_event_def
 from blynk_server.reactions import EVENT, OFFLINE, ONLINE, Happening
 from blynk_server.store import SqliteStore
@@ -357,15 +357,20 @@ def test_mail_off_keeps_the_event_and_counts(tmp_path, monkeypatch):
     env.store.close()
 
 
-def test_compose_mail_falls_back_to_the_definition():
+def test_compose_mail_falls_back_to_the_definition_and_lists_the_values():
     class Dev:
         id = 3
         record = type("R", (), {"name": "", "template_id": "T", "token": "secret"})()
+        template = Template(
+            "T", "T", datastreams={"v1": Datastream("v1", "Temp", "double"), "v2": Datastream("v2", "Pos", "location")}
+        )
+        values = {"v1": (b"41.5", 1), "v2": (b"13.4\x0052.5", 1)}
 
     subject, body = compose_mail(
         Dev(), EventDef("c", "Name", "warning", "def text"), Happening(EVENT, None, 0, code="c", level="warning")
     )
     assert subject == "[warning] Device 3: Name" and "Description: def text" in body
+    assert "Values:\n  Temp (V1): 41.5\n  Pos (V2): 13.4, 52.5\n" in body and "secret" not in body
 
 
 # --- timeline --------------------------------------------------------------------------------------------
