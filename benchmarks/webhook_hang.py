@@ -19,7 +19,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
+import shutil
+import subprocess
 import sys
 import time
 
@@ -89,6 +92,23 @@ def webhook_counters(target: BlynkTarget) -> dict:
     return out
 
 
+def start_profiler(args, label: str, pid: int) -> subprocess.Popen | None:
+    """``--profile DIR``: py-spy samples the server (without pausing it) for the run, into collapsed
+    stacks ``DIR/<label>.txt`` (one line per stack, its sample count last)."""
+    if not args.profile:
+        return None
+    spy = shutil.which("py-spy") or os.environ.get("PY_SPY")
+    if spy is None:
+        raise SystemExit("--profile needs py-spy on PATH (or PY_SPY=/path/to/py-spy)")
+    os.makedirs(args.profile, exist_ok=True)
+    name = re.sub(r"[^A-Za-z0-9=.-]+", "_", label)
+    out = os.path.join(args.profile, f"{name}.txt")
+    cmd = [spy, "record", "--pid", str(pid), "--nonblocking", "--threads", "--format", "raw", "-o", out]
+    cmd += ["--rate", "200", "--duration", str(int(args.duration) + 3)]
+    cmd += os.environ.get("BENCH_PYSPY_ARGS", "").split()  # e.g. "--gil": only the thread holding the GIL
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 async def one_run(label: str, every: float | None, hang: Hanging, args) -> dict:
     workdir = make_workdir()
     target = BlynkTarget(workdir / "blynk")
@@ -115,6 +135,7 @@ async def one_run(label: str, every: float | None, hang: Hanging, args) -> dict:
             )
         target.start()
         before = hang.connections
+        profiler = start_profiler(args, label, target.pid)
         res = await run_load(
             target,
             mode="telemetry",
@@ -128,6 +149,8 @@ async def one_run(label: str, every: float | None, hang: Hanging, args) -> dict:
             concurrency=50,  # logins in flight: under the server's pending_logins_per_ip (64)
         )
         res["target"] = label
+        if profiler is not None:
+            profiler.wait(60)
         res["hang_connections"] = hang.connections - before if every is not None else None
         res.update(webhook_counters(target))
         return res
@@ -160,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--probes", type=int, default=100)
     p.add_argument("--every", type=float, action="append", help="webhook every_s of a hanging run (repeatable)")
+    p.add_argument("--profile", metavar="DIR", help="sample the server with py-spy into DIR (costs CPU)")
     args = p.parse_args(argv)
     args.every = args.every or [0.0, 10.0]
     raise_nofile()
