@@ -162,6 +162,9 @@ class BlynkServer:
         # Before the listeners: the first logEvent finds its template's codes.
         self.events = events = EventsService(store, domain, self.mailer)
         await events.start()
+        webhooks.on_disabled.append(
+            lambda hook, reason, device_id: events.webhook_disabled(hook.name, reason, device_id)
+        )
         self.hardware = hardware = HardwareServer(s, domain, self.hub, loop)
         hardware.context.mailer = self.mailer
         self.ota = OtaService(s, domain, self.hub, store.run, store.submit, lambda: hardware.address)

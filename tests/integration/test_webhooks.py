@@ -226,6 +226,10 @@ async def test_consecutive_failures_disable_the_webhook(servers, receiver):
     assert srv.outbox.stats.gave_up == 1  # the third failure is not retried
     async with aiohttp.ClientSession() as http, http.get(admin_url(srv, "/metrics")) as resp:
         assert 'blynk_webhook_disabled{name="flaky"} 1.0' in await resp.text()
+    # As Blynk does, an event says so: on the timeline of the device whose call failed last.
+    status, page = await admin_call(srv, "GET", f"/api/devices/{record.id}/timeline?code=webhook")
+    assert status == 200 and [(e["code"], e["level"]) for e in page["events"]] == [("webhook", "warning")]
+    assert "webhook flaky disabled: 3 consecutive failures" in page["events"][0]["description"]
     status, shown = await admin_call(srv, "POST", "/api/webhooks/flaky/enable")
     assert status == 200 and shown["enabled"] is True and shown["failures"] == 0
 

@@ -330,7 +330,7 @@ async def test_consecutive_failures_disable_and_enable_again(world, receiver):
     hooks, domain, dev, _, outbox, _ = world
     base, got, answers = receiver
     disabled = []
-    hooks.on_disabled.append(lambda hook, reason: disabled.append((hook.name, reason)))
+    hooks.on_disabled.append(lambda hook, reason, device_id: disabled.append((hook.name, reason)))
     await hooks.create(spec(url=base + "/x"))
     domain.write_key(dev, "v1", b"1")
     payload = outbox.queued[-1][1]
