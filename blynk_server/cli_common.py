@@ -30,8 +30,12 @@ class ServerFailed(Exception):
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="TOML settings file")
-    p.add_argument("--data-dir", type=Path, help="data directory (default ./blynk-data)")
+    """``--config`` and ``--data-dir`` of a sub-command. Absent, they leave what the main parser took:
+    ``blynk-server --data-dir D device list`` works as ``blynk-server device list --data-dir D``."""
+    p.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="TOML settings file")
+    p.add_argument(
+        "--data-dir", type=Path, default=argparse.SUPPRESS, help="data directory (default ./blynk-data)"
+    )
 
 
 SETTING_FLAGS = (

@@ -129,3 +129,12 @@ def test_ota_cli_and_the_shared_module_do_not_import_the_cli():
     root = Path(blynk_server.__file__).parent
     for path in (root / "ota" / "cli.py", root / "cli_common.py", root / "control.py"):
         assert "blynk_server.cli" not in _imports(path), path
+
+
+def test_data_dir_before_the_sub_command(tmp_path, capsys):
+    """``blynk-server --data-dir D template list`` names the same data dir as ``… template list --data-dir D``."""
+    data = str(tmp_path / "elsewhere")
+    assert main(["--data-dir", data, "template", "create", "--id", "TMPLb", "--name", "B"]) == 0
+    capsys.readouterr()
+    assert main(["template", "list", "--data-dir", data]) == 0
+    assert capsys.readouterr().out == "TMPLb\tB\t\n"
