@@ -223,18 +223,7 @@ class ViaServer:
         return [_device_fields(d) for d in self.remote.call("GET", f"/api/devices{query}")[1]]
 
     def find_device(self, ref: str) -> dict:
-        if ref.isdigit():
-            try:
-                return _device_fields(self.remote.call("GET", f"/api/devices/{ref}", not_found="")[1])
-            except CliError:
-                pass  # no such id: it may be an all-digit token
-        # Matched here too: the token is the whole key, whatever the query matches.
-        found = [
-            d for d in self.remote.call("GET", "/api/devices?" + urlencode({"token": ref}))[1] if d["token"] == ref
-        ]
-        if not found:
-            raise CliError(f"no device {ref!r}")
-        return _device_fields(found[0])
+        return _device_fields(self.remote.device(ref))
 
     def values_and_meta(self, device: dict) -> tuple[dict, dict]:
         gone = f"no device {device['token']!r}"

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import urlencode
 
 from blynk_server import config
 from blynk_server.control import ControlClient, ControlError, DataDirBusy, DataDirLock, error_message
@@ -33,9 +34,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
     """``--config`` and ``--data-dir`` of a sub-command. Absent, they leave what the main parser took:
     ``blynk-server --data-dir D device list`` works as ``blynk-server device list --data-dir D``."""
     p.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="TOML settings file")
-    p.add_argument(
-        "--data-dir", type=Path, default=argparse.SUPPRESS, help="data directory (default ./blynk-data)"
-    )
+    p.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, help="data directory (default ./blynk-data)")
 
 
 SETTING_FLAGS = (
@@ -85,6 +84,19 @@ class Remote:
 
     settings: config.Settings
     client: ControlClient
+
+    def device(self, ref: str) -> dict:
+        """The admin API's device named by ``ref``: an id, else a token (all digits may be either)."""
+        if ref.isdigit():
+            try:
+                return self.call("GET", f"/api/devices/{ref}", not_found="")[1]
+            except CliError:
+                pass  # no such id: it may be an all-digit token
+        # Matched here too: the token is the whole key, whatever the query matches.
+        found = [d for d in self.call("GET", "/api/devices?" + urlencode({"token": ref}))[1] if d["token"] == ref]
+        if not found:
+            raise CliError(f"no device {ref!r}")
+        return found[0]
 
     def call(
         self,

@@ -31,7 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from blynk_server.domain import DeviceState, Domain
 from blynk_server.eventdefs import LEVELS, OFFLINE, ONLINE, OTA, WEBHOOK, EventDef, load_rows
-from blynk_server.http.common import INT64_MAX, ApiError
+from blynk_server.http.common import INT64_MAX, ApiError, device_or_404
 from blynk_server.model import MAX_TS_MS, now_ms
 from blynk_server.provisioning import Provisioning, event_def_from_json
 from blynk_server.reactions import EVENT, Happening
@@ -456,13 +456,7 @@ def add_admin_routes(app: web.Application, service: EventsService, provisioning:
         return web.json_response({"offline_ignore_s": seconds})
 
     async def timeline(request: web.Request) -> web.Response:
-        try:
-            device_id = parse_uint(request.match_info["device_id"], INT64_MAX)
-        except BodyError:
-            raise ApiError("Device not found.", 404) from None
-        dev = domain.device(device_id)
-        if dev is None:
-            raise ApiError("Device not found.", 404)
+        dev = device_or_404(domain, request)
         try:
             query = parse_timeline_query(request.query)
         except ValueError as exc:

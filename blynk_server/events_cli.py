@@ -162,17 +162,7 @@ class EventsViaServer:
         return self.remote.call("GET", path, not_found=missing)[1]
 
     def _device_id(self, ref: str) -> int:
-        if ref.isdigit():
-            try:
-                return self.remote.call("GET", f"/api/devices/{ref}", not_found="")[1]["id"]
-            except CliError:
-                pass  # no such id: it may be an all-digit token
-        found = [
-            d for d in self.remote.call("GET", "/api/devices?" + urlencode({"token": ref}))[1] if d["token"] == ref
-        ]
-        if not found:
-            raise CliError(f"no device {ref!r}")
-        return found[0]["id"]
+        return self.remote.device(ref)["id"]
 
     def timeline(self, ref: str, q: TimelineQuery) -> dict:
         params: dict[str, object] = {"since": q.since, "limit": q.limit}

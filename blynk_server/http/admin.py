@@ -25,6 +25,7 @@ from blynk_server.http.common import (
     parse_pin_name,
     route_name,
 )
+from blynk_server.http.common import device_or_404 as find_device
 from blynk_server.http.stats import HttpStats
 from blynk_server.hub import Hub
 from blynk_server.ota.http import add_admin_routes
@@ -101,14 +102,7 @@ def build_admin_app(
         return d
 
     def device_or_404(request: web.Request) -> DeviceState:
-        try:
-            device_id = parse_uint(request.match_info["device_id"], INT64_MAX)
-        except BodyError:
-            raise ApiError("Device not found.", 404) from None
-        dev = domain.device(device_id)
-        if dev is None:
-            raise ApiError("Device not found.", 404)
-        return dev
+        return find_device(domain, request)
 
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "sessions": len(hub)})

@@ -10,9 +10,10 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from blynk_server.domain import DeviceState, Domain
 from blynk_server.http.stats import HttpStats
 from blynk_server.model import MAX_TS_MS
-from protocol.body import SEP, Pin
+from protocol.body import SEP, BodyError, Pin, parse_uint
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,18 @@ class ApiError(Exception):
         super().__init__(message)
         self.message = message
         self.status = status
+
+
+def device_or_404(domain: Domain, request: web.Request) -> DeviceState:
+    """The device of the route's ``{device_id}``, or a 404 ``ApiError``."""
+    try:
+        device_id = parse_uint(request.match_info["device_id"], INT64_MAX)
+    except BodyError:
+        raise ApiError("Device not found.", 404) from None
+    dev = domain.device(device_id)
+    if dev is None:
+        raise ApiError("Device not found.", 404)
+    return dev
 
 
 def json_error(message: str, status: int = 400) -> web.Response:
