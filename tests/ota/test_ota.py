@@ -8,6 +8,7 @@ import hashlib
 import json
 
 import aiohttp
+import pytest
 
 from blynk_server.devclient import DeviceClient
 from blynk_server.ota import status as st
@@ -26,6 +27,9 @@ from .conftest import (
     wait_ota,
     wait_status,
 )
+
+# Multi-second runs (OTA shipments end to end with real downloads (the state machine's rules: tests/unit/test_ota_service.py)): in the slow step of .ci/run, not the default run.
+pytestmark = pytest.mark.slow
 
 
 def test_upload_parses_tag_and_refuses_untagged(ota_server, tmp_path, unique):

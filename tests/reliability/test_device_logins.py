@@ -13,6 +13,8 @@ import asyncio
 import re
 import ssl
 
+import pytest
+
 from blynk_server.config import Settings
 from blynk_server.devclient import DeviceClient
 from blynk_server.hardware.guard import MAX_TRACKED_IPS, LoginGuard
@@ -20,6 +22,9 @@ from blynk_server.hardware.stats import HardwareStats
 from protocol import Command, Status, encode_frame
 
 from .conftest import Control, assert_no_traceback, connect, metric, wait_metric, write_restart_read
+
+# Multi-second runs (login floods against the per-IP and global caps): in the slow step of .ci/run, not the default run.
+pytestmark = pytest.mark.slow
 
 
 async def _open(srv, source: str = "127.0.0.1") -> DeviceClient:

@@ -12,10 +12,15 @@ import contextlib
 import re
 import socket
 
+import pytest
+
 from protocol import Command, Status, encode_frame
 from protocol.body import join_fields
 
 from .conftest import Control, RssSampler, assert_no_traceback, connect, metric, wait_metric, write_restart_read
+
+# Multi-second runs (devices that never read, until the caps and timeouts close them): in the slow step of .ci/run, not the default run.
+pytestmark = pytest.mark.slow
 
 RSS_BOUND_MB = 150  # the finding: 93 -> 545 MB in 3 s, and 529 MB after the close
 

@@ -21,6 +21,9 @@ from tests.conftest import ServerProcess
 
 from .conftest import assert_no_traceback, connect, ping_rtt, read_pin, rss_bytes, write_acked
 
+# Multi-second runs (attacks on the device port's HTTP limits, each waiting out a timeout or a cap): in the slow step of .ci/run, not the default run.
+pytestmark = pytest.mark.slow
+
 SPEC = ("pin=V1,type=int,min=0,max=100", "pin=V2,type=string", "pin=V5,type=int,history")
 CLOSE_WAIT = 10.0  # generous bound for a close the server owes us
 

@@ -9,6 +9,7 @@ import re
 import sqlite3
 
 import aiohttp
+import pytest
 
 from blynk_server.devclient import DeviceClient
 from blynk_server.ota import status as st
@@ -16,6 +17,9 @@ from blynk_server.testing import run_cli
 from tests.ota.conftest import OTA_ENV, edgent_update, image, info, new_device, report, ship, upload, wait_ota
 
 from .conftest import assert_no_traceback, metric
+
+# Multi-second runs (every OTA door refusal end to end): in the slow step of .ci/run, not the default run.
+pytestmark = pytest.mark.slow
 
 HUGE = "9" * 5000  # past Python's 4,300-digit int() limit, and far past SQLite's 64-bit integers
 URL = re.compile(r"^http://[^/]+/static/fw_(\d+)_([A-Za-z0-9_-]+)\.bin\?token=([A-Za-z0-9_-]+)$")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 
 import aiohttp
+import pytest
 
 from protocol import Command, Status
 from protocol.body import join_fields
@@ -24,6 +25,9 @@ from .conftest import (
     rss_bytes,
     write_restart_read,
 )
+
+# Multi-second runs (attacks on the per-device state limits, with memory sampled): in the slow step of .ci/run, not the default run.
+pytestmark = pytest.mark.slow
 
 FAST = {"BLYNK_MESSAGE_RATE": "1000000"}
 OK, QUOTA, BODY = Status.SUCCESS, Status.QUOTA_LIMIT, Status.ILLEGAL_COMMAND_BODY
