@@ -221,6 +221,13 @@ def build_admin_app(
             raise ApiError("limit must be an integer.") from None
         return web.json_response(await domain.events(dev, limit))
 
+    async def device_properties(request: web.Request) -> web.Response:
+        """What ``update/property`` and the device's setProperty set: ``{"V1": {"label": "Temp"}}``."""
+        out: dict[str, dict[str, str]] = {}
+        for (pin, name), value in sorted(device_or_404(request).properties.items()):
+            out.setdefault(pin.upper(), {})[name] = value.decode("utf-8", "replace").replace("\0", ",")
+        return web.json_response(out)
+
     async def device_meta(request: web.Request) -> web.Response:
         dev = device_or_404(request)
         return web.json_response(dict(dev.meta))
@@ -254,6 +261,7 @@ def build_admin_app(
     r.add_get("/api/devices/{device_id}/values", device_values)
     r.add_put("/api/devices/{device_id}/values/{pin}", write_value)
     r.add_get("/api/devices/{device_id}/events", device_events)
+    r.add_get("/api/devices/{device_id}/properties", device_properties)
     r.add_get("/api/devices/{device_id}/meta", device_meta)
     r.add_put("/api/devices/{device_id}/meta/{name}", put_meta)
     add_admin_routes(app, ota)

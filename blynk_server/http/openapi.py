@@ -475,6 +475,13 @@ def spec() -> dict:
                     ],
                 ),
             },
+            "/api/devices/{device_id}/properties": {
+                "get": _op(
+                    "Widget properties set by update/property or the device: {PIN: {name: value}}",
+                    _json({"type": "object"}),
+                    params=[did],
+                ),
+            },
             "/api/devices/{device_id}/meta": {
                 "get": _op("Metadata fields", _json({"type": "object"}), params=[did]),
             },

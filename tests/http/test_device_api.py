@@ -115,6 +115,12 @@ async def test_batch_post(device, http):
 async def test_property_and_log_event(device, http):
     device.srv.declare_events(device.tid, "overheat")
     assert (await http.fetch("GET", device.ext("update/property", "pin=v1&label=Temp&color=%23FF0000")))[0] == 200
+    # Read back through the admin API (the device's id from its token).
+    auth = {"Authorization": f"Bearer {device.srv.api_key}"}
+    status, body, _ = await http.fetch("GET", f"{device.admin}/api/devices?token={device.token}", headers=auth)
+    did = json.loads(body)[0]["id"]
+    status, body, _ = await http.fetch("GET", f"{device.admin}/api/devices/{did}/properties", headers=auth)
+    assert status == 200 and json.loads(body) == {"V1": {"color": "#FF0000", "label": "Temp"}}
     assert await http.error(device.ext("update/property", "pin=v1")) == (400, "Wrong request format.")
     assert await http.error(device.ext("update/property", "pin=w1&label=x")) == (400, "Wrong pin format.")
     assert (await http.fetch("GET", device.ext("logEvent", "code=overheat&description=hot")))[0] == 200
