@@ -4,6 +4,7 @@ over real sockets."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 
@@ -29,21 +30,43 @@ class LoopThreadErrors(logging.Handler):
             self.seen.append(self.format(record))
 
 
-@pytest.fixture
-async def server(tmp_path):
-    watch = LoopThreadErrors()
-    logging.getLogger().addHandler(watch)
-    # Write-behind flushes only at stop: every read in these tests must see rows still pending.
-    settings = Settings(data_dir=tmp_path / "data", host="127.0.0.1", port=0, admin_port=0, flush_interval=3600)
-    srv = BlynkServer(settings)
+async def start_server(data_dir, **settings) -> BlynkServer:
+    """The whole server on this loop, on ephemeral loopback ports. Write-behind flushes only at stop
+    (``flush_interval`` 3600 unless given): every read in these tests must see rows still pending."""
+    base = {"host": "127.0.0.1", "port": 0, "admin_port": 0, "flush_interval": 3600}
+    srv = BlynkServer(Settings(data_dir=data_dir, **{**base, **settings}))
     srv.out = io.StringIO()
     await srv.start()
+    return srv
+
+
+@contextlib.contextmanager
+def no_loop_thread_errors():
+    """Fails the block when any server in it logged a LoopThreadError (SQLite on the loop's thread)."""
+    watch = LoopThreadErrors()
+    logging.getLogger().addHandler(watch)
     try:
-        yield srv
+        yield
     finally:
-        assert await srv.stop() == 0
         logging.getLogger().removeHandler(watch)
     assert watch.seen == []
+
+
+@contextlib.asynccontextmanager
+async def running(data_dir, **settings):
+    """``start_server``, stopped cleanly (exit 0) at the end, with no SQLite on the loop's thread."""
+    with no_loop_thread_errors():
+        srv = await start_server(data_dir, **settings)
+        try:
+            yield srv
+        finally:
+            assert await srv.stop() == 0
+
+
+@pytest.fixture
+async def server(tmp_path):
+    async with running(tmp_path / "data") as srv:
+        yield srv
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
-import io
 import logging
 import socket
 from contextlib import asynccontextmanager
@@ -20,12 +19,11 @@ import pytest
 from aiosmtpd.smtp import SMTP, AuthResult
 
 from blynk_server.app import API_KEY_FILE, BlynkServer
-from blynk_server.config import Settings
 from blynk_server.devclient import DeviceClient
 from blynk_server.model import Datastream
 from protocol import Command, Status
 
-from .conftest import LoopThreadErrors
+from .conftest import running as server_running
 
 WAIT = 10.0  # seconds: a bound against a hang, never reached when delivery works
 
@@ -99,22 +97,10 @@ def outbox_log():
     logger.removeHandler(handler)
 
 
-@asynccontextmanager
-async def running(data_dir, **settings):
-    """The whole server on this loop, on ephemeral loopback ports; stopped cleanly at the end."""
-    watch = LoopThreadErrors()
-    logging.getLogger().addHandler(watch)
-    base = dict(host="127.0.0.1", port=0, admin_port=0, flush_interval=3600, smtp_starttls=False)
-    base.update(outbox_retry_base=0.05, outbox_retry_max=0.2, outbox_max_attempts=1000)  # retried at once
-    srv = BlynkServer(Settings(data_dir=data_dir, **{**base, **settings}))
-    srv.out = io.StringIO()
-    await srv.start()
-    try:
-        yield srv
-    finally:
-        assert await srv.stop() == 0
-        logging.getLogger().removeHandler(watch)
-    assert watch.seen == []
+def running(data_dir, **settings):
+    """The whole server on this loop (conftest ``running``), SMTP in plain text, retries at once."""
+    base = dict(smtp_starttls=False, outbox_retry_base=0.05, outbox_retry_max=0.2, outbox_max_attempts=1000)
+    return server_running(data_dir, **{**base, **settings})
 
 
 async def new_device(srv: BlynkServer) -> str:

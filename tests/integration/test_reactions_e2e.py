@@ -10,17 +10,20 @@ from blynk_server.devclient import DeviceClient
 from protocol import Command, Status
 from protocol.body import join_fields
 
+from .conftest import running
 from .test_mail import smtp_server
-from .test_webhooks import Receiver, admin_call, start_server
+from .test_webhooks import Receiver, admin_call
 
 WAIT = 10.0  # a bound against a hang; both arrive at once when delivery works
 
 
 async def test_declared_event_reaches_the_inbox_and_the_webhook_undeclared_is_refused(tmp_path):
-    async with smtp_server() as (smtp_port, inbox):
-        receiver = await Receiver().start()
-        srv = await start_server(tmp_path / "data", smtp_host="127.0.0.1", smtp_port=smtp_port, smtp_starttls=False)
-        try:
+    receiver = await Receiver().start()
+    try:
+        async with (
+            smtp_server() as (smtp_port, inbox),
+            running(tmp_path / "data", smtp_host="127.0.0.1", smtp_port=smtp_port, smtp_starttls=False) as srv,
+        ):
             tpl = await srv.provisioning.create_template("Boilers", [])
             record = await srv.provisioning.create_device(tpl.id, "Boiler East")
             status, _ = await admin_call(
@@ -58,6 +61,5 @@ async def test_declared_event_reaches_the_inbox_and_the_webhook_undeclared_is_re
             assert json.loads(raw) == {"device": "Boiler East", "event": "overheat", "text": "97 C"}
             assert record.token.encode() not in raw
             assert inbox.messages.empty() and len(receiver.got) == 1  # nothing for the refused code
-        finally:
-            assert await srv.stop() == 0
-            await receiver.stop()
+    finally:
+        await receiver.stop()

@@ -4,9 +4,7 @@ receiver on 127.0.0.1, the admin API over HTTP and the durable outbox across a r
 from __future__ import annotations
 
 import asyncio
-import io
 import json
-import logging
 import os
 import socket
 import time
@@ -17,12 +15,11 @@ from aiohttp import web
 
 from blynk_server.app import BlynkServer
 from blynk_server.cli import main
-from blynk_server.config import Settings
 from blynk_server.devclient import DeviceClient
 from blynk_server.model import Datastream
 from protocol import Status
 
-from .conftest import LoopThreadErrors
+from .conftest import no_loop_thread_errors, start_server
 
 WAIT = 10.0  # bound on awaiting what the server does (never a sleep: the awaits end when it happens)
 
@@ -70,14 +67,6 @@ async def receiver():
     await r.stop()
 
 
-async def start_server(data_dir, **settings) -> BlynkServer:
-    s = Settings(data_dir=data_dir, host="127.0.0.1", port=0, admin_port=0, flush_interval=3600, **settings)
-    srv = BlynkServer(s)
-    srv.out = io.StringIO()
-    await srv.start()
-    return srv
-
-
 class Servers:
     def __init__(self, data_dir) -> None:
         self.data_dir = data_dir
@@ -96,16 +85,13 @@ class Servers:
 @pytest.fixture
 async def servers(tmp_path):
     """Start servers on one data dir (one at a time); each is stopped cleanly, with no SQLite on the loop."""
-    watch = LoopThreadErrors()
-    logging.getLogger().addHandler(watch)
-    servers = Servers(tmp_path / "data")
-    try:
-        yield servers
-    finally:
-        for srv in servers.running:
-            assert await srv.stop() == 0
-        logging.getLogger().removeHandler(watch)
-    assert watch.seen == []
+    with no_loop_thread_errors():
+        servers = Servers(tmp_path / "data")
+        try:
+            yield servers
+        finally:
+            for srv in servers.running:
+                assert await srv.stop() == 0
 
 
 async def device_on(srv: BlynkServer, name: str = 'Boiler "east"'):
