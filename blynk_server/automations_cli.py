@@ -14,9 +14,6 @@ from urllib.parse import urlencode
 
 from blynk_server.automations import AutomationError, Automations, path_of
 from blynk_server.cli_common import CliError, Local, Remote, add_common, open_data_dir
-from blynk_server.domain import Domain
-from blynk_server.eventdefs import load_rows
-from blynk_server.hub import Hub
 
 
 def add_parser(sub) -> None:
@@ -65,10 +62,7 @@ class DirectAutomations:
     nothing runs here, rules are only changed)."""
 
     def __init__(self, local: Local) -> None:
-        domain = Domain(local.store, Hub(), local.settings)
-        domain.load_snapshot(local.store.load_all())
-        domain.event_defs.load(*load_rows(local.store))  # event actions are checked against them
-        self.service = Automations(local.store, domain, local.settings)
+        self.service = Automations(local.store, local.domain(), local.settings)  # event actions checked too
         asyncio.run(self.service.load())
 
     def create(self, body: dict) -> dict:

@@ -33,10 +33,9 @@ from blynk_server.cli_common import (
     settings_from,
 )
 from blynk_server.control import DataDirBusy
-from blynk_server.domain import DeviceState, Domain
+from blynk_server.domain import DeviceState
 from blynk_server.events_cli import add_parser as add_event_parser
 from blynk_server.events_cli import cmd_event, cmd_timeline
-from blynk_server.hub import Hub
 from blynk_server.model import DATASTREAM_TYPES, DeviceRecord
 from blynk_server.ota.cli import add_ota_parser, cmd_ota
 from blynk_server.provisioning import NewDevice, NotFound, ProvisioningError, check_token, parse_datastream_spec
@@ -141,8 +140,7 @@ class Direct:
 
     def __init__(self, local: Local) -> None:
         self.store: SqliteStore = local.store
-        self.domain = Domain(self.store, Hub(), local.settings)
-        self.domain.load_snapshot(self.store.load_all())
+        self.domain = local.domain()
         self.service = ProvisioningService(self.store, self.domain)
 
     def create_template(self, tid: str, name: str, specs: list[str]) -> dict:
@@ -168,11 +166,7 @@ class Direct:
         return [d.as_dict() for d in self.service.devices(tid)]
 
     def _device(self, ref: str) -> DeviceState:
-        dev = self.domain.device(int(ref)) if ref.isdigit() else None
-        dev = dev or self.domain.device_by_token(ref)
-        if dev is None:
-            raise CliError(f"no device {ref!r}")
-        return dev
+        return Local.device(self.domain, ref)
 
     def find_device(self, ref: str) -> dict:
         return self._device(ref).record.as_dict()

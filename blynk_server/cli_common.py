@@ -18,6 +18,9 @@ from urllib.parse import urlencode
 
 from blynk_server import config
 from blynk_server.control import ControlClient, ControlError, DataDirBusy, DataDirLock, error_message
+from blynk_server.domain import DeviceState, Domain
+from blynk_server.eventdefs import load_rows
+from blynk_server.hub import Hub
 from blynk_server.store import SqliteStore
 from blynk_server.store.sqlite import StoreUnavailable
 
@@ -76,6 +79,23 @@ class Local:
 
     settings: config.Settings
     store: SqliteStore
+
+    def domain(self) -> Domain:
+        """The store's templates, devices and declared events in memory, as a server holds them: what
+        the services (provisioning, events, webhooks, automations) work on without a server."""
+        domain = Domain(self.store, Hub(), self.settings)
+        domain.load_snapshot(self.store.load_all())
+        domain.event_defs.load(*load_rows(self.store))
+        return domain
+
+    @staticmethod
+    def device(domain: Domain, ref: str) -> DeviceState:
+        """The device named by ``ref``: an id, else a token (all digits may be either)."""
+        dev = domain.device(int(ref)) if ref.isdigit() else None
+        dev = dev or domain.device_by_token(ref)
+        if dev is None:
+            raise CliError(f"no device {ref!r}")
+        return dev
 
 
 @dataclass

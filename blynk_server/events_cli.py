@@ -16,10 +16,8 @@ from datetime import UTC, datetime
 from urllib.parse import quote, urlencode
 
 from blynk_server.cli_common import CliError, Local, Remote, add_common, open_data_dir
-from blynk_server.domain import DeviceState, Domain
-from blynk_server.eventdefs import LEVELS, load_rows
+from blynk_server.eventdefs import LEVELS
 from blynk_server.events import TimelineQuery, format_cursor, parse_cursor, timeline_page
-from blynk_server.hub import Hub
 from blynk_server.model import now_ms
 from blynk_server.provisioning import Provisioning, make_event_def
 
@@ -95,9 +93,7 @@ class DirectEvents:
 
     def __init__(self, local: Local) -> None:
         self.store = local.store
-        self.domain = Domain(self.store, Hub(), local.settings)
-        self.domain.load_snapshot(self.store.load_all())
-        self.domain.event_defs.load(*load_rows(self.store))
+        self.domain = local.domain()
         self.service = Provisioning(self.store, self.domain)
 
     def create(self, tid: str, d: dict, replace: bool) -> dict:
@@ -118,15 +114,8 @@ class DirectEvents:
         self.service.template(tid)
         return {"offline_ignore_s": self.domain.event_defs.offline_ignore_s(tid)}
 
-    def _device(self, ref: str) -> DeviceState:
-        dev = self.domain.device(int(ref)) if ref.isdigit() else None
-        dev = dev or self.domain.device_by_token(ref)
-        if dev is None:
-            raise CliError(f"no device {ref!r}")
-        return dev
-
     def timeline(self, ref: str, q: TimelineQuery) -> dict:
-        dev = self._device(ref)
+        dev = Local.device(self.domain, ref)
         rows, cursor = self.store.timeline(dev.id, q.since, q.until, q.levels, q.codes, q.limit, q.before)
         return timeline_page(self.domain, dev.template.id, rows, cursor)
 

@@ -9,8 +9,6 @@ import json
 from urllib.parse import quote
 
 from blynk_server.cli_common import CliError, Local, Remote, add_common, open_data_dir
-from blynk_server.domain import Domain
-from blynk_server.hub import Hub
 from blynk_server.webhooks import PLACEHOLDERS, WebhookError, Webhooks
 
 ACTIONS = ("create", "list", "show", "delete", "enable")
@@ -58,10 +56,7 @@ class DirectWebhooks:
     """No server runs: the service on the store under this command's lock (SQLite runs inline)."""
 
     def __init__(self, local: Local) -> None:
-        domain = Domain(local.store, Hub(), local.settings)
-        for tpl in local.store.list_templates():
-            domain.put_template(tpl)
-        self.service = Webhooks(local.store, domain, None, local.settings)
+        self.service = Webhooks(local.store, local.domain(), None, local.settings)
         asyncio.run(self.service.load())
 
     def create(self, spec: dict) -> dict:
