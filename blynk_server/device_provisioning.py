@@ -24,8 +24,9 @@ from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from blynk_server.config import Settings
-from blynk_server.domain import DeviceState
+from blynk_server.domain import DeviceState, Domain
 from blynk_server.http.common import ApiError, device_or_404
+from blynk_server.http.limits import check_rate
 from blynk_server.model import now_ms
 from blynk_server.provisioning import NotFound, Provisioning, ProvisioningError
 
@@ -368,6 +369,30 @@ def provision_metrics(stats: ProvisionStats) -> Iterator[Metric]:
     )
 
 
+# --- device API -----------------------------------------------------------------------------------
+
+
+def add_device_routes(app: web.Application, domain: Domain) -> None:
+    """``GET /external/api/provision?token=&templateId=`` (Blynk's device HTTPS API): completes the
+    activation of a device with a pending provision token over HTTP, as its first info message does.
+    200 with an empty body; a token unknown, expired, or of another template: ``400 Invalid token.``"""
+
+    async def provision(request: web.Request) -> web.Response:
+        token = request.query.get("token")
+        if not token:
+            raise ApiError("No token provided.")
+        dev = domain.authenticate(token)
+        if dev is None:
+            raise ApiError("Invalid token.")
+        check_rate(request, dev.id)
+        if not domain.activate(dev, request.query.get("templateId")):
+            raise ApiError("Invalid token.")
+        return web.Response(status=200)
+
+    app.router.add_get("/external/api/provision", provision)
+    app.router.add_get("/external/api/provision/", provision)
+
+
 # --- admin API ------------------------------------------------------------------------------------
 
 
@@ -437,5 +462,6 @@ __all__ = [
     "ProvisionStats",
     "ProvisionToken",
     "add_admin_routes",
+    "add_device_routes",
     "provision_metrics",
 ]
