@@ -25,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from blynk_server.config import Settings
 from blynk_server.domain import DeviceState, Domain
-from blynk_server.http.common import ApiError, device_or_404
+from blynk_server.http.common import ApiError, device_or_404, json_object
 from blynk_server.http.limits import check_rate
 from blynk_server.model import now_ms
 from blynk_server.provisioning import NotFound, Provisioning, ProvisioningError
@@ -400,17 +400,6 @@ def add_admin_routes(app: web.Application, service: DeviceProvisioning) -> None:
     """Allow provisioning on a template, issue (re-)provision tokens, list pending ones, claim a device."""
     domain = service.domain
 
-    async def body_of(request: web.Request) -> dict:
-        if not request.can_read_body:
-            return {}
-        try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            raise ApiError("Body must be a JSON object.") from None
-        if not isinstance(body, dict):
-            raise ApiError("Body must be a JSON object.")
-        return body
-
     def text(body: dict, key: str) -> str | None:
         value = body.get(key)
         if value is not None and not isinstance(value, str):
@@ -421,11 +410,11 @@ def add_admin_routes(app: web.Application, service: DeviceProvisioning) -> None:
         return web.json_response(service.template_state(request.match_info["template_id"]))
 
     async def put_template(request: web.Request) -> web.Response:
-        body = await body_of(request)
+        body = await json_object(request, empty_ok=True)
         return web.json_response(await service.set_allowed(request.match_info["template_id"], body.get("allowed")))
 
     async def issue(request: web.Request) -> web.Response:
-        body = await body_of(request)
+        body = await json_object(request, empty_ok=True)
         tid = text(body, "template_id") or text(body, "templateId")
         if not tid:
             raise ApiError("template_id is required.")
@@ -444,7 +433,7 @@ def add_admin_routes(app: web.Application, service: DeviceProvisioning) -> None:
 
     async def claim(request: web.Request) -> web.Response:
         dev = device_or_404(domain, request)
-        body = await body_of(request)
+        body = await json_object(request, empty_ok=True)
         return web.json_response(await service.claim(dev.id, text(body, "name"), text(body, "owner")))
 
     r = app.router
