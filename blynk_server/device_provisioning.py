@@ -33,8 +33,10 @@ from blynk_server.provisioning import NotFound, Provisioning, ProvisioningError
 log = logging.getLogger(__name__)
 
 TABLES = """
+-- No foreign key: the setting outlives a deleted template as the set in memory does, so a template
+-- made again with the same id is in the same state before and after a restart.
 CREATE TABLE IF NOT EXISTS provision_templates (
-    template_id TEXT PRIMARY KEY REFERENCES templates(id) ON DELETE CASCADE,
+    template_id TEXT PRIMARY KEY,
     allowed INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS provision_pending (
@@ -243,7 +245,7 @@ class DeviceProvisioning:
 
     def _live(self) -> Iterator[Pending]:
         now = self.clock()
-        return (p for p in self.pending.values() if p.expires_at > now)
+        return (p for p in self.pending.values() if p.expires_at > now and self.domain.device(p.device_id))
 
     def _may_issue(self, template_id: str) -> None:
         if template_id not in self.allowed:
@@ -273,6 +275,8 @@ class DeviceProvisioning:
         """Delete the devices created for tokens that expired unused; the number deleted. A device
         re-provisioned with a token that expired stays (with its data), refused until a new token."""
         now = self.clock()
+        for p in [p for p in self.pending.values() if self.domain.device(p.device_id) is None]:
+            del self.pending[p.device_id]  # deleted meanwhile (its row went with it)
         gone = [p for p in self.pending.values() if p.kind == NEW and p.expires_at <= now]
         for p in gone:
             self.pending.pop(p.device_id, None)

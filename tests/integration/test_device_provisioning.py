@@ -215,6 +215,12 @@ async def test_pending_tokens_per_template_are_bounded(tmp_path):
         assert status == 429
         assert err["error"]["message"] == "Too many pending provision tokens for this template (at most 2)."
         assert 'blynk_provision_refused_total{reason="pending_limit"} 1.0' in await metrics(srv)
+        first = min(srv.device_provisioning.pending)
+        await srv.provisioning.delete_device(first)  # a deleted device's token no longer counts
+        status, issued = await admin_call(srv, "POST", "/api/provision/token", body)
+        assert status == 201
+        await srv.device_provisioning.sweep()
+        assert set(srv.device_provisioning.pending) == {first + 1, issued["deviceId"]}
 
 
 async def test_issuing_is_rate_limited(tmp_path):
