@@ -144,6 +144,8 @@ def _device_get(url: str, timeout: float) -> tuple[int, object]:
         status, raw = exc.code, exc.read(MAX_DEVICE_ANSWER + 1)
     except (urllib.error.URLError, OSError) as exc:
         raise CliError(f"cannot reach the device at {_origin(url)}: {getattr(exc, 'reason', exc)}") from None
+    except ValueError:  # http.client's refusals quote the URL, which holds the token: not repeated
+        raise CliError(f"not a usable device address: {_origin(url)}") from None
     if len(raw) > MAX_DEVICE_ANSWER:
         raise CliError(f"the device's answer is larger than {MAX_DEVICE_ANSWER} bytes")
     try:
