@@ -47,6 +47,7 @@ MAX_EVENT_EMAILS = 20
 MAX_EMAIL = 254
 MAX_EVERY_S = 366 * 86_400  # a year: more is a typo
 MAX_OFFLINE_IGNORE_S = 7 * 86_400
+MAX_DEVICE_NAME = 50  # Blynk's limit for a device name
 EMAIL = re.compile(r"[^@\s,;<>\"']+@[^@\s,;<>\"']+\.[^@\s,;<>\"']+")
 
 
@@ -375,6 +376,39 @@ class Provisioning:
             self.domain.add_device(record)
             log.info("device created device=%d template=%s", record.id, record.template_id)
         return records
+
+    async def rename_device(self, device_id: int, name: object) -> DeviceRecord:
+        """A device's new name: 1..50 printable characters (Blynk's limit)."""
+        dev = self.domain.device(device_id)
+        if dev is None:
+            raise NotFound("Device not found.")
+        name = str(name if name is not None else "").strip()
+        if not 1 <= len(name) <= MAX_DEVICE_NAME or not name.isprintable():
+            raise ProvisioningError(f"A device name is 1..{MAX_DEVICE_NAME} printable characters.")
+        await self.store.run(self.store.execute, "UPDATE devices SET name = ? WHERE id = ?", (name, device_id))
+        dev.record.name = name
+        log.info("device renamed device=%d", device_id)
+        return dev.record
+
+    async def replace_token(self, device_id: int, token: str | None = None) -> DeviceRecord:
+        """A new token for a device that keeps its id and data (Blynk's re-provisioning): the old token
+        is refused from now on and a session logged in with it is closed."""
+        if self.domain.device(device_id) is None:
+            raise NotFound("Device not found.")
+        token = token or new_token()
+        check_token(token)
+        if self.domain.device_by_token(token) is not None:
+            raise Conflict("A device with that token already exists.")
+        try:
+            await self.store.run(self.store.execute, "UPDATE devices SET token = ? WHERE id = ?", (token, device_id))
+        except sqlite3.IntegrityError:
+            raise Conflict("A device with that token already exists.") from None
+        dev = self.domain.device(device_id)
+        if dev is None:  # deleted while the store wrote
+            raise NotFound("Device not found.")
+        self.domain.replace_token(device_id, token)
+        log.info("device token replaced device=%d", device_id)
+        return dev.record
 
     async def delete_device(self, device_id: int) -> None:
         """Disconnect the device at once, refuse its token everywhere, then remove it and all its rows."""
