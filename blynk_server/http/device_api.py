@@ -309,8 +309,22 @@ def add_routes(
         stamp = datetime.fromtimestamp(now_ms() / 1000, UTC).strftime("%Y-%m-%dT%H-%M-%S")
         name = files.exports.new_name(f"device_data_{dev.id}_{stamp}", "zip")
         names = {p: ds.name for p, ds in dev.template.datastreams.items()}
+        events: list[dict] = []
+        if q.get("sendEvents", "false").lower() == "true":
+            since = queries[0].since
+            events = [e for e in await domain.events(dev, data_get_max_points) if e["ts"] >= since]
+
+        def write(fh) -> None:
+            members = csv_members(fetched, names)
+            if events:
+                lines = (
+                    (queries[0].when(e["ts"]), e["code"], e["level"], e["description"] or "") for e in events[::-1]
+                )
+                members.append(("events.csv", csv_rows(("ts", "code", "level", "description"), lines)))
+            write_zip(fh, members)
+
         try:
-            await files.exports.build(name, lambda fh: write_zip(fh, csv_members(fetched, names)))
+            await files.exports.build(name, write)
         except ExportBusy as exc:
             raise ApiError(str(exc), 429) from None
         return web.json_response({"link": f"{base_url(request, files.external_url)}/{name}"})

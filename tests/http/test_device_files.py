@@ -78,10 +78,14 @@ async def test_data_get_file_is_a_link_to_a_zip_of_csv(srv, http):
     assert await _zip(http, link) == {
         "v1_Temperature.csv": [["ts", "value"], [str(now - 2000), "1.5"], [str(now - 1000), "2.5"]]
     }
-    # No pin: every datastream with data, one CSV each (multi-value joined with commas), ISO_SIMPLE times.
-    async with http.get(hw_url(srv, f"/external/api/data/get?token={token}&format=ISO_SIMPLE")) as r:
+    # No pin: every datastream with data, one CSV each (multi-value joined with commas), ISO_SIMPLE times;
+    # sendEvents=true adds the device's events of the period.
+    srv.domain.log_event(srv.domain.authenticate(token), "notify", "Hello")
+    async with http.get(hw_url(srv, f"/external/api/data/get?token={token}&format=ISO_SIMPLE&sendEvents=true")) as r:
         files = await _zip(http, (await r.json())["link"])
-    assert sorted(files) == ["v1_Temperature.csv", "v2_Label.csv", "v3_Where.csv"]
+    assert sorted(files) == ["events.csv", "v1_Temperature.csv", "v2_Label.csv", "v3_Where.csv"]
+    assert files["events.csv"][0] == ["ts", "code", "level", "description"]
+    assert files["events.csv"][1][1:] == ["notify", "info", "Hello"]
     assert files["v2_Label.csv"][1][1] == "a,b" and files["v3_Where.csv"][1][1] == "32.1,49.1"
     assert len(files["v1_Temperature.csv"][1][0]) == len("2018-06-07 22:01:20")
     # Unknown or altered names are not found; the link is the only key.
