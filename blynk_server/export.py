@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import functools
 import gzip
 import io
 import logging
@@ -83,7 +84,10 @@ class Exports:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        # Waits for a file being written (one export at most per thread), off the loop.
+        await asyncio.get_running_loop().run_in_executor(
+            None, functools.partial(self._pool.shutdown, cancel_futures=True)
+        )
 
     def _reset(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)

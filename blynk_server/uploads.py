@@ -21,6 +21,7 @@ import re
 import secrets
 import string
 from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -167,7 +168,8 @@ class Uploads:
             old_name, gone = files.popitem(last=False)
             self.total_bytes -= gone.size
             evicted.append((old_name, gone.stored))
-        self.store.submit(self._persist, device_id, name, stored, size, ts, count, [n for n, _ in evicted])
+        done = self.store.submit(self._persist, device_id, name, stored, size, ts, count, [n for n, _ in evicted])
+        done.add_done_callback(_log_failure)
         if evicted:
             await asyncio.to_thread(_unlink, [folder / s for _, s in evicted])
         return f"device_uploads/{device_id}/{stored}"
@@ -202,6 +204,11 @@ class Uploads:
         self.store.execute("INSERT OR REPLACE INTO upload_counts (device_id, count) VALUES (?, ?)", (device_id, count))
         for old in evicted:
             self.store.execute("DELETE FROM uploads WHERE device_id = ? AND name = ?", (device_id, old))
+
+
+def _log_failure(done: Future) -> None:
+    if not done.cancelled() and done.exception() is not None:
+        log.error("uploads: the index could not be written: %s", done.exception())
 
 
 def _close_and_unlink(fh, path: Path) -> None:
