@@ -188,6 +188,7 @@ class BlynkServer:
             s.upload_files_per_device,
             s.uploads_per_device,
             s.upload_max_total_bytes,
+            alive=lambda device_id: domain.device(device_id) is not None,
         )
         await self.uploads.start()
         http_stats = HttpStats()

@@ -19,8 +19,10 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import string
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,8 +103,10 @@ class Uploads:
         files_per_device: int,
         per_device: int,
         max_total_bytes: int,
+        alive: Callable[[int], bool] = lambda device_id: True,
     ) -> None:
         self.store = store
+        self.alive = alive  # a deleted device's files are no longer served (and removed at the next start)
         self.directory = directory
         self.max_size = max_size
         self.files_per_device = max(1, files_per_device)
@@ -114,6 +118,7 @@ class Uploads:
 
     async def start(self) -> None:
         await self.store.run(self.store.execute_script, SCHEMA)
+        await self.store.run(self._forget_deleted)
         rows = await self.store.run(
             self.store.query, "SELECT device_id, name, stored, size, ts FROM uploads ORDER BY ts"
         )
@@ -122,11 +127,26 @@ class Uploads:
             self.total_bytes += size
         counts = await self.store.run(self.store.query, "SELECT device_id, count FROM upload_counts")
         self._counts = dict(counts)
-        await asyncio.to_thread(self.directory.mkdir, 0o700, True, True)
+        await asyncio.to_thread(self._prune_directory, set(self._files))
+
+    def _forget_deleted(self) -> None:
+        """On the store's thread: the rows of devices deleted since (device ids are never reused)."""
+        for table in ("uploads", "upload_counts"):
+            self.store.execute(f"DELETE FROM {table} WHERE device_id NOT IN (SELECT id FROM devices)")
+
+    def _prune_directory(self, devices: set[int]) -> None:
+        """Create the directory; remove the folders of devices with no file in the index, and partial files."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for folder in self.directory.iterdir():
+            if folder.is_dir() and not (folder.name.isdigit() and int(folder.name) in devices):
+                shutil.rmtree(folder, ignore_errors=True)
+            elif folder.is_dir():
+                for part in folder.glob(".part-*"):  # an upload cut short by a stop
+                    part.unlink(missing_ok=True)
 
     def path(self, device_id: int, stored: str) -> Path | None:
         """The file behind ``/device_uploads/<device_id>/<stored>``, if the index has it."""
-        if not STORED_RE.fullmatch(stored):
+        if not STORED_RE.fullmatch(stored) or not self.alive(device_id):
             return None
         files = self._files.get(device_id)
         if files is None or not any(f.stored == stored for f in files.values()):

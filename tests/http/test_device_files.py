@@ -188,6 +188,12 @@ async def test_uploads_per_device_limit_survives_a_restart(tmp_path, http):
             assert (r.status, (await r.json())["error"]["message"]) == (403, "File uploads limit has been reached.")
         async with http.get(hw_url(srv, f"/device_uploads/{link[1]}/{link[2]}")) as r:
             assert r.status == 200  # the index survived too
+        await srv.provisioning.delete_device(int(link[1]))
+        async with http.get(hw_url(srv, f"/device_uploads/{link[1]}/{link[2]}")) as r:
+            assert r.status == 404  # a deleted device's files are not served
+    async with running(data) as srv:
+        assert not (data / "uploads" / link[1]).exists()  # and are removed at the next start
+        assert await srv.store.run(srv.store.query, "SELECT COUNT(*) FROM upload_counts") == [(0,)]
 
 
 async def test_exports_are_bounded_and_expire(tmp_path):
