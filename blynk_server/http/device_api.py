@@ -150,14 +150,18 @@ class Files:
     exports: Exports | None = None
     uploads: Uploads | None = None
     external_url: str | None = None
-    batch_points_per_day: int = 0
 
 
 def add_routes(
-    app: web.Application, domain: Domain, hub: Hub, data_get_max_points: int, files: Files | None = None
+    app: web.Application,
+    domain: Domain,
+    hub: Hub,
+    data_get_max_points: int,
+    files: Files | None = None,
+    batch_points_per_day: int = 0,
 ) -> None:
     files = files or Files()
-    daily = DailyPoints(files.batch_points_per_day)
+    daily = DailyPoints(batch_points_per_day)
 
     async def get(request: web.Request) -> web.Response:
         q = request.query

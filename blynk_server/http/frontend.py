@@ -92,8 +92,8 @@ def build_device_app(
     )
     app[REQUEST_RATE] = RequestRate(settings.http_request_rate, settings.http_request_burst, stats)
     websocket.add_routes(app, new_session, settings.max_frame)
-    files = device_api.Files(exports, uploads, settings.external_url, settings.batch_points_per_day)
-    device_api.add_routes(app, domain, hub, settings.data_get_max_points, files)
+    files = device_api.Files(exports, uploads, settings.external_url)
+    device_api.add_routes(app, domain, hub, settings.data_get_max_points, files, settings.batch_points_per_day)
     add_device_routes(app, ota)
     file_routes.add_routes(app, exports, uploads)
     # last: its /{token}/... patterns must not shadow the others
