@@ -155,22 +155,25 @@ def fetch_many(queries: list[HistoryQuery], store: SqliteStore, budget: int) -> 
 
 
 def json_many(fetched: list[Fetched]) -> bytes:
-    """``data/get`` for every datastream (no ``pin``): one table of ``ts``, ``pin``, ``value`` rows,
-    datastream by datastream, each oldest first. Raises NoHistory when no datastream has a row."""
+    """``data/get`` for every datastream (no ``pin``): one table of ``ts``, ``dataStreamId``, ``pin``,
+    ``value`` rows, datastream by datastream, each oldest first. Raises NoHistory when no datastream has
+    a row."""
     rows = sum(len(r) for _, r, _ in fetched)
     if not rows:
         raise NoHistory("No data")
     fmt = fetched[0][0].fmt
     meta = [
         {"name": "ts", "type": "UInt64" if fmt == "TS" else "String"},
+        {"name": "dataStreamId", "type": "UInt32"},
         {"name": "pin", "type": "String"},
         {"name": "value", "type": "String"},
     ]
     chunks = []
     for query, found, _ in fetched:
+        ds_id = query.ds.id if query.ds is not None else None
         for i in range(0, len(found), ENCODE_SLICE):
             part = [
-                {"ts": query.when(ts), "pin": query.pin, "value": query.value(value)}
+                {"ts": query.when(ts), "dataStreamId": ds_id, "pin": query.pin, "value": query.value(value)}
                 for ts, value in found[i : i + ENCODE_SLICE]
             ]
             chunks.append(json.dumps(part)[1:-1])

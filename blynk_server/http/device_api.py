@@ -3,10 +3,8 @@
 Every rule goes through ``Domain``; this module only maps query parameters to domain calls and
 domain errors to the cloud's ``400 {"error": {"message": ...}}``.
 
-``dataStreamId``: the cloud numbers datastreams; this server keys them by pin, so ``dataStreamId=N``
-means virtual pin ``VN``.
-``metaFieldId``: likewise, metadata here is keyed by field name, so ``metaFieldId`` is the field name
-(both documented in the OpenAPI description and blynk_server/http/README.md).
+``dataStreamId=N`` is the datastream whose id is N (``Datastream.id``, distinct from its pin; without
+an explicit id a ``VN`` datastream has id N), in every endpoint that takes it.
 """
 
 from __future__ import annotations
@@ -44,9 +42,9 @@ from blynk_server.http.common import (
 from blynk_server.http.files import base_url
 from blynk_server.http.limits import check_rate
 from blynk_server.hub import Hub
-from blynk_server.model import now_ms
+from blynk_server.model import MAX_DATASTREAM_ID, now_ms
 from blynk_server.uploads import UploadRefused, Uploads
-from protocol.body import SEP, BodyError, Pin, parse_uint
+from protocol.body import SEP, BodyError, Pin, parse_pin, parse_uint
 
 log = logging.getLogger(__name__)
 
@@ -71,17 +69,22 @@ def _device(domain: Domain, request: web.Request) -> DeviceState:
     return dev
 
 
-def _datastream_pin(q: MultiDictProxy) -> Pin:
+def _datastream_pin(domain: Domain, dev: DeviceState, q: MultiDictProxy) -> Pin:
+    """The pin of the datastream ``dataStreamId=`` names; Blynk's answers for a malformed or unknown id."""
     try:
-        return Pin("v", parse_uint(q.get("dataStreamId", ""), 255))
+        ds_id = parse_uint(q.get("dataStreamId", ""), MAX_DATASTREAM_ID)
     except BodyError:
         raise ApiError("Wrong dataStreamId format.") from None
+    ds = domain.datastream_by_id(dev.template, ds_id)
+    if ds is None:
+        raise ApiError(f"Requested dataStream doesn't exist in the product {dev.template.name}".rstrip())
+    return parse_pin(ds.pin)
 
 
-def _pin_param(q: MultiDictProxy) -> Pin:
+def _pin_param(domain: Domain, dev: DeviceState, q: MultiDictProxy) -> Pin:
     """The pin of ``pin=`` or ``dataStreamId=``."""
     if "dataStreamId" in q:
-        return _datastream_pin(q)
+        return _datastream_pin(domain, dev, q)
     pin = parse_pin_name(q.get("pin", ""))
     if pin is None:
         raise ApiError("Wrong pin format.")
@@ -166,13 +169,8 @@ def add_routes(
     async def get(request: web.Request) -> web.Response:
         q = request.query
         dev = _device(domain, request)
-        if "dataStreamId" in q:
-            pin = _datastream_pin(q)
-            if pin.key not in dev.template.datastreams:
-                raise ApiError("Requested dataStream doesn't exist in the product.")
-            pins = [(pin.key, pin)]
-        elif "pin" in q:  # the form of the C++ library's HTTP example: get?token=T&pin=V2
-            pin = _pin_param(q)
+        if "pin" in q or "dataStreamId" in q:  # get?token=T&pin=V2: the C++ library's HTTP example
+            pin = _pin_param(domain, dev, q)
             pins = [(pin.key, pin)]
         else:
             pins = _bare_pins(q, {"token"})
@@ -209,7 +207,7 @@ def add_routes(
             values = q.getall("value", [])
             if not values:
                 raise ApiError("Wrong request format.")
-            _write(domain, dev, _pin_param(q), values)
+            _write(domain, dev, _pin_param(domain, dev, q), values)
             return web.Response(text="")
         pins = _bare_pins(q, {"token"})
         if not pins:
@@ -228,7 +226,7 @@ def add_routes(
             for name, pin in pins:
                 _write(domain, dev, pin, q.getall(name))
             return web.Response(text="")
-        pin = _pin_param(q)
+        pin = _pin_param(domain, dev, q)
         if request.content_type != "application/json":
             raise ApiError("Unknown content type.")
         try:
@@ -265,7 +263,7 @@ def add_routes(
     async def update_property(request: web.Request) -> web.Response:
         q = request.query
         dev = _device(domain, request)
-        pin = _pin_param(q)
+        pin = _pin_param(domain, dev, q)
         names = [n for n in dict.fromkeys(q.keys()) if n not in RESERVED]
         if not names:
             raise ApiError("Wrong request format.")
@@ -295,7 +293,7 @@ def add_routes(
         output = q.get("output", "FILE")
         if output not in ("FILE", "JSON"):
             raise ApiError("Request with incorrect parameters")
-        queries, one_pin = parse_history_query(q, dev, data_get_max_points)
+        queries, one_pin = parse_history_query(domain, q, dev, data_get_max_points)
         if output == "JSON":
             try:
                 if one_pin:
@@ -404,7 +402,9 @@ def add_routes(
             app.router.add_route(method, url, handler)
 
 
-def parse_history_query(q: MultiDictProxy, dev: DeviceState, max_points: int) -> tuple[list[HistoryQuery], bool]:
+def parse_history_query(
+    domain: Domain, q: MultiDictProxy, dev: DeviceState, max_points: int
+) -> tuple[list[HistoryQuery], bool]:
     """A checked ``data/get``: one query per pin (the ``pin``/``dataStreamId`` named, else every
     datastream of the device's template, in pin order), and whether a pin was named."""
     period = q.get("period", "MONTH")
@@ -425,7 +425,7 @@ def parse_history_query(q: MultiDictProxy, dev: DeviceState, max_points: int) ->
         raise ApiError("Request with incorrect parameters") from None
     one_pin = "pin" in q or "dataStreamId" in q
     if one_pin:
-        keys = [_pin_param(q).key]
+        keys = [_pin_param(domain, dev, q).key]
     else:
         keys = sorted(dev.template.datastreams, key=lambda k: (k[0], int(k[1:])))
         if not keys:

@@ -30,6 +30,7 @@ async def _device(srv) -> str:
             Datastream("v2", "Label", "string"),
             Datastream("v3", "Where", "location"),
             Datastream("v4", "Empty", "int"),
+            Datastream("v5", "Counted", "int", id=300),  # an id apart from its pin, as Blynk's
         ],
     )
     return (await srv.provisioning.create_device(tpl.id, "Logger")).token
@@ -88,6 +89,12 @@ async def test_data_get_file_is_a_link_to_a_zip_of_csv(srv, http):
     assert files["events.csv"][1][1:] == ["notify", "info", "Hello"]
     assert files["v2_Label.csv"][1][1] == "a,b" and files["v3_Where.csv"][1][1] == "32.1,49.1"
     assert len(files["v1_Temperature.csv"][1][0]) == len("2018-06-07 22:01:20")
+    # dataStreamId is the datastream's own id (300 is V5).
+    await _batch(http, srv, token, "v5", [[now - 100, 7]])
+    async with http.get(hw_url(srv, f"/external/api/data/get?token={token}&dataStreamId=300")) as r:
+        assert await _zip(http, (await r.json())["link"]) == {
+            "v5_Counted.csv": [["ts", "value"], [str(now - 100), "7"]]
+        }
     # Unknown or altered names are not found; the link is the only key.
     assert (await http.get(link.replace("device_data_", "device_data_0"))).status == 404
 
@@ -100,8 +107,12 @@ async def test_data_get_json_every_datastream_and_parameters(srv, http):
     base = f"/external/api/data/get?token={token}&output=JSON"
     async with http.get(hw_url(srv, base + "&period=DAY")) as r:
         out = await r.json()
-    assert [(d["pin"], d["value"]) for d in out["data"]] == [("v1", 1.0), ("v1", 3.0), ("v2", "x")]
-    assert out["rows"] == 3 and [m["name"] for m in out["meta"]] == ["ts", "pin", "value"]
+    assert [(d["dataStreamId"], d["pin"], d["value"]) for d in out["data"]] == [
+        (1, "v1", 1.0),
+        (1, "v1", 3.0),
+        (2, "v2", "x"),
+    ]
+    assert out["rows"] == 3 and [m["name"] for m in out["meta"]] == ["ts", "dataStreamId", "pin", "value"]
     async with http.get(hw_url(srv, base + "&sendEvents=true&granularityType=DAILY&sourceType=SUM")) as r:
         assert r.status == 200
     for bad in ("output=CSV", "sendEvents=maybe", "tzName=Mars/Base"):
