@@ -28,6 +28,7 @@ from blynk_server.device_provisioning import add_admin_routes as add_provision_r
 from blynk_server.domain import Domain
 from blynk_server.events import EventsService
 from blynk_server.events import add_admin_routes as add_event_routes
+from blynk_server.export import Exports
 from blynk_server.hardware.server import HardwareServer
 from blynk_server.http.admin import build_admin_app
 from blynk_server.http.frontend import HttpFrontend, build_device_app
@@ -43,6 +44,7 @@ from blynk_server.provisioning import Provisioning, new_template_id
 from blynk_server.store import SqliteStore
 from blynk_server.store.retention import Retention
 from blynk_server.store.sqlite import CloseReport, Snapshot, StoreUnavailable
+from blynk_server.uploads import Uploads
 from blynk_server.webhooks import Webhooks
 from blynk_server.webhooks import add_admin_routes as add_webhook_routes
 
@@ -122,6 +124,8 @@ class BlynkServer:
         self.mailer: Mailer | None = None
         self.webhooks: Webhooks | None = None
         self.events: EventsService | None = None
+        self.exports: Exports | None = None
+        self.uploads: Uploads | None = None
         self.lag = LoopLag()
         self._runners: list[web.AppRunner] = []
         self.admin_address: tuple[str, int] | None = None
@@ -178,10 +182,33 @@ class BlynkServer:
         self.ota.db.forbid_thread(threading.get_ident())  # OTA's tables too: only through the store's thread
         self.automations = automations = Automations(store, domain, s, mailer=self.mailer, webhooks=webhooks)
         await self.automations.start()  # before the listener: rules see the first device's values
-        http_stats = HttpStats()
-        self.http = HttpFrontend(
-            s, build_device_app(s, http_stats, domain, self.hub, self.ota, hardware.new_session), http_stats
+        self.exports = Exports(
+            s.data_dir / "exports", s.data_export_ttl, s.data_export_max_files, s.data_export_max_bytes
         )
+        await self.exports.start()
+        self.uploads = Uploads(
+            store,
+            s.data_dir / "uploads",
+            s.upload_max_size,
+            s.upload_files_per_device,
+            s.uploads_per_device,
+            s.upload_max_total_bytes,
+            alive=lambda device_id: domain.device(device_id) is not None,
+        )
+        await self.uploads.start()
+        http_stats = HttpStats()
+        device_app = build_device_app(
+            s,
+            http_stats,
+            domain,
+            self.hub,
+            self.ota,
+            hardware.new_session,
+            mailer=self.mailer,
+            exports=self.exports,
+            uploads=self.uploads,
+        )
+        self.http = HttpFrontend(s, device_app, http_stats)
         hardware.http_handoff = await self.http.start()  # before the listener: the first connection finds it
         await hardware.start()
         self.lag.start(loop)
@@ -273,6 +300,8 @@ class BlynkServer:
             await self.events.stop()
         if self.http is not None:
             await self.http.stop()
+        if self.exports is not None:
+            await self.exports.stop()
         if self.ota is not None:
             await self.ota.stop()
         if self.automations is not None:

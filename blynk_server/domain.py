@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from blynk_server.config import Settings
 from blynk_server.eventdefs import TemplateEvents
-from blynk_server.history import HistoryQuery
+from blynk_server.history import Fetched, HistoryQuery, fetch_many, run_json_many
 from blynk_server.hub import Hub
 from blynk_server.model import MAX_TS_MS, Datastream, DeviceRecord, Template, assign_datastream_ids, now_ms
 from blynk_server.reactions import EVENT, VALUE, Happening, Reactions
@@ -360,6 +360,14 @@ class Domain:
     async def history_json(self, query: HistoryQuery) -> bytes:
         """The JSON answer of a history query (raises ``NoHistory`` when the period is empty)."""
         return await self.store.run(query.run, self.store)
+
+    async def history_json_many(self, queries: list[HistoryQuery], budget: int) -> bytes:
+        """The JSON answer of several pins' queries, ``budget`` rows in all (``history.json_many``)."""
+        return await self.store.run(run_json_many, queries, self.store, budget)
+
+    async def history_fetch(self, queries: list[HistoryQuery], budget: int) -> list[Fetched]:
+        """The rows of several pins' queries, ``budget`` rows in all (``history.fetch_many``)."""
+        return await self.store.run(fetch_many, queries, self.store, budget)
 
     async def events(self, dev: DeviceState, limit: int) -> list[dict]:
         """The device's events, newest first."""
