@@ -145,7 +145,7 @@ async def test_a_restart_loads_what_provisioning_made(prov, tmp_path):
     tpl = await prov.create_template("T", [Datastream("v1", "V", "int", 0, 100)])
     record = await prov.create_device(tpl.id, "d", "token-0001")
     prov.domain.write_pin(prov.domain.device(record.id), Pin("v", 1), b"42")
-    prov.domain.meta_set(prov.domain.device(record.id), "Location", "Lab")
+    prov.domain.meta_write(prov.domain.device(record.id), "Location", "Lab", create=True)
     snapshot = await prov.store.run(prov.store.load_all)  # pending rows included
     fresh = Domain(prov.store, Hub(), Settings())
     fresh.load_snapshot(snapshot)
