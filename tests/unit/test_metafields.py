@@ -3,25 +3,18 @@ again), lookup by id or name, the built-in fields, and what happens to free-form
 
 from __future__ import annotations
 
-import asyncio
-import threading
-
 import pytest
 
 from blynk_server import metafields
-from blynk_server.config import Settings
-from blynk_server.domain import Domain, MetaFieldUnknown, MetaValueRefused, device_timezone
-from blynk_server.hub import Hub
+from blynk_server.domain import MetaFieldUnknown, MetaValueRefused, device_timezone
 from blynk_server.model import MetaField
 from blynk_server.provisioning import (
     Conflict,
     NotFound,
-    Provisioning,
     ProvisioningError,
     metafield_from_json,
     parse_metafield_spec,
 )
-from blynk_server.store.sqlite import SqliteStore
 from protocol import Command, Status
 from protocol.body import join_fields as hw
 from tests.unit import fakes
@@ -121,17 +114,6 @@ def test_spec_and_json_forms_agree():
     spec = parse_metafield_spec("id=3,name=Mode,type=list,options=eco|off,default=eco")
     as_json = metafield_from_json(3, {"name": "Mode", "type": "list", "options": ["eco", "off"], "default": "eco"})
     assert spec == as_json == MetaField(3, "Mode", "list", "eco", ("eco", "off"))
-
-
-@pytest.fixture
-async def prov(tmp_path):
-    store = SqliteStore(tmp_path, flush_interval=3600)
-    store.start_writer()
-    store.forbid_thread(threading.get_ident())
-    domain = Domain(store, Hub(), Settings())
-    domain.load_snapshot(await store.run(store.load_all))
-    yield Provisioning(store, domain)
-    await asyncio.get_running_loop().run_in_executor(None, store.close)
 
 
 async def test_declarations_are_stored_checked_and_loaded_again(prov):

@@ -3,9 +3,6 @@ with SQLite kept off the event loop's thread."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
-
 import pytest
 
 from blynk_server.config import Settings
@@ -16,13 +13,11 @@ from blynk_server.provisioning import (
     Conflict,
     NewDevice,
     NotFound,
-    Provisioning,
     ProvisioningError,
     check_token,
     datastream_from_json,
     parse_datastream_spec,
 )
-from blynk_server.store.sqlite import SqliteStore
 from protocol.body import Pin
 
 
@@ -32,17 +27,6 @@ class ClosingLink:
 
     def close(self, reason: str) -> None:
         self.closed.append(reason)
-
-
-@pytest.fixture
-async def prov(tmp_path):
-    store = SqliteStore(tmp_path, flush_interval=3600)
-    store.start_writer()
-    store.forbid_thread(threading.get_ident())  # the test's loop is the server's loop here
-    domain = Domain(store, Hub(), Settings())
-    domain.load_snapshot(await store.run(store.load_all))
-    yield Provisioning(store, domain)
-    await asyncio.get_running_loop().run_in_executor(None, store.close)
 
 
 @pytest.mark.parametrize("token", ["short", "x" * 65, "has space12", "ümlaut123", "a/b/c/d/e"])
