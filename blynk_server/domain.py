@@ -756,9 +756,8 @@ class Domain:
             value = metafields.check(field, value)
         except ValueError as exc:  # InvalidValue (over the size) included
             self.stats.meta_rejected += 1
-            if not isinstance(exc, InvalidValue):
-                exc = MetaValueRefused(str(exc))
-            raise self._refused(dev, exc) from None
+            refusal = exc if isinstance(exc, InvalidValue) else MetaValueRefused(str(exc))
+            raise self._refused(dev, refusal) from None
         if field.type == "device_name":
             if dev.record.name != value:
                 dev.record.name = value

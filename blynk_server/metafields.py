@@ -187,8 +187,8 @@ def typed(field: MetaField | None, value: str) -> object:
             return json.loads(value)
         if kind == "device_reference":
             return int(value)
-    except (ValueError, TypeError):
-        pass  # a value stored before the field's type changed: as text
+    except (ValueError, TypeError, OverflowError):
+        pass  # a value stored before the field was declared or its type changed: as text
     return value
 
 

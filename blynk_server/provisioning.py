@@ -240,7 +240,7 @@ def make_metafield(
     if isinstance(options, str):
         options = options.split("|")
     opts = tuple(dict.fromkeys(str(o) for o in options))
-    if len("".join(opts).encode()) + len(opts) > max_size or not all(o and o.isprintable() for o in opts):
+    if not all(o and o.isprintable() for o in opts) or len("".join(opts).encode()) + len(opts) > max_size:
         raise ProvisioningError(f"Options are non-empty printable texts, {max_size} bytes in all.")
     if typ == "list" and not opts:
         raise ProvisioningError("A list metafield needs options.")

@@ -201,3 +201,15 @@ def test_the_device_meta_command_uses_the_typed_fields(world):
     token = dev.request(Command.INTERNAL, hw("meta", "get", "Auth Token"))
     assert token == [(Command.INTERNAL, 7, hw("meta", "Auth Token", world.token))]
     assert world.domain.meta_read(world.domain.device(world.device_id), "Floors")[1] == "4"
+
+
+def test_hostile_declarations_and_stale_values_answer_cleanly():
+    with pytest.raises(ProvisioningError):
+        metafield_from_json(1, {"name": "L", "type": "list", "options": ["\ud800"]})
+    with pytest.raises(ProvisioningError):
+        metafield_from_json(1, {"name": "\ud800", "type": "text"})
+    with pytest.raises(ProvisioningError):
+        metafield_from_json(1, {"name": "L", "type": "list", "options": ["x" * 600, "y" * 600]})
+    # A value stored (free-form) before the field was declared a number answers as text.
+    assert metafields.typed(MetaField(1, "N", "number"), "inf") == "inf"
+    assert metafields.typed(MetaField(1, "C", "coordinates"), "somewhere") == "somewhere"
