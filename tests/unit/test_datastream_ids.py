@@ -94,6 +94,7 @@ def test_a_data_dir_made_before_ids_migrates_with_the_default_rule(tmp_path):
         domain.load_snapshot(store.load_all())
         tpl = domain.template("TMPLold")
         assert domain.datastream_by_id(tpl, 3).name == "Temp" and domain.datastream_by_id(tpl, 256).pin == "d4"
+        assert tpl.metafields == {}  # the metafields table came with the schema: none declared yet
     finally:
         store.close()
     SqliteStore(tmp_path).close()  # a second open finds the columns and leaves the ids alone
