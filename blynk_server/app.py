@@ -23,6 +23,8 @@ from blynk_server.automations import Automations
 from blynk_server.automations import add_admin_routes as add_automation_routes
 from blynk_server.config import Settings
 from blynk_server.control import CONTROL_SOCKET, DataDirBusy, DataDirLock, listen_socket
+from blynk_server.device_provisioning import DeviceProvisioning
+from blynk_server.device_provisioning import add_admin_routes as add_provision_routes
 from blynk_server.domain import Domain
 from blynk_server.events import EventsService
 from blynk_server.events import add_admin_routes as add_event_routes
@@ -110,6 +112,7 @@ class BlynkServer:
         self.hub = Hub()
         self.domain: Domain | None = None
         self.provisioning: Provisioning | None = None
+        self.device_provisioning: DeviceProvisioning | None = None
         self.retention: Retention | None = None
         self.hardware: HardwareServer | None = None
         self.http: HttpFrontend | None = None
@@ -154,6 +157,8 @@ class BlynkServer:
         self.domain = domain = Domain(store, self.hub, s)
         domain.load_snapshot(ready.snapshot)
         self.provisioning = Provisioning(store, domain)
+        self.device_provisioning = device_provisioning = DeviceProvisioning(self.provisioning, s)
+        await device_provisioning.start()  # before the listener: a pending token's first login is checked
         self.outbox = Outbox(store, s)
         self.mailer = Mailer(s, self.outbox)  # registers the "email" deliverer when smtp_host is set
         self.webhooks = webhooks = Webhooks(store, domain, self.outbox, s)
@@ -195,6 +200,7 @@ class BlynkServer:
                 outbox=self.outbox.stats,
                 webhooks=webhooks,
                 events=events.stats,
+                provision=device_provisioning.stats,
             )
         )
         admin = functools.partial(
@@ -207,6 +213,7 @@ class BlynkServer:
                 lambda app: add_webhook_routes(app, webhooks),
                 lambda app: add_automation_routes(app, automations),
                 lambda app: add_event_routes(app, events, self.provisioning),
+                lambda app: add_provision_routes(app, device_provisioning),
             ],
         )
         self._print_quickstart(ready.quickstart)
@@ -260,6 +267,8 @@ class BlynkServer:
         if self.hardware is not None:
             await self.hardware.stop()
             self.hardware.http_handoff = None
+        if self.device_provisioning is not None:
+            await self.device_provisioning.stop()
         if self.events is not None:  # after the sessions closed (their offline), before the store
             await self.events.stop()
         if self.http is not None:

@@ -39,6 +39,8 @@ from blynk_server.events_cli import cmd_event, cmd_timeline
 from blynk_server.metafields import TYPES as METAFIELD_TYPES
 from blynk_server.model import DATASTREAM_TYPES, DeviceRecord
 from blynk_server.ota.cli import add_ota_parser, cmd_ota
+from blynk_server.provision_cli import add_parser as add_provision_parser
+from blynk_server.provision_cli import cmd_provision
 from blynk_server.provisioning import (
     NewDevice,
     NotFound,
@@ -115,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_automation_parser(sub)
     add_webhook_parser(sub)
     add_event_parser(sub)
+    add_provision_parser(sub)
     return parser
 
 
@@ -375,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         "automation": cmd_automation,
         "event": cmd_event,
         "timeline": cmd_timeline,
+        "provision": cmd_provision,
     }
     os.umask(0o077)  # whatever this creates in the data dir (database, firmware, recovery files) is private
     try:

@@ -96,6 +96,11 @@ class Settings:
     automation_max_depth: int = 3  # actions that trigger automations that trigger automations...: stop here
     automation_runs_per_minute: int = 60  # runs of one automation per minute; more are skipped, counted
 
+    # --- dynamic provisioning (device_provisioning.py) ---------------------------------------------
+    provision_token_ttl: float = 3600.0  # seconds a provision token may wait for its device's first login
+    provision_max_pending: int = 100  # provision tokens issued and not used yet, per template
+    provision_tokens_per_minute: float = 60.0  # provision tokens issued per minute, server-wide; 0 = no limit
+
     @property
     def heartbeat_timeout_default(self) -> int:
         return read_timeout(self.default_heartbeat)

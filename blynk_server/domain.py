@@ -269,6 +269,11 @@ class Domain:
         self.on_device_info: list[Callable[[DeviceState, object], None]] = []
         self.on_device_online: list[Callable[[DeviceState], None]] = []
         self.on_device_offline: list[Callable[[DeviceState], None]] = []
+        # Dynamic provisioning (device_provisioning.py) sets these for devices issued a provision token
+        # and not activated yet: ``login_gate`` refuses the login of one whose token expired,
+        # ``activation_check`` its info message when ``tmpl`` is not its template. None: no device waits.
+        self.login_gate: Callable[[DeviceState], bool] | None = None
+        self.activation_check: Callable[[DeviceState, str | None], bool] | None = None
 
     # --- lookup (memory only: the domain holds every template and device, loaded once at start) ------
 
@@ -309,10 +314,20 @@ class Domain:
         return sorted(devs, key=lambda d: d.id)
 
     def authenticate(self, token: str) -> DeviceState | None:
+        """The device a login with ``token`` opens, or None (unknown, deleted, or its provision token
+        expired before it was activated)."""
+        dev = self._by_token.get(token)
+        if dev is not None and self.login_gate is not None and not self.login_gate(dev):
+            return None
+        return dev
+
+    def device_by_token(self, token: str) -> DeviceState | None:
         """The device of ``token``, or None (unknown or deleted)."""
         return self._by_token.get(token)
 
-    device_by_token = authenticate
+    def activate(self, dev: DeviceState, template_id: str | None) -> bool:
+        """False when ``dev`` awaits activation and its info's ``tmpl`` is not its template's id."""
+        return self.activation_check is None or self.activation_check(dev, template_id)
 
     def device(self, device_id: int) -> DeviceState | None:
         return self._by_id.get(device_id)
@@ -360,6 +375,15 @@ class Domain:
         self._by_id[record.id] = dev
         self._by_token[record.token] = dev
         return dev
+
+    def replace_token(self, device_id: int, token: str) -> None:
+        """Give a device a new token: the old one is refused on every door from now on, and a session
+        logged in with it is closed."""
+        dev = self._by_id[device_id]
+        self._by_token.pop(dev.token, None)
+        dev.record.token = token
+        self._by_token[token] = dev
+        self.hub.close(device_id, "token replaced")
 
     def remove_device(self, device_id: int, reason: str) -> None:
         """Forget a device and close its session at once: from here on every door refuses its token,

@@ -43,6 +43,7 @@ TYPES = tuple(BLYNK_TYPES)
 NEEDS_OPTIONS = frozenset({"list", "switch"})  # a value is one of ``options`` (a switch has exactly two)
 READ_ONLY = frozenset({"auth_token"})
 MAX_TEXT = 255  # characters of a text-like value (Blynk's console: 255 for Text, 200 for most others)
+MAX_DEVICE_NAME = 50  # Blynk's limit for a device name
 CONTACT_KEYS = (
     "firstName",
     "lastName",
@@ -106,6 +107,15 @@ def _coordinates(value: str) -> str:
     return f"{_format(lat)},{_format(lon)}"
 
 
+def check_device_name(value: str) -> str:
+    """The one device-name rule (provisioning's rename, the ``device_name`` field): 1..50 printable
+    characters once trimmed (Blynk's limit)."""
+    name = value.strip()
+    if not 1 <= len(name) <= MAX_DEVICE_NAME or not name.isprintable():
+        raise ValueError(f"A device name is 1..{MAX_DEVICE_NAME} printable characters.")
+    return name
+
+
 def check(field: MetaField, value: str) -> str:
     """The canonical text of ``value`` for ``field``, or ``ValueError`` saying why it is refused."""
     kind = field.type
@@ -114,9 +124,7 @@ def check(field: MetaField, value: str) -> str:
     if kind in ("text", "location", "device_owner", "hotspot"):
         return _text(value)
     if kind == "device_name":
-        if not value.strip():
-            raise ValueError("A device name is not empty.")
-        return _text(value, "device name")
+        return check_device_name(value)
     if kind == "number":
         x = _number(value)
         if (field.min is not None and x < field.min) or (field.max is not None and x > field.max):

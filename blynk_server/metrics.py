@@ -23,6 +23,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from blynk_server.automations import AutomationStats, automation_metrics
+from blynk_server.device_provisioning import ProvisionStats, provision_metrics
 from blynk_server.domain import DomainStats
 from blynk_server.events import EventsStats, event_metrics
 from blynk_server.hardware.stats import HardwareStats
@@ -59,6 +60,7 @@ class Sources:
     outbox: OutboxStats | None = None
     webhooks: Webhooks | None = None
     events: EventsStats | None = None
+    provision: ProvisionStats | None = None
 
 
 class BlynkCollector(Collector):
@@ -114,6 +116,8 @@ class BlynkCollector(Collector):
             yield from _webhooks(src.webhooks)
         if src.events is not None:
             yield from event_metrics(src.events)
+        if src.provision is not None:
+            yield from provision_metrics(src.provision)
         yield GaugeMetricFamily(
             "blynk_event_loop_lag_seconds", "Lateness of the last periodic timer", value=src.lag.last
         )

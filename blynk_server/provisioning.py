@@ -523,6 +523,40 @@ class Provisioning:
             log.info("device created device=%d template=%s", record.id, record.template_id)
         return records
 
+    async def rename_device(self, device_id: int, name: object) -> DeviceRecord:
+        """A device's new name: 1..50 printable characters (Blynk's limit)."""
+        dev = self.domain.device(device_id)
+        if dev is None:
+            raise NotFound("Device not found.")
+        try:
+            name = metafields.check_device_name(str(name if name is not None else ""))
+        except ValueError as exc:
+            raise ProvisioningError(str(exc)) from None
+        await self.store.run(self.store.rename_device, device_id, name)
+        dev.record.name = name
+        log.info("device renamed device=%d", device_id)
+        return dev.record
+
+    async def replace_token(self, device_id: int, token: str | None = None) -> DeviceRecord:
+        """A new token for a device that keeps its id and data (Blynk's re-provisioning): the old token
+        is refused from now on and a session logged in with it is closed."""
+        if self.domain.device(device_id) is None:
+            raise NotFound("Device not found.")
+        token = token or new_token()
+        check_token(token)
+        if self.domain.device_by_token(token) is not None:
+            raise Conflict("A device with that token already exists.")
+        try:
+            await self.store.run(self.store.execute, "UPDATE devices SET token = ? WHERE id = ?", (token, device_id))
+        except sqlite3.IntegrityError:
+            raise Conflict("A device with that token already exists.") from None
+        dev = self.domain.device(device_id)
+        if dev is None:  # deleted while the store wrote
+            raise NotFound("Device not found.")
+        self.domain.replace_token(device_id, token)
+        log.info("device token replaced device=%d", device_id)
+        return dev.record
+
     async def delete_device(self, device_id: int) -> None:
         """Disconnect the device at once, refuse its token everywhere, then remove it and all its rows."""
         if self.domain.device(device_id) is None:

@@ -709,6 +709,12 @@ class HardwareSession(asyncio.BufferedProtocol):
             self._arm(max(0.0, self.timeout - (self.loop.time() - self.last_read)))
         if info.device == "python" and self.login_command == Command.LOGIN and self._paced is None:
             self._paced = []  # blynklib (PyPI 0.2.x): LOGIN (2) and "dev python"; see _paced_write
+        if not self.domain.activate(self.device, info.template_id):
+            # A provisioned device of another template: refused as its token (Edgent goes back to
+            # its config mode with "invalid token" as its last error).
+            self._reply(msg_id, Status.INVALID_TOKEN)
+            self.close("provision refused: the info's tmpl is not the device's template")
+            return
         self._reply(msg_id, Status.SUCCESS)
         first = not self.info_acked
         self.info_acked = True

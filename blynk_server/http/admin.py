@@ -26,6 +26,7 @@ from blynk_server.http.common import (
     route_name,
 )
 from blynk_server.http.common import device_or_404 as find_device
+from blynk_server.http.common import json_object as _json_body
 from blynk_server.http.stats import HttpStats
 from blynk_server.hub import Hub
 from blynk_server.ota.http import add_admin_routes
@@ -73,16 +74,6 @@ def auth_middleware(api_key_hash: str | None):
             return json_error(exc.message, exc.status)
 
     return middleware
-
-
-async def _json_body(request: web.Request) -> dict:
-    try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError, RecursionError):  # also numbers over 4,300 digits
-        raise ApiError("Body must be a JSON object.") from None
-    if not isinstance(body, dict):
-        raise ApiError("Body must be a JSON object.")
-    return body
 
 
 def build_admin_app(

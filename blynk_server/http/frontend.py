@@ -17,6 +17,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from blynk_server.config import Settings
+from blynk_server.device_provisioning import add_device_routes as add_provision_routes
 from blynk_server.domain import Domain
 from blynk_server.hardware.session import HardwareSession
 from blynk_server.http import device_api, legacy_api, websocket
@@ -87,6 +88,7 @@ def build_device_app(
     websocket.add_routes(app, new_session, settings.max_frame)
     device_api.add_routes(app, domain, hub, settings.data_get_max_points)
     add_device_routes(app, ota)
+    add_provision_routes(app, domain)
     legacy_api.add_routes(app, domain, hub)  # last: its /{token}/... patterns must not shadow the others
     return app
 

@@ -315,6 +315,45 @@ def spec() -> dict:
                     "type": "object",
                     "properties": {"offline_ignore_s": {"type": "number", "description": "0..604800"}},
                 },
+                "TemplateProvisioning": {
+                    "type": "object",
+                    "properties": {
+                        "template_id": {"type": "string"},
+                        "allowed": {"type": "boolean", "description": "dynamic provisioning allowed (default false)"},
+                        "pending": {"type": "integer", "description": "tokens issued, not used, not expired"},
+                    },
+                },
+                "NewProvisionToken": {
+                    "type": "object",
+                    "required": ["template_id"],
+                    "properties": {
+                        "template_id": {"type": "string", "description": "templateId is accepted too"},
+                        "name": {"type": "string", "description": "device name (default: the template's name)"},
+                    },
+                },
+                "ProvisionToken": {
+                    "type": "object",
+                    "description": "token and deviceId are Blynk's Platform API answer; the token opens the "
+                    "device's first login before expires_at",
+                    "properties": {
+                        "token": {"type": "string", "description": "the device's auth token (32 characters)"},
+                        "deviceId": {"type": "integer"},
+                        "template_id": {"type": "string"},
+                        "kind": {"type": "string", "enum": ["new", "reprovision"]},
+                        "expires_at": {"type": "integer", "description": "ms"},
+                    },
+                },
+                "PendingToken": {
+                    "type": "object",
+                    "properties": {
+                        "device_id": {"type": "integer"},
+                        "template_id": {"type": "string"},
+                        "kind": {"type": "string", "enum": ["new", "reprovision"]},
+                        "issued_at": {"type": "integer"},
+                        "expires_at": {"type": "integer"},
+                        "expired": {"type": "boolean", "description": "until the sweep deletes its device"},
+                    },
+                },
                 "TimelinePage": {
                     "type": "object",
                     "properties": {
@@ -509,6 +548,50 @@ def spec() -> dict:
                     _json(EVENT_SETTINGS),
                     body="#/components/schemas/EventSettings",
                     params=[tid],
+                ),
+            },
+            "/api/templates/{template_id}/provisioning": {
+                "get": _op(
+                    "Whether the template allows dynamic provisioning",
+                    _json({"$ref": "#/components/schemas/TemplateProvisioning"}),
+                    params=[tid],
+                ),
+                "put": _op(
+                    'Allow or stop dynamic provisioning: {"allowed": true}',
+                    _json({"$ref": "#/components/schemas/TemplateProvisioning"}),
+                    body="#/components/schemas/TemplateProvisioning",
+                    params=[tid],
+                ),
+            },
+            "/api/provision/token": {
+                "post": _op(
+                    "Issue a provision token: {template_id, name?} creates a device waiting for its first login"
+                    " (403 not allowed on the template, 429 over the pending bound or the rate)",
+                    _json({"$ref": "#/components/schemas/ProvisionToken"}, "201", "Created"),
+                    body="#/components/schemas/NewProvisionToken",
+                    errors=("400", "403", "404", "429"),
+                ),
+            },
+            "/api/provision/pending": {
+                "get": _op(
+                    "Provision tokens not used yet (never the token), oldest first",
+                    _json({"type": "array", "items": {"$ref": "#/components/schemas/PendingToken"}}),
+                    params=[_query("template_id", "string", "only this template's")],
+                ),
+            },
+            "/api/devices/{device_id}/provision/token": {
+                "post": _op(
+                    "Re-provision: a new token for the device, keeping its id and data; the old token is refused",
+                    _json({"$ref": "#/components/schemas/ProvisionToken"}, "201", "Created"),
+                    params=[did],
+                    errors=("400", "403", "404", "429"),
+                ),
+            },
+            "/api/devices/{device_id}/claim": {
+                "post": _op(
+                    "Claim an activated device: {owner?, name?} records its owner and/or renames it (1..50 chars)",
+                    _json({"type": "object"}),
+                    params=[did],
                 ),
             },
             "/api/devices/{device_id}/timeline": {
