@@ -4,7 +4,8 @@ Every rule goes through ``Domain``; this module only maps query parameters to do
 domain errors to the cloud's ``400 {"error": {"message": ...}}``.
 
 ``dataStreamId=N`` is the datastream whose id is N (``Datastream.id``, distinct from its pin; without
-an explicit id a ``VN`` datastream has id N), in every endpoint that takes it.
+an explicit id a ``VN`` datastream has id N), in every endpoint that takes it. ``metaFieldId`` is a
+metafield's id or its exact name (as Blynk documents); ``metaFieldName`` a name.
 """
 
 from __future__ import annotations
@@ -19,7 +20,16 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from blynk_server.domain import DAY_MS, DeviceState, Domain, EventRejected, InvalidValue
+from blynk_server import metafields
+from blynk_server.domain import (
+    DAY_MS,
+    DeviceState,
+    Domain,
+    EventRejected,
+    InvalidValue,
+    MetaFieldUnknown,
+    MetaValueRefused,
+)
 from blynk_server.export import ExportBusy, Exports, csv_rows, sanitize, write_zip
 from blynk_server.history import (
     FORMATS,
@@ -354,31 +364,39 @@ def add_routes(
             raise ApiError("Request with incorrect parameters") from None
         raise ApiError("No file provided in the 'upfile' field.")
 
+    def meta_ref(q: MultiDictProxy) -> str:
+        """The field of ``metaFieldId=`` (an id or, as Blynk documents, the exact name) or ``metaFieldName=``."""
+        return q.get("metaFieldId") or q.get("metaFieldName") or ""
+
     async def meta_get(request: web.Request) -> web.Response:
-        q = request.query
         dev = _device(domain, request)
-        name = q.get("metaFieldId", "")
-        if not name:
+        ref = meta_ref(request.query)
+        if not ref:
             raise ApiError("Wrong metaField format.")
-        value = domain.meta_get(dev, name)
-        if value is None:
+        found = domain.meta_read(dev, ref)
+        if found is None:
             raise ApiError("MetaField doesn't exist.")
-        return web.json_response({"type": "Text", "value": value})
+        field, value = found
+        return web.json_response({"type": metafields.blynk_type(field), "value": metafields.typed(field, value)})
 
     async def meta_update(request: web.Request) -> web.Response:
         q = request.query
         dev = _device(domain, request)
-        name = q.get("metaFieldId", "")
-        if not name:
+        ref = meta_ref(q)
+        if not ref:
             raise ApiError("Wrong metaField format")
-        if domain.meta_get(dev, name) is None:
-            raise ApiError("MetaField doesn't exist")
         value = q.get("value")
-        if value is None or name == "Auth Token":
+        if value is None:
+            if domain.meta_read(dev, ref) is None:
+                raise ApiError("MetaField doesn't exist")
             raise ApiError("Wrong value")
         try:
-            domain.meta_set(dev, name, value)
-        except InvalidValue as exc:  # the domain's caps on metadata sizes
+            domain.meta_write(dev, ref, value)
+        except MetaFieldUnknown:
+            raise ApiError("MetaField doesn't exist") from None
+        except MetaValueRefused:
+            raise ApiError("Wrong value") from None
+        except InvalidValue as exc:  # the domain's caps on metadata sizes and counts
             raise ApiError(str(exc)) from None
         return web.Response(text="")
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from blynk_server import metafields
+
 _PARAM = re.compile(r"\{([^}]+)\}")
 
 KEYED = [{"bearer": []}, {"apiKey": []}]
@@ -59,6 +61,7 @@ EVENT_DEF = {"$ref": "#/components/schemas/EventDef"}
 EVENT_SETTINGS = {"$ref": "#/components/schemas/EventSettings"}
 DEVICE = {"$ref": "#/components/schemas/Device"}
 DATASTREAM = {"$ref": "#/components/schemas/Datastream"}
+METAFIELD = {"$ref": "#/components/schemas/MetaField"}
 AUTOMATION = {"$ref": "#/components/schemas/Automation"}
 WEBHOOK = {"$ref": "#/components/schemas/Webhook"}
 
@@ -93,7 +96,7 @@ def spec() -> dict:
                 "start and kept in `<data-dir>/admin-api-key`), except `/metrics`, `/api/health` and this "
                 "document. The device HTTP APIs (`/external/api/...`, legacy `/{token}/...`) live on the device "
                 "port and are authenticated by device token; there `dataStreamId=N` is the datastream whose "
-                "`id` is N and `metaFieldId` is the metadata field's name."
+                "`id` is N and `metaFieldId` a metafield's id or exact name."
             ),
         },
         "components": {
@@ -145,6 +148,29 @@ def spec() -> dict:
                         "name": {"type": "string"},
                         "created_at": {"type": "integer"},
                         "datastreams": {"type": "array", "items": DATASTREAM},
+                        "metafields": {"type": "array", "items": METAFIELD},
+                    },
+                },
+                "MetaField": {
+                    "type": "object",
+                    "description": "Typed metadata every device of the template has (Blynk's metafield). Also "
+                    "accepted: a spec string `id=1,name=Serial,type=text,default=x,options=a|b,min=0,max=9`.",
+                    "required": ["name"],
+                    "properties": {
+                        "id": {"type": "integer", "format": "int32", "minimum": 0, "description": "from the path"},
+                        "name": {
+                            "type": "string",
+                            "description": "unique, case-sensitive, at most max_meta_size bytes; cannot change",
+                        },
+                        "type": {"type": "string", "enum": list(metafields.TYPES), "default": "text"},
+                        "default": {"type": "string", "nullable": True, "description": "checked by the type"},
+                        "options": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "description": "list: one or more; switch: exactly two; others: none",
+                        },
+                        "min": {"type": "number", "nullable": True, "description": "number only"},
+                        "max": {"type": "number", "nullable": True, "description": "number only"},
                     },
                 },
                 "NewDevice": {
@@ -190,7 +216,10 @@ def spec() -> dict:
                         }
                     },
                 },
-                "MetaValue": {"type": "object", "properties": {"value": {"type": "string"}}},
+                "MetaValue": {
+                    "type": "object",
+                    "properties": {"value": {"oneOf": [{"type": "string"}, {"type": "number"}]}},
+                },
                 "NewAutomation": {
                     "type": "object",
                     "required": ["name", "do"],
@@ -415,6 +444,20 @@ def spec() -> dict:
                 ),
                 "delete": _op("Delete a datastream", {"204": {"description": "Deleted"}}, params=[tid, pin]),
             },
+            "/api/templates/{template_id}/metafields/{meta_id}": {
+                "put": _op(
+                    "Declare or replace a metafield (a declared name cannot change: 409)",
+                    _json(METAFIELD),
+                    body="#/components/schemas/MetaField",
+                    params=[tid, _path("meta_id", "1")],
+                    errors=("400", "404", "409"),
+                ),
+                "delete": _op(
+                    "Delete a metafield declaration (devices' values under its name stay stored)",
+                    {"204": {"description": "Deleted"}},
+                    params=[tid, _path("meta_id", "1")],
+                ),
+            },
             "/api/devices": {
                 "get": _op(
                     "List devices with online state and last_seen",
@@ -574,7 +617,12 @@ def spec() -> dict:
                 ),
             },
             "/api/devices/{device_id}/meta": {
-                "get": _op("Metadata fields", _json({"type": "object"}), params=[did]),
+                "get": _op(
+                    "Metadata: every declared field by name (its value or default, typed) and the values stored "
+                    "under undeclared names (text)",
+                    _json({"type": "object"}),
+                    params=[did],
+                ),
             },
             "/api/automations": {
                 "get": _op("List automations", _json({"type": "array", "items": AUTOMATION}), errors=()),
@@ -606,7 +654,8 @@ def spec() -> dict:
             },
             "/api/devices/{device_id}/meta/{name}": {
                 "put": _op(
-                    "Set a metadata field",
+                    "Set a metadata field by id or name, checked by its type (free-form text by name on a "
+                    "template that declares no field)",
                     _json({"type": "object"}),
                     body="#/components/schemas/MetaValue",
                     params=[did, _path("name")],
