@@ -26,7 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from blynk_server.config import Settings
 from blynk_server.domain import DeviceState, Domain
 from blynk_server.http.common import ApiError, device_or_404, json_object
-from blynk_server.http.limits import check_rate
+from blynk_server.http.limits import token_device
 from blynk_server.model import now_ms
 from blynk_server.provisioning import NotFound, Provisioning, ProvisioningError
 
@@ -382,13 +382,7 @@ def add_device_routes(app: web.Application, domain: Domain) -> None:
     200 with an empty body; a token unknown, expired, or of another template: ``400 Invalid token.``"""
 
     async def provision(request: web.Request) -> web.Response:
-        token = request.query.get("token")
-        if not token:
-            raise ApiError("No token provided.")
-        dev = domain.authenticate(token)
-        if dev is None:
-            raise ApiError("Invalid token.")
-        check_rate(request, dev.id)
+        dev = token_device(domain, request, request.query.get("token"))
         if not domain.activate(dev, request.query.get("templateId")):
             raise ApiError("Invalid token.")
         return web.Response(status=200)

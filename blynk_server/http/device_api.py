@@ -50,7 +50,7 @@ from blynk_server.http.common import (
     parse_pin_name,
 )
 from blynk_server.http.files import base_url
-from blynk_server.http.limits import check_rate
+from blynk_server.http.limits import token_device
 from blynk_server.hub import Hub
 from blynk_server.model import MAX_DATASTREAM_ID, now_ms
 from blynk_server.uploads import UploadRefused, Uploads
@@ -68,15 +68,8 @@ BATCH_SLICE = 500  # batch/update points checked between two yields to the event
 
 
 def _device(domain: Domain, request: web.Request) -> DeviceState:
-    """The device of ``token=``; spends one request of its rate (``http_request_rate``)."""
-    token = request.query.get("token")
-    if not token:
-        raise ApiError("No token provided.")
-    dev = domain.device_by_token(token)
-    if dev is None:
-        raise ApiError("Invalid token.")
-    check_rate(request, dev.id)
-    return dev
+    """The device of ``token=``."""
+    return token_device(domain, request, request.query.get("token"))
 
 
 def _datastream_pin(domain: Domain, dev: DeviceState, q: MultiDictProxy) -> Pin:

@@ -26,7 +26,7 @@ from blynk_server.export import ExportBusy, Exports, write_gzip
 from blynk_server.hardware.session import MAX_NOTIFY
 from blynk_server.history import PERIODS_MS, HistoryQuery
 from blynk_server.http.common import MAX_BATCH, ApiError, json_timestamp, json_to_raw, parse_pin_name
-from blynk_server.http.limits import check_rate
+from blynk_server.http.limits import token_device
 from blynk_server.hub import Hub
 from blynk_server.mailer import Mailer, MailOff, MailRefused
 from blynk_server.model import now_ms
@@ -68,14 +68,7 @@ def add_routes(
 ) -> None:
 
     def device(request: web.Request) -> DeviceState:
-        token = request.match_info.get("token", "")
-        if not token:
-            raise ApiError("No token provided.")
-        dev = domain.device_by_token(token)
-        if dev is None:
-            raise ApiError("Invalid token.")
-        check_rate(request, dev.id)
-        return dev
+        return token_device(domain, request, request.match_info.get("token"))
 
     def pin(request: web.Request) -> Pin:
         p = parse_pin_name(request.match_info["pin"])
