@@ -1,7 +1,8 @@
 """Declares the optional Cython extensions; everything else is in pyproject.toml.
 
 - ``protocol._framing``, the framer (its pure-Python twin is ``protocol.framing``);
-- the device hot path, ``blynk_server/hardware/session.py`` and ``blynk_server/domain.py``, compiled
+- the device hot path, ``blynk_server/hardware/connection.py`` (the sans-I/O core), ``session.py`` (its
+  asyncio adapter) and ``blynk_server/domain.py``, compiled
   from the same Python sources (Cython's pure-Python mode): the same code, run without the bytecode
   interpreter's overhead per line.
 
@@ -49,6 +50,7 @@ def extensions():
         # Plain Python compiled as is: annotations stay hints (annotation_typing off), semantics unchanged.
         exts += cythonize(
             [
+                Extension("blynk_server.hardware.connection", ["blynk_server/hardware/connection.py"]),
                 Extension("blynk_server.hardware.session", ["blynk_server/hardware/session.py"]),
                 Extension("blynk_server.domain", ["blynk_server/domain.py"]),
             ],

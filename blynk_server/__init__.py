@@ -1,8 +1,8 @@
 """blynk-server: a self-hosted server for Blynk IoT devices.
 
-The two modules of the device hot path, ``hardware/session.py`` and ``domain.py``, are also compiled
-by Cython at install time (see setup.py): the same source, without the interpreter's overhead per
-line. Python imports the compiled module when there is one; ``BLYNK_NO_EXTENSIONS=1`` (as for
+The modules of the device hot path, ``hardware/connection.py`` (the sans-I/O core), ``hardware/session.py``
+(its asyncio adapter) and ``domain.py``, are also compiled by Cython at install time (see setup.py): the
+same source, without the interpreter's overhead per line. Python imports the compiled module when there is one; ``BLYNK_NO_EXTENSIONS=1`` (as for
 ``protocol``) makes it import the sources instead.
 """
 
@@ -15,7 +15,7 @@ from importlib.machinery import ModuleSpec
 
 __version__ = "0.1.0"
 
-COMPILED_MODULES = ("blynk_server.hardware.session", "blynk_server.domain")
+COMPILED_MODULES = ("blynk_server.hardware.connection", "blynk_server.hardware.session", "blynk_server.domain")
 
 
 class _SourcesFirst:
@@ -39,7 +39,7 @@ if os.environ.get("BLYNK_NO_EXTENSIONS", "") not in ("", "0"):
 def hot_path_implementation() -> str:
     """``"cython"`` when the compiled hot-path modules are the ones imported, else ``"python"``."""
     from blynk_server import domain
-    from blynk_server.hardware import session
+    from blynk_server.hardware import connection, session
 
-    compiled = all(not (module.__file__ or "").endswith(".py") for module in (domain, session))
+    compiled = all(not (module.__file__ or "").endswith(".py") for module in (domain, connection, session))
     return "cython" if compiled else "python"

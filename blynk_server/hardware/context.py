@@ -19,6 +19,7 @@ from blynk_server.hardware.guard import LoginGuard
 from blynk_server.hardware.stats import HardwareStats
 from blynk_server.hardware.turns import ReadTurns
 from blynk_server.hub import DeviceLink, Hub
+from blynk_server.model import now_ms
 
 if TYPE_CHECKING:
     from blynk_server.mailer import Mailer
@@ -37,7 +38,8 @@ class SessionContext:
     - ``http_handoff``: set by the HTTP side, builds the protocol that takes over a sniffed HTTP
       connection (None: HTTP is not served on the device port);
     - ``login_hooks``: called with each session that logs in (a failing hook is logged, not raised);
-    - ``mailer``: queues a device's EMAIL (None: e-mail is off, the device gets status 14).
+    - ``mailer``: queues a device's EMAIL (None: e-mail is off, the device gets status 14);
+    - ``wall_ms``: the wall clock in UTC milliseconds, for stored timestamps (a test may give its own).
     """
 
     __slots__ = (
@@ -53,6 +55,7 @@ class SessionContext:
         "http_handoff",
         "login_hooks",
         "mailer",
+        "wall_ms",
     )
 
     def __init__(self, settings: Settings, domain: Domain, hub: Hub, loop: asyncio.AbstractEventLoop) -> None:
@@ -68,6 +71,7 @@ class SessionContext:
         self.http_handoff: Callable[[], asyncio.Protocol] | None = None
         self.login_hooks: list[Callable[[DeviceLink], None]] = []
         self.mailer: Mailer | None = None
+        self.wall_ms: Callable[[], int] = now_ms
 
     def logged_in(self, link: DeviceLink, device_id: int) -> None:
         """Run the login hooks for a session that has just logged in."""

@@ -35,8 +35,12 @@ class Deadlines:
 
     def set(self, owner: HasDeadline, delay: float) -> None:
         """(Re)arm ``owner``'s deadline ``delay`` seconds from now; it replaces the previous one."""
+        self.set_at(owner, self.loop.time() + delay)
+
+    def set_at(self, owner: HasDeadline, when: float) -> None:
+        """(Re)arm ``owner``'s deadline at the loop time ``when``; it replaces the previous one."""
         self.cancel(owner)
-        key = math.ceil((self.loop.time() + delay) / RESOLUTION)
+        key = math.ceil(when / RESOLUTION)
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = set()

@@ -11,6 +11,7 @@ from blynk_server.config import Settings
 from blynk_server.domain import Domain
 from blynk_server.hardware.context import SessionContext
 from blynk_server.hardware.session import HardwareSession
+from blynk_server.hardware.sniff import FirstBytes
 from blynk_server.hub import Hub
 
 log = logging.getLogger(__name__)
@@ -40,12 +41,16 @@ class HardwareServer:
         self.context.http_handoff = factory
 
     def new_session(self) -> HardwareSession:
-        """A session of this listener's context (the protocol factory; the WebSocket door uses it too)."""
+        """A session of this listener's context (the WebSocket door's sessions)."""
         return HardwareSession(self.context)
+
+    def new_connection(self) -> FirstBytes:
+        """The listeners' protocol factory: the sniffer in front of a new session."""
+        return FirstBytes(self.context)
 
     async def start(self) -> None:
         s = self.settings
-        server = await self.loop.create_server(self.new_session, s.host, s.port, backlog=4096, reuse_address=True)
+        server = await self.loop.create_server(self.new_connection, s.host, s.port, backlog=4096, reuse_address=True)
         self._servers.append(server)
         self.address = server.sockets[0].getsockname()[:2]
         if s.tls_port is not None:
@@ -55,7 +60,7 @@ class HardwareServer:
             ctx.load_cert_chain(str(s.cert), str(s.key))
             # A silent TCP connection on the TLS port gets as long for its handshake as for its login.
             tls = await self.loop.create_server(
-                self.new_session,
+                self.new_connection,
                 s.host,
                 s.tls_port,
                 ssl=ctx,

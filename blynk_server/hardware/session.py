@@ -1,533 +1,237 @@
-"""One device connection: login, info, heartbeat, flood control, and one handler per command.
+"""One device connection on asyncio: a thin ``BufferedProtocol`` adapter around ``DeviceConnection``.
 
-An ``asyncio.BufferedProtocol``: the loop reads at most ``recv_buffer`` bytes per read into the buffer
-the listener's sessions share, and when a read fills it we pause reading and queue the session for a
-later loop turn (``turns.ReadTurns``), so busy sockets cannot starve the others. What a session uses
-of its listener comes in a ``context.SessionContext``; what others may use of a session is the hub's
-``DeviceLink`` (``device``, ``info_acked``, ``buff_in``, ``local_host``, ``push``, ``close``).
+The protocol logic (login, info, held pushes, pacing, flood bucket, heartbeat, bridges, handlers) is
+the sans-I/O core in ``connection.py``; the adapter subclasses it, so a session is one object (and the
+hub's ``DeviceLink``). What the adapter adds is I/O only:
+
+- reads: the loop reads at most ``recv_buffer`` bytes into the buffer the listener's sessions share
+  (``turns.ReadTurns``) and ``buffer_updated`` hands them to the core with the loop's time; when a read
+  fills the buffer, reading pauses and the session waits for a later loop turn, so busy sockets cannot
+  starve the others. ``feed`` is the same for bytes that came another way (the WebSocket door);
+- after every call into the core, ``_sync`` writes what the core produced (``out``) and, only when the
+  core flagged something (``dirty``), closes, pauses or resumes reading, and moves timers: the
+  login/heartbeat deadline ``hb_at`` on the listener's shared wheel (``deadlines.Deadlines``), the short
+  timers (``timer_at()``: flood resume, held pushes, paced frames) on one loop timer;
+- the transport's write-buffer limits drive ``pause_writing``/``resume_writing``; a device whose unsent
+  output passes ``write_buffer_max`` is closed, and a closed one gets ``CLOSE_GRACE`` to take the rest.
+
+Which protocol a device port's connection speaks (binary or HTTP) is decided in front of the session,
+by ``sniff.FirstBytes``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 
-from blynk_server.config import read_timeout
-from blynk_server.domain import DeviceState, InvalidValue, device_timezone
-from blynk_server.hardware.context import SessionContext
-from blynk_server.hardware.deadlines import Deadlines
-from blynk_server.hardware.turns import ReadTurns
-from blynk_server.mailer import MailInvalid, MailNoRecipient, MailOff, MailRefused, MailTooSoon
-from blynk_server.model import MAX_TS_MS, now_ms
-from blynk_server.timeutil import UTC_REQUESTS, rtc_seconds, utc_answer
-from protocol import Command, Decoder, FrameTooLarge, Status, encode_frame, encode_response
-from protocol.body import (
-    BodyError,
-    BridgeInit,
-    internal_body,
-    is_info,
-    parse_bridge,
-    parse_event_clear,
-    parse_event_log,
-    parse_group,
-    parse_hardware,
-    parse_info,
-    parse_internal,
-    parse_property,
-    parse_sync,
+from blynk_server.hardware.connection import (  # noqa: F401 - the limits, importable from here as before
+    CLOSE,
+    CLOSE_QUIETLY,
+    DEADLINE,
+    MAX_BRIDGES,
+    MAX_HELD,
+    MAX_NOTIFY,
+    MAX_PACED,
+    PACE_GAP,
+    READ,
+    TIMER,
+    DeviceConnection,
 )
+from blynk_server.hardware.context import SessionContext
+from blynk_server.hardware.turns import ReadTurns
 
-log = logging.getLogger(__name__)
-
-HTTP_PREFIXES = (b"GET ", b"POST", b"PUT ", b"HEAD", b"OPTI", b"PATC", b"DELE", b"TRAC", b"CONN")
-LOGINS = (Command.LOGIN, Command.HW_LOGIN)
-NOTIFICATIONS = (Command.TWEET, Command.EMAIL, Command.NOTIFY, Command.SMS)
-MAX_HELD = 64  # pushes held while waiting for the info message
-MAX_BRIDGES = 100  # per connection, as the legacy server
-PACE_GAP = 0.05  # seconds between frames to a client that parses one frame per recv() (blynklib)
-MAX_PACED = 1024  # frames queued for such a client before further ones are dropped
 CLOSE_GRACE = 5.0  # seconds a closed connection may take to send what is left before it is aborted
 
 
-_WRITE_KEYS: dict[bytes, str] = {}  # b"vw\0" b"1" -> "v1": few distinct pins, so parse each once
+class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
+    """The server side of one device TCP/TLS (or WebSocket) connection."""
 
-
-def _write_key(prefix: bytes) -> str | None:
-    """The pin key of a write's ``<op>\0<pin>`` prefix (op ``vw``/``dw``/``aw`` in any case, pin 0..255
-    in decimal), or None when it is not a valid write."""
-    key = _WRITE_KEYS.get(prefix)
-    if key is None:
-        # At most 3 digits: int() of a pin of any length must never run (Python refuses > 4,300 digits).
-        if not 4 <= len(prefix) <= 6 or prefix[2] != 0 or prefix[1] != 0x77 or not prefix[3:].isdigit():
-            return None
-        kind = prefix[0] | 0x20
-        number = int(prefix[3:])
-        if number > 255 or kind not in (0x76, 0x64, 0x61):  # v d a
-            return None
-        key = f"{chr(kind)}{number}"
-        if len(_WRITE_KEYS) < 4096:
-            _WRITE_KEYS[prefix] = key
-    return key
-
-
-class HardwareSession(asyncio.BufferedProtocol):
-    """The server side of one device TCP/TLS connection."""
-
-    # No per-instance __dict__: with 15,000 idle sessions the dict was a fifth of the server's memory.
     __slots__ = (
-        "ctx",
-        "settings",
-        "stats",
-        "domain",
         "loop",
-        "decoder",
+        "transport",
         "_turns",
-        "_deadlines",
         "_deadline_key",
+        "_timer",
         "_buf",
         "_view",
-        "_small",
         "_offered",
         "_granted",
-        "transport",
-        "ip",
-        "peer",
-        "_pending",
-        "_write_paused",
-        "_write_paused_at",
-        "_reply_cost",
-        "_noise",
-        "device",
-        "closed",
-        "sniffed",
-        "_sniff_held",
-        "last_read",
-        "timeout",
-        "buff_in",
-        "info_acked",
-        "_held",
-        "login_command",
-        "_paced",
-        "_paced_next",
-        "_msg_id",
-        "_batch_ms",
-        "_rate",
-        "_burst",
-        "_tokens",
-        "_tokens_at",
-        "_flood_paused",
         "_turn_paused",
-        "_last_quota",
-        "_group_ts",
-        "_bridges",
     )
 
     def __init__(self, ctx: SessionContext) -> None:
-        self.ctx = ctx
-        self.settings = ctx.settings
-        self.stats = ctx.stats
-        self.domain = ctx.domain
+        DeviceConnection.__init__(self, ctx)
         self.loop = ctx.loop
-        self.decoder = Decoder(self.settings.max_frame)
+        self.transport: asyncio.Transport | None = None
         turns: ReadTurns = ctx.turns
         self._turns = turns
-        self._deadlines: Deadlines = ctx.deadlines
-        self._deadline_key: int | None = None
+        self._deadline_key: int | None = None  # the bucket of hb_at on the shared wheel
+        self._timer: asyncio.TimerHandle | None = None  # at timer_at()
         # One receive buffer for all sessions: the loop reads into it and calls buffer_updated at once,
         # which consumes or copies every byte (the decoder keeps partial frames in its own buffer). A
         # 4 KiB buffer per session was a third of an idle session's memory.
         self._buf = turns.buf
         self._view = turns.view
-        self._small = turns.small
         self._offered = len(self._buf)
         self._granted = False  # this read was granted by ReadTurns: the full buffer even when busy
-        self.transport: asyncio.Transport | None = None
-        self.ip = "?"
-        self.peer = "?"
-        self._pending = False  # counted by the listener's LoginGuard as waiting for login
-        self._write_paused = False  # more than write_buffer_high bytes wait to be sent: not read meanwhile
-        self._write_paused_at = 0.0
-        self._reply_cost = 0  # frames sent in answer to this read's requests, charged with its frames
-        self._noise = 0  # repeatable events noted for the log (see _should_log)
-        self.device: DeviceState | None = None
-        self.closed = False
-        self.sniffed = False
-        self._sniff_held = b""
-        self.last_read = 0.0
-        self.timeout = float(self.settings.login_timeout)
-        self.buff_in = self.settings.default_buff_in
-        self.info_acked = False
-        self._held: list[tuple[int, bytes, int | None]] = []
-        self.login_command = 0
-        self._paced: list[bytes] | None = None  # a queue once the client is known to need pacing
-        self._paced_next = 0.0
-        self._msg_id = 0
-        self._batch_ms = 0
-        self._rate = self.settings.message_rate
-        self._burst = self.settings.message_burst or self._rate
-        self._tokens = self._burst
-        self._tokens_at = 0.0
-        self._flood_paused = False
         self._turn_paused = False
-        self._last_quota = -1e9
-        self._group_ts: int | None = None
-        self._bridges: dict[int, int] | None = None  # created by the first bridge
 
     # --- transport callbacks ------------------------------------------------------------------
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self.transport = transport
         peer = transport.get_extra_info("peername")
-        self.ip = str(peer[0]) if peer else "?"
-        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
-        self.stats.connections += 1
-        if self.ctx.guard.admit(self.ip) is not None:
-            self.closed = True  # over a pending-login cap or the IP's failed-login budget: no answer
-            transport.close()
-            return
-        self._pending = True
-        high = self.settings.write_buffer_high
-        transport.set_write_buffer_limits(high=high, low=high // 4)  # drives pause_writing/resume_writing
-        self.last_read = self.loop.time()
-        self.ctx.sessions.add(self)
-        self._arm(self.timeout)
+        ip = str(peer[0]) if peer else "?"
+        if self.start(ip, f"{peer[0]}:{peer[1]}" if peer else "?", self.loop.time()):
+            high = self.settings.write_buffer_high
+            transport.set_write_buffer_limits(high=high, low=high // 4)  # drives pause/resume_writing
+            self.ctx.sessions.add(self)
+        self._sync()
 
     def get_buffer(self, sizehint: int):  # type: ignore[override]
         # While busy sockets wait their turn, a socket not granted one reads a little only: a pile of
         # sockets turning busy at once (a flood starting) cannot make one loop turn long.
-        view = self._small if self._turns.waiting and not self._granted else self._view
+        view = self._turns.small if self._turns.waiting and not self._granted else self._view
         self._offered = len(view)
         return view
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.stats.bytes_in += nbytes
-        self.last_read = self.loop.time()
-        if not self.sniffed and self._sniff(nbytes):
-            return
-        buf = self._buf
-        # A lone PING, an idle device's only traffic: answered without the decoder or the frame loop.
-        if nbytes == 5 and buf[0] == 6 and not (buf[3] or buf[4] or self.device is None or self.decoder.buffered):
-            self._lone_ping((buf[1] << 8) | buf[2])
-            return
-        try:
-            frames = self.decoder.feed(self._view[:nbytes])
-        except FrameTooLarge as exc:
-            if exc.frames:
-                self._handle_frames(exc.frames)
-            self.stats.oversize_frames_in += 1
-            if exc.msg_id and not self.closed:
-                self._write(encode_response(exc.msg_id, Status.ILLEGAL_COMMAND), 0)
-            if self.device is None:  # not logged in: no line of its own, and it counts as a failed login
-                if not self.closed:
-                    self.stats.logins["frame_too_large"] += 1
-                    self._close_quietly("frame_too_large", True)
-                return
-            log.warning(
-                "frame too large device=%s peer=%s command=%d length=%d limit=%d",
-                self._who(),
-                self.peer,
-                exc.command,
-                exc.length,
-                exc.limit,
-            )
-            self.close("frame too large")
-            return
-        if frames:
-            self._handle_frames(frames)
+        self.receive_into(self._buf, self._view, nbytes, self.loop.time())
+        if self.out is not None or self.dirty:
+            self._sync()
         if self.closed:
             return
         self._granted = False
         if nbytes == self._offered and not self._turn_paused:
-            # A full buffer: let every other socket have its turn before reading this one again.
+            self._turn_paused = True  # a full buffer: every other socket has its turn first
+            self.transport.pause_reading()
+            self._turns.defer(self)
+
+    def feed(self, data) -> None:
+        """Bytes that came by another carrier than this transport's reads (the WebSocket door's
+        messages), at most ``read_size`` at a time; a full one waits for a read turn like a full read."""
+        self.receive_data(data, self.loop.time())
+        self._sync()
+        if self.closed:
+            return
+        if len(data) >= len(self._buf) and not self._turn_paused:
             self._turn_paused = True
             self.transport.pause_reading()
             self._turns.defer(self)
 
-    def _lone_ping(self, msg_id: int) -> None:
-        """What ``_handle_frames`` does for a read holding one PING frame and nothing else."""
-        self.stats.messages_in[6] += 1
-        if msg_id:
-            self._write(encode_response(msg_id, Status.SUCCESS), 0)
-        self._charge(1, msg_id)
-
-    def _handle_frames(self, frames: list) -> None:
-        counts = self.stats.messages_in
-        if self.device is None:
-            for frame in frames:
-                if self.closed:
-                    return
-                counts[frame[0]] += 1
-                if self.device is None:
-                    self._before_login(frame)
-                else:
-                    self._dispatch(frame)
-            if not self.closed:  # logged in: what came after the login in this read is charged too
-                self._charge_read(len(frames), frames[-1][1])
-            return
-        if self.closed:
-            return
-        handlers = HANDLERS
-        self._batch_ms = now_ms()  # one timestamp for the frames of one read
-        keys = _WRITE_KEYS
-        writes: list = []  # well-formed pin writes, applied in one Domain call before any other frame
-        for frame in frames:
-            cmd = frame[0]
-            counts[cmd] += 1
-            if cmd == 20:  # HARDWARE: the hot path, "vw\0<pin>\0<value…>"
-                body = frame[2]
-                if len(body) >= 4 and body[1] == 0x77:
-                    sep = body.find(b"\0", 3)
-                    if sep > 0:
-                        key = keys.get(body[:sep]) or _write_key(body[:sep])
-                        if key is not None and sep + 1 < len(body):
-                            writes.append((key, body[sep + 1 :], frame[1]))
-                            continue
-            if writes:
-                self._apply_writes(writes)
-                writes = []
-                if self.closed:
-                    return
-            handler = handlers.get(cmd)
-            if handler is None:
-                self._reply(frame[1], Status.ILLEGAL_COMMAND)
-            else:
-                handler(self, frame[1], frame[2])
-            if self.closed:  # only a handler or a rejected write closes the session
-                return
-        if writes:
-            self._apply_writes(writes)
-        self._charge_read(len(frames), frames[-1][1])
-
-    def _charge_read(self, frames: int, msg_id: int) -> None:
-        """Charge a read's frames and the frames sent in answer to them (a sync naming many pins
-        costs what it makes the server send)."""
-        cost, self._reply_cost = frames + self._reply_cost, 0
-        self._charge(cost, msg_id)
-
-    def _apply_writes(self, writes: list) -> None:
-        failed = self.domain.write_keys(self.device, writes, self._group_ts or self._batch_ms)
-        if failed:
-            for msg_id, key, exc in failed:
-                if self._should_log():
-                    log.info("invalid value device=%d pin=%s: %s (%d noted)", self.device.id, key, exc, self._noise)
-                self._reply(msg_id, Status.ILLEGAL_COMMAND)
-
-    def _dispatch(self, frame) -> None:
-        handler = HANDLERS.get(frame[0])
-        if handler is None:
-            self._reply(frame[1], Status.ILLEGAL_COMMAND)
-        else:
-            handler(self, frame[1], frame[2])
+    @property
+    def read_size(self) -> int:
+        """The most bytes one read hands to the core."""
+        return len(self._buf)
 
     def connection_lost(self, exc) -> None:
-        self.closed = True
-        self._release_pending()
+        DeviceConnection.connection_lost(self, exc)
         self.ctx.sessions.discard(self)
-        self._deadlines.cancel(self)
-        dev = self.device
-        if dev is not None and self.ctx.hub.detach(dev.id, self):
-            self.domain.set_offline(dev)
-            log.info("device offline device=%d peer=%s reason=%s", dev.id, self.peer, exc or "closed")
+        self.ctx.deadlines.cancel(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def eof_received(self) -> bool:
         return False
 
-    # --- sending ------------------------------------------------------------------------------
-
-    def _write(self, data: bytes, command: int, frames: int = 1) -> None:
-        if self.closed or self.transport is None:
-            return
-        self.stats.messages_out[command] += frames
-        self.stats.bytes_out += len(data)
-        if self._paced is not None:
-            self._paced_write(data)
-            return
-        self.transport.write(data)
-        if self._write_paused:
-            unsent = self.transport.get_write_buffer_size()
-            if unsent > self.settings.write_buffer_max:
-                self._close_slow(f"{unsent} bytes unsent (write_buffer_max {self.settings.write_buffer_max})")
-
     def pause_writing(self) -> None:
-        """Over ``write_buffer_high`` bytes wait to go out: read nothing more from this device (its
-        requests would only add replies) until they drain to the low mark."""
-        self._write_paused = True
-        self._write_paused_at = self.loop.time()
-        self.stats.write_pauses += 1
+        self.writing_paused(self.loop.time())
         if not self.closed:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        self.last_read = self.loop.time()  # it was not read by our choice: its idle clock starts again
+        self.writing_resumed(self.loop.time())
         self._resume_reading()
 
-    def _close_slow(self, reason: str) -> None:
-        self.stats.slow_reader_closes += 1
-        self.close(f"slow reader: {reason}")
+    # --- what others call (the hub's DeviceLink, the listener, the sniffer) ---------------------------
 
-    def _paced_write(self, data: bytes) -> None:
-        """blynklib parses only the first frame of each recv() and loses the rest, so frames that
-        would share a segment (a multi-pin sync reply, pushes in a row) go out PACE_GAP apart."""
-        queue = self._paced
-        now = self.loop.time()
-        if not queue and now >= self._paced_next:
-            self.transport.write(data)
-            self._paced_next = now + PACE_GAP
-            return
-        if len(queue) >= MAX_PACED:
-            self.stats.dropped_oversize += 1
-            if self._should_log():
-                log.warning("dropped frame: paced output queue full device=%s (%d noted)", self._who(), self._noise)
-            return
-        queue.append(data)
-        if len(queue) == 1:
-            self.loop.call_at(max(now, self._paced_next), self._drain_paced)
+    def push(self, command: int, body: bytes, msg_id: int | None = None, now: float | None = None) -> bool:
+        ok = DeviceConnection.push(self, command, body, msg_id, self.loop.time() if now is None else now)
+        self._sync()
+        return ok
 
-    def _drain_paced(self) -> None:
-        if self.closed or not self._paced or self.transport is None:
-            return
-        self.transport.write(self._paced.pop(0))
-        self._paced_next = self.loop.time() + PACE_GAP
-        if self._paced:
-            self.loop.call_later(PACE_GAP, self._drain_paced)
-
-    def _reply(self, msg_id: int, status: int) -> None:
-        if msg_id:
-            self._write(encode_response(msg_id, status), 0)
-
-    def _next_msg_id(self) -> int:
-        self._msg_id = self._msg_id % 0xFFFF + 1
-        return self._msg_id
-
-    def _send(self, command: int, body: bytes, msg_id: int) -> bool:
-        """Send a frame, unless it exceeds the device's buff-in: then drop it, count it, log it."""
-        if not self._fits(command, body):
-            return False
-        if msg_id == 0:
-            msg_id = self._next_msg_id()
-        self._write(encode_frame(command, msg_id, body), command)
-        return True
-
-    def _send_all(self, command: int, bodies: list[bytes], msg_id: int) -> None:
-        """The frames answering one request: one transport write (blynklib's go through the paced
-        queue one by one), and charged to the device's message budget like its own frames."""
-        frames = [encode_frame(command, msg_id or self._next_msg_id(), b) for b in bodies if self._fits(command, b)]
-        self._reply_cost += len(bodies)  # frames dropped for buff-in cost work and a count too
-        if self._paced is not None:
-            for frame in frames:
-                self._write(frame, command)
-        elif frames:
-            self._write(b"".join(frames), command, len(frames))
-
-    def _fits(self, command: int, body: bytes) -> bool:
-        """Does the frame fit the device's buff-in? When not, it is counted and logged here."""
-        if len(body) + 5 > self.buff_in:
-            self.stats.dropped_oversize += 1
-            if self._should_log():
-                log.warning(
-                    "dropped frame larger than buff-in device=%s command=%d size=%d buff_in=%d (%d noted)",
-                    self._who(),
-                    command,
-                    len(body) + 5,
-                    self.buff_in,
-                    self._noise,
-                )
-            return False
-        return True
-
-    def _should_log(self) -> bool:
-        """A log budget for what a device can repeat at will (invalid values, dropped frames): the
-        1st, 2nd, 4th, 8th... such line of a connection is written, so a device repeating an error
-        100 times a second writes about twenty lines in an hour, not 100 a second."""
-        self._noise += 1
-        return self._noise & (self._noise - 1) == 0
+    def close(self, reason: str) -> None:
+        DeviceConnection.close(self, reason)
+        self._sync()
 
     def local_host(self) -> str | None:
         """The local address the device reached us on (the socket's ``sockname``), None when unknown."""
         sock = self.transport.get_extra_info("sockname") if self.transport is not None else None
         return str(sock[0]) if sock else None
 
-    def push(self, command: int, body: bytes, msg_id: int | None = None) -> bool:
-        """A server-initiated message (HTTP write, bridge, OTA). Held until the info message is
-        answered, because blynklib reads the next frame after its info as the info's reply."""
-        if self.closed:
-            return False
-        if not self.info_acked:
-            if len(body) + 5 > self.buff_in and len(self._held) >= MAX_HELD:
-                return False
-            if len(self._held) >= MAX_HELD:
-                self._held.pop(0)
-            self._held.append((command, body, msg_id))
-            return True
-        return self._send(command, body, msg_id or 0)
+    def handed_off(self) -> None:
+        """The sniffer gave the connection to HTTP: no deadline, not pending, not a session."""
+        DeviceConnection.handed_off(self)
+        self.ctx.deadlines.cancel(self)
+        self.ctx.sessions.discard(self)
 
-    def _release_held(self) -> None:
-        held, self._held = self._held, []
-        for command, body, msg_id in held:
-            self._send(command, body, msg_id or 0)
+    # --- carrying out what the core asks ------------------------------------------------------------
 
-    def close(self, reason: str) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        log.info("closing device=%s peer=%s reason=%s", self._who(), self.peer, reason)
-        if self.transport is not None:
-            unsent = self.transport.get_write_buffer_size()
-            if unsent > self.settings.write_buffer_high:
-                self.transport.abort()  # a device that does not read would keep its unsent output alive
+    def _sync(self) -> None:
+        """Write what the core produced, then act on what it flagged."""
+        out = self.out
+        if out is not None:
+            self.out = None
+            transport = self.transport
+            if type(out) is list:
+                for data in out:
+                    transport.write(data)
             else:
-                self.transport.close()  # sends what is left, then closes
+                transport.write(out)
+            if self.write_blocked:  # pause_writing ran: more than write_buffer_high is unsent
+                unsent = transport.get_write_buffer_size()
+                if unsent > self.settings.write_buffer_max:
+                    self.close_slow(f"{unsent} bytes unsent (write_buffer_max {self.settings.write_buffer_max})")
+        if self.dirty:
+            self._apply()
+
+    def _apply(self) -> None:
+        dirty, self.dirty = self.dirty, 0
+        if dirty & DEADLINE:
+            if self.hb_at and not self.closed:
+                self.ctx.deadlines.set_at(self, self.hb_at)
+            else:
+                self.ctx.deadlines.cancel(self)
+        if dirty & TIMER:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            when = self.timer_at()
+            if when and not self.closed:
+                self._timer = self.loop.call_at(when, self._on_timer, when)
+        if dirty & READ:
+            if self.read_blocked():
+                self.transport.pause_reading()
+            else:
+                self._resume_reading()
+        if dirty & CLOSE:
+            transport = self.transport
+            unsent = transport.get_write_buffer_size()
+            if unsent > self.settings.write_buffer_high:
+                transport.abort()  # a device that does not read would keep its unsent output alive
+            else:
+                transport.close()  # sends what is left, then closes
                 if unsent:  # ... unless the device never reads it: then it goes after CLOSE_GRACE
                     self.loop.call_later(CLOSE_GRACE, self._abort_unsent)
+        elif dirty & CLOSE_QUIETLY:
+            self.transport.close()
+
+    def _on_deadline(self) -> None:
+        """The shared wheel reached ``hb_at`` (never early; up to its resolution late)."""
+        now = self.loop.time()
+        self.handle_timer(now if now > self.hb_at else self.hb_at)
+        self._sync()
+
+    def _on_timer(self, when: float) -> None:
+        self._timer = None
+        now = self.loop.time()
+        self.handle_timer(now if now > when else when)  # a loop may run a timer a hair early
+        self._sync()
 
     def _abort_unsent(self) -> None:
         transport = self.transport
         if transport is not None and transport.get_write_buffer_size():
             transport.abort()
-
-    def _close_quietly(self, outcome: str, failed: bool) -> None:
-        """Close a connection that never logged in. No log line of its own: the guard summarises them
-        (a token scanner makes tens of thousands a second); a failed login is charged to the IP."""
-        if failed:
-            self.ctx.guard.failed(self.ip)
-        self.ctx.guard.note(outcome, self.ip)
-        self.closed = True
-        self.transport.close()
-
-    def _release_pending(self) -> None:
-        if self._pending:
-            self._pending = False
-            self.ctx.guard.release(self.ip)
-
-    def _who(self) -> str:
-        return str(self.device.id) if self.device is not None else "-"
-
-    # --- timers and flow control ----------------------------------------------------------------
-
-    def _arm(self, delay: float) -> None:
-        self._deadlines.set(self, delay)
-
-    def _on_deadline(self) -> None:
-        if self.closed:
-            return
-        if self.device is None:
-            self.stats.logins["timeout"] += 1
-            self._close_quietly("timeout", False)
-            return
-        if self._write_paused:
-            blocked = self.loop.time() - self._write_paused_at
-            if blocked >= self.timeout:
-                self._close_slow(f"output blocked for {blocked:.0f}s (timeout {self.timeout:.0f}s)")
-            else:
-                self._arm(self.timeout - blocked)
-            return
-        idle = self.loop.time() - self.last_read
-        if idle >= self.timeout:
-            self.stats.idle_timeouts += 1
-            self.close(f"read idle for {idle:.0f}s (timeout {self.timeout:.0f}s)")
-        else:
-            self._arm(self.timeout - idle)
 
     def _resume_turn(self) -> None:
         self._turn_paused = False
@@ -536,355 +240,5 @@ class HardwareSession(asyncio.BufferedProtocol):
 
     def _resume_reading(self) -> None:
         """Read again, unless another reason to pause remains (flood, read turn, unsent output)."""
-        if not (self._flood_paused or self._turn_paused or self._write_paused or self.closed):
+        if not (self._turn_paused or self.read_blocked()):
             self.transport.resume_reading()
-
-    def _charge(self, count: int, msg_id: int) -> None:
-        """Token bucket per connection: over the rate, stop reading for as long as the excess takes."""
-        now = self.last_read  # the time of this read, taken once in buffer_updated
-        tokens = min(self._burst, self._tokens + (now - self._tokens_at) * self._rate) - count
-        self._tokens_at = now
-        self._tokens = tokens
-        if tokens >= 0 or self._flood_paused or self.closed:
-            return
-        self._flood_paused = True
-        self.stats.flood_pauses += 1
-        self.transport.pause_reading()
-        self.loop.call_later(-tokens / self._rate, self._resume_flood)
-        if now - self._last_quota >= self.settings.quota_warning_period:
-            self._last_quota = now
-            self.stats.quota_sent += 1
-            log.warning("flood control device=%s peer=%s rate>%g msg/s", self._who(), self.peer, self._rate)
-            self._reply(msg_id, Status.QUOTA_LIMIT)
-
-    def _resume_flood(self) -> None:
-        self._flood_paused = False
-        self._resume_reading()
-
-    def _sniff(self, nbytes: int) -> bool:
-        """True when the bytes were taken: handed to HTTP, or a partial HTTP method held back (a slow
-        client may send ``G``, ``E``, ``T`` one read at a time). Binary logins never wait: no HTTP
-        method starts with their first byte."""
-        head = self._sniff_held + bytes(self._view[:nbytes])
-        if len(head) < 4 and any(p.startswith(head) for p in HTTP_PREFIXES):
-            self._sniff_held = head
-            return True
-        self.sniffed = True
-        if head[:4] in HTTP_PREFIXES and self.ctx.http_handoff is not None:
-            self._handoff_http(head)
-            return True
-        if self._sniff_held:
-            self.decoder.feed(self._sniff_held)  # fewer than 5 bytes: no frame yet, just buffered
-            self._sniff_held = b""
-        return False
-
-    def _handoff_http(self, first: bytes) -> None:
-        """The first bytes are an HTTP request: give the connection to the HTTP application."""
-        self._deadlines.cancel(self)
-        self._release_pending()  # HTTP has limits of its own
-        self.ctx.sessions.discard(self)
-        self.closed = True
-        protocol = self.ctx.http_handoff()
-        self.transport.set_protocol(protocol)
-        protocol.connection_made(self.transport)
-        protocol.data_received(first)
-
-    # --- login ----------------------------------------------------------------------------------
-
-    def _before_login(self, frame) -> None:
-        cmd, msg_id, body = frame
-        if cmd not in LOGINS:
-            self.stats.logins["not_logged_in"] += 1
-            self._close_quietly("not_logged_in", True)
-            return
-        token = body.decode("utf-8", "replace").strip()
-        dev = self.domain.authenticate(token) if token else None
-        if dev is None:
-            self.stats.logins["invalid_token"] += 1
-            self._reply(msg_id, Status.INVALID_TOKEN)
-            self._close_quietly("invalid_token", True)  # after the answer: one token per connection
-            return
-        self._release_pending()
-        self.device = dev
-        self.login_command = cmd
-        self.stats.logins["ok"] += 1
-        old = self.ctx.hub.attach(dev.id, self)
-        if old is not None:
-            self.stats.replaced += 1
-            old.close("replaced by a newer connection with the same token")
-        self.domain.set_online(dev)
-        self.timeout = float(self.settings.heartbeat_timeout_default)
-        self._arm(self.timeout)
-        self._reply(msg_id, Status.SUCCESS)
-        self.loop.call_later(self.settings.info_grace, self._info_grace_over)
-        log.info("device online device=%d peer=%s", dev.id, self.peer)
-        self.ctx.logged_in(self, dev.id)
-
-    def _info_grace_over(self) -> None:
-        if not self.info_acked and not self.closed:
-            self.info_acked = True
-            self._release_held()
-
-    def _on_login_again(self, msg_id: int, body: bytes) -> None:
-        self._reply(msg_id, Status.ALREADY_REGISTERED)
-
-    # --- handlers -------------------------------------------------------------------------------
-
-    def _on_response(self, msg_id: int, status: int) -> None:
-        pass  # answers to our pushes; nothing waits on them
-
-    def _on_ping(self, msg_id: int, body: bytes) -> None:
-        self._reply(msg_id, Status.SUCCESS)
-
-    def _on_hardware(self, msg_id: int, body: bytes) -> None:
-        # Fast path for writes: "vw\0<pin>\0<value…>" (the value keeps its NULs).
-        if len(body) >= 4 and body[1] == 0x77:  # 'w'
-            sep = body.find(b"\0", 3)
-            key = _write_key(body[:sep]) if sep > 0 else None
-            if key is not None and sep + 1 < len(body):
-                try:
-                    self.domain.write_key(self.device, key, body[sep + 1 :], self._group_ts or self._batch_ms)
-                except InvalidValue as exc:
-                    if self._should_log():
-                        log.info("invalid value device=%d pin=%s: %s (%d noted)", self.device.id, key, exc, self._noise)
-                    self._reply(msg_id, Status.ILLEGAL_COMMAND)
-                return
-            self._reply(msg_id, Status.ILLEGAL_COMMAND)
-            return
-        try:
-            op = parse_hardware(body)
-        except BodyError:
-            self._reply(msg_id, Status.ILLEGAL_COMMAND)
-            return
-        if op.op == "pm":
-            self._reply(msg_id, Status.ILLEGAL_COMMAND)  # pin modes go server→device only
-        # A device sending vr/dr/ar asks nothing of the server: ignored, as the legacy server does.
-
-    def _on_sync(self, msg_id: int, body: bytes) -> None:
-        try:
-            pins = parse_sync(body)
-        except BodyError:
-            self._reply(msg_id, Status.ILLEGAL_COMMAND)
-            return
-        values = self.domain.sync_values(self.device, pins)  # parse_sync named each pin once
-        self._send_all(Command.HARDWARE, [f"{p.kind}w\0{p.number}\0".encode() + v for p, v in values], msg_id)
-
-    def _on_internal(self, msg_id: int, body: bytes) -> None:
-        if not body:
-            self._reply(msg_id, Status.ILLEGAL_COMMAND)
-            return
-        if is_info(body):
-            self._on_info(msg_id, body)
-            return
-        sub, args = parse_internal(body)
-        tz = device_timezone(self.device)
-        if sub == "rtc":
-            self._send(Command.INTERNAL, internal_body("rtc", rtc_seconds(tz)), msg_id)
-        elif sub == "utc":
-            # Each known request answered once, in the order first asked; all unknown ones get one
-            # ILLEGAL_COMMAND: a frame of 16,000 fields costs at most six answers.
-            asked = dict.fromkeys(args or [b"time"])
-            answers = [internal_body("utc", *utc_answer(w.decode(), tz)) for w in asked if w in UTC_REQUESTS]
-            self._send_all(Command.INTERNAL, answers, msg_id)
-            if len(answers) < len(asked):
-                self._reply(msg_id, Status.ILLEGAL_COMMAND)
-        elif sub == "meta":
-            self._on_meta(msg_id, args)
-        elif sub in ("dbg", "acon", "adis", "ota", "vfs"):
-            log.debug("internal %s from device=%d ignored", sub, self.device.id)
-        else:
-            self._reply(msg_id, Status.ILLEGAL_COMMAND)
-
-    def _on_info(self, msg_id: int, body: bytes) -> None:
-        if len(body) > self.settings.max_info_size:
-            # Not stored, nothing of it applied; the device stays connected (its next info may fit).
-            log.debug("info message of %d bytes refused device=%d", len(body), self.device.id)
-            self._reply(msg_id, Status.ILLEGAL_COMMAND_BODY)
-            return
-        info = parse_info(body)
-        if info.buff_in:
-            self.buff_in = info.buff_in
-        if info.heartbeat:
-            self.timeout = float(read_timeout(info.heartbeat))
-            self._arm(max(0.0, self.timeout - (self.loop.time() - self.last_read)))
-        if info.device == "python" and self.login_command == Command.LOGIN and self._paced is None:
-            self._paced = []  # blynklib (PyPI 0.2.x): LOGIN (2) and "dev python"; see _paced_write
-        if not self.domain.activate(self.device, info.template_id):
-            # A provisioned device of another template: refused as its token (Edgent goes back to
-            # its config mode with "invalid token" as its last error).
-            self._reply(msg_id, Status.INVALID_TOKEN)
-            self.close("provision refused: the info's tmpl is not the device's template")
-            return
-        self._reply(msg_id, Status.SUCCESS)
-        first = not self.info_acked
-        self.info_acked = True
-        self.domain.set_info(self.device, info)
-        if first and self._held:
-            # Not in the same segment as the info's reply: blynklib reads one frame per recv().
-            self.loop.call_later(0.05, self._release_held)
-
-    def _on_meta(self, msg_id: int, args: list[bytes]) -> None:
-        if len(args) >= 2 and args[0] == b"get":
-            name = args[1].decode("utf-8", "replace")
-            found = self.domain.meta_read(self.device, name)
-            if found is None:
-                self._reply(msg_id, Status.NO_DATA)
-            else:
-                self._send(Command.INTERNAL, internal_body("meta", name, found[1]), msg_id)
-        elif len(args) >= 3 and args[0] == b"set":
-            try:
-                name, value = args[1].decode("utf-8", "replace"), args[2].decode("utf-8", "replace")
-                self.domain.meta_write(self.device, name, value, create=True)
-            except InvalidValue as exc:  # unknown field, refused value, over a limit (logged, rate-limited)
-                self._reply(msg_id, exc.status)
-                return
-            self._reply(msg_id, Status.SUCCESS)
-        else:
-            self._reply(msg_id, Status.ILLEGAL_COMMAND)
-
-    def _on_property(self, msg_id: int, body: bytes) -> None:
-        try:
-            update = parse_property(body)
-        except BodyError as exc:
-            fields = body.split(b"\0", 1)
-            bad_pin = not fields[0].strip().lstrip(b"vVdDaA").isdigit()
-            log.debug("bad property device=%d: %s", self.device.id, exc)
-            self._reply(msg_id, Status.ILLEGAL_COMMAND if bad_pin else Status.ILLEGAL_COMMAND_BODY)
-            return
-        try:
-            self.domain.set_property(self.device, update.pins, update.name, list(update.values))
-        except InvalidValue as exc:  # over a property limit; the domain logs it, rate-limited
-            self._reply(msg_id, exc.status)
-            return
-        self._reply(msg_id, Status.SUCCESS)
-
-    def _on_event_log(self, msg_id: int, body: bytes) -> None:
-        try:
-            code, description = parse_event_log(body)
-            self.domain.log_event(self.device, code, description)
-        except BodyError:
-            self._reply(msg_id, Status.ILLEGAL_COMMAND)
-        except InvalidValue as exc:  # EventRejected: 11, or 1 for a rate; the domain logs it, rate-limited
-            self._reply(msg_id, exc.status)
-        else:
-            self._reply(msg_id, Status.SUCCESS)
-
-    def _on_event_clear(self, msg_id: int, body: bytes) -> None:
-        try:
-            code, resolve_all = parse_event_clear(body)
-        except BodyError:
-            self._reply(msg_id, Status.ILLEGAL_COMMAND)
-            return
-        try:
-            self.domain.clear_event(self.device, code, resolve_all)
-        except InvalidValue as exc:
-            self._reply(msg_id, exc.status)
-            return
-        self._reply(msg_id, Status.SUCCESS)
-
-    def _on_group(self, msg_id: int, body: bytes) -> None:
-        try:
-            what, ts = parse_group(body, MAX_TS_MS)  # 0 < ts <= year 9999: what the store and domain accept
-        except BodyError:
-            self._reply(msg_id, Status.ILLEGAL_COMMAND)
-            return
-        if what == "begin":
-            self._group_ts = ts or now_ms()
-        else:
-            self._group_ts = None
-
-    def _on_bridge(self, msg_id: int, body: bytes) -> None:
-        try:
-            msg = parse_bridge(body)
-        except BodyError:
-            self._reply(msg_id, Status.ILLEGAL_COMMAND)
-            return
-        if isinstance(msg, BridgeInit):
-            target = self.domain.device_by_token(msg.token) if len(msg.token) == 32 else None
-            bridges = self._bridges if self._bridges is not None else {}
-            if target is None or (len(bridges) >= MAX_BRIDGES and msg.bridge_pin not in bridges):
-                self._reply(msg_id, Status.NOT_ALLOWED)
-                return
-            bridges[msg.bridge_pin] = target.id
-            self._bridges = bridges
-            self._reply(msg_id, Status.SUCCESS)
-            return
-        target_id = self._bridges.get(msg.bridge_pin) if self._bridges is not None else None
-        target = self.domain.device(target_id) if target_id is not None else None
-        if target is None:
-            self._reply(msg_id, Status.NOT_ALLOWED)
-            return
-        try:
-            op = parse_hardware(msg.hardware)
-            if op.is_write:
-                self.domain.write_pin(target, op.pin, op.value, needs_datastream=False)
-        except (BodyError, InvalidValue):
-            self._reply(msg_id, Status.ILLEGAL_COMMAND)
-            return
-        if not self.ctx.hub.send(target.id, Command.BRIDGE, msg.hardware, msg_id):
-            self._reply(msg_id, Status.DEVICE_NOT_IN_NETWORK)
-
-    def _on_notification(self, command: int, msg_id: int, body: bytes) -> None:
-        """The legacy notification commands. EMAIL is queued for SMTP (never awaited: the outbox writes
-        it on the store's thread); NOTIFY is logged as the event ``notify`` (what that event notifies
-        follows from it). Tweets, pushes and SMS are not delivered: status 14, and a log line."""
-        dev = self.device
-        if command == Command.NOTIFY:
-            text = body.decode("utf-8", "replace")
-            if not text or len(text) > MAX_NOTIFY:
-                self._reply(msg_id, Status.NTF_INVALID_BODY)
-                return
-            try:
-                self.domain.log_event(dev, "notify", text)
-            except InvalidValue as exc:  # a limit of events (rate, per day); the domain logs it, rate-limited
-                self._reply(msg_id, exc.status)
-                return
-            self._reply(msg_id, Status.SUCCESS)
-            return
-        if command == Command.EMAIL and self.ctx.mailer is not None:
-            # ``Blynk.email(subject, body)`` names no address: the recipients of the template's ``email``
-            # event, when it declares one.
-            defaults = self.domain.event_defs.get(dev.template.id, "email")
-            try:
-                self.ctx.mailer.send_from_device(dev.id, body, defaults.emails if defaults is not None else ())
-            except MailOff:
-                pass  # answered below, as when no mailer is configured
-            except MailRefused as exc:
-                if self._should_log():
-                    log.info("e-mail from device=%d refused: %s (%d noted)", dev.id, exc, self._noise)
-                self._reply(msg_id, _MAIL_STATUS.get(type(exc), Status.NTF_INVALID_BODY))
-                return
-            else:
-                self._reply(msg_id, Status.SUCCESS)
-                return
-        if self._should_log():
-            what = "e-mail is off (no smtp_host)" if command == Command.EMAIL else "not supported"
-            log.info("notification command=%d from device=%d: %s (%d noted)", command, dev.id, what, self._noise)
-        self._reply(msg_id, Status.NTF_NOT_AUTHORIZED)
-
-
-MAX_NOTIFY = 255  # characters of a NOTIFY message (the legacy server's push limit); more: status 13
-_MAIL_STATUS = {  # a refused device e-mail's answer, as the legacy server gave it
-    MailTooSoon: Status.QUOTA_LIMIT,
-    MailNoRecipient: Status.NOT_ALLOWED,
-    MailInvalid: Status.NTF_INVALID_BODY,
-}
-
-
-# One handler table for all sessions (a dict of bound methods per session cost ~1.5 KB each).
-HANDLERS = {
-    Command.RESPONSE: HardwareSession._on_response,
-    Command.PING: HardwareSession._on_ping,
-    Command.HARDWARE: HardwareSession._on_hardware,
-    Command.HARDWARE_SYNC: HardwareSession._on_sync,
-    Command.INTERNAL: HardwareSession._on_internal,
-    Command.PROPERTY: HardwareSession._on_property,
-    Command.EVENT_LOG: HardwareSession._on_event_log,
-    Command.EVENT_CLEAR: HardwareSession._on_event_clear,
-    Command.GROUP: HardwareSession._on_group,
-    Command.BRIDGE: HardwareSession._on_bridge,
-    Command.LOGIN: HardwareSession._on_login_again,
-    Command.HW_LOGIN: HardwareSession._on_login_again,
-}
-for _cmd in NOTIFICATIONS:
-    HANDLERS[_cmd] = lambda self, msg_id, body, cmd=_cmd: self._on_notification(cmd, msg_id, body)

@@ -1,8 +1,9 @@
 """Hardware sessions over WebSocket (``/websocket``, ``/websockets``), as the legacy server offered.
 
-The same ``HardwareSession`` runs unchanged: a small transport object stands in for the socket.
-Binary WS messages carry 5-byte frames (any split across messages is fine: the session's decoder is
-incremental); each ``write()`` of the session goes out as one binary WS message, in order.
+The same ``HardwareSession`` (and so the same sans-I/O core) runs: a small transport object stands in
+for the socket, and each binary WS message is handed to ``session.feed`` (5-byte-header frames; any
+split across messages is fine: the core's decoder is incremental); each ``write()`` of the session goes
+out as one binary WS message, in order.
 Flow control is real, both ways: ``pause_reading`` stops taking messages off the WebSocket (aiohttp
 then stops reading the socket once 64 KiB are queued), and the bytes waiting to be sent drive the
 session's ``pause_writing``/``resume_writing`` through ``set_write_buffer_limits``, as a socket
@@ -128,20 +129,17 @@ def add_routes(app: web.Application, new_session: Callable[[], HardwareSession],
         await ws.prepare(request)
         transport = WebSocketTransport(ws, request)
         session = new_session()
-        session.sniffed = True  # already known to be the binary protocol
         transport.set_protocol(session)
         session.connection_made(transport)
-        size = len(session._buf)
+        size = session.read_size
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.BINARY:
                     data = memoryview(msg.data)
                     while data and not session.closed:
                         await transport.readable.wait()
-                        n = min(size, len(data))
-                        session._buf[:n] = data[:n]
-                        session.buffer_updated(n)
-                        data = data[n:]
+                        session.feed(data[:size])  # a full one waits for a read turn, as a socket's
+                        data = data[size:]
                     if session.closed:
                         break
                 elif msg.type == WSMsgType.TEXT:

@@ -32,6 +32,7 @@ from blynk_server.config import Settings
 from blynk_server.domain import Domain
 from blynk_server.hardware.context import SessionContext
 from blynk_server.hardware.session import HardwareSession
+from blynk_server.hardware.sniff import FirstBytes
 from blynk_server.hub import Hub
 from blynk_server.model import Datastream
 from blynk_server.store import SqliteStore
@@ -319,10 +320,10 @@ class World:
 
     def connect(self, peer: tuple[str, int] = ("203.0.113.7", 40001)) -> Device:
         transport = FakeTransport(self.loop, peer=peer)
-        session = HardwareSession(self.ctx)
-        transport.set_protocol(session)
-        session.connection_made(transport)
-        return Device(self, transport, session)
+        first = FirstBytes(self.ctx)  # what the listener accepts with: it hands over to the session
+        transport.set_protocol(first)
+        first.connection_made(transport)
+        return Device(self, transport, first.session)
 
     def login(self, token: str | None = None, command: int = Command.HW_LOGIN, **connect) -> Device:
         """Connect and log in; asserts the login was accepted."""
