@@ -102,9 +102,7 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
             return
         self._granted = False
         if nbytes == self._offered and not self._turn_paused:
-            self._turn_paused = True  # a full buffer: every other socket has its turn first
-            self.transport.pause_reading()
-            self._turns.defer(self)
+            self._wait_turn()
 
     def feed(self, data) -> None:
         """Bytes that came by another carrier than this transport's reads (the WebSocket door's
@@ -114,9 +112,7 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
         if self.closed:
             return
         if len(data) >= len(self._buf) and not self._turn_paused:
-            self._turn_paused = True
-            self.transport.pause_reading()
-            self._turns.defer(self)
+            self._wait_turn()
 
     @property
     def read_size(self) -> int:
@@ -232,6 +228,12 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
         transport = self.transport
         if transport is not None and transport.get_write_buffer_size():
             transport.abort()
+
+    def _wait_turn(self) -> None:
+        """A full buffer: every other socket has its turn before this one is read again."""
+        self._turn_paused = True
+        self.transport.pause_reading()
+        self._turns.defer(self)
 
     def _resume_turn(self) -> None:
         self._turn_paused = False
