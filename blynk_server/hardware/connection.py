@@ -467,7 +467,13 @@ class DeviceConnection:
         if self._paced is not None:
             self._paced_write(data)
             return
-        self._out(data)
+        out = self.out  # _out, inlined: a read's answer takes this path
+        if out is None:
+            self.out = data
+        elif type(out) is list:
+            out.append(data)
+        else:
+            self.out = [out, data]
 
     def _out(self, data: bytes) -> None:
         out = self.out

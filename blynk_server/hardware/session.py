@@ -96,7 +96,15 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.receive_into(self._buf, self._view, nbytes, self.loop.time())
-        if self.out is not None or self.dirty:
+        out = self.out
+        if out is not None and not self.dirty and type(out) is bytes:
+            self.out = None  # a read's usual single answer (a PING's, a vw's): _sync, inlined
+            self.transport.write(out)
+            if self.write_blocked:
+                self._check_unsent()
+                if self.dirty:
+                    self._apply()
+        elif out is not None or self.dirty:
             self._sync()
         if self.closed:
             return
@@ -174,12 +182,17 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
                     transport.write(data)
             else:
                 transport.write(out)
-            if self.write_blocked:  # pause_writing ran: more than write_buffer_high is unsent
-                unsent = transport.get_write_buffer_size()
-                if unsent > self.settings.write_buffer_max:
-                    self.close_slow(f"{unsent} bytes unsent (write_buffer_max {self.settings.write_buffer_max})")
+            if self.write_blocked:
+                self._check_unsent()
         if self.dirty:
             self._apply()
+
+    def _check_unsent(self) -> None:
+        """After a write while pause_writing holds (more than write_buffer_high unsent): over
+        write_buffer_max, the device is not reading its replies."""
+        unsent = self.transport.get_write_buffer_size()
+        if unsent > self.settings.write_buffer_max:
+            self.close_slow(f"{unsent} bytes unsent (write_buffer_max {self.settings.write_buffer_max})")
 
     def _apply(self) -> None:
         dirty, self.dirty = self.dirty, 0
