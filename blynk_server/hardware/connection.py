@@ -104,6 +104,8 @@ class DeviceConnection:
         "stats",
         "domain",
         "decoder",
+        "_buf",
+        "_view",
         "ip",
         "peer",
         "out",
@@ -144,6 +146,8 @@ class DeviceConnection:
         self.stats = ctx.stats
         self.domain = ctx.domain
         self.decoder = Decoder(self.settings.max_frame)
+        self._buf: bytearray | None = None  # the adapter's receive buffer, for receive_into
+        self._view: memoryview | None = None
         self.ip = "?"
         self.peer = "?"
         # Frames to send, oldest first: None, one ``bytes`` (a read's usual single answer: no list), or
@@ -207,15 +211,22 @@ class DeviceConnection:
             return
         self._feed(data)
 
-    def receive_into(self, buf: bytearray, view: memoryview, nbytes: int, now: float) -> None:
-        """``receive_data`` for the first ``nbytes`` of ``buf`` (``view`` is its memoryview): the
-        adapter's shared receive buffer, without a slice for a lone ping."""
+    def receive_into(self, nbytes: int, now: float) -> None:
+        """``receive_data`` for the first ``nbytes`` of the receive buffer the adapter bound to ``_buf``
+        (``_view`` is its memoryview): no slice for a lone ping, no call for the decoder."""
         self.stats.bytes_in += nbytes
         self.last_read = self.now = now
+        buf = self._buf
         if nbytes == 5 and buf[0] == 6 and not (buf[3] or buf[4] or self.device is None or self.decoder.buffered):
             self._lone_ping((buf[1] << 8) | buf[2])
             return
-        self._feed(view[:nbytes])
+        try:
+            frames = self.decoder.feed(self._view[:nbytes])
+        except FrameTooLarge as exc:
+            self._too_large(exc)
+            return
+        if frames:
+            self._handle_frames(frames)
 
     def receive_held(self, data: bytes) -> None:
         """Bytes read earlier (and counted then) by whatever sniffed the connection: fewer than a frame."""
@@ -341,28 +352,32 @@ class DeviceConnection:
         try:
             frames = self.decoder.feed(data)
         except FrameTooLarge as exc:
-            if exc.frames:
-                self._handle_frames(exc.frames)
-            self.stats.oversize_frames_in += 1
-            if exc.msg_id and not self.closed:
-                self._write(encode_response(exc.msg_id, Status.ILLEGAL_COMMAND), 0)
-            if self.device is None:  # not logged in: no line of its own, and it counts as a failed login
-                if not self.closed:
-                    self.stats.logins["frame_too_large"] += 1
-                    self._close_quietly("frame_too_large", True)
-                return
-            log.warning(
-                "frame too large device=%s peer=%s command=%d length=%d limit=%d",
-                self._who(),
-                self.peer,
-                exc.command,
-                exc.length,
-                exc.limit,
-            )
-            self._close("frame too large")
+            self._too_large(exc)
             return
         if frames:
             self._handle_frames(frames)
+
+    def _too_large(self, exc: FrameTooLarge) -> None:
+        """A frame over max_frame: the frames before it are handled, then the connection closes."""
+        if exc.frames:
+            self._handle_frames(exc.frames)
+        self.stats.oversize_frames_in += 1
+        if exc.msg_id and not self.closed:
+            self._write(encode_response(exc.msg_id, Status.ILLEGAL_COMMAND), 0)
+        if self.device is None:  # not logged in: no line of its own, and it counts as a failed login
+            if not self.closed:
+                self.stats.logins["frame_too_large"] += 1
+                self._close_quietly("frame_too_large", True)
+            return
+        log.warning(
+            "frame too large device=%s peer=%s command=%d length=%d limit=%d",
+            self._who(),
+            self.peer,
+            exc.command,
+            exc.length,
+            exc.limit,
+        )
+        self._close("frame too large")
 
     def _lone_ping(self, msg_id: int) -> None:
         """What ``_handle_frames`` does for a read holding one PING frame and nothing else."""

@@ -51,8 +51,6 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
         "_turns",
         "_deadline_key",
         "_timer",
-        "_buf",
-        "_view",
         "_offered",
         "_granted",
         "_turn_paused",
@@ -95,7 +93,7 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
         return view
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.receive_into(self._buf, self._view, nbytes, self.loop.time())
+        self.receive_into(nbytes, self.loop.time())
         out = self.out
         if out is not None and not self.dirty and type(out) is bytes:
             self.out = None  # a read's usual single answer (a PING's, a vw's): _sync, inlined
