@@ -29,12 +29,16 @@ from blynk_server.events import add_admin_routes as add_event_routes
 from blynk_server.hardware.server import HardwareServer
 from blynk_server.http.admin import build_admin_app
 from blynk_server.http.frontend import HttpFrontend, build_device_app
+from blynk_server.http.platform_api import Platform, PlatformStats
+from blynk_server.http.platform_api import add_admin_routes as add_oauth_client_routes
+from blynk_server.http.platform_api import add_routes as add_platform_routes
 from blynk_server.http.stats import HttpStats
 from blynk_server.hub import Hub
 from blynk_server.looplag import LoopLag
 from blynk_server.mailer import Mailer
 from blynk_server.metrics import Sources, build_registry, render
 from blynk_server.model import Datastream
+from blynk_server.oauth import OAuthClients
 from blynk_server.ota.service import OtaService
 from blynk_server.outbox import Outbox
 from blynk_server.provisioning import Provisioning, new_template_id
@@ -119,6 +123,7 @@ class BlynkServer:
         self.mailer: Mailer | None = None
         self.webhooks: Webhooks | None = None
         self.events: EventsService | None = None
+        self.platform: Platform | None = None
         self.lag = LoopLag()
         self._runners: list[web.AppRunner] = []
         self.admin_address: tuple[str, int] | None = None
@@ -173,9 +178,15 @@ class BlynkServer:
         self.ota.db.forbid_thread(threading.get_ident())  # OTA's tables too: only through the store's thread
         self.automations = automations = Automations(store, domain, s, mailer=self.mailer, webhooks=webhooks)
         await self.automations.start()  # before the listener: rules see the first device's values
+        clients = OAuthClients(store, s)
+        await clients.load()
+        self.platform = platform = Platform(clients, self.provisioning, self.hub, events, s, PlatformStats())
         http_stats = HttpStats()
+        device_extensions = [lambda app: add_platform_routes(app, platform)] if s.platform_on_device_port else []
         self.http = HttpFrontend(
-            s, build_device_app(s, http_stats, domain, self.hub, self.ota, hardware.new_session), http_stats
+            s,
+            build_device_app(s, http_stats, domain, self.hub, self.ota, hardware.new_session, device_extensions),
+            http_stats,
         )
         hardware.http_handoff = await self.http.start()  # before the listener: the first connection finds it
         await hardware.start()
@@ -207,6 +218,8 @@ class BlynkServer:
                 lambda app: add_webhook_routes(app, webhooks),
                 lambda app: add_automation_routes(app, automations),
                 lambda app: add_event_routes(app, events, self.provisioning),
+                lambda app: add_oauth_client_routes(app, clients),
+                lambda app: add_platform_routes(app, platform),
             ],
         )
         self._print_quickstart(ready.quickstart)

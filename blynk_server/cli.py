@@ -38,6 +38,8 @@ from blynk_server.events_cli import add_parser as add_event_parser
 from blynk_server.events_cli import cmd_event, cmd_timeline
 from blynk_server.model import DATASTREAM_TYPES, DeviceRecord
 from blynk_server.ota.cli import add_ota_parser, cmd_ota
+from blynk_server.platform_cli import add_parser as add_oauth_client_parser
+from blynk_server.platform_cli import cmd_oauth_client
 from blynk_server.provisioning import NewDevice, NotFound, ProvisioningError, check_token, parse_datastream_spec
 from blynk_server.provisioning import Provisioning as ProvisioningService
 from blynk_server.redact import RedactingFormatter
@@ -97,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_automation_parser(sub)
     add_webhook_parser(sub)
     add_event_parser(sub)
+    add_oauth_client_parser(sub)
     return parser
 
 
@@ -348,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         "automation": cmd_automation,
         "event": cmd_event,
         "timeline": cmd_timeline,
+        "oauth-client": cmd_oauth_client,
     }
     os.umask(0o077)  # whatever this creates in the data dir (database, firmware, recovery files) is private
     try:

@@ -12,7 +12,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from aiohttp import web
 
@@ -78,8 +78,10 @@ def build_device_app(
     hub: Hub,
     ota: OtaService,
     new_session: Callable[[], HardwareSession],
+    extensions: Iterable[Callable[[web.Application], None]] = (),
 ) -> web.Application:
-    """The device port's HTTP app: WebSocket sessions, the device and legacy token APIs, OTA downloads."""
+    """The device port's HTTP app: WebSocket sessions, the device and legacy token APIs, OTA downloads;
+    ``extensions`` add other routes (the Platform API when enabled) before the legacy catch-alls."""
     app = web.Application(
         middlewares=[metrics_middleware(stats, "device"), device_errors], client_max_size=DEVICE_APP_MAX_BODY
     )
@@ -87,6 +89,8 @@ def build_device_app(
     websocket.add_routes(app, new_session, settings.max_frame)
     device_api.add_routes(app, domain, hub, settings.data_get_max_points)
     add_device_routes(app, ota)
+    for extend in extensions:
+        extend(app)
     legacy_api.add_routes(app, domain, hub)  # last: its /{token}/... patterns must not shadow the others
     return app
 
