@@ -206,6 +206,7 @@ class BlynkServer:
                 outbox=self.outbox.stats,
                 webhooks=webhooks,
                 events=events.stats,
+                platform=platform,
             )
         )
         admin = functools.partial(

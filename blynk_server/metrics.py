@@ -26,6 +26,7 @@ from blynk_server.automations import AutomationStats, automation_metrics
 from blynk_server.domain import DomainStats
 from blynk_server.events import EventsStats, event_metrics
 from blynk_server.hardware.stats import HardwareStats
+from blynk_server.http.platform_api import Platform, platform_metrics
 from blynk_server.http.stats import HTTP_BUCKETS, HttpStats
 from blynk_server.hub import Hub
 from blynk_server.looplag import LoopLag
@@ -59,6 +60,7 @@ class Sources:
     outbox: OutboxStats | None = None
     webhooks: Webhooks | None = None
     events: EventsStats | None = None
+    platform: Platform | None = None
 
 
 class BlynkCollector(Collector):
@@ -114,6 +116,8 @@ class BlynkCollector(Collector):
             yield from _webhooks(src.webhooks)
         if src.events is not None:
             yield from event_metrics(src.events)
+        if src.platform is not None:
+            yield from platform_metrics(src.platform)
         yield GaugeMetricFamily(
             "blynk_event_loop_lag_seconds", "Lateness of the last periodic timer", value=src.lag.last
         )

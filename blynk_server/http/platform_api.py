@@ -23,11 +23,12 @@ import base64
 import binascii
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from blynk_server.config import Settings
 from blynk_server.domain import DeviceState, EventRejected, InvalidValue
@@ -636,9 +637,31 @@ def add_admin_routes(app: web.Application, clients: OAuthClients) -> None:
     app.router.add_delete("/api/oauth-clients/{client_id}", delete_client)
 
 
+def platform_metrics(platform: Platform) -> Iterator[Metric]:
+    """The Platform API's counters, for ``/metrics``."""
+    s, c = platform.stats, platform.clients
+    yield CounterMetricFamily("blynk_platform_tokens_issued", "OAuth2 access tokens issued", value=c.issued)
+    yield CounterMetricFamily(
+        "blynk_platform_token_refusals", "Token requests refused for bad client credentials", value=c.refused
+    )
+    yield GaugeMetricFamily(
+        "blynk_platform_tokens_live", "Access tokens held (expired ones not yet dropped)", value=c.live_tokens
+    )
+    yield CounterMetricFamily(
+        "blynk_platform_requests", "Platform API requests (token endpoint excluded)", value=s.requests
+    )
+    yield CounterMetricFamily(
+        "blynk_platform_unauthorized", "Platform API requests without a valid access token", value=s.unauthorized
+    )
+    yield CounterMetricFamily("blynk_platform_forbidden", "Writes refused to read-scope tokens", value=s.forbidden)
+    yield CounterMetricFamily(
+        "blynk_platform_throttled", "Platform API and token requests over their rate (429)", value=s.throttled
+    )
+
+
 def is_platform_path(path: str) -> bool:
     """Routes with their own (bearer) authentication, which the admin API key does not open."""
     return path == TOKEN_PATH or path.startswith(PREFIX) or path.startswith(PREFIX_V2)
 
 
-__all__ = ["Platform", "PlatformStats", "add_admin_routes", "add_routes", "is_platform_path"]
+__all__ = ["Platform", "PlatformStats", "add_admin_routes", "add_routes", "is_platform_path", "platform_metrics"]

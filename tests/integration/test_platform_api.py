@@ -295,6 +295,10 @@ async def test_token_endpoint_is_rate_limited_per_client_and_per_peer(tmp_path):
         other = await new_client(server, http)
         async with http.post(url, headers=basic(other["client_id"], other["client_secret"])) as resp:
             assert resp.status == 429
+        async with http.get(admin_url(server, "/metrics")) as resp:
+            metrics = await resp.text()
+        assert "blynk_platform_throttled_total 2.0" in metrics
+        assert "blynk_platform_tokens_issued_total 2.0" in metrics
 
 
 async def test_paging_bounds(server, http, garden):
