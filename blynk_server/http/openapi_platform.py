@@ -118,6 +118,13 @@ def paths() -> dict:
                 params=[_device_id],
             )
         },
+        p + "device/datastream/property": {
+            "post": _op(
+                "Set a widget property of a datastream (read back by GET /api/devices/{id}/properties)",
+                "204",
+                body=_obj(deviceId="integer", dataStreamId="integer", property="string", value="string"),
+            )
+        },
         p + "device/import/batch": {
             "post": _op(
                 "Import timestamped values: {deviceId, dataStreamId, values: [{value, ts}]} (at most 10,000)",

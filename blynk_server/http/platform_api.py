@@ -31,7 +31,7 @@ from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from blynk_server.config import Settings
-from blynk_server.domain import DeviceState, EventRejected, InvalidValue
+from blynk_server.domain import DeviceState, EventRejected, InvalidValue, coerce_value
 from blynk_server.events import MAX_PAGE as TIMELINE_CAP
 from blynk_server.events import EventsService, TimelineQuery
 from blynk_server.history import typed_value
@@ -408,9 +408,28 @@ def add_routes(app: web.Application, platform: Platform) -> None:
             raise ApiError("Body must be a list of {dataStreamId, value} objects.")
         if len(body) > MAX_MANY:
             raise ApiError(f"At most {MAX_MANY} datastreams in one request.")
-        checked = [(datastream(dev, x.get("dataStreamId")), x.get("value")) for x in body]
-        for ds, value in checked:
-            write(dev, ds, value)
+        checked = [(datastream(dev, x.get("dataStreamId")), _raw(x.get("value"))) for x in body]
+        try:
+            for ds, raw in checked:  # every value checked before any is written
+                coerce_value(ds, raw)
+            for ds, raw in checked:
+                domain.write_pin(dev, ds_pin(ds), raw, deliver=True)
+        except InvalidValue as exc:
+            raise ApiError(str(exc)) from None
+        return web.Response(status=204)
+
+    async def update_property(request: web.Request, grant: Grant) -> web.Response:
+        body = await json_object(request)
+        dev = device(body.get("deviceId"))
+        ds = datastream(dev, body.get("dataStreamId"))
+        name, value = body.get("property"), body.get("value")
+        if not isinstance(name, str) or not name:
+            raise ApiError("property is required.")
+        values = value if isinstance(value, list) else [value]
+        try:
+            domain.set_property(dev, [ds_pin(ds)], name, [_raw(v) for v in values])
+        except InvalidValue as exc:  # the domain's caps on property names, sizes and counts
+            raise ApiError(str(exc)) from None
         return web.Response(status=204)
 
     async def import_batch(request: web.Request, grant: Grant) -> web.Response:
@@ -563,6 +582,7 @@ def add_routes(app: web.Application, platform: Platform) -> None:
         ("POST", PREFIX + "device/datastream", update_value, True),
         ("POST", PREFIX + "device/datastreams", update_many, True),
         ("POST", PREFIX + "device/import/batch", import_batch, True),
+        ("POST", PREFIX + "device/datastream/property", update_property, True),
         ("GET", PREFIX + "device/datastream/history", history, False),
         ("GET", PREFIX + "device/timeline", timeline, False),
         ("POST", PREFIX + "device/trigger-event", trigger_event, True),

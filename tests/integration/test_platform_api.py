@@ -195,6 +195,13 @@ async def test_update_many_and_value_refusals(server, http, garden):
         "POST", f"{ORG}/device/datastream", json={"deviceId": record.id, "dataStreamId": 1, "value": "x"}
     )
     assert status == 400 and err["error"]["message"] == "Value doesn't match the Datastream data type."
+    # All or none: a bad second value leaves the first unwritten.
+    body = [{"dataStreamId": 1, "value": 8}, {"dataStreamId": 1, "value": "x"}]
+    assert (await api.call("POST", f"{ORG}/device/datastreams?deviceId={record.id}", json=body))[0] == 400
+    assert dev.values["v1"][0] == b"7"
+    prop = {"deviceId": record.id, "dataStreamId": 2, "property": "color", "value": "#FF0000"}
+    assert (await api.call("POST", f"{ORG}/device/datastream/property", json=prop))[0] == 204
+    assert dev.properties[("v2", "color")] == b"#FF0000"
     too_many = [{"dataStreamId": 1, "value": 1}] * 65
     assert (await api.call("POST", f"{ORG}/device/datastreams?deviceId={record.id}", json=too_many))[0] == 400
 
