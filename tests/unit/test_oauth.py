@@ -11,13 +11,7 @@ from blynk_server.config import Settings
 from blynk_server.oauth import OAuthClients, OAuthError, TokenRefused
 from blynk_server.store import SqliteStore
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from .fakes import FakeLoop
 
 
 @pytest.fixture
@@ -30,26 +24,26 @@ def store(tmp_path):
         other.submit(s.close).result(30)
 
 
-async def service(store, clock: Clock, **settings) -> OAuthClients:
-    clients = OAuthClients(store, Settings(**settings), clock)
+async def service(store, clock: FakeLoop, **settings) -> OAuthClients:
+    clients = OAuthClients(store, Settings(**settings), clock.time)
     await clients.load()
     return clients
 
 
 async def test_a_token_lives_its_ttl_and_no_longer(store):
-    clock = Clock()
+    clock = FakeLoop()
     clients = await service(store, clock, platform_token_ttl=60)
     client, secret = await clients.create("ci", "read")
     token, grant = clients.issue(client.client_id, secret)
     assert clients.check(token) == grant and not grant.can_write
-    clock.now += 59.9
+    clock.advance(59.9)
     assert clients.check(token) is not None
-    clock.now += 0.1
+    clock.advance(0.1)
     assert clients.check(token) is None and clients.live_tokens == 0
 
 
 async def test_tokens_per_client_are_bounded_oldest_retired_first(store):
-    clients = await service(store, Clock(), platform_tokens_per_client=3)
+    clients = await service(store, FakeLoop(), platform_tokens_per_client=3)
     client, secret = await clients.create("ci", "read-write")
     tokens = [clients.issue(client.client_id, secret)[0] for _ in range(5)]
     assert [clients.check(t) is not None for t in tokens] == [False, False, True, True, True]
@@ -57,7 +51,7 @@ async def test_tokens_per_client_are_bounded_oldest_retired_first(store):
 
 
 async def test_secrets_are_checked_and_stored_hashed_and_clients_survive_a_reload(store):
-    clock = Clock()
+    clock = FakeLoop()
     clients = await service(store, clock)
     client, secret = await clients.create("ci", "read-write")
     with pytest.raises(TokenRefused) as refused:
@@ -74,7 +68,7 @@ async def test_secrets_are_checked_and_stored_hashed_and_clients_survive_a_reloa
 
 
 async def test_deleting_a_client_revokes_its_tokens_and_names_scopes_are_checked(store):
-    clients = await service(store, Clock())
+    clients = await service(store, FakeLoop())
     client, secret = await clients.create("ci")
     token, _ = clients.issue(client.client_id, secret)
     await clients.delete(client.client_id)
