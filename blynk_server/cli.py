@@ -124,6 +124,11 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smtp-password", help="SMTP password (prefer BLYNK_SMTP_PASSWORD: flags show in ps)")
     p.add_argument("--smtp-from", help="sender address (default blynk-server@localhost)")
     p.add_argument("--smtp-starttls", choices=("true", "false"), help="STARTTLS when offered (default true)")
+    p.add_argument(
+        "--platform-on-device-port",
+        choices=("true", "false"),
+        help="also serve the Platform API (/oauth2/token, /api/v1/organization/...) on the device port (default false)",
+    )
 
 
 DEVICE_KEYS = tuple(f.name for f in fields(DeviceRecord))  # what ``device list/show`` print of a device
