@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="SPEC",
         help="pin=V1,name=Temperature,type=double,min=-40,max=85,default=0,history,sync (repeatable);"
-        " type is one of " + "/".join(DATASTREAM_TYPES) + "; enum values as enum=0|1|2",
+        " type is one of " + "/".join(DATASTREAM_TYPES) + "; enum values as enum=0|1|2; id=N sets Blynk's"
+        " dataStreamId (default: N of VN, else the lowest free from 256), alias=A its alias (default: the name)",
     )
     lst = tpl.add_parser("list", help="list templates")
     add_common(lst)
@@ -266,9 +267,16 @@ def cmd_template(args) -> int:
             if args.json:
                 print(json.dumps(templates, indent=2))
             for t in [] if args.json else templates:
-                pins = " ".join(f"{ds['pin'].upper()}:{ds['type']}" for ds in t["datastreams"])
+                pins = " ".join(_datastream_line(ds) for ds in t["datastreams"])
                 print(f"{t['id']}\t{t['name']}\t{pins}")
     return 0
+
+
+def _datastream_line(ds: dict) -> str:
+    """``V1:double``, with ``#id`` when the datastream's id is not its virtual pin's number."""
+    pin, ds_id = ds["pin"].upper(), ds.get("id")
+    same = ds_id is None or (pin[0] == "V" and ds_id == int(pin[1:]))
+    return f"{pin}:{ds['type']}" + ("" if same else f"#{ds_id}")
 
 
 def cmd_device(args) -> int:

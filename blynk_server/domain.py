@@ -22,7 +22,7 @@ from blynk_server.config import Settings
 from blynk_server.eventdefs import TemplateEvents
 from blynk_server.history import HistoryQuery
 from blynk_server.hub import Hub
-from blynk_server.model import MAX_TS_MS, Datastream, DeviceRecord, Template, now_ms
+from blynk_server.model import MAX_TS_MS, Datastream, DeviceRecord, Template, assign_datastream_ids, now_ms
 from blynk_server.reactions import EVENT, VALUE, Happening, Reactions
 from blynk_server.store import SqliteStore
 from blynk_server.store.sqlite import Snapshot
@@ -223,7 +223,8 @@ class Domain:
         self.info_cache_limit = settings.info_cache_bytes
         self._by_id: dict[int, DeviceState] = {}
         self._by_token: dict[str, DeviceState] = {}
-        self._templates: dict[str, tuple[Template, float]] = {}
+        self._templates: dict[str, Template] = {}
+        self._ds_by_id: dict[str, dict[int, Datastream]] = {}  # template id -> datastream id -> datastream
         # Devices on the same firmware send the same info message: they share one (read-only) dict
         # of it, instead of ~800 bytes of dict and strings each. Bounded by estimated bytes, oldest
         # first out, so distinct 30 KB messages cannot grow it (a device keeps its own copy).
@@ -245,7 +246,10 @@ class Domain:
 
     def load_snapshot(self, snapshot: Snapshot) -> None:
         """Take every stored template and device (``SqliteStore.load_all``, read on the store's thread)."""
-        self._templates = {tpl.id: tpl for tpl in snapshot.templates}
+        self._templates = {}
+        self._ds_by_id = {}
+        for tpl in snapshot.templates:
+            self.put_template(tpl)
         for record in snapshot.devices:
             dev = self.add_device(record)
             dev.values = snapshot.values.get(record.id, {})
@@ -257,6 +261,17 @@ class Domain:
 
     def template(self, template_id: str) -> Template | None:
         return self._templates.get(template_id)
+
+    def datastream_by_id(self, template: Template, ds_id: int) -> Datastream | None:
+        """The datastream of Blynk's ``dataStreamId`` in ``template``, or None."""
+        by_id = self._ds_by_id.get(template.id)
+        return by_id.get(ds_id) if by_id is not None else None
+
+    def _index(self, tpl: Template) -> None:
+        """Keep ``datastream_by_id`` in step with ``tpl.datastreams`` (a template built in code may
+        come without ids: the default rule gives them)."""
+        assign_datastream_ids(tpl.datastreams.values())
+        self._ds_by_id[tpl.id] = {ds.id: ds for ds in tpl.datastreams.values()}
 
     def devices(self, template_id: str | None = None) -> list[DeviceState]:
         devs = self._by_id.values()
@@ -277,22 +292,26 @@ class Domain:
 
     def put_template(self, tpl: Template) -> None:
         self._templates[tpl.id] = tpl
+        self._index(tpl)
         for dev in self._by_id.values():
             if dev.record.template_id == tpl.id:
                 dev.template = tpl
 
     def remove_template(self, template_id: str) -> None:
         self._templates.pop(template_id, None)
+        self._ds_by_id.pop(template_id, None)
         self.event_defs.drop_template(template_id)  # its rows went with the template (ON DELETE CASCADE)
 
     def put_datastream(self, template_id: str, ds: Datastream) -> None:
         """Add or replace a datastream in place: every device of the template sees it at its next write."""
         tpl = self._templates[template_id]
         tpl.datastreams = {**tpl.datastreams, ds.pin: ds}
+        self._index(tpl)
 
     def delete_datastream(self, template_id: str, pin_key: str) -> None:
         tpl = self._templates[template_id]
         tpl.datastreams = {k: v for k, v in tpl.datastreams.items() if k != pin_key}
+        self._index(tpl)
 
     def add_device(self, record: DeviceRecord) -> DeviceState:
         tpl = self._templates.get(record.template_id) or Template(record.template_id, "")

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 DATASTREAM_TYPES = ("int", "double", "string", "enum", "location")
+# Datastream ids (Blynk's ``dataStreamId``): 0..int32, as the cloud's. Without an explicit id a virtual
+# pin ``Vn`` takes ``n`` (so ``dataStreamId=N`` still means ``VN`` in every set-up made before ids);
+# a digital/analog pin, or a ``Vn`` whose ``n`` is taken, the lowest free id from ``FIRST_FREE_ID``.
+MAX_DATASTREAM_ID = 2**31 - 1
+FIRST_FREE_ID = 256
+NO_ID = -1  # a datastream not given an id yet: ``assign_datastream_ids`` applies the default rule
 
 
 # The largest timestamp accepted anywhere (9999-12-31T23:59:59.999Z): fits SQLite's 64-bit integers and
@@ -42,11 +49,19 @@ class Datastream:
     enum_values: tuple[int, ...] = ()
     history: bool = False  # keep raw history
     sync: bool = False  # sent on HARDWARE_SYNC with an empty body (syncAll)
+    id: int = NO_ID  # Blynk's dataStreamId, unique in the template (see MAX_DATASTREAM_ID)
+    alias: str = ""  # Blynk's alias, unique in the template; the name when not given
+
+    def __post_init__(self) -> None:
+        if not self.alias:
+            self.alias = self.name
 
     def as_dict(self) -> dict:
         return {
+            "id": self.id,
             "pin": self.pin.upper(),
             "name": self.name,
+            "alias": self.alias,
             "type": self.type,
             "min": self.min,
             "max": self.max,
@@ -55,6 +70,35 @@ class Datastream:
             "history": self.history,
             "sync": self.sync,
         }
+
+
+def _pin_order(ds: Datastream) -> tuple[bool, str, int]:
+    return ds.pin[0] != "v", ds.pin[0], int(ds.pin[1:])
+
+
+def assign_datastream_ids(datastreams: Iterable[Datastream]) -> None:
+    """Give every datastream of one template still without an id (``NO_ID``) the default id, in
+    place: ``Vn`` gets ``n`` when no other datastream has it, any other the lowest free id from
+    ``FIRST_FREE_ID`` (virtual pins first, then in pin order, so the result does not depend on the
+    order given). The one rule provisioning, the store's migration and its loads apply."""
+    streams = sorted(datastreams, key=_pin_order)
+    taken = {ds.id for ds in streams if ds.id != NO_ID}
+    later = []
+    for ds in streams:
+        if ds.id != NO_ID:
+            continue
+        n = int(ds.pin[1:])
+        if ds.pin[0] == "v" and n not in taken:
+            ds.id = n
+            taken.add(n)
+        else:
+            later.append(ds)
+    free = FIRST_FREE_ID
+    for ds in later:
+        while free in taken:
+            free += 1
+        ds.id = free
+        taken.add(free)
 
 
 @dataclass(slots=True)

@@ -20,15 +20,25 @@ from dataclasses import dataclass
 from blynk_server import eventdefs
 from blynk_server.domain import Domain
 from blynk_server.eventdefs import LEVELS, SYSTEM_CODES, EventDef
-from blynk_server.model import DATASTREAM_TYPES, Datastream, DeviceRecord, Template, new_token
+from blynk_server.model import (
+    DATASTREAM_TYPES,
+    MAX_DATASTREAM_ID,
+    NO_ID,
+    Datastream,
+    DeviceRecord,
+    Template,
+    assign_datastream_ids,
+    new_token,
+)
 from blynk_server.store import SqliteStore
-from protocol.body import BodyError, parse_pin
+from protocol.body import BodyError, parse_pin, parse_uint
 
 log = logging.getLogger(__name__)
 
 INT64_MAX = 2**63 - 1
 TOKEN_CHARS = frozenset(string.ascii_letters + string.digits + "-_")
-SPEC_FIELDS = frozenset({"pin", "name", "type", "min", "max", "default", "enum"})
+SPEC_FIELDS = frozenset({"pin", "name", "type", "min", "max", "default", "enum", "id", "alias"})
+MAX_ALIAS = 100
 SPEC_FLAGS = frozenset({"history", "sync"})
 EVENT_CODE_CHARS = frozenset(string.ascii_letters + string.digits + "_-. ")
 MAX_EVENT_NAME = 100
@@ -80,9 +90,13 @@ def make_datastream(
     enum_values: Iterable[object] = (),
     history: object = False,
     sync: object = False,
+    id: object = None,
+    alias: object = None,
 ) -> Datastream:
     """A checked datastream: a pin ``v0..v255``/``d``/``a``, a known type, finite min/max (min ≤ max),
-    64-bit enum values. The one validation both forms below go through."""
+    64-bit enum values, an id 0..``MAX_DATASTREAM_ID`` (none: ``NO_ID``, the template's default rule
+    applies when it is stored), an alias of 1..100 printable characters (none: the name). The one
+    validation both forms below go through."""
     try:
         p = parse_pin(str(pin))
     except BodyError:
@@ -102,6 +116,15 @@ def make_datastream(
         raise ProvisioningError("min, max and enum values must be finite numbers within 64 bits.")
     if mn is not None and mx is not None and mn > mx:
         raise ProvisioningError("min is greater than max.")
+    ds_id = NO_ID
+    if id is not None and id != "":
+        try:
+            ds_id = parse_uint(str(id) if not isinstance(id, bool) else "", MAX_DATASTREAM_ID)
+        except BodyError:
+            raise ProvisioningError(f"A datastream id is an integer 0..{MAX_DATASTREAM_ID}.") from None
+    alias_text = "" if alias is None else str(alias)
+    if len(alias_text) > MAX_ALIAS or not alias_text.isprintable():
+        raise ProvisioningError(f"A datastream alias is at most {MAX_ALIAS} printable characters.")
     return Datastream(
         p.key,
         str(name) if name else str(p),
@@ -112,11 +135,14 @@ def make_datastream(
         enum,
         bool(history),
         bool(sync),
+        ds_id,
+        alias_text,
     )
 
 
 def parse_datastream_spec(spec: str) -> Datastream:
-    """The command line's form: ``pin=v1,name=Temp,type=double,min=-40,max=125,default=0,enum=0|1,history,sync``."""
+    """The command line's form:
+    ``pin=v1,id=1,name=Temp,alias=Temperature,type=double,min=-40,max=125,default=0,enum=0|1,history,sync``."""
     values: dict[str, str] = {}
     flags: set[str] = set()
     for part in spec.split(","):
@@ -144,6 +170,8 @@ def parse_datastream_spec(spec: str) -> Datastream:
         enum,
         "history" in flags,
         "sync" in flags,
+        values.get("id"),
+        values.get("alias"),
     )
 
 
@@ -166,7 +194,19 @@ def datastream_from_json(pin: object, d: dict) -> Datastream:
         enum,
         d.get("history", False),
         d.get("sync", False),
+        d.get("id"),
+        d.get("alias"),
     )
+
+
+def _check_unique(datastreams: list[Datastream]) -> None:
+    """Refuse two datastreams of one template with one id or one alias (Blynk's rule)."""
+    ids = [ds.id for ds in datastreams if ds.id != NO_ID]
+    if len(set(ids)) != len(ids):
+        raise Conflict("Two datastreams with one id in the template.")
+    aliases = [ds.alias for ds in datastreams]
+    if len(set(aliases)) != len(aliases):
+        raise Conflict("Two datastreams with one alias in the template (give one alias=).")
 
 
 def make_event_def(
@@ -262,6 +302,8 @@ class Provisioning:
         pins = [ds.pin for ds in datastreams]
         if len(set(pins)) != len(pins):
             raise ProvisioningError("Two datastreams on one pin.")
+        _check_unique(datastreams)
+        assign_datastream_ids(datastreams)
         try:
             tpl = await self.store.run(self.store.create_template, tid, name or tid, datastreams)
         except sqlite3.IntegrityError:
@@ -279,11 +321,17 @@ class Provisioning:
         log.info("template deleted template=%s", template_id)
 
     async def put_datastream(self, template_id: str, ds: Datastream) -> Datastream:
-        """Add or replace a datastream; devices online are validated against it from the next write."""
-        self.template(template_id)
+        """Add or replace a datastream; devices online are validated against it from the next write.
+        Replacing one without an id keeps its id; a new one without an id gets the default rule's."""
+        tpl = self.template(template_id)
+        others = [d for k, d in tpl.datastreams.items() if k != ds.pin]
+        if ds.id == NO_ID and ds.pin in tpl.datastreams:
+            ds.id = tpl.datastreams[ds.pin].id
+        _check_unique([*others, ds])
+        assign_datastream_ids([*others, ds])
         await self.store.run(self.store.put_datastream, template_id, ds)
         self.domain.put_datastream(template_id, ds)
-        log.info("datastream set template=%s pin=%s type=%s", template_id, ds.pin, ds.type)
+        log.info("datastream set template=%s pin=%s id=%d type=%s", template_id, ds.pin, ds.id, ds.type)
         return ds
 
     async def delete_datastream(self, template_id: str, pin_key: str) -> None:

@@ -3,10 +3,8 @@
 Every rule goes through ``Domain``; this module only maps query parameters to domain calls and
 domain errors to the cloud's ``400 {"error": {"message": ...}}``.
 
-``dataStreamId``: the cloud numbers datastreams; this server keys them by pin, so ``dataStreamId=N``
-means virtual pin ``VN``.
-``metaFieldId``: likewise, metadata here is keyed by field name, so ``metaFieldId`` is the field name
-(both documented in the OpenAPI description and blynk_server/http/README.md).
+``dataStreamId=N`` is the datastream whose id is N (``Datastream.id``, distinct from its pin; without
+an explicit id a ``VN`` datastream has id N), in every endpoint that takes it.
 """
 
 from __future__ import annotations
@@ -31,8 +29,8 @@ from blynk_server.http.common import (
 )
 from blynk_server.http.limits import check_rate
 from blynk_server.hub import Hub
-from blynk_server.model import now_ms
-from protocol.body import SEP, BodyError, Pin, parse_uint
+from blynk_server.model import MAX_DATASTREAM_ID, now_ms
+from protocol.body import SEP, BodyError, Pin, parse_pin, parse_uint
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +54,22 @@ def _device(domain: Domain, request: web.Request) -> DeviceState:
     return dev
 
 
-def _datastream_pin(q: MultiDictProxy) -> Pin:
+def _datastream_pin(domain: Domain, dev: DeviceState, q: MultiDictProxy) -> Pin:
+    """The pin of the datastream ``dataStreamId=`` names; Blynk's answers for a malformed or unknown id."""
     try:
-        return Pin("v", parse_uint(q.get("dataStreamId", ""), 255))
+        ds_id = parse_uint(q.get("dataStreamId", ""), MAX_DATASTREAM_ID)
     except BodyError:
         raise ApiError("Wrong dataStreamId format.") from None
+    ds = domain.datastream_by_id(dev.template, ds_id)
+    if ds is None:
+        raise ApiError(f"Requested dataStream doesn't exist in the product {dev.template.name}".rstrip())
+    return parse_pin(ds.pin)
 
 
-def _pin_param(q: MultiDictProxy) -> Pin:
+def _pin_param(domain: Domain, dev: DeviceState, q: MultiDictProxy) -> Pin:
     """The pin of ``pin=`` or ``dataStreamId=``."""
     if "dataStreamId" in q:
-        return _datastream_pin(q)
+        return _datastream_pin(domain, dev, q)
     pin = parse_pin_name(q.get("pin", ""))
     if pin is None:
         raise ApiError("Wrong pin format.")
@@ -103,13 +106,8 @@ def add_routes(app: web.Application, domain: Domain, hub: Hub, data_get_max_poin
     async def get(request: web.Request) -> web.Response:
         q = request.query
         dev = _device(domain, request)
-        if "dataStreamId" in q:
-            pin = _datastream_pin(q)
-            if pin.key not in dev.template.datastreams:
-                raise ApiError("Requested dataStream doesn't exist in the product.")
-            pins = [(pin.key, pin)]
-        elif "pin" in q:  # the form of the C++ library's HTTP example: get?token=T&pin=V2
-            pin = _pin_param(q)
+        if "pin" in q or "dataStreamId" in q:  # get?token=T&pin=V2: the C++ library's HTTP example
+            pin = _pin_param(domain, dev, q)
             pins = [(pin.key, pin)]
         else:
             pins = _bare_pins(q, {"token"})
@@ -146,7 +144,7 @@ def add_routes(app: web.Application, domain: Domain, hub: Hub, data_get_max_poin
             values = q.getall("value", [])
             if not values:
                 raise ApiError("Wrong request format.")
-            _write(domain, dev, _pin_param(q), values)
+            _write(domain, dev, _pin_param(domain, dev, q), values)
             return web.Response(text="")
         pins = _bare_pins(q, {"token"})
         if not pins:
@@ -165,7 +163,7 @@ def add_routes(app: web.Application, domain: Domain, hub: Hub, data_get_max_poin
             for name, pin in pins:
                 _write(domain, dev, pin, q.getall(name))
             return web.Response(text="")
-        pin = _pin_param(q)
+        pin = _pin_param(domain, dev, q)
         if request.content_type != "application/json":
             raise ApiError("Unknown content type.")
         try:
@@ -199,7 +197,7 @@ def add_routes(app: web.Application, domain: Domain, hub: Hub, data_get_max_poin
     async def update_property(request: web.Request) -> web.Response:
         q = request.query
         dev = _device(domain, request)
-        pin = _pin_param(q)
+        pin = _pin_param(domain, dev, q)
         names = [n for n in dict.fromkeys(q.keys()) if n not in RESERVED]
         if not names:
             raise ApiError("Wrong request format.")
@@ -225,7 +223,7 @@ def add_routes(app: web.Application, domain: Domain, hub: Hub, data_get_max_poin
 
     async def data_get(request: web.Request) -> web.Response:
         dev = _device(domain, request)
-        query = parse_history_query(request.query, dev, data_get_max_points)
+        query = parse_history_query(domain, request.query, dev, data_get_max_points)
         try:
             body = await domain.history_json(query)
         except NoHistory as exc:
@@ -279,7 +277,7 @@ def add_routes(app: web.Application, domain: Domain, hub: Hub, data_get_max_poin
             app.router.add_route(method, url, handler)
 
 
-def parse_history_query(q: MultiDictProxy, dev: DeviceState, max_points: int) -> HistoryQuery:
+def parse_history_query(domain: Domain, q: MultiDictProxy, dev: DeviceState, max_points: int) -> HistoryQuery:
     """A checked ``data/get`` (``output=JSON``)."""
     period = q.get("period", "MONTH")
     if period not in PERIODS_MS:
@@ -299,7 +297,7 @@ def parse_history_query(q: MultiDictProxy, dev: DeviceState, max_points: int) ->
         raise ApiError("Only output=JSON is supported by this server.")
     if "pin" not in q and "dataStreamId" not in q:
         raise ApiError("Request with incorrect parameters")
-    pin = _pin_param(q)
+    pin = _pin_param(domain, dev, q)
     until = now_ms()
     return HistoryQuery(
         dev.id,

@@ -101,8 +101,8 @@ def _admin_spec() -> dict:
                 "the API key (`Authorization: Bearer <key>` or `X-API-Key: <key>`; the key is printed at first "
                 "start and kept in `<data-dir>/admin-api-key`), except `/metrics`, `/api/health` and this "
                 "document. The device HTTP APIs (`/external/api/...`, legacy `/{token}/...`) live on the device "
-                "port and are authenticated by device token; there `dataStreamId=N` means virtual pin VN and "
-                "`metaFieldId` is the metadata field's name. The Platform API (`/oauth2/token`, "
+                "port and are authenticated by device token; there `dataStreamId=N` is the datastream whose "
+                "`id` is N and `metaFieldId` is the metadata field's name. The Platform API (`/oauth2/token`, "
                 "`/api/v1/organization/...`) answers OAuth2 access tokens only (security `platformBearer`)."
             ),
         },
@@ -129,8 +129,16 @@ def _admin_spec() -> dict:
                 "Datastream": {
                     "type": "object",
                     "properties": {
+                        "id": {
+                            "type": "integer",
+                            "format": "int32",
+                            "minimum": 0,
+                            "description": "Blynk's dataStreamId, unique in the template; default: N of VN, "
+                            "else the lowest free id from 256; kept when the datastream is replaced without one",
+                        },
                         "pin": {"type": "string", "example": "V1"},
                         "name": {"type": "string"},
+                        "alias": {"type": "string", "maxLength": 100, "description": "unique; default: the name"},
                         "type": {"type": "string", "enum": ["int", "double", "string", "enum", "location"]},
                         "min": {"type": "number", "nullable": True, "description": "finite"},
                         "max": {"type": "number", "nullable": True, "description": "finite"},

@@ -166,16 +166,7 @@ def _raw(value: object) -> bytes:
         raise ApiError(str(exc)) from None
 
 
-# --- datastream ids -----------------------------------------------------------------------------------
-
-
-def ds_id(ds: Datastream) -> int:
-    """The datastream's id as Blynk's ``dataStreamId``: its virtual pin number."""
-    return int(ds.pin[1:])
-
-
-def ds_by_id(tpl: Template, ident: int) -> Datastream | None:
-    return tpl.datastreams.get(f"v{ident}")
+# --- datastreams ---------------------------------------------------------------------------------------
 
 
 def ds_pin(ds: Datastream) -> Pin:
@@ -237,7 +228,7 @@ def add_routes(app: web.Application, platform: Platform) -> None:
 
     def datastream(dev: DeviceState, ref: object) -> Datastream:
         ident = _uint(ref, "dataStreamId")
-        ds = ds_by_id(dev.template, ident)
+        ds = domain.datastream_by_id(dev.template, ident)
         if ds is None:
             raise ApiError(f"Data stream with identifier {ident} is not found!", 404)
         return ds
@@ -278,10 +269,10 @@ def add_routes(app: web.Application, platform: Platform) -> None:
         stored = dev.values.get(ds.pin)
         raw = domain.read_pin(dev, ds.pin)
         return {
-            "dataStreamId": ds_id(ds),
+            "dataStreamId": ds.id,
             "pin": ds.pin,
             "dataStreamLabel": ds.name,
-            "dataStreamAlias": getattr(ds, "alias", None) or ds.name,
+            "dataStreamAlias": ds.alias,
             "value": None if raw is None else typed_value(ds, raw),
             "updatedAt": stored[1] if stored is not None else None,
         }
@@ -385,7 +376,7 @@ def add_routes(app: web.Application, platform: Platform) -> None:
         if wanted:
             streams = [datastream(dev, i) for i in dict.fromkeys(wanted[:MAX_MANY])]
         else:
-            streams = sorted(dev.template.datastreams.values(), key=ds_id)
+            streams = sorted(dev.template.datastreams.values(), key=lambda ds: ds.id)
         return web.json_response([value_json(dev, ds) for ds in streams])
 
     async def update_value(request: web.Request, grant: Grant) -> web.Response:
@@ -542,13 +533,13 @@ def add_routes(app: web.Application, platform: Platform) -> None:
     async def template_datastreams(request: web.Request, grant: Grant) -> web.Response:
         tpl = template(request.query.get("templateId"))
         out = []
-        for ds in sorted(tpl.datastreams.values(), key=ds_id):
+        for ds in sorted(tpl.datastreams.values(), key=lambda ds: ds.id):
             default = None if ds.default is None else typed_value(ds, ds.default.encode())
             out.append(
                 {
-                    "id": ds_id(ds),
+                    "id": ds.id,
                     "label": ds.name,
-                    "alias": getattr(ds, "alias", None) or ds.name,
+                    "alias": ds.alias,
                     "type": TYPE_NAMES.get(ds.type, ds.type.upper()),
                     "defaultValue": default,
                     "pin": int(ds.pin[1:]),

@@ -15,6 +15,8 @@ CREATE TABLE IF NOT EXISTS datastreams (
     enum_values TEXT,
     history INTEGER NOT NULL DEFAULT 0,
     sync INTEGER NOT NULL DEFAULT 0,
+    ds_id INTEGER,
+    alias TEXT,
     PRIMARY KEY (template_id, pin)
 );
 CREATE TABLE IF NOT EXISTS devices (

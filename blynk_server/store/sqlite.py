@@ -41,7 +41,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any, TypeVar
 
-from blynk_server.model import Datastream, DeviceRecord, Template, new_token, now_ms
+from blynk_server.model import NO_ID, Datastream, DeviceRecord, Template, assign_datastream_ids, new_token, now_ms
 from blynk_server.store import recovery
 from blynk_server.store.batch import Batch, Rejected, transaction, write_batch
 
@@ -71,10 +71,26 @@ def connect(path: Path) -> sqlite3.Connection:
 def _migrate(conn: sqlite3.Connection) -> None:
     """Bring a data dir made by an older version up to ``schema.sql`` (``CREATE TABLE IF NOT EXISTS``
     leaves existing tables as they were): events gained a level (existing rows read as ``info``,
-    without rewriting the table)."""
+    without rewriting the table); datastreams gained an id and an alias (existing ones get the default
+    id rule, ``model.assign_datastream_ids``, stored once, and their name as alias)."""
     columns = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
     if "level" not in columns:
         conn.execute("ALTER TABLE events ADD COLUMN level TEXT NOT NULL DEFAULT 'info'")
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(datastreams)")}
+    if "ds_id" not in columns:
+        with transaction(conn):
+            conn.execute("ALTER TABLE datastreams ADD COLUMN ds_id INTEGER")
+            conn.execute("ALTER TABLE datastreams ADD COLUMN alias TEXT")
+            templates: dict[str, list[Datastream]] = {}
+            for row in conn.execute(f"SELECT template_id, {_DS_COLS} FROM datastreams"):
+                templates.setdefault(row[0], []).append(_datastream(row[1:]))
+            for tid, streams in templates.items():
+                assign_datastream_ids(streams)
+                conn.executemany(
+                    "UPDATE datastreams SET ds_id = ?, alias = ? WHERE template_id = ? AND pin = ?",
+                    [(ds.id, ds.alias, tid, ds.pin) for ds in streams],
+                )
+            log.info("datastreams of %d templates given ids (the default rule)", len(templates))
 
 
 def _private_dir(path: Path) -> None:
@@ -531,7 +547,7 @@ class SqliteStore:
     def _insert_datastream(self, template_id: str, ds: Datastream) -> None:
         self.db.execute(
             "INSERT OR REPLACE INTO datastreams (template_id, pin, name, type, min, max, default_value,"
-            " enum_values, history, sync) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " enum_values, history, sync, ds_id, alias) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 template_id,
                 ds.pin,
@@ -543,6 +559,8 @@ class SqliteStore:
                 json.dumps(list(ds.enum_values)) if ds.enum_values else None,
                 int(ds.history),
                 int(ds.sync),
+                None if ds.id == NO_ID else ds.id,
+                ds.alias,
             ),
         )
 
@@ -560,14 +578,13 @@ class SqliteStore:
             tid: Template(tid, name, created)
             for tid, name, created in self._query("SELECT id, name, created_at FROM templates ORDER BY id")
         }
-        for row in self._query(
-            "SELECT template_id, pin, name, type, min, max, default_value, enum_values, history, sync"
-            " FROM datastreams ORDER BY template_id, pin"
-        ):
+        for row in self._query(f"SELECT template_id, {_DS_COLS} FROM datastreams ORDER BY template_id, pin"):
             tpl = templates.get(row[0])
             if tpl is not None:
                 ds = _datastream(row[1:])
                 tpl.datastreams[ds.pin] = ds
+        for tpl in templates.values():
+            assign_datastream_ids(tpl.datastreams.values())  # rows a direct store call left without one
         return list(templates.values())
 
     @_sqlite
@@ -577,12 +594,12 @@ class SqliteStore:
             return None
         tpl = Template(*rows[0])
         for row in self._query(
-            "SELECT pin, name, type, min, max, default_value, enum_values, history, sync FROM datastreams"
-            " WHERE template_id = ? ORDER BY pin",
+            f"SELECT {_DS_COLS} FROM datastreams WHERE template_id = ? ORDER BY pin",
             (template_id,),
         ):
             ds = _datastream(row)
             tpl.datastreams[ds.pin] = ds
+        assign_datastream_ids(tpl.datastreams.values())
         return tpl
 
     @_sqlite
@@ -896,8 +913,13 @@ class SqliteStore:
         return resolved
 
 
+_DS_COLS = "pin, name, type, min, max, default_value, enum_values, history, sync, ds_id, alias"
+
+
 def _datastream(row: tuple) -> Datastream:
-    pin, name, typ, mn, mx, default, enum_values, history, sync = row
+    """A row of ``_DS_COLS``; a NULL id (a row of a direct store call, or before the migration) is
+    ``NO_ID``, which the caller fills with ``assign_datastream_ids``."""
+    pin, name, typ, mn, mx, default, enum_values, history, sync, ds_id, alias = row
     return Datastream(
         pin,
         name,
@@ -908,6 +930,8 @@ def _datastream(row: tuple) -> Datastream:
         tuple(json.loads(enum_values)) if enum_values else (),
         bool(history),
         bool(sync),
+        NO_ID if ds_id is None else ds_id,
+        alias or "",
     )
 
 

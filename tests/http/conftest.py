@@ -14,6 +14,8 @@ SPEC = (
     "pin=V4,type=location",
     "pin=V5,type=int,history",
     "pin=V6,type=int,default=7",
+    "pin=V7,id=20,type=int,alias=Level",  # an id that is not its pin's number (Blynk's dataStreamId)
+    "pin=V20,type=string",  # 20 is V7's: the default rule gives it 256
 )
 
 

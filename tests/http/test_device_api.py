@@ -63,13 +63,45 @@ async def test_get_several_pins_typed_json_and_default(device, http):
 
 
 async def test_get_and_update_by_datastream_id(device, http):
-    assert (await http.fetch("GET", device.ext("update", "dataStreamId=3&value=abc")))[0] == 200
+    """``dataStreamId=N`` is the datastream with id N, not pin VN (issue 13, item 4)."""
+    assert (await http.fetch("GET", device.ext("update", "dataStreamId=3&value=abc")))[0] == 200  # V3, id 3
     assert (await http.fetch("GET", device.ext("get", "dataStreamId=3")))[1] == "abc"
-    assert await http.error(device.ext("get", "dataStreamId=99")) == (
-        400,
-        "Requested dataStream doesn't exist in the product.",
-    )
+    assert (await http.fetch("GET", device.ext("update", "dataStreamId=20&value=9")))[0] == 200
+    assert (await http.fetch("GET", device.ext("get", "v7")))[1] == "9"  # id 20 is V7
+    assert (await http.fetch("GET", device.ext("get", "v20")))[1] == ""  # not V20
+    assert (await http.fetch("GET", device.ext("update", "dataStreamId=256&value=x")))[0] == 200
+    assert (await http.fetch("GET", device.ext("get", "pin=V20")))[1] == "x"  # V20 has the default rule's 256
+    status, message = await http.error(device.ext("get", "dataStreamId=99"))
+    assert status == 400 and message.startswith("Requested dataStream doesn't exist in the product ")
+    assert await http.error(device.ext("update", "dataStreamId=99&value=1")) == (status, message)
     assert await http.error(device.ext("update", "dataStreamId=x&value=1")) == (400, "Wrong dataStreamId format.")
+
+
+async def test_datastream_id_in_every_endpoint(device, http):
+    """batch/update, update/property and data/get take the id too, and write the id's pin."""
+    now = _ms()
+    url = device.ext("batch/update", "dataStreamId=20")
+    assert (await http.fetch("POST", url, json=[[now - 1000, 4], [now, 5]]))[0] == 200
+    assert (await http.fetch("GET", device.ext("get", "v7")))[1] == "5"
+    assert (await http.fetch("GET", device.ext("update/property", "dataStreamId=20&label=Lvl")))[0] == 200
+    auth = {"Authorization": f"Bearer {device.srv.api_key}"}
+    did = json.loads((await http.fetch("GET", f"{device.admin}/api/devices?token={device.token}", headers=auth))[1])
+    props = (await http.fetch("GET", f"{device.admin}/api/devices/{did[0]['id']}/properties", headers=auth))[1]
+    assert json.loads(props) == {"V7": {"label": "Lvl"}}
+    assert (await http.fetch("POST", device.ext("batch/update", "pin=v5"), json=[[now, 1]]))[0] == 200
+    q = "dataStreamId=5&period=DAY&output=JSON"
+    assert json.loads((await http.fetch("GET", device.ext("data/get", q)))[1])["rows"] == 1
+    status, message = await http.error(device.ext("data/get", "dataStreamId=21&output=JSON"))
+    assert status == 400 and message.startswith("Requested dataStream doesn't exist")
+    status, message = await http.error(device.ext("update/property", "dataStreamId=21&label=x"))
+    assert status == 400 and message.startswith("Requested dataStream doesn't exist")
+
+
+async def test_template_shows_datastream_ids(device, http):
+    auth = {"Authorization": f"Bearer {device.srv.api_key}"}
+    body = (await http.fetch("GET", f"{device.admin}/api/templates/{device.tid}", headers=auth))[1]
+    streams = {ds["pin"]: (ds["id"], ds["alias"]) for ds in json.loads(body)["datastreams"]}
+    assert streams["V7"] == (20, "Level") and streams["V20"] == (256, "V20") and streams["V1"] == (1, "V1")
 
 
 async def test_update_errors(device, http):

@@ -82,7 +82,11 @@ async def garden(server):
     """A template with a history datastream, a string one and a declared event; one device of it."""
     tpl = await server.provisioning.create_template(
         "Garden",
-        [Datastream("v1", "Temperature", "int", 0, 100, history=True), Datastream("v2", "Label", "string")],
+        [
+            Datastream("v1", "Temperature", "int", 0, 100, history=True),
+            Datastream("v2", "Label", "string"),
+            Datastream("v5", "Humidity", "double", id=7, alias="hum"),  # an id that is not its pin
+        ],
         "TMPLgarden",
     )
     await server.provisioning.put_event_def(tpl.id, make_event_def("overheat", "Overheat", "critical"))
@@ -172,6 +176,7 @@ async def test_device_lifecycle_search_and_templates(server, http, garden):
     assert [(d["id"], d["label"], d["type"], d["pinType"], d["isHistory"]) for d in streams] == [
         (1, "Temperature", "INT", "VIRTUAL", True),
         (2, "Label", "STRING", "VIRTUAL", False),
+        (7, "Humidity", "DOUBLE", "VIRTUAL", False),
     ]
     status, events = await api.call("GET", f"{ORG}/template/events?templateId=TMPLgarden")
     assert {"name": "Overheat", "eventCode": "overheat", "type": "CRITICAL"}.items() <= next(
@@ -195,6 +200,24 @@ async def test_update_many_and_value_refusals(server, http, garden):
         "POST", f"{ORG}/device/datastream", json={"deviceId": record.id, "dataStreamId": 1, "value": "x"}
     )
     assert status == 400 and err["error"]["message"] == "Value doesn't match the Datastream data type."
+    # dataStreamId is the datastream's own id, not its pin: id 7 is V5, and there is no id 5.
+    one = {"deviceId": record.id, "dataStreamId": 7, "value": 55.5}
+    assert (await api.call("POST", f"{ORG}/device/datastream", json=one))[0] == 204
+    assert dev.values["v5"][0] == b"55.5"
+    status, values = await api.call(
+        "GET", f"/api/v2/organization/device/datastreams?deviceId={record.id}&dataStreamIds=7"
+    )
+    assert values == [
+        {
+            "dataStreamId": 7,
+            "pin": "v5",
+            "dataStreamLabel": "Humidity",
+            "dataStreamAlias": "hum",
+            "value": 55.5,
+            "updatedAt": dev.values["v5"][1],
+        }
+    ]
+    assert (await api.call("POST", f"{ORG}/device/datastream", json=one | {"dataStreamId": 5}))[0] == 404
     # All or none: a bad second value leaves the first unwritten.
     body = [{"dataStreamId": 1, "value": 8}, {"dataStreamId": 1, "value": "x"}]
     assert (await api.call("POST", f"{ORG}/device/datastreams?deviceId={record.id}", json=body))[0] == 400

@@ -99,6 +99,8 @@ def test_template_and_device_cli(server, tmp_path):
         "TMPLcli", "pin=V1,name=T,type=double,min=-1,max=1,history,sync", "pin=V7,type=enum,enum=1|2"
     )
     assert tpl["datastreams"][0] == {
+        "id": 1,
+        "alias": "T",
         "pin": "V1",
         "name": "T",
         "type": "double",
