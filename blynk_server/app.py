@@ -23,9 +23,12 @@ from blynk_server.automations import Automations
 from blynk_server.automations import add_admin_routes as add_automation_routes
 from blynk_server.config import Settings
 from blynk_server.control import CONTROL_SOCKET, DataDirBusy, DataDirLock, listen_socket
+from blynk_server.device_provisioning import DeviceProvisioning
+from blynk_server.device_provisioning import add_admin_routes as add_provision_routes
 from blynk_server.domain import Domain
 from blynk_server.events import EventsService
 from blynk_server.events import add_admin_routes as add_event_routes
+from blynk_server.export import Exports
 from blynk_server.hardware.server import HardwareServer
 from blynk_server.http.admin import build_admin_app
 from blynk_server.http.frontend import HttpFrontend, build_device_app
@@ -45,6 +48,7 @@ from blynk_server.provisioning import Provisioning, new_template_id
 from blynk_server.store import SqliteStore
 from blynk_server.store.retention import Retention
 from blynk_server.store.sqlite import CloseReport, Snapshot, StoreUnavailable
+from blynk_server.uploads import Uploads
 from blynk_server.webhooks import Webhooks
 from blynk_server.webhooks import add_admin_routes as add_webhook_routes
 
@@ -114,6 +118,7 @@ class BlynkServer:
         self.hub = Hub()
         self.domain: Domain | None = None
         self.provisioning: Provisioning | None = None
+        self.device_provisioning: DeviceProvisioning | None = None
         self.retention: Retention | None = None
         self.hardware: HardwareServer | None = None
         self.http: HttpFrontend | None = None
@@ -124,6 +129,8 @@ class BlynkServer:
         self.webhooks: Webhooks | None = None
         self.events: EventsService | None = None
         self.platform: Platform | None = None
+        self.exports: Exports | None = None
+        self.uploads: Uploads | None = None
         self.lag = LoopLag()
         self._runners: list[web.AppRunner] = []
         self.admin_address: tuple[str, int] | None = None
@@ -159,6 +166,8 @@ class BlynkServer:
         self.domain = domain = Domain(store, self.hub, s)
         domain.load_snapshot(ready.snapshot)
         self.provisioning = Provisioning(store, domain)
+        self.device_provisioning = device_provisioning = DeviceProvisioning(self.provisioning, s)
+        await device_provisioning.start()  # before the listener: a pending token's first login is checked
         self.outbox = Outbox(store, s)
         self.mailer = Mailer(s, self.outbox)  # registers the "email" deliverer when smtp_host is set
         self.webhooks = webhooks = Webhooks(store, domain, self.outbox, s)
@@ -178,16 +187,37 @@ class BlynkServer:
         self.ota.db.forbid_thread(threading.get_ident())  # OTA's tables too: only through the store's thread
         self.automations = automations = Automations(store, domain, s, mailer=self.mailer, webhooks=webhooks)
         await self.automations.start()  # before the listener: rules see the first device's values
+        self.exports = Exports(
+            s.data_dir / "exports", s.data_export_ttl, s.data_export_max_files, s.data_export_max_bytes
+        )
+        await self.exports.start()
+        self.uploads = Uploads(
+            store,
+            s.data_dir / "uploads",
+            s.upload_max_size,
+            s.upload_files_per_device,
+            s.uploads_per_device,
+            s.upload_max_total_bytes,
+            alive=lambda device_id: domain.device(device_id) is not None,
+        )
+        await self.uploads.start()
         clients = OAuthClients(store, s)
         await clients.load()
         self.platform = platform = Platform(clients, self.provisioning, self.hub, events, s, PlatformStats())
         http_stats = HttpStats()
-        device_extensions = [lambda app: add_platform_routes(app, platform)] if s.platform_on_device_port else []
-        self.http = HttpFrontend(
+        device_app = build_device_app(
             s,
-            build_device_app(s, http_stats, domain, self.hub, self.ota, hardware.new_session, device_extensions),
             http_stats,
+            domain,
+            self.hub,
+            self.ota,
+            hardware.new_session,
+            mailer=self.mailer,
+            exports=self.exports,
+            uploads=self.uploads,
+            extensions=[lambda app: add_platform_routes(app, platform)] if s.platform_on_device_port else (),
         )
+        self.http = HttpFrontend(s, device_app, http_stats)
         hardware.http_handoff = await self.http.start()  # before the listener: the first connection finds it
         await hardware.start()
         self.lag.start(loop)
@@ -207,6 +237,7 @@ class BlynkServer:
                 webhooks=webhooks,
                 events=events.stats,
                 platform=platform,
+                provision=device_provisioning.stats,
             )
         )
         admin = functools.partial(
@@ -221,6 +252,7 @@ class BlynkServer:
                 lambda app: add_event_routes(app, events, self.provisioning),
                 lambda app: add_oauth_client_routes(app, clients),
                 lambda app: add_platform_routes(app, platform),
+                lambda app: add_provision_routes(app, device_provisioning),
             ],
         )
         self._print_quickstart(ready.quickstart)
@@ -274,10 +306,14 @@ class BlynkServer:
         if self.hardware is not None:
             await self.hardware.stop()
             self.hardware.http_handoff = None
+        if self.device_provisioning is not None:
+            await self.device_provisioning.stop()
         if self.events is not None:  # after the sessions closed (their offline), before the store
             await self.events.stop()
         if self.http is not None:
             await self.http.stop()
+        if self.exports is not None:
+            await self.exports.stop()
         if self.ota is not None:
             await self.ota.stop()
         if self.automations is not None:

@@ -60,7 +60,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from blynk_server.config import Settings
 from blynk_server.domain import DeviceState, Domain, InvalidValue, coerce_value
-from blynk_server.http.common import LogBudget, json_error
+from blynk_server.http.common import LogBudget, json_error, json_object
 from blynk_server.model import now_ms
 from blynk_server.reactions import EVENT, OFFLINE, ONLINE, VALUE, Happening
 from blynk_server.store import SqliteStore
@@ -911,12 +911,7 @@ def add_admin_routes(app: web.Application, automations: Automations) -> None:
         return web.json_response(automations.list_all())
 
     async def create(request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            raise AutomationError("Body must be a JSON object.") from None
-        if not isinstance(body, dict):
-            raise AutomationError("Body must be a JSON object.")
+        body = await json_object(request)
         unknown = set(body) - {"name", "when", "cron", "tz", "do"}
         if unknown:
             raise AutomationError(f"unknown fields: {', '.join(sorted(unknown))}.")

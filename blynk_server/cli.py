@@ -36,11 +36,21 @@ from blynk_server.control import DataDirBusy
 from blynk_server.domain import DeviceState
 from blynk_server.events_cli import add_parser as add_event_parser
 from blynk_server.events_cli import cmd_event, cmd_timeline
+from blynk_server.metafields import TYPES as METAFIELD_TYPES
 from blynk_server.model import DATASTREAM_TYPES, DeviceRecord
 from blynk_server.ota.cli import add_ota_parser, cmd_ota
 from blynk_server.platform_cli import add_parser as add_oauth_client_parser
 from blynk_server.platform_cli import cmd_oauth_client
-from blynk_server.provisioning import NewDevice, NotFound, ProvisioningError, check_token, parse_datastream_spec
+from blynk_server.provision_cli import add_parser as add_provision_parser
+from blynk_server.provision_cli import cmd_provision
+from blynk_server.provisioning import (
+    NewDevice,
+    NotFound,
+    ProvisioningError,
+    check_token,
+    parse_datastream_spec,
+    parse_metafield_spec,
+)
 from blynk_server.provisioning import Provisioning as ProvisioningService
 from blynk_server.redact import RedactingFormatter
 from blynk_server.store import SqliteStore
@@ -70,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="pin=V1,name=Temperature,type=double,min=-40,max=85,default=0,history,sync (repeatable);"
         " type is one of " + "/".join(DATASTREAM_TYPES) + "; enum values as enum=0|1|2; id=N sets Blynk's"
         " dataStreamId (default: N of VN, else the lowest free from 256), alias=A its alias (default: the name)",
+    )
+    create.add_argument(
+        "--metafield",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="id=1,name=Serial Number,type=text,default=none (repeatable): typed metadata of every device;"
+        " type is one of " + "/".join(METAFIELD_TYPES) + "; list/switch options as options=a|b, number bounds"
+        " as min=0,max=9",
     )
     lst = tpl.add_parser("list", help="list templates")
     add_common(lst)
@@ -101,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_webhook_parser(sub)
     add_event_parser(sub)
     add_oauth_client_parser(sub)
+    add_provision_parser(sub)
     return parser
 
 
@@ -152,9 +172,10 @@ class Direct:
         self.domain = local.domain()
         self.service = ProvisioningService(self.store, self.domain)
 
-    def create_template(self, tid: str, name: str, specs: list[str]) -> dict:
+    def create_template(self, tid: str, name: str, specs: list[str], meta_specs: list[str]) -> dict:
         datastreams = [parse_datastream_spec(s) for s in specs]
-        return asyncio.run(self.service.create_template(name, datastreams, tid)).as_dict()
+        fields = [parse_metafield_spec(s, self.domain.max_meta_size) for s in meta_specs]
+        return asyncio.run(self.service.create_template(name, datastreams, tid, fields)).as_dict()
 
     def list_templates(self) -> list[dict]:
         return [t.as_dict() for t in self.service.templates()]
@@ -202,8 +223,9 @@ class ViaServer:
     def __init__(self, remote: Remote) -> None:
         self.remote = remote
 
-    def create_template(self, tid: str, name: str, specs: list[str]) -> dict:
-        return self.remote.call("POST", "/api/templates", {"id": tid, "name": name, "datastreams": specs})[1]
+    def create_template(self, tid: str, name: str, specs: list[str], meta_specs: list[str]) -> dict:
+        body = {"id": tid, "name": name, "datastreams": specs} | ({"metafields": meta_specs} if meta_specs else {})
+        return self.remote.call("POST", "/api/templates", body)[1]
 
     def list_templates(self) -> list[dict]:
         return self.remote.call("GET", "/api/templates")[1]
@@ -261,7 +283,7 @@ def cmd_template(args) -> int:
     with open_data_dir(args) as target:
         p = _provisioning(target)
         if args.action == "create":
-            print(json.dumps(p.create_template(args.id, args.name, args.datastream), indent=2))
+            print(json.dumps(p.create_template(args.id, args.name, args.datastream, args.metafield), indent=2))
         else:
             templates = p.list_templates()
             if args.json:
@@ -365,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         "event": cmd_event,
         "timeline": cmd_timeline,
         "oauth-client": cmd_oauth_client,
+        "provision": cmd_provision,
     }
     os.umask(0o077)  # whatever this creates in the data dir (database, firmware, recovery files) is private
     try:

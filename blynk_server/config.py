@@ -69,6 +69,14 @@ class Settings:
     http_request_rate: float = 50.0  # device API requests/s per token (blynk.cloud: 50 req/s per device)
     http_request_burst: int = 100  # requests one token may make at once
     data_get_max_points: int = 10_000  # raw points or buckets one data/get call returns at most
+    data_export_ttl: float = 3600.0  # seconds a data/get FILE link (or a legacy data/{pin} file) stays valid
+    data_export_max_files: int = 100  # export files kept at once; over it the oldest are removed
+    data_export_max_bytes: int = 256 * 1024 * 1024  # bytes of export files kept at once; likewise
+    batch_points_per_day: int = 10_000  # batch/update POST points per device per UTC day (blynk.cloud); 0 = none
+    upload_max_size: int = 5 * 1024 * 1024  # bytes of one uploaded file (blynk.cloud: 5 MB); over: 413
+    upload_files_per_device: int = 10  # files one device holds; a new one deletes the oldest (blynk.cloud: 10)
+    uploads_per_device: int = 1000  # uploads one device may ever make (blynk.cloud: 1,000); over: 403
+    upload_max_total_bytes: int = 1024 * 1024 * 1024  # bytes of all devices' uploads on disk; over: 403
     events_per_day: int = 100  # events one device may log per UTC day (blynk.cloud: 100); 0 = no limit
     max_properties_per_device: int = 256  # distinct (pin, name) properties of one device, all pins together
 
@@ -104,6 +112,10 @@ class Settings:
     platform_token_burst: int = 10  # token requests one client or address may make at once
     platform_request_rate: float = 50.0  # Platform API requests/s per client
     platform_request_burst: int = 100  # Platform API requests one client may make at once
+    # --- dynamic provisioning (device_provisioning.py) ---------------------------------------------
+    provision_token_ttl: float = 3600.0  # seconds a provision token may wait for its device's first login
+    provision_max_pending: int = 100  # provision tokens issued and not used yet, per template
+    provision_tokens_per_minute: float = 60.0  # provision tokens issued per minute, server-wide; 0 = no limit
 
     @property
     def heartbeat_timeout_default(self) -> int:

@@ -18,11 +18,20 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from blynk_server import metafields
 from blynk_server.config import Settings
 from blynk_server.eventdefs import TemplateEvents
-from blynk_server.history import HistoryQuery
+from blynk_server.history import Fetched, HistoryQuery, fetch_many, run_json_many
 from blynk_server.hub import Hub
-from blynk_server.model import MAX_TS_MS, Datastream, DeviceRecord, Template, assign_datastream_ids, now_ms
+from blynk_server.model import (
+    MAX_TS_MS,
+    Datastream,
+    DeviceRecord,
+    MetaField,
+    Template,
+    assign_datastream_ids,
+    now_ms,
+)
 from blynk_server.reactions import EVENT, VALUE, Happening, Reactions
 from blynk_server.store import SqliteStore
 from blynk_server.store.sqlite import Snapshot
@@ -50,6 +59,24 @@ class LimitExceeded(InvalidValue):
     """Over a per-device limit on stored state (properties, metadata)."""
 
     status = Status.ILLEGAL_COMMAND_BODY
+
+
+class MetaFieldUnknown(InvalidValue):
+    """A metadata name or id the device's template does not declare (and no stored value has)."""
+
+
+class MetaValueRefused(InvalidValue):
+    """A metadata value its field's type refuses, or a read-only field (the device API's ``Wrong value``)."""
+
+
+# Fields every template answers by name without declaring them (Blynk: "Auth Token" is reserved and
+# read-only; "Device Name" and the device timezone are in every product). A declared field of the
+# same name takes their place. Negative ids: never a declared field's.
+BUILTIN_FIELDS = {
+    "Auth Token": MetaField(-1, "Auth Token", "auth_token"),
+    "Device Name": MetaField(-2, "Device Name", "device_name"),
+    "Timezone": MetaField(-3, "Timezone", "timezone"),
+}
 
 
 class EventRejected(InvalidValue):
@@ -225,6 +252,7 @@ class Domain:
         self._by_token: dict[str, DeviceState] = {}
         self._templates: dict[str, Template] = {}
         self._ds_by_id: dict[str, dict[int, Datastream]] = {}  # template id -> datastream id -> datastream
+        self._mf_by_name: dict[str, dict[str, MetaField]] = {}  # template id -> metafield name -> metafield
         # Devices on the same firmware send the same info message: they share one (read-only) dict
         # of it, instead of ~800 bytes of dict and strings each. Bounded by estimated bytes, oldest
         # first out, so distinct 30 KB messages cannot grow it (a device keeps its own copy).
@@ -241,6 +269,11 @@ class Domain:
         self.on_device_info: list[Callable[[DeviceState, object], None]] = []
         self.on_device_online: list[Callable[[DeviceState], None]] = []
         self.on_device_offline: list[Callable[[DeviceState], None]] = []
+        # Dynamic provisioning (device_provisioning.py) sets these for devices issued a provision token
+        # and not activated yet: ``login_gate`` refuses the login of one whose token expired,
+        # ``activation_check`` its info message when ``tmpl`` is not its template. None: no device waits.
+        self.login_gate: Callable[[DeviceState], bool] | None = None
+        self.activation_check: Callable[[DeviceState, str | None], bool] | None = None
 
     # --- lookup (memory only: the domain holds every template and device, loaded once at start) ------
 
@@ -272,6 +305,7 @@ class Domain:
         come without ids: the default rule gives them)."""
         assign_datastream_ids(tpl.datastreams.values())
         self._ds_by_id[tpl.id] = {ds.id: ds for ds in tpl.datastreams.values()}
+        self._mf_by_name[tpl.id] = {mf.name: mf for mf in tpl.metafields.values()}
 
     def devices(self, template_id: str | None = None) -> list[DeviceState]:
         devs = self._by_id.values()
@@ -280,10 +314,20 @@ class Domain:
         return sorted(devs, key=lambda d: d.id)
 
     def authenticate(self, token: str) -> DeviceState | None:
+        """The device a login with ``token`` opens, or None (unknown, deleted, or its provision token
+        expired before it was activated)."""
+        dev = self._by_token.get(token)
+        if dev is not None and self.login_gate is not None and not self.login_gate(dev):
+            return None
+        return dev
+
+    def device_by_token(self, token: str) -> DeviceState | None:
         """The device of ``token``, or None (unknown or deleted)."""
         return self._by_token.get(token)
 
-    device_by_token = authenticate
+    def activate(self, dev: DeviceState, template_id: str | None) -> bool:
+        """False when ``dev`` awaits activation and its info's ``tmpl`` is not its template's id."""
+        return self.activation_check is None or self.activation_check(dev, template_id)
 
     def device(self, device_id: int) -> DeviceState | None:
         return self._by_id.get(device_id)
@@ -300,6 +344,7 @@ class Domain:
     def remove_template(self, template_id: str) -> None:
         self._templates.pop(template_id, None)
         self._ds_by_id.pop(template_id, None)
+        self._mf_by_name.pop(template_id, None)
         self.event_defs.drop_template(template_id)  # its rows went with the template (ON DELETE CASCADE)
 
     def put_datastream(self, template_id: str, ds: Datastream) -> None:
@@ -313,12 +358,32 @@ class Domain:
         tpl.datastreams = {k: v for k, v in tpl.datastreams.items() if k != pin_key}
         self._index(tpl)
 
+    def put_metafield(self, template_id: str, mf: MetaField) -> None:
+        """Declare or replace a metafield: devices' values are read and checked against it at once."""
+        tpl = self._templates[template_id]
+        tpl.metafields = {**tpl.metafields, mf.id: mf}
+        self._index(tpl)
+
+    def delete_metafield(self, template_id: str, metafield_id: int) -> None:
+        tpl = self._templates[template_id]
+        tpl.metafields = {k: v for k, v in tpl.metafields.items() if k != metafield_id}
+        self._index(tpl)
+
     def add_device(self, record: DeviceRecord) -> DeviceState:
         tpl = self._templates.get(record.template_id) or Template(record.template_id, "")
         dev = DeviceState(record, tpl)
         self._by_id[record.id] = dev
         self._by_token[record.token] = dev
         return dev
+
+    def replace_token(self, device_id: int, token: str) -> None:
+        """Give a device a new token: the old one is refused on every door from now on, and a session
+        logged in with it is closed."""
+        dev = self._by_id[device_id]
+        self._by_token.pop(dev.token, None)
+        dev.record.token = token
+        self._by_token[token] = dev
+        self.hub.close(device_id, "token replaced")
 
     def remove_device(self, device_id: int, reason: str) -> None:
         """Forget a device and close its session at once: from here on every door refuses its token,
@@ -336,6 +401,14 @@ class Domain:
     async def history_json(self, query: HistoryQuery) -> bytes:
         """The JSON answer of a history query (raises ``NoHistory`` when the period is empty)."""
         return await self.store.run(query.run, self.store)
+
+    async def history_json_many(self, queries: list[HistoryQuery], budget: int) -> bytes:
+        """The JSON answer of several pins' queries, ``budget`` rows in all (``history.json_many``)."""
+        return await self.store.run(run_json_many, queries, self.store, budget)
+
+    async def history_fetch(self, queries: list[HistoryQuery], budget: int) -> list[Fetched]:
+        """The rows of several pins' queries, ``budget`` rows in all (``history.fetch_many``)."""
+        return await self.store.run(fetch_many, queries, self.store, budget)
 
     async def events(self, dev: DeviceState, limit: int) -> list[dict]:
         """The device's events, newest first."""
@@ -649,14 +722,88 @@ class Domain:
             raise self._refused(dev, exc) from None
         self.store.put_event_clear(dev.id, code, resolve_all, now_ms())
 
-    def meta_get(self, dev: DeviceState, name: str) -> str | None:
-        if name == "Auth Token":
-            return dev.token
-        return dev.meta.get(name)
+    # Metadata. A template's declared fields (``Template.metafields``) are typed: a value is checked by
+    # ``metafields.check``; "Device Name" renames the device, "Auth Token" is its token (read-only), a
+    # timezone field is the device's timezone. Values are stored per device by field name, so a value
+    # kept before its field was declared is the field's value from then on. A template that declares
+    # no field keeps the free-form metadata of earlier versions (any name, text; the device may create
+    # names); once it declares one, only declared names (and the built-ins) may be written, while
+    # values stored under other names stay readable by name (nothing stored is lost).
 
-    def meta_set(self, dev: DeviceState, name: str, value: str) -> None:
-        """Set a metadata field, written behind. A new name beyond ``max_meta_fields``, or a name or
-        value over ``max_meta_size`` bytes, raises LimitExceeded; an unchanged value writes nothing."""
+    def meta_field(self, template: Template, ref: str) -> MetaField | None:
+        """The field ``ref`` names: a declared field's id (digits), else a declared field's name, else a
+        built-in name (``BUILTIN_FIELDS``). None when none matches."""
+        if ref.isascii() and ref.isdigit() and len(ref) <= 10:
+            mf = template.metafields.get(int(ref))
+            if mf is not None:
+                return mf
+        by_name = self._mf_by_name.get(template.id)
+        mf = by_name.get(ref) if by_name is not None else None
+        return mf if mf is not None else BUILTIN_FIELDS.get(ref)
+
+    def meta_value(self, dev: DeviceState, field: MetaField) -> str:
+        """The device's value of ``field``: its stored value, else the field's default, else empty;
+        the device's name, token or timezone for those types."""
+        kind = field.type
+        if kind == "auth_token":
+            return dev.token
+        if kind == "device_name":
+            return dev.record.name
+        if kind == "timezone":
+            return dev.record.timezone or dev.meta.get(field.name) or field.default or ""
+        value = dev.meta.get(field.name)
+        if value is None:
+            value = field.default
+        return value if value is not None else ""
+
+    def meta_read(self, dev: DeviceState, ref: str) -> tuple[MetaField | None, str] | None:
+        """``(field, value)`` of a declared or built-in field, ``(None, value)`` of a value stored under
+        an undeclared name (free-form), None when there is neither: what every door reads."""
+        field = self.meta_field(dev.template, ref)
+        if field is not None:
+            return field, self.meta_value(dev, field)
+        value = dev.meta.get(ref)
+        return None if value is None else (None, value)
+
+    def meta_write(self, dev: DeviceState, ref: str, value: str, create: bool = False) -> MetaField | None:
+        """Write the field ``ref`` names (``meta_set``). An undeclared name is free-form text on a template
+        that declares no field: an existing name, or a new one with ``create`` (the device's own
+        ``meta set``, as before); otherwise ``MetaFieldUnknown``. Returns the field (None: free-form)."""
+        field = self.meta_field(dev.template, ref)
+        if field is not None:
+            self.meta_set(dev, field, value)
+            return field
+        if dev.template.metafields or (not create and ref not in dev.meta):
+            self.stats.meta_rejected += 1
+            raise MetaFieldUnknown("MetaField doesn't exist")
+        self._meta_put(dev, ref, value)
+        return None
+
+    def meta_set(self, dev: DeviceState, field: MetaField, value: str) -> None:
+        """Set the device's value of ``field``, checked by its type (``MetaValueRefused``); "Auth Token"
+        is refused, a ``device_name`` renames the device, a ``timezone`` becomes its timezone."""
+        _check_live(dev)
+        try:
+            check_text(value, self.max_meta_size, "Metadata value")
+            value = metafields.check(field, value)
+        except ValueError as exc:  # InvalidValue (over the size) included
+            self.stats.meta_rejected += 1
+            refusal = exc if isinstance(exc, InvalidValue) else MetaValueRefused(str(exc))
+            raise self._refused(dev, refusal) from None
+        if field.type == "device_name":
+            if dev.record.name != value:
+                dev.record.name = value
+                self.store.submit(self.store.rename_device, dev.id, value).add_done_callback(_log_failure)
+            return
+        self._meta_put(dev, field.name, value)
+        if field.type == "timezone" and dev.record.timezone != value:
+            dev.record.timezone = value
+            self.store.put_device_timezone(dev.id, value)
+
+    def _meta_put(self, dev: DeviceState, name: str, value: str) -> None:
+        """Store a metadata value by name, written behind. A new name beyond ``max_meta_fields``, or a
+        name or value over ``max_meta_size`` bytes, raises LimitExceeded; an unchanged value writes
+        nothing."""
         _check_live(dev)
         meta = dev.meta
         current = meta.get(name)
@@ -672,6 +819,21 @@ class Domain:
             raise self._refused(dev, exc) from None
         meta[name] = value
         self.store.put_meta(dev.id, name, value)
-        if name in ("Timezone", "timezone") and dev.record.timezone != value:
-            dev.record.timezone = value
-            self.store.put_device_timezone(dev.id, value)
+
+
+def device_timezone(dev: DeviceState) -> str | None:
+    """The device's timezone: its timezone metadata, else a declared timezone field's default."""
+    tz = dev.record.timezone or dev.meta.get("Timezone")
+    if tz:
+        return tz
+    for mf in dev.template.metafields.values():
+        if mf.type == "timezone" and mf.default:
+            return mf.default
+    return None
+
+
+def _log_failure(fut) -> None:
+    """A store job nobody awaits (a rename written behind): its failure is logged, not lost."""
+    exc = None if fut.cancelled() else fut.exception()
+    if exc is not None:
+        log.error("store job failed: %s: %s", type(exc).__name__, exc)

@@ -31,7 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from blynk_server.domain import DeviceState, Domain
 from blynk_server.eventdefs import LEVELS, OFFLINE, ONLINE, OTA, WEBHOOK, EventDef, load_rows
-from blynk_server.http.common import INT64_MAX, ApiError, device_or_404
+from blynk_server.http.common import INT64_MAX, ApiError, device_or_404, json_object
 from blynk_server.model import MAX_TS_MS, now_ms
 from blynk_server.provisioning import Provisioning, event_def_from_json
 from blynk_server.reactions import EVENT, Happening
@@ -413,28 +413,19 @@ def add_admin_routes(app: web.Application, service: EventsService, provisioning:
     """Template events CRUD, the template's offline-ignore period, and a device's timeline."""
     domain = provisioning.domain
 
-    async def body_of(request: web.Request) -> dict:
-        try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            raise ApiError("Body must be a JSON object.") from None
-        if not isinstance(body, dict):
-            raise ApiError("Body must be a JSON object.")
-        return body
-
     async def list_events(request: web.Request) -> web.Response:
         defs = provisioning.event_defs(request.match_info["template_id"])
         return web.json_response([d.as_dict() for d in defs])
 
     async def create_event(request: web.Request) -> web.Response:
         tid = request.match_info["template_id"]
-        d = event_def_from_json(await body_of(request), domain.max_event_code)
+        d = event_def_from_json(await json_object(request), domain.max_event_code)
         await provisioning.put_event_def(tid, d, replace=False)
         return web.json_response(d.as_dict(), status=201)
 
     async def put_event(request: web.Request) -> web.Response:
         tid = request.match_info["template_id"]
-        body = await body_of(request)
+        body = await json_object(request)
         body["code"] = request.match_info["code"]
         d = event_def_from_json(body, domain.max_event_code)
         await provisioning.put_event_def(tid, d, replace=True)
@@ -451,7 +442,7 @@ def add_admin_routes(app: web.Application, service: EventsService, provisioning:
 
     async def put_settings(request: web.Request) -> web.Response:
         tid = request.match_info["template_id"]
-        body = await body_of(request)
+        body = await json_object(request)
         seconds = await provisioning.set_offline_ignore(tid, body.get("offline_ignore_s"))
         return web.json_response({"offline_ignore_s": seconds})
 

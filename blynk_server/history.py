@@ -7,6 +7,7 @@ event loop only waits for the result.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -82,38 +83,44 @@ class HistoryQuery:
     tz: ZoneInfo
     max_points: int
 
-    def run(self, store: SqliteStore) -> bytes:
-        """Query (with a LIMIT), aggregate and encode: the JSON body. Runs off the event loop."""
+    def fetch(self, store: SqliteStore) -> tuple[list[tuple[int, object]], int]:
+        """Query (with a LIMIT) and aggregate: the rows (ts, raw value or bucket number) and the lower
+        bound of the rows there would be without the limit. Runs on the store's thread."""
         raw_cap = self.max_points if self.step == 0 else self.max_points * AGGREGATE_SCAN_FACTOR
         points = store.history(self.device_id, self.pin, self.since, self.until, limit=raw_cap + 1)
-        if not points:
-            raise NoHistory("No data")
         truncated = len(points) > raw_cap
         del points[raw_cap:]
-        ds = self.ds
         if self.step == 0:
-            rows: list[tuple[int, object]] = points  # values typed below, slice by slice
-            at_least = len(rows) + truncated
-            value_type = "Float64" if ds is not None and ds.type in ("int", "double", "enum") else "String"
-        else:
-            buckets = _aggregate(points, self.step, self.source, self.tz)
-            if truncated and buckets:
-                buckets.pop()  # its points may go on past the ones read
-            at_least = len(buckets) + truncated
-            rows = buckets[: self.max_points]
-            value_type = "Float64"
+            return points, len(points) + truncated  # type: ignore[return-value]
+        buckets = _aggregate(points, self.step, self.source, self.tz)
+        if truncated and buckets:
+            buckets.pop()  # its points may go on past the ones read
+        return buckets[: self.max_points], len(buckets) + truncated  # type: ignore[return-value]
+
+    def value(self, value: object) -> object:
+        """A fetched row's value as JSON: typed by the datastream (raw rows) or the bucket's number."""
+        return typed_value(self.ds, value) if self.step == 0 else value  # type: ignore[arg-type]
+
+    def value_type(self) -> str:
+        ds = self.ds
+        if self.step or (ds is not None and ds.type in ("int", "double", "enum")):
+            return "Float64"
+        return "String"
+
+    def run(self, store: SqliteStore) -> bytes:
+        """Query, aggregate and encode: the JSON body. Runs off the event loop."""
+        rows, at_least = self.fetch(store)
+        if not rows:
+            raise NoHistory("No data")
         meta = [
             {"name": "ts", "type": "UInt64" if self.fmt == "TS" else "String"},
-            {"name": "value", "type": value_type},
+            {"name": "value", "type": self.value_type()},
         ]
         # Built and encoded in slices, handing the GIL over after each (time.sleep(0) releases it): the
         # event loop waits for this thread ~1 ms at most, not the 5 ms switch interval each time.
         chunks = []
         for i in range(0, len(rows), ENCODE_SLICE):
-            part = [
-                {"ts": self._when(ts), "value": typed_value(ds, value) if self.step == 0 else value}
-                for ts, value in rows[i : i + ENCODE_SLICE]
-            ]
+            part = [{"ts": self.when(ts), "value": self.value(value)} for ts, value in rows[i : i + ENCODE_SLICE]]
             chunks.append(json.dumps(part)[1:-1])
             time.sleep(0)
         return (
@@ -121,12 +128,65 @@ class HistoryQuery:
             f'"rows": {len(rows)}, "rows_before_limit_at_least": {at_least}}}'
         ).encode()
 
-    def _when(self, ts: int) -> object:
+    def when(self, ts: int) -> object:
         if self.fmt == "TS":
             return ts
         dt = datetime.fromtimestamp(ts / 1000, UTC).astimezone(self.tz)
         # Blynk's documented forms: ISO_US "04/10/19 11:45:41 AM", ISO_SIMPLE "2018-06-07 22:01:20".
         return dt.strftime("%m/%d/%y %I:%M:%S %p" if self.fmt == "ISO_US" else "%Y-%m-%d %H:%M:%S")
+
+
+Fetched = tuple["HistoryQuery", list[tuple[int, object]], int]  # a query, its rows, the lower bound
+
+
+def fetch_many(queries: list[HistoryQuery], store: SqliteStore, budget: int) -> list[Fetched]:
+    """The rows of several pins' queries, in order, at most ``budget`` rows in all: each query may take
+    what the ones before it left, and those after the budget is spent are not read. On the store's
+    thread."""
+    out: list[Fetched] = []
+    for query in queries:
+        if budget <= 0:
+            break
+        query = dataclasses.replace(query, max_points=min(query.max_points, budget))
+        rows, at_least = query.fetch(store)
+        budget -= len(rows)
+        out.append((query, rows, at_least))
+    return out
+
+
+def json_many(fetched: list[Fetched]) -> bytes:
+    """``data/get`` for every datastream (no ``pin``): one table of ``ts``, ``dataStreamId``, ``pin``,
+    ``value`` rows, datastream by datastream, each oldest first. Raises NoHistory when no datastream has
+    a row."""
+    rows = sum(len(r) for _, r, _ in fetched)
+    if not rows:
+        raise NoHistory("No data")
+    fmt = fetched[0][0].fmt
+    meta = [
+        {"name": "ts", "type": "UInt64" if fmt == "TS" else "String"},
+        {"name": "dataStreamId", "type": "UInt32"},
+        {"name": "pin", "type": "String"},
+        {"name": "value", "type": "String"},
+    ]
+    chunks = []
+    for query, found, _ in fetched:
+        ds_id = query.ds.id if query.ds is not None else None
+        for i in range(0, len(found), ENCODE_SLICE):
+            part = [
+                {"ts": query.when(ts), "dataStreamId": ds_id, "pin": query.pin, "value": query.value(value)}
+                for ts, value in found[i : i + ENCODE_SLICE]
+            ]
+            chunks.append(json.dumps(part)[1:-1])
+            time.sleep(0)
+    at_least = sum(a for _, _, a in fetched)
+    return (
+        f'{{"meta": {json.dumps(meta)}, "data": [{", ".join(c for c in chunks if c)}], '
+        f'"rows": {rows}, "rows_before_limit_at_least": {at_least}}}'
+    ).encode()
+
+
+def run_json_many(queries: list[HistoryQuery], store: SqliteStore, budget: int) -> bytes:
+    return json_many(fetch_many(queries, store, budget))
 
 
 def _aggregate(points: list[tuple[int, bytes]], step: int, source: str, tz: ZoneInfo) -> list[tuple[int, float]]:

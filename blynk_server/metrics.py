@@ -23,6 +23,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from blynk_server.automations import AutomationStats, automation_metrics
+from blynk_server.device_provisioning import ProvisionStats, provision_metrics
 from blynk_server.domain import DomainStats
 from blynk_server.events import EventsStats, event_metrics
 from blynk_server.hardware.stats import HardwareStats
@@ -61,6 +62,7 @@ class Sources:
     webhooks: Webhooks | None = None
     events: EventsStats | None = None
     platform: Platform | None = None
+    provision: ProvisionStats | None = None
 
 
 class BlynkCollector(Collector):
@@ -118,6 +120,8 @@ class BlynkCollector(Collector):
             yield from event_metrics(src.events)
         if src.platform is not None:
             yield from platform_metrics(src.platform)
+        if src.provision is not None:
+            yield from provision_metrics(src.provision)
         yield GaugeMetricFamily(
             "blynk_event_loop_lag_seconds", "Lateness of the last periodic timer", value=src.lag.last
         )

@@ -102,11 +102,37 @@ def assign_datastream_ids(datastreams: Iterable[Datastream]) -> None:
 
 
 @dataclass(slots=True)
+class MetaField:
+    """A metadata field a template declares (Blynk's metafield): each device of the template has a
+    value of it, checked by its type (``metafields.check``); ``default`` until one is set."""
+
+    id: int  # 0..MAX_DATASTREAM_ID, unique in the template
+    name: str  # unique in the template, case-sensitive (devices ask by name)
+    type: str  # one of metafields.TYPES
+    default: str | None = None
+    options: tuple[str, ...] = ()  # list and switch: the allowed values
+    min: float | None = None  # number: optional bounds
+    max: float | None = None
+
+    def as_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "type": self.type,
+            "default": self.default,
+            "options": list(self.options),
+            "min": self.min,
+            "max": self.max,
+        }
+
+
+@dataclass(slots=True)
 class Template:
     id: str
     name: str
     created_at: int = 0
     datastreams: dict[str, Datastream] = field(default_factory=dict)  # by pin key
+    metafields: dict[int, MetaField] = field(default_factory=dict)  # by id
 
     def as_dict(self) -> dict:
         return {
@@ -114,6 +140,7 @@ class Template:
             "name": self.name,
             "created_at": self.created_at,
             "datastreams": [ds.as_dict() for ds in self.datastreams.values()],
+            "metafields": [mf.as_dict() for _, mf in sorted(self.metafields.items())],
         }
 
 

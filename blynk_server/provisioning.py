@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import secrets
 import sqlite3
 import string
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from blynk_server import eventdefs
-from blynk_server.domain import Domain
+from blynk_server import eventdefs, metafields
+from blynk_server.domain import BUILTIN_FIELDS, Domain
 from blynk_server.eventdefs import LEVELS, SYSTEM_CODES, EventDef
 from blynk_server.model import (
     DATASTREAM_TYPES,
@@ -26,6 +25,7 @@ from blynk_server.model import (
     NO_ID,
     Datastream,
     DeviceRecord,
+    MetaField,
     Template,
     assign_datastream_ids,
     new_token,
@@ -47,7 +47,8 @@ MAX_EVENT_EMAILS = 20
 MAX_EMAIL = 254
 MAX_EVERY_S = 366 * 86_400  # a year: more is a typo
 MAX_OFFLINE_IGNORE_S = 7 * 86_400
-EMAIL = re.compile(r"[^@\s,;<>\"']+@[^@\s,;<>\"']+\.[^@\s,;<>\"']+")
+EMAIL = metafields.EMAIL
+METAFIELD_SPEC_FIELDS = frozenset({"id", "name", "type", "default", "options", "min", "max"})
 
 
 class ProvisioningError(Exception):
@@ -209,6 +210,114 @@ def _check_unique(datastreams: list[Datastream]) -> None:
         raise Conflict("Two datastreams with one alias in the template (give one alias=).")
 
 
+def make_metafield(
+    id: object,
+    name: object,
+    type: object = "text",
+    default: object = None,
+    options: Iterable[object] = (),
+    min: object = None,
+    max: object = None,
+    max_size: int = 1024,
+) -> MetaField:
+    """A checked metafield: an id 0..``MAX_DATASTREAM_ID``, a name of 1..``max_size`` bytes of printable
+    characters that is not a built-in's other than by type, a known type, options (list: at least
+    one; switch: exactly two; ``max_size`` bytes in all), finite min ≤ max (number), and a default its
+    type accepts. The one validation the CLI and the admin API share."""
+    try:
+        mid = parse_uint(str(id) if not isinstance(id, bool) else "", MAX_DATASTREAM_ID)
+    except BodyError:
+        raise ProvisioningError(f"A metafield id is an integer 0..{MAX_DATASTREAM_ID}.") from None
+    name = "" if name is None else str(name)
+    if not name.strip() or not name.isprintable() or len(name.encode()) > max_size:
+        raise ProvisioningError(f"A metafield name is 1..{max_size} bytes of printable characters.")
+    typ = str(type or "text").lower()
+    if typ not in metafields.TYPES:
+        raise ProvisioningError(f"type must be one of {', '.join(metafields.TYPES)}.")
+    builtin = BUILTIN_FIELDS.get(name)
+    if builtin is not None and builtin.type != typ:
+        raise ProvisioningError(f"{name!r} is a built-in field of type {builtin.type}.")
+    if isinstance(options, str):
+        options = options.split("|")
+    opts = tuple(dict.fromkeys(str(o) for o in options))
+    if not all(o and o.isprintable() for o in opts) or len("".join(opts).encode()) + len(opts) > max_size:
+        raise ProvisioningError(f"Options are non-empty printable texts, {max_size} bytes in all.")
+    if typ == "list" and not opts:
+        raise ProvisioningError("A list metafield needs options.")
+    if typ == "switch" and len(opts) != 2:
+        raise ProvisioningError("A switch metafield needs exactly two options.")
+    if typ not in metafields.NEEDS_OPTIONS and opts:
+        raise ProvisioningError("Only list and switch metafields have options.")
+    try:
+        mn = None if min is None or min == "" else float(min)
+        mx = None if max is None or max == "" else float(max)
+    except (TypeError, ValueError, OverflowError):
+        raise ProvisioningError("min and max must be numbers.") from None
+    if not all(math.isfinite(x) for x in (mn, mx) if x is not None) or (mn is not None and mx is not None and mn > mx):
+        raise ProvisioningError("min and max must be finite, min ≤ max.")
+    if typ != "number" and (mn is not None or mx is not None):
+        raise ProvisioningError("Only number metafields have min and max.")
+    mf = MetaField(mid, name, typ, None, opts, mn, mx)
+    if default is not None and default != "":
+        if typ in metafields.READ_ONLY or typ == "device_name":
+            raise ProvisioningError(f"A {typ} metafield has no default (its value is the device's).")
+        try:
+            mf.default = metafields.check(mf, str(default))
+        except ValueError as exc:
+            raise ProvisioningError(f"default: {exc}") from None
+        if len(mf.default.encode()) > max_size:
+            raise ProvisioningError(f"default is longer than {max_size} bytes.")
+    return mf
+
+
+def parse_metafield_spec(spec: str, max_size: int = 1024) -> MetaField:
+    """The command line's form: ``id=1,name=Serial Number,type=text,default=none,options=a|b,min=0,max=9``."""
+    values: dict[str, str] = {}
+    for part in spec.split(","):
+        if not part.strip():
+            continue
+        if "=" not in part:
+            raise ProvisioningError(f"metafield field {part.strip()!r} in {spec!r} needs a value (key=value)")
+        k, v = part.split("=", 1)
+        values[k.strip().lower()] = v.strip()
+    unknown = set(values) - METAFIELD_SPEC_FIELDS
+    if unknown:
+        raise ProvisioningError(f"unknown metafield field(s) {sorted(unknown)} in {spec!r}")
+    if "id" not in values or "name" not in values:
+        raise ProvisioningError(f"metafield {spec!r} needs id= and name=")
+    return make_metafield(
+        values["id"],
+        values["name"],
+        values.get("type", "text"),
+        values.get("default"),
+        values["options"].split("|") if "options" in values else (),
+        values.get("min"),
+        values.get("max"),
+        max_size,
+    )
+
+
+def metafield_from_json(mid: object, d: object, max_size: int = 1024) -> MetaField:
+    """The JSON form (``MetaField.as_dict``'s fields; ``mid`` from the path wins), or a spec string."""
+    if isinstance(d, str):
+        return parse_metafield_spec(d, max_size)
+    if not isinstance(d, dict):
+        raise ProvisioningError("A metafield is a JSON object or a spec string.")
+    options = d.get("options") or ()
+    if not isinstance(options, list | tuple):
+        raise ProvisioningError("options must be a list of texts.")
+    return make_metafield(
+        mid if mid is not None else d.get("id"),
+        d.get("name"),
+        d.get("type", "text"),
+        d.get("default"),
+        options,
+        d.get("min"),
+        d.get("max"),
+        max_size,
+    )
+
+
 def make_event_def(
     code: object,
     name: object = None,
@@ -292,7 +401,11 @@ class Provisioning:
         return tpl
 
     async def create_template(
-        self, name: str | None, datastreams: list[Datastream], template_id: str | None = None
+        self,
+        name: str | None,
+        datastreams: list[Datastream],
+        template_id: str | None = None,
+        fields: list[MetaField] = (),
     ) -> Template:
         tid = template_id or new_template_id()
         if not 1 <= len(tid) <= 64 or not tid.isprintable():
@@ -304,8 +417,9 @@ class Provisioning:
             raise ProvisioningError("Two datastreams on one pin.")
         _check_unique(datastreams)
         assign_datastream_ids(datastreams)
+        self._check_metafields(list(fields))
         try:
-            tpl = await self.store.run(self.store.create_template, tid, name or tid, datastreams)
+            tpl = await self.store.run(self.store.create_template, tid, name or tid, datastreams, list(fields))
         except sqlite3.IntegrityError:
             raise Conflict(f"Template {tid!r} already exists.") from None
         self.domain.put_template(tpl)
@@ -342,6 +456,39 @@ class Provisioning:
         self.domain.delete_datastream(template_id, pin_key)
         log.info("datastream deleted template=%s pin=%s", template_id, pin_key)
 
+    # --- metafields ---------------------------------------------------------------------------
+
+    def _check_metafields(self, fields: list[MetaField]) -> None:
+        """Refuse two fields of one id or one name, or more than ``max_meta_fields`` in a template."""
+        if len({mf.id for mf in fields}) != len(fields) or len({mf.name for mf in fields}) != len(fields):
+            raise Conflict("Two metafields with one id or one name in the template.")
+        if len(fields) > self.domain.max_meta_fields:
+            raise ProvisioningError(f"A template may declare at most {self.domain.max_meta_fields} metafields.")
+
+    async def put_metafield(self, template_id: str, mf: MetaField) -> MetaField:
+        """Declare or replace the metafield of ``mf.id``. Devices' values are stored by field name, so a
+        field's name does not change (delete it and declare it anew: values under the name come back)."""
+        tpl = self.template(template_id)
+        old = tpl.metafields.get(mf.id)
+        if old is not None and old.name != mf.name:
+            raise Conflict(
+                f"Metafield {mf.id} is named {old.name!r}: a name cannot change (its values are stored by it)."
+            )
+        self._check_metafields([*(f for k, f in tpl.metafields.items() if k != mf.id), mf])
+        await self.store.run(self.store.put_metafield, template_id, mf)
+        self.domain.put_metafield(template_id, mf)
+        log.info("metafield set template=%s id=%d type=%s", template_id, mf.id, mf.type)
+        return mf
+
+    async def delete_metafield(self, template_id: str, metafield_id: int) -> None:
+        """Drop a declaration; devices' values under its name stay stored (readable by name)."""
+        tpl = self.template(template_id)
+        if metafield_id not in tpl.metafields:
+            raise NotFound("Metafield not found.")
+        await self.store.run(self.store.delete_metafield, template_id, metafield_id)
+        self.domain.delete_metafield(template_id, metafield_id)
+        log.info("metafield deleted template=%s id=%d", template_id, metafield_id)
+
     # --- devices ------------------------------------------------------------------------------
 
     def devices(self, template_id: str | None = None) -> list[DeviceRecord]:
@@ -375,6 +522,40 @@ class Provisioning:
             self.domain.add_device(record)
             log.info("device created device=%d template=%s", record.id, record.template_id)
         return records
+
+    async def rename_device(self, device_id: int, name: object) -> DeviceRecord:
+        """A device's new name: 1..50 printable characters (Blynk's limit)."""
+        dev = self.domain.device(device_id)
+        if dev is None:
+            raise NotFound("Device not found.")
+        try:
+            name = metafields.check_device_name(str(name if name is not None else ""))
+        except ValueError as exc:
+            raise ProvisioningError(str(exc)) from None
+        await self.store.run(self.store.rename_device, device_id, name)
+        dev.record.name = name
+        log.info("device renamed device=%d", device_id)
+        return dev.record
+
+    async def replace_token(self, device_id: int, token: str | None = None) -> DeviceRecord:
+        """A new token for a device that keeps its id and data (Blynk's re-provisioning): the old token
+        is refused from now on and a session logged in with it is closed."""
+        if self.domain.device(device_id) is None:
+            raise NotFound("Device not found.")
+        token = token or new_token()
+        check_token(token)
+        if self.domain.device_by_token(token) is not None:
+            raise Conflict("A device with that token already exists.")
+        try:
+            await self.store.run(self.store.execute, "UPDATE devices SET token = ? WHERE id = ?", (token, device_id))
+        except sqlite3.IntegrityError:
+            raise Conflict("A device with that token already exists.") from None
+        dev = self.domain.device(device_id)
+        if dev is None:  # deleted while the store wrote
+            raise NotFound("Device not found.")
+        self.domain.replace_token(device_id, token)
+        log.info("device token replaced device=%d", device_id)
+        return dev.record
 
     async def delete_device(self, device_id: int) -> None:
         """Disconnect the device at once, refuse its token everywhere, then remove it and all its rows."""

@@ -32,6 +32,7 @@ import aiohttp
 from aiohttp import web
 
 from blynk_server.config import Settings
+from blynk_server.http.common import json_object
 from blynk_server.model import now_ms
 from blynk_server.outbox import DeliveryFailed
 from blynk_server.reactions import EVENT, OFFLINE, ONLINE, VALUE, Happening
@@ -757,10 +758,7 @@ def add_admin_routes(app: web.Application, webhooks: Webhooks) -> None:
         return web.json_response([h.as_dict() for h in webhooks.list()])
 
     async def create(request: web.Request) -> web.Response:
-        try:
-            spec = await request.json()
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            raise WebhookError("Body must be a JSON object.") from None
+        spec = await json_object(request)
         return web.json_response((await webhooks.create(spec)).as_dict(), status=201)
 
     async def show(request: web.Request) -> web.Response:

@@ -13,7 +13,7 @@ import asyncio
 import logging
 
 from blynk_server.config import read_timeout
-from blynk_server.domain import DeviceState, InvalidValue
+from blynk_server.domain import DeviceState, InvalidValue, device_timezone
 from blynk_server.hardware.context import SessionContext
 from blynk_server.hardware.deadlines import Deadlines
 from blynk_server.hardware.turns import ReadTurns
@@ -677,7 +677,7 @@ class HardwareSession(asyncio.BufferedProtocol):
             self._on_info(msg_id, body)
             return
         sub, args = parse_internal(body)
-        tz = self.device.record.timezone or self.device.meta.get("Timezone")
+        tz = device_timezone(self.device)
         if sub == "rtc":
             self._send(Command.INTERNAL, internal_body("rtc", rtc_seconds(tz)), msg_id)
         elif sub == "utc":
@@ -709,6 +709,12 @@ class HardwareSession(asyncio.BufferedProtocol):
             self._arm(max(0.0, self.timeout - (self.loop.time() - self.last_read)))
         if info.device == "python" and self.login_command == Command.LOGIN and self._paced is None:
             self._paced = []  # blynklib (PyPI 0.2.x): LOGIN (2) and "dev python"; see _paced_write
+        if not self.domain.activate(self.device, info.template_id):
+            # A provisioned device of another template: refused as its token (Edgent goes back to
+            # its config mode with "invalid token" as its last error).
+            self._reply(msg_id, Status.INVALID_TOKEN)
+            self.close("provision refused: the info's tmpl is not the device's template")
+            return
         self._reply(msg_id, Status.SUCCESS)
         first = not self.info_acked
         self.info_acked = True
@@ -720,16 +726,16 @@ class HardwareSession(asyncio.BufferedProtocol):
     def _on_meta(self, msg_id: int, args: list[bytes]) -> None:
         if len(args) >= 2 and args[0] == b"get":
             name = args[1].decode("utf-8", "replace")
-            value = self.domain.meta_get(self.device, name)
-            if value is None:
+            found = self.domain.meta_read(self.device, name)
+            if found is None:
                 self._reply(msg_id, Status.NO_DATA)
             else:
-                self._send(Command.INTERNAL, internal_body("meta", name, value), msg_id)
+                self._send(Command.INTERNAL, internal_body("meta", name, found[1]), msg_id)
         elif len(args) >= 3 and args[0] == b"set":
             try:
                 name, value = args[1].decode("utf-8", "replace"), args[2].decode("utf-8", "replace")
-                self.domain.meta_set(self.device, name, value)
-            except InvalidValue as exc:  # over a metadata limit; the domain logs it, rate-limited
+                self.domain.meta_write(self.device, name, value, create=True)
+            except InvalidValue as exc:  # unknown field, refused value, over a limit (logged, rate-limited)
                 self._reply(msg_id, exc.status)
                 return
             self._reply(msg_id, Status.SUCCESS)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 
 from aiohttp import web
 
-from blynk_server import apikey
+from blynk_server import apikey, metafields
 from blynk_server.domain import DeviceState, InvalidValue
 from blynk_server.http.common import (
     INT64_MAX,
@@ -27,12 +27,20 @@ from blynk_server.http.common import (
     route_name,
 )
 from blynk_server.http.common import device_or_404 as find_device
+from blynk_server.http.common import json_object as _json_body
 from blynk_server.http.platform_api import is_platform_path
 from blynk_server.http.stats import HttpStats
 from blynk_server.hub import Hub
 from blynk_server.ota.http import add_admin_routes
 from blynk_server.ota.service import OtaService
-from blynk_server.provisioning import NewDevice, Provisioning, ProvisioningError, datastream_from_json
+from blynk_server.provisioning import (
+    NewDevice,
+    NotFound,
+    Provisioning,
+    ProvisioningError,
+    datastream_from_json,
+    metafield_from_json,
+)
 from protocol.body import BodyError, parse_uint
 
 log = logging.getLogger(__name__)
@@ -69,16 +77,6 @@ def auth_middleware(api_key_hash: str | None):
             return json_error(exc.message, exc.status)
 
     return middleware
-
-
-async def _json_body(request: web.Request) -> dict:
-    try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError, RecursionError):  # also numbers over 4,300 digits
-        raise ApiError("Body must be a JSON object.") from None
-    if not isinstance(body, dict):
-        raise ApiError("Body must be a JSON object.")
-    return body
 
 
 def build_admin_app(
@@ -127,9 +125,13 @@ def build_admin_app(
         if not isinstance(streams, list):
             raise ApiError("datastreams must be a list of objects or spec strings.")
         datastreams = [datastream_from_json(None, d) for d in streams]
+        fields = body.get("metafields") or []
+        if not isinstance(fields, list):
+            raise ApiError("metafields must be a list of objects or spec strings.")
+        declared = [metafield_from_json(None, d, domain.max_meta_size) for d in fields]
         tid = body.get("id")
         tpl = await provisioning.create_template(
-            str(body.get("name") or "") or None, datastreams, str(tid) if tid else None
+            str(body.get("name") or "") or None, datastreams, str(tid) if tid else None, declared
         )
         return web.json_response(tpl.as_dict(), status=201)
 
@@ -150,6 +152,21 @@ def build_admin_app(
         if pin is None:
             raise ApiError("Datastream not found.", 404)
         await provisioning.delete_datastream(request.match_info["template_id"], pin.key)
+        return web.Response(status=204)
+
+    def metafield_id(request: web.Request) -> int:
+        try:
+            return parse_uint(request.match_info["meta_id"], INT64_MAX)
+        except BodyError:
+            raise NotFound("Metafield not found.") from None
+
+    async def put_metafield(request: web.Request) -> web.Response:
+        mf = metafield_from_json(metafield_id(request), await _json_body(request), domain.max_meta_size)
+        await provisioning.put_metafield(request.match_info["template_id"], mf)
+        return web.json_response(mf.as_dict())
+
+    async def delete_metafield(request: web.Request) -> web.Response:
+        await provisioning.delete_metafield(request.match_info["template_id"], metafield_id(request))
         return web.Response(status=204)
 
     async def list_devices(request: web.Request) -> web.Response:
@@ -232,19 +249,28 @@ def build_admin_app(
         return web.json_response(out)
 
     async def device_meta(request: web.Request) -> web.Response:
+        """``{name: value}``: every declared field (its value or default, typed) and the values stored
+        under undeclared names (free-form, as text)."""
         dev = device_or_404(request)
-        return web.json_response(dict(dev.meta))
+        out: dict[str, object] = {k: v for k, v in dev.meta.items()}
+        for _, mf in sorted(dev.template.metafields.items()):
+            out[mf.name] = metafields.typed(mf, domain.meta_value(dev, mf))
+        return web.json_response(out)
 
     async def put_meta(request: web.Request) -> web.Response:
+        """Set a field by id or name (free-form by name on a template that declares none)."""
         dev = device_or_404(request)
         value = (await _json_body(request)).get("value")
-        if not isinstance(value, str):
-            raise ApiError("value must be a string.")
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ApiError("value must be a string or a number.")
+        ref = request.match_info["name"]
         try:
-            domain.meta_set(dev, request.match_info["name"], value)
-        except InvalidValue as exc:  # the domain's caps on metadata sizes and counts
+            field = domain.meta_write(dev, ref, value if isinstance(value, str) else str(value), create=True)
+        except InvalidValue as exc:  # unknown field, refused value, over a metadata cap
             raise ApiError(str(exc)) from None
-        return web.json_response({"name": request.match_info["name"], "value": value})
+        name = field.name if field is not None else ref
+        stored = domain.meta_value(dev, field) if field is not None else dev.meta[ref]
+        return web.json_response({"name": name, "value": metafields.typed(field, stored)})
 
     r = app.router
     r.add_get("/api/health", health)
@@ -256,6 +282,8 @@ def build_admin_app(
     r.add_delete("/api/templates/{template_id}", delete_template)
     r.add_put("/api/templates/{template_id}/datastreams/{pin}", put_datastream)
     r.add_delete("/api/templates/{template_id}/datastreams/{pin}", delete_datastream)
+    r.add_put("/api/templates/{template_id}/metafields/{meta_id}", put_metafield)
+    r.add_delete("/api/templates/{template_id}/metafields/{meta_id}", delete_metafield)
     r.add_get("/api/devices", list_devices)
     r.add_post("/api/devices", create_device)
     r.add_post("/api/devices/import", import_devices)

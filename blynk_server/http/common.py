@@ -47,6 +47,19 @@ def device_or_404(domain: Domain, request: web.Request) -> DeviceState:
     return dev
 
 
+async def json_object(request: web.Request, empty_ok: bool = False) -> dict:
+    """The request's JSON object body (``{}`` for no body when ``empty_ok``), else a 400 ``ApiError``."""
+    if empty_ok and not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError, RecursionError):  # also numbers over 4,300 digits
+        raise ApiError("Body must be a JSON object.") from None
+    if not isinstance(body, dict):
+        raise ApiError("Body must be a JSON object.")
+    return body
+
+
 def json_error(message: str, status: int = 400) -> web.Response:
     """The Blynk cloud's error body: ``{"error": {"message": ...}}``."""
     return web.json_response({"error": {"message": message}}, status=status)

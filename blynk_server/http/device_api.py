@@ -4,7 +4,8 @@ Every rule goes through ``Domain``; this module only maps query parameters to do
 domain errors to the cloud's ``400 {"error": {"message": ...}}``.
 
 ``dataStreamId=N`` is the datastream whose id is N (``Datastream.id``, distinct from its pin; without
-an explicit id a ``VN`` datastream has id N), in every endpoint that takes it.
+an explicit id a ``VN`` datastream has id N), in every endpoint that takes it. ``metaFieldId`` is a
+metafield's id or its exact name (as Blynk documents); ``metaFieldName`` a name.
 """
 
 from __future__ import annotations
@@ -12,13 +13,34 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from blynk_server.domain import DeviceState, Domain, EventRejected, InvalidValue
-from blynk_server.history import FORMATS, GRANULARITY_MS, PERIODS_MS, SOURCE_TYPES, HistoryQuery, NoHistory, typed_value
+from blynk_server import metafields
+from blynk_server.domain import (
+    DAY_MS,
+    DeviceState,
+    Domain,
+    EventRejected,
+    InvalidValue,
+    MetaFieldUnknown,
+    MetaValueRefused,
+)
+from blynk_server.export import ExportBusy, Exports, csv_rows, sanitize, write_zip
+from blynk_server.history import (
+    FORMATS,
+    GRANULARITY_MS,
+    PERIODS_MS,
+    SOURCE_TYPES,
+    Fetched,
+    HistoryQuery,
+    NoHistory,
+    typed_value,
+)
 from blynk_server.http.common import (
     MAX_BATCH,
     ApiError,
@@ -27,14 +49,17 @@ from blynk_server.http.common import (
     json_to_raw,
     parse_pin_name,
 )
-from blynk_server.http.limits import check_rate
+from blynk_server.http.files import base_url
+from blynk_server.http.limits import token_device
 from blynk_server.hub import Hub
 from blynk_server.model import MAX_DATASTREAM_ID, now_ms
+from blynk_server.uploads import UploadRefused, Uploads
 from protocol.body import SEP, BodyError, Pin, parse_pin, parse_uint
 
 log = logging.getLogger(__name__)
 
 MONTH_MS = 31 * 24 * 3600 * 1000
+PERIOD_ENUM = "cc.blynk.server.core.model.widgets.outputs.graph.Period"  # as Blynk's error names it
 RESERVED = {"token", "pin", "dataStreamId", "value"}
 # Distinct pins one request may name (``get``/``update``/``batch/update`` with ``&v1&v2...``): each is a
 # write delivered to the device, and the URL alone allows thousands of names.
@@ -43,15 +68,8 @@ BATCH_SLICE = 500  # batch/update points checked between two yields to the event
 
 
 def _device(domain: Domain, request: web.Request) -> DeviceState:
-    """The device of ``token=``; spends one request of its rate (``http_request_rate``)."""
-    token = request.query.get("token")
-    if not token:
-        raise ApiError("No token provided.")
-    dev = domain.device_by_token(token)
-    if dev is None:
-        raise ApiError("Invalid token.")
-    check_rate(request, dev.id)
-    return dev
+    """The device of ``token=``."""
+    return token_device(domain, request, request.query.get("token"))
 
 
 def _datastream_pin(domain: Domain, dev: DeviceState, q: MultiDictProxy) -> Pin:
@@ -101,7 +119,55 @@ def _write(domain: Domain, dev: DeviceState, pin: Pin, values: list[str]) -> Non
         raise ApiError(str(exc)) from None
 
 
-def add_routes(app: web.Application, domain: Domain, hub: Hub, data_get_max_points: int) -> None:
+class DailyPoints:
+    """Timestamped points each device imported today (UTC), for ``batch_points_per_day``: kept in memory
+    (a restart starts the day's count again), one entry per device that imported today."""
+
+    def __init__(self, per_day: int) -> None:
+        self.per_day = per_day
+        self._day = -1
+        self._used: dict[int, int] = {}
+
+    def check(self, device_id: int, points: int, now: int) -> None:
+        """ApiError when ``points`` more would pass the device's limit for the day of ``now``."""
+        if not self.per_day:
+            return
+        day = now // DAY_MS
+        if day != self._day:
+            self._day, self._used = day, {}
+        used = self._used.get(device_id, 0)
+        if used + points > self.per_day:
+            raise ApiError(
+                f"Daily limit of {self.per_day} data points per device is reached "
+                f"({self.per_day - used} left for today, UTC)."
+            )
+
+    def add(self, device_id: int, points: int) -> None:
+        """Count points stored (after ``check`` of the same day)."""
+        if self.per_day:
+            self._used[device_id] = self._used.get(device_id, 0) + points
+
+
+@dataclass(frozen=True, slots=True)
+class Files:
+    """What the file endpoints need: the export and upload stores (None: the endpoint answers 404 or
+    400), and the base of the links (``external_url``, else the request's own scheme and host)."""
+
+    exports: Exports | None = None
+    uploads: Uploads | None = None
+    external_url: str | None = None
+
+
+def add_routes(
+    app: web.Application,
+    domain: Domain,
+    hub: Hub,
+    data_get_max_points: int,
+    files: Files | None = None,
+    batch_points_per_day: int = 0,
+) -> None:
+    files = files or Files()
+    daily = DailyPoints(batch_points_per_day)
 
     async def get(request: web.Request) -> web.Response:
         q = request.query
@@ -174,7 +240,8 @@ def add_routes(app: web.Application, domain: Domain, hub: Hub, data_get_max_poin
             raise ApiError("Request with incorrect parameters")
         if len(body) > MAX_BATCH:
             raise ApiError(f"Too much data in batch. Maximum batch size is {MAX_BATCH} points.")
-        oldest = now_ms() - MONTH_MS
+        now = now_ms()
+        oldest = now - MONTH_MS
         points = []
         for i, point in enumerate(body):
             if i and i % BATCH_SLICE == 0:
@@ -188,10 +255,12 @@ def add_routes(app: web.Application, domain: Domain, hub: Hub, data_get_max_poin
                 points.append((ts, json_to_raw(point[1])))
             except ValueError as exc:
                 raise ApiError(str(exc)) from None
+        daily.check(dev.id, len(points), now)  # all or nothing, like the batch itself
         try:
             domain.write_history(dev, pin, points)
         except InvalidValue as exc:
             raise ApiError(str(exc)) from None
+        daily.add(dev.id, len(points))
         return web.Response(text="OK")
 
     async def update_property(request: web.Request) -> web.Response:
@@ -223,38 +292,104 @@ def add_routes(app: web.Application, domain: Domain, hub: Hub, data_get_max_poin
 
     async def data_get(request: web.Request) -> web.Response:
         dev = _device(domain, request)
-        query = parse_history_query(domain, request.query, dev, data_get_max_points)
+        q = request.query
+        output = q.get("output", "FILE")
+        if output not in ("FILE", "JSON"):
+            raise ApiError("Request with incorrect parameters")
+        queries, one_pin = parse_history_query(domain, q, dev, data_get_max_points)
+        if output == "JSON":
+            try:
+                if one_pin:
+                    body = await domain.history_json(queries[0])
+                else:
+                    body = await domain.history_json_many(queries, data_get_max_points)
+            except NoHistory as exc:
+                raise ApiError(str(exc), 500) from None
+            return web.Response(body=body, content_type="application/json")
+        if files.exports is None:
+            raise ApiError("Only output=JSON is supported by this server.")
+        fetched = await domain.history_fetch(queries, data_get_max_points)
+        if not any(rows for _, rows, _ in fetched):
+            raise ApiError("No data", 500)
+        stamp = datetime.fromtimestamp(now_ms() / 1000, UTC).strftime("%Y-%m-%dT%H-%M-%S")
+        name = files.exports.new_name(f"device_data_{dev.id}_{stamp}", "zip")
+        names = {p: ds.name for p, ds in dev.template.datastreams.items()}
+        events: list[dict] = []
+        if q.get("sendEvents", "false").lower() == "true":
+            since = queries[0].since
+            events = [e for e in await domain.events(dev, data_get_max_points) if e["ts"] >= since]
+
+        def write(fh) -> None:
+            members = csv_members(fetched, names)
+            if events:
+                lines = (
+                    (queries[0].when(e["ts"]), e["code"], e["level"], e["description"] or "") for e in events[::-1]
+                )
+                members.append(("events.csv", csv_rows(("ts", "code", "level", "description"), lines)))
+            write_zip(fh, members)
+
         try:
-            body = await domain.history_json(query)
-        except NoHistory as exc:
-            raise ApiError(str(exc), 500) from None
-        return web.Response(body=body, content_type="application/json")
+            await files.exports.build(name, write)
+        except ExportBusy as exc:
+            raise ApiError(str(exc), 429) from None
+        return web.json_response({"link": f"{base_url(request, files.external_url)}/{name}"})
+
+    async def upload(request: web.Request) -> web.Response:
+        dev = _device(domain, request)
+        uploads = files.uploads
+        if uploads is None:
+            raise ApiError("File uploads are off on this server.", 404)
+        if request.content_length is not None and request.content_length > uploads.max_size + 64 * 1024:
+            raise ApiError(f"File is too large (at most {uploads.max_size} bytes).", 413)
+        if not request.content_type.startswith("multipart/"):
+            raise ApiError("Request with incorrect parameters")
+        try:
+            uploads.check(dev.id)  # before reading any of the body
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                if getattr(part, "name", None) == "upfile":
+                    path = await uploads.receive(dev.id, part.filename, part)  # type: ignore[arg-type]
+                    return web.Response(text=f"{base_url(request, files.external_url)}/{path}")
+                await part.release()  # type: ignore[union-attr]
+        except UploadRefused as exc:
+            raise ApiError(exc.message, exc.status) from None
+        except ValueError:  # a malformed multipart body
+            raise ApiError("Request with incorrect parameters") from None
+        raise ApiError("No file provided in the 'upfile' field.")
+
+    def meta_ref(q: MultiDictProxy) -> str:
+        """The field of ``metaFieldId=`` (an id or, as Blynk documents, the exact name) or ``metaFieldName=``."""
+        return q.get("metaFieldId") or q.get("metaFieldName") or ""
 
     async def meta_get(request: web.Request) -> web.Response:
-        q = request.query
         dev = _device(domain, request)
-        name = q.get("metaFieldId", "")
-        if not name:
+        ref = meta_ref(request.query)
+        if not ref:
             raise ApiError("Wrong metaField format.")
-        value = domain.meta_get(dev, name)
-        if value is None:
+        found = domain.meta_read(dev, ref)
+        if found is None:
             raise ApiError("MetaField doesn't exist.")
-        return web.json_response({"type": "Text", "value": value})
+        field, value = found
+        return web.json_response({"type": metafields.blynk_type(field), "value": metafields.typed(field, value)})
 
     async def meta_update(request: web.Request) -> web.Response:
         q = request.query
         dev = _device(domain, request)
-        name = q.get("metaFieldId", "")
-        if not name:
+        ref = meta_ref(q)
+        if not ref:
             raise ApiError("Wrong metaField format")
-        if domain.meta_get(dev, name) is None:
-            raise ApiError("MetaField doesn't exist")
         value = q.get("value")
-        if value is None or name == "Auth Token":
+        if value is None:
+            if domain.meta_read(dev, ref) is None:
+                raise ApiError("MetaField doesn't exist")
             raise ApiError("Wrong value")
         try:
-            domain.meta_set(dev, name, value)
-        except InvalidValue as exc:  # the domain's caps on metadata sizes
+            domain.meta_write(dev, ref, value)
+        except MetaFieldUnknown:
+            raise ApiError("MetaField doesn't exist") from None
+        except MetaValueRefused:
+            raise ApiError("Wrong value") from None
+        except InvalidValue as exc:  # the domain's caps on metadata sizes and counts
             raise ApiError(str(exc)) from None
         return web.Response(text="")
 
@@ -270,6 +405,7 @@ def add_routes(app: web.Application, domain: Domain, hub: Hub, data_get_max_poin
         ("GET", "data/get", data_get),
         ("GET", "device/meta", meta_get),
         ("GET", "device/meta/update", meta_update),
+        ("POST", "upload", upload),
     ]
     for method, path, handler in routes:
         # With and without a trailing slash: Blynk's widget pages show ``/external/api/update/?token=``.
@@ -277,11 +413,14 @@ def add_routes(app: web.Application, domain: Domain, hub: Hub, data_get_max_poin
             app.router.add_route(method, url, handler)
 
 
-def parse_history_query(domain: Domain, q: MultiDictProxy, dev: DeviceState, max_points: int) -> HistoryQuery:
-    """A checked ``data/get`` (``output=JSON``)."""
+def parse_history_query(
+    domain: Domain, q: MultiDictProxy, dev: DeviceState, max_points: int
+) -> tuple[list[HistoryQuery], bool]:
+    """A checked ``data/get``: one query per pin (the ``pin``/``dataStreamId`` named, else every
+    datastream of the device's template, in pin order), and whether a pin was named."""
     period = q.get("period", "MONTH")
     if period not in PERIODS_MS:
-        raise ApiError(f"No enum constant Period.{period[:64]}", 500)
+        raise ApiError(f"No enum constant {PERIOD_ENUM}.{period[:64]}", 500)
     granularity = q.get("granularityType", "RAW_DATA")
     source = q.get("sourceType", "AVG")
     fmt = q.get("format", "TS")
@@ -289,28 +428,48 @@ def parse_history_query(domain: Domain, q: MultiDictProxy, dev: DeviceState, max
         raise ApiError("Request with incorrect parameters")
     if granularity == "RAW_DATA" and period == "THREE_MONTHS":
         raise ApiError("Request with incorrect parameters")
+    if q.get("sendEvents", "false").lower() not in ("true", "false"):
+        raise ApiError("Request with incorrect parameters")
     try:
         tz = ZoneInfo(q.get("tzName", "UTC"))
     except (ZoneInfoNotFoundError, ValueError):
         raise ApiError("Request with incorrect parameters") from None
-    if q.get("output", "FILE") != "JSON":
-        raise ApiError("Only output=JSON is supported by this server.")
-    if "pin" not in q and "dataStreamId" not in q:
-        raise ApiError("Request with incorrect parameters")
-    pin = _pin_param(domain, dev, q)
+    one_pin = "pin" in q or "dataStreamId" in q
+    if one_pin:
+        keys = [_pin_param(domain, dev, q).key]
+    else:
+        keys = sorted(dev.template.datastreams, key=lambda k: (k[0], int(k[1:])))
+        if not keys:
+            raise ApiError("No data", 500)
     until = now_ms()
-    return HistoryQuery(
-        dev.id,
-        pin.key,
-        dev.template.datastreams.get(pin.key),
-        until - PERIODS_MS[period],
-        until,
-        GRANULARITY_MS[granularity],
-        source,
-        fmt,
-        tz,
-        max(1, max_points),
-    )
+    since = until - PERIODS_MS[period]
+    step = GRANULARITY_MS[granularity]
+    points = max(1, max_points)
+    queries = [
+        HistoryQuery(dev.id, key, dev.template.datastreams.get(key), since, until, step, source, fmt, tz, points)
+        for key in keys
+    ]
+    return queries, one_pin
+
+
+def csv_members(fetched: list[Fetched], names: dict[str, str]) -> list[tuple[str, bytes]]:
+    """The zip of ``data/get`` (``output=FILE``): one CSV per datastream with rows, ``<pin>_<name>.csv``,
+    columns ``ts,value`` (``ts`` as ``format`` says; multi-value values joined with commas). Runs on an
+    export thread."""
+    members = []
+    for query, rows, _ in fetched:
+        if not rows:
+            continue
+        lines = ((query.when(ts), _csv_value(query.value(value))) for ts, value in rows)
+        name = f"{query.pin}_{sanitize(names.get(query.pin, ''))}".rstrip("_")
+        members.append((f"{name}.csv", csv_rows(("ts", "value"), lines)))
+    return members
+
+
+def _csv_value(value: object) -> object:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return value
 
 
 __all__ = ["add_routes", "json_error"]

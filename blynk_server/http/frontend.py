@@ -17,15 +17,20 @@ from collections.abc import Callable, Iterable
 from aiohttp import web
 
 from blynk_server.config import Settings
+from blynk_server.device_provisioning import add_device_routes as add_provision_routes
 from blynk_server.domain import Domain
+from blynk_server.export import Exports
 from blynk_server.hardware.session import HardwareSession
 from blynk_server.http import device_api, legacy_api, websocket
+from blynk_server.http import files as file_routes
 from blynk_server.http.common import ApiError, Handler, LogBudget, json_error, metrics_middleware, route_name
 from blynk_server.http.limits import REQUEST_RATE, ConnectionGuard, GuardedHandler, RequestRate, Throttled
 from blynk_server.http.stats import HttpStats
 from blynk_server.hub import Hub
+from blynk_server.mailer import Mailer
 from blynk_server.ota.http import add_device_routes
 from blynk_server.ota.service import OtaService
+from blynk_server.uploads import Uploads
 
 log = logging.getLogger(__name__)
 DEVICE_APP_MAX_BODY = 4 * 1024 * 1024  # a 10,000-point batch fits with room to spare
@@ -78,6 +83,9 @@ def build_device_app(
     hub: Hub,
     ota: OtaService,
     new_session: Callable[[], HardwareSession],
+    mailer: Mailer | None = None,
+    exports: Exports | None = None,
+    uploads: Uploads | None = None,
     extensions: Iterable[Callable[[web.Application], None]] = (),
 ) -> web.Application:
     """The device port's HTTP app: WebSocket sessions, the device and legacy token APIs, OTA downloads;
@@ -87,11 +95,15 @@ def build_device_app(
     )
     app[REQUEST_RATE] = RequestRate(settings.http_request_rate, settings.http_request_burst, stats)
     websocket.add_routes(app, new_session, settings.max_frame)
-    device_api.add_routes(app, domain, hub, settings.data_get_max_points)
+    files = device_api.Files(exports, uploads, settings.external_url)
+    device_api.add_routes(app, domain, hub, settings.data_get_max_points, files, settings.batch_points_per_day)
     add_device_routes(app, ota)
+    add_provision_routes(app, domain)
+    file_routes.add_routes(app, exports, uploads)
     for extend in extensions:
         extend(app)
-    legacy_api.add_routes(app, domain, hub)  # last: its /{token}/... patterns must not shadow the others
+    # last: its /{token}/... patterns must not shadow the others
+    legacy_api.add_routes(app, domain, hub, mailer, exports, settings.data_get_max_points)
     return app
 
 

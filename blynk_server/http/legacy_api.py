@@ -4,21 +4,36 @@ Errors are ``text/plain`` with the legacy messages (the device app's error middl
 ``ApiError`` as plain text for these paths). Each request spends one of the device's request rate
 (``http_request_rate``), as on ``/external/api``. The path holds the token: logs name the route
 pattern. Any pin may be written, with or without a datastream: the legacy server had none (the one
-door where the datastream rule of ``Domain.write_pin`` is relaxed). Only the device-facing calls are served: the app-only
-ones (notify, email, qr, project, rtc, data export) have no equivalent here and answer 404.
+door where the datastream rule of ``Domain.write_pin`` is relaxed).
+
+The legacy server's other calls, mapped to this server's parts: ``notify`` logs the event ``notify``
+(as the binary NOTIFY does), ``email`` queues an e-mail through the mailer (as the binary EMAIL, with
+its per-device interval; ``No email widget.`` when e-mail is off), ``rtc`` answers the device time
+zone's wall-clock time, ``data/{pin}`` redirects to a gzipped CSV of the pin's last 30 days by minute
+(the export store's file). ``isAppConnected`` is always false: this server has no app sessions.
+``qr`` and ``project`` (the mobile app's project) have no equivalent and answer 404.
 """
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 from aiohttp import web
 
 from blynk_server.domain import DeviceState, Domain, InvalidValue
+from blynk_server.export import ExportBusy, Exports, write_gzip
+from blynk_server.hardware.session import MAX_NOTIFY
+from blynk_server.history import PERIODS_MS, HistoryQuery
 from blynk_server.http.common import MAX_BATCH, ApiError, json_timestamp, json_to_raw, parse_pin_name
-from blynk_server.http.limits import check_rate
+from blynk_server.http.limits import token_device
 from blynk_server.hub import Hub
+from blynk_server.mailer import Mailer, MailOff, MailRefused
+from blynk_server.model import now_ms
+from blynk_server.timeutil import rtc_seconds, zone
 from protocol.body import SEP, Pin
+
+CSV_STEP_MS = 60_000  # data/{pin}: minute averages, as the legacy export
 
 JSON_UTF8 = "application/json"
 
@@ -38,17 +53,22 @@ def _text(value: object) -> str:
     return str(value)
 
 
-def add_routes(app: web.Application, domain: Domain, hub: Hub) -> None:
+def legacy_csv(device_id: int, rows: list[tuple[int, object]]) -> bytes:
+    """The legacy export's lines: ``value,ts,deviceId`` (value as a Java double prints it), no header."""
+    return "".join(f"{float(v)!r},{ts},{device_id}\n" for ts, v in rows).encode()  # type: ignore[arg-type]
+
+
+def add_routes(
+    app: web.Application,
+    domain: Domain,
+    hub: Hub,
+    mailer: Mailer | None = None,
+    exports: Exports | None = None,
+    max_points: int = 10_000,
+) -> None:
 
     def device(request: web.Request) -> DeviceState:
-        token = request.match_info.get("token", "")
-        if not token:
-            raise ApiError("No token provided.")
-        dev = domain.device_by_token(token)
-        if dev is None:
-            raise ApiError("Invalid token.")
-        check_rate(request, dev.id)
-        return dev
+        return token_device(domain, request, request.match_info.get("token"))
 
     def pin(request: web.Request) -> Pin:
         p = parse_pin_name(request.match_info["pin"])
@@ -133,6 +153,68 @@ def add_routes(app: web.Application, domain: Domain, hub: Hub) -> None:
         device(request)
         return _json(False)  # no mobile-app connections on this server
 
+    async def notify(request: web.Request) -> web.Response:
+        dev = device(request)
+        body = await json_body(request)
+        text = body.get("body") if isinstance(body, dict) else None
+        if not isinstance(text, str) or not text or len(text) > MAX_NOTIFY:
+            raise ApiError("Body is empty or larger than 255 chars.")
+        try:
+            domain.log_event(dev, "notify", text)
+        except InvalidValue as exc:  # a limit of events (rate, per day)
+            raise ApiError(str(exc)) from None
+        return web.Response()
+
+    async def email(request: web.Request) -> web.Response:
+        dev = device(request)
+        body = await json_body(request)
+        fields = body if isinstance(body, dict) else {}
+        to, subj, title = fields.get("to"), fields.get("subj"), fields.get("title") or ""
+        if mailer is None or not mailer.enabled:
+            raise ApiError("No email widget.")
+        if not (isinstance(to, str) and to and isinstance(subj, str) and subj and isinstance(title, str)):
+            raise ApiError("Email body is wrong. Missing or empty fields 'to', 'subj'.")
+        try:
+            mailer.send_from_device(dev.id, "\0".join((to, subj, title)).encode())
+        except MailOff:
+            raise ApiError("No email widget.") from None
+        except MailRefused as exc:  # a bad address, the device's interval
+            raise ApiError(f"Email refused: {exc}") from None
+        return web.Response()
+
+    async def rtc(request: web.Request) -> web.Response:
+        dev = device(request)
+        return web.Response(text=f"[{rtc_seconds(dev.record.timezone)}]", content_type=JSON_UTF8, charset="utf-8")
+
+    async def data(request: web.Request) -> web.Response:
+        dev = device(request)
+        p = pin(request)
+        if exports is None:
+            raise ApiError("Error getting pin data.")
+        until = now_ms()
+        query = HistoryQuery(
+            dev.id,
+            p.key,
+            dev.template.datastreams.get(p.key),
+            until - PERIODS_MS["MONTH"],
+            until,
+            CSV_STEP_MS,
+            "AVG",
+            "TS",
+            zone(None),
+            max(1, max_points),
+        )
+        (_, rows, _), *_ = await domain.history_fetch([query], max_points)
+        if not rows:
+            raise ApiError("No data for pin.")
+        stamp = datetime.fromtimestamp(until / 1000, UTC).strftime("%Y%m%d%H%M%S")
+        name = exports.new_name(f"{dev.id}_{p.key}_{stamp}", "csv.gz")
+        try:
+            await exports.build(name, lambda fh: write_gzip(fh, legacy_csv(dev.id, rows)))
+        except ExportBusy as exc:
+            raise ApiError(str(exc), 429) from None
+        raise web.HTTPMovedPermanently("/" + name)
+
     r = app.router
     r.add_get("/{token}/get/{pin}", get_pin)
     r.add_get("/{token}/update/{pin}", update_get)
@@ -141,3 +223,7 @@ def add_routes(app: web.Application, domain: Domain, hub: Hub) -> None:
     r.add_put("/{token}/extra/pin/{pin}", extra_put)
     r.add_get("/{token}/isHardwareConnected", is_hw_connected)
     r.add_get("/{token}/isAppConnected", is_app_connected)
+    r.add_post("/{token}/notify", notify)
+    r.add_post("/{token}/email", email)
+    r.add_get("/{token}/rtc", rtc)
+    r.add_get("/{token}/data/{pin}", data)

@@ -29,6 +29,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
+from blynk_server.domain import DeviceState, Domain
 from blynk_server.http.common import ApiError, LogBudget
 
 if TYPE_CHECKING:
@@ -259,6 +260,13 @@ class RequestRate:
 REQUEST_RATE = web.AppKey("request_rate", RequestRate)
 
 
-def check_rate(request: web.Request, device_id: int) -> None:
-    """The device API's per-device rate, for the app's routes that name a device by token."""
-    request.app[REQUEST_RATE].check(device_id, asyncio.get_running_loop().time())
+def token_device(domain: Domain, request: web.Request, token: str | None) -> DeviceState:
+    """The device a request names by ``token`` (query or path), as a login would find it (an expired
+    provision token opens nothing), after spending one request of its rate (``http_request_rate``)."""
+    if not token:
+        raise ApiError("No token provided.")
+    dev = domain.authenticate(token)
+    if dev is None:
+        raise ApiError("Invalid token.")
+    request.app[REQUEST_RATE].check(dev.id, asyncio.get_running_loop().time())
+    return dev

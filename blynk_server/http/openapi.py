@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from blynk_server import metafields
+
 _PARAM = re.compile(r"\{([^}]+)\}")
 
 KEYED = [{"bearer": []}, {"apiKey": []}]
@@ -59,6 +61,7 @@ EVENT_DEF = {"$ref": "#/components/schemas/EventDef"}
 EVENT_SETTINGS = {"$ref": "#/components/schemas/EventSettings"}
 DEVICE = {"$ref": "#/components/schemas/Device"}
 DATASTREAM = {"$ref": "#/components/schemas/Datastream"}
+METAFIELD = {"$ref": "#/components/schemas/MetaField"}
 AUTOMATION = {"$ref": "#/components/schemas/Automation"}
 WEBHOOK = {"$ref": "#/components/schemas/Webhook"}
 
@@ -102,7 +105,7 @@ def _admin_spec() -> dict:
                 "start and kept in `<data-dir>/admin-api-key`), except `/metrics`, `/api/health` and this "
                 "document. The device HTTP APIs (`/external/api/...`, legacy `/{token}/...`) live on the device "
                 "port and are authenticated by device token; there `dataStreamId=N` is the datastream whose "
-                "`id` is N and `metaFieldId` is the metadata field's name. The Platform API (`/oauth2/token`, "
+                "`id` is N and `metaFieldId` a metafield's id or exact name. The Platform API (`/oauth2/token`, "
                 "`/api/v1/organization/...`) answers OAuth2 access tokens only (security `platformBearer`)."
             ),
         },
@@ -155,6 +158,29 @@ def _admin_spec() -> dict:
                         "name": {"type": "string"},
                         "created_at": {"type": "integer"},
                         "datastreams": {"type": "array", "items": DATASTREAM},
+                        "metafields": {"type": "array", "items": METAFIELD},
+                    },
+                },
+                "MetaField": {
+                    "type": "object",
+                    "description": "Typed metadata every device of the template has (Blynk's metafield). Also "
+                    "accepted: a spec string `id=1,name=Serial,type=text,default=x,options=a|b,min=0,max=9`.",
+                    "required": ["name"],
+                    "properties": {
+                        "id": {"type": "integer", "format": "int32", "minimum": 0, "description": "from the path"},
+                        "name": {
+                            "type": "string",
+                            "description": "unique, case-sensitive, at most max_meta_size bytes; cannot change",
+                        },
+                        "type": {"type": "string", "enum": list(metafields.TYPES), "default": "text"},
+                        "default": {"type": "string", "nullable": True, "description": "checked by the type"},
+                        "options": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "description": "list: one or more; switch: exactly two; others: none",
+                        },
+                        "min": {"type": "number", "nullable": True, "description": "number only"},
+                        "max": {"type": "number", "nullable": True, "description": "number only"},
                     },
                 },
                 "NewDevice": {
@@ -200,7 +226,10 @@ def _admin_spec() -> dict:
                         }
                     },
                 },
-                "MetaValue": {"type": "object", "properties": {"value": {"type": "string"}}},
+                "MetaValue": {
+                    "type": "object",
+                    "properties": {"value": {"oneOf": [{"type": "string"}, {"type": "number"}]}},
+                },
                 "NewAutomation": {
                     "type": "object",
                     "required": ["name", "do"],
@@ -296,6 +325,45 @@ def _admin_spec() -> dict:
                     "type": "object",
                     "properties": {"offline_ignore_s": {"type": "number", "description": "0..604800"}},
                 },
+                "TemplateProvisioning": {
+                    "type": "object",
+                    "properties": {
+                        "template_id": {"type": "string"},
+                        "allowed": {"type": "boolean", "description": "dynamic provisioning allowed (default false)"},
+                        "pending": {"type": "integer", "description": "tokens issued, not used, not expired"},
+                    },
+                },
+                "NewProvisionToken": {
+                    "type": "object",
+                    "required": ["template_id"],
+                    "properties": {
+                        "template_id": {"type": "string", "description": "templateId is accepted too"},
+                        "name": {"type": "string", "description": "device name (default: the template's name)"},
+                    },
+                },
+                "ProvisionToken": {
+                    "type": "object",
+                    "description": "token and deviceId are Blynk's Platform API answer; the token opens the "
+                    "device's first login before expires_at",
+                    "properties": {
+                        "token": {"type": "string", "description": "the device's auth token (32 characters)"},
+                        "deviceId": {"type": "integer"},
+                        "template_id": {"type": "string"},
+                        "kind": {"type": "string", "enum": ["new", "reprovision"]},
+                        "expires_at": {"type": "integer", "description": "ms"},
+                    },
+                },
+                "PendingToken": {
+                    "type": "object",
+                    "properties": {
+                        "device_id": {"type": "integer"},
+                        "template_id": {"type": "string"},
+                        "kind": {"type": "string", "enum": ["new", "reprovision"]},
+                        "issued_at": {"type": "integer"},
+                        "expires_at": {"type": "integer"},
+                        "expired": {"type": "boolean", "description": "until the sweep deletes its device"},
+                    },
+                },
                 "TimelinePage": {
                     "type": "object",
                     "properties": {
@@ -385,6 +453,20 @@ def _admin_spec() -> dict:
                     params=[tid, pin],
                 ),
                 "delete": _op("Delete a datastream", {"204": {"description": "Deleted"}}, params=[tid, pin]),
+            },
+            "/api/templates/{template_id}/metafields/{meta_id}": {
+                "put": _op(
+                    "Declare or replace a metafield (a declared name cannot change: 409)",
+                    _json(METAFIELD),
+                    body="#/components/schemas/MetaField",
+                    params=[tid, _path("meta_id", "1")],
+                    errors=("400", "404", "409"),
+                ),
+                "delete": _op(
+                    "Delete a metafield declaration (devices' values under its name stay stored)",
+                    {"204": {"description": "Deleted"}},
+                    params=[tid, _path("meta_id", "1")],
+                ),
             },
             "/api/devices": {
                 "get": _op(
@@ -478,6 +560,50 @@ def _admin_spec() -> dict:
                     params=[tid],
                 ),
             },
+            "/api/templates/{template_id}/provisioning": {
+                "get": _op(
+                    "Whether the template allows dynamic provisioning",
+                    _json({"$ref": "#/components/schemas/TemplateProvisioning"}),
+                    params=[tid],
+                ),
+                "put": _op(
+                    'Allow or stop dynamic provisioning: {"allowed": true}',
+                    _json({"$ref": "#/components/schemas/TemplateProvisioning"}),
+                    body="#/components/schemas/TemplateProvisioning",
+                    params=[tid],
+                ),
+            },
+            "/api/provision/token": {
+                "post": _op(
+                    "Issue a provision token: {template_id, name?} creates a device waiting for its first login"
+                    " (403 not allowed on the template, 429 over the pending bound or the rate)",
+                    _json({"$ref": "#/components/schemas/ProvisionToken"}, "201", "Created"),
+                    body="#/components/schemas/NewProvisionToken",
+                    errors=("400", "403", "404", "429"),
+                ),
+            },
+            "/api/provision/pending": {
+                "get": _op(
+                    "Provision tokens not used yet (never the token), oldest first",
+                    _json({"type": "array", "items": {"$ref": "#/components/schemas/PendingToken"}}),
+                    params=[_query("template_id", "string", "only this template's")],
+                ),
+            },
+            "/api/devices/{device_id}/provision/token": {
+                "post": _op(
+                    "Re-provision: a new token for the device, keeping its id and data; the old token is refused",
+                    _json({"$ref": "#/components/schemas/ProvisionToken"}, "201", "Created"),
+                    params=[did],
+                    errors=("400", "403", "404", "429"),
+                ),
+            },
+            "/api/devices/{device_id}/claim": {
+                "post": _op(
+                    "Claim an activated device: {owner?, name?} records its owner and/or renames it (1..50 chars)",
+                    _json({"type": "object"}),
+                    params=[did],
+                ),
+            },
             "/api/devices/{device_id}/timeline": {
                 "get": _op(
                     "The device's timeline, newest first, one page (unflushed events included)",
@@ -501,7 +627,12 @@ def _admin_spec() -> dict:
                 ),
             },
             "/api/devices/{device_id}/meta": {
-                "get": _op("Metadata fields", _json({"type": "object"}), params=[did]),
+                "get": _op(
+                    "Metadata: every declared field by name (its value or default, typed) and the values stored "
+                    "under undeclared names (text)",
+                    _json({"type": "object"}),
+                    params=[did],
+                ),
             },
             "/api/automations": {
                 "get": _op("List automations", _json({"type": "array", "items": AUTOMATION}), errors=()),
@@ -533,7 +664,8 @@ def _admin_spec() -> dict:
             },
             "/api/devices/{device_id}/meta/{name}": {
                 "put": _op(
-                    "Set a metadata field",
+                    "Set a metadata field by id or name, checked by its type (free-form text by name on a "
+                    "template that declares no field)",
                     _json({"type": "object"}),
                     body="#/components/schemas/MetaValue",
                     params=[did, _path("name")],

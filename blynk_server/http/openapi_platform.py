@@ -92,7 +92,20 @@ def paths() -> dict:
         },
         p + "device": {
             "get": _op("A device (status ONLINE/OFFLINE is its connection status)", params=[_device_id]),
+            "put": _op(
+                "Rename a device: {name} (1..50 printable characters)", body=_obj(name="string"), params=[_device_id]
+            ),
             "delete": _op("Delete a device", "204", params=[_device_id]),
+        },
+        p + "device/metadata": {
+            "get": _op(
+                "The device's values of its template's metafields: [{id, name, type, value}]", params=[_device_id]
+            ),
+            "post": _op(
+                "Set one: {deviceId, metaFieldId (id or name), value}, checked by the field's type",
+                "204",
+                body=_obj(deviceId="integer", metaFieldId="integer", value="string"),
+            ),
         },
         p + "device/create": {
             "post": _op("Create a device", body=_obj(templateId="string", name="string", orgId="integer"))
@@ -170,6 +183,11 @@ def paths() -> dict:
         p + "template": {"get": _op("A template", params=[_template_id])},
         p + "template/datastreams": {"get": _op("A template's datastreams", params=[_template_id])},
         p + "template/events": {"get": _op("A template's events", params=[_template_id])},
+        p + "template/metafields": {
+            "get": _op(
+                "A template's metafields: [{id, name, type, defaultValue, options, min, max}]", params=[_template_id]
+            )
+        },
         "/api/oauth-clients": {
             "get": {
                 "summary": "OAuth2 clients of the Platform API (never their secrets)",

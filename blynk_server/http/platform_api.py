@@ -22,7 +22,6 @@ import asyncio
 import base64
 import binascii
 import logging
-import re
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import unquote
@@ -30,15 +29,24 @@ from urllib.parse import unquote
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from blynk_server import metafields
 from blynk_server.config import Settings
 from blynk_server.domain import DeviceState, EventRejected, InvalidValue, coerce_value
 from blynk_server.events import MAX_PAGE as TIMELINE_CAP
 from blynk_server.events import EventsService, TimelineQuery
 from blynk_server.history import typed_value
-from blynk_server.http.common import INT64_MAX, MAX_BATCH, ApiError, json_error, json_timestamp, json_to_raw
+from blynk_server.http.common import (
+    INT64_MAX,
+    MAX_BATCH,
+    ApiError,
+    json_error,
+    json_object,
+    json_timestamp,
+    json_to_raw,
+)
 from blynk_server.http.limits import RequestRate, Throttled
 from blynk_server.hub import Hub
-from blynk_server.model import MAX_TS_MS, Datastream, Template
+from blynk_server.model import MAX_TS_MS, Datastream, MetaField, Template
 from blynk_server.oauth import Grant, OAuthClients, OAuthError, TokenRefused
 from blynk_server.provisioning import Provisioning, ProvisioningError
 from protocol.body import BodyError, Pin, parse_uint
@@ -53,12 +61,6 @@ MAX_PAGE_SIZE = 1000  # Blynk: "Page size (max 1000)"
 DEFAULT_PAGE_SIZE = 50
 MAX_SEARCH = 255  # characters of a search query (Blynk's max)
 MAX_MANY = 64  # datastreams in one "update many" body (as the device API's pins per request)
-# Blynk: "up to 50 symbols ... only letters, digits, spaces, apostrophes, underscores and hyphens".
-DEVICE_NAME_RE = re.compile(r"[A-Za-z0-9 '_-]{1,50}")
-NAME_RULE = (
-    "Device name should be up to 50 symbols in length and may contain only letters, digits, spaces, "
-    "apostrophes, underscores and hyphens."
-)
 BLYNK_LEVELS = {"INFORMATION": "info", "WARNING": "warning", "CRITICAL": "critical", "CONTENT": "content"}
 LEVEL_NAMES = {v: k for k, v in BLYNK_LEVELS.items()}
 TYPE_NAMES = {"int": "INT", "double": "DOUBLE", "string": "STRING", "enum": "ENUM", "location": "LOCATION"}
@@ -150,11 +152,14 @@ async def json_body(request: web.Request) -> object:
         raise ApiError("Body must be JSON.") from None
 
 
-async def json_object(request: web.Request) -> dict:
-    body = await json_body(request)
-    if not isinstance(body, dict):
-        raise ApiError("Body must be a JSON object.")
-    return body
+def device_name(value: object) -> str:
+    """A device name by the server's one rule (``metafields.check_device_name``: 1..50 printable)."""
+    if not isinstance(value, str):
+        raise ApiError("name is required.")
+    try:
+        return metafields.check_device_name(value)
+    except ValueError as exc:
+        raise ApiError(str(exc)) from None
 
 
 def _raw(value: object) -> bytes:
@@ -353,14 +358,18 @@ def add_routes(app: web.Application, platform: Platform) -> None:
     async def create_device(request: web.Request, grant: Grant) -> web.Response:
         body = await json_object(request)
         check_org(body.get("orgId"))
-        name = body.get("name")
-        if not isinstance(name, str) or not DEVICE_NAME_RE.fullmatch(name):
-            raise ApiError(NAME_RULE)
+        name = device_name(body.get("name"))
         tid = body.get("templateId")
         if not isinstance(tid, str) or domain.template(tid) is None:
             raise ApiError("Template is not found.", 404)
         record = await p.provisioning.create_device(tid, name)
         return web.json_response(device_json(domain.device(record.id)))
+
+    async def edit_device(request: web.Request, grant: Grant) -> web.Response:
+        dev = device(request.query.get("deviceId"))
+        name = device_name((await json_object(request)).get("name"))
+        await p.provisioning.rename_device(dev.id, name)
+        return web.json_response(device_json(dev))
 
     async def delete_device(request: web.Request, grant: Grant) -> web.Response:
         dev = device(request.query.get("deviceId"))
@@ -459,6 +468,53 @@ def add_routes(app: web.Application, platform: Platform) -> None:
         points = await store.run(store.history, dev.id, ds.pin, since, until, cap)
         rows = [{"createdAt": ts, "value": typed_value(ds, v)} for ts, v in points[page * size : (page + 1) * size]]
         return web.json_response({"content": rows, "totalElements": len(points)})
+
+    # --- metadata -------------------------------------------------------------------------------
+
+    def metafield_json(mf: MetaField) -> dict:
+        return {
+            "id": mf.id,
+            "name": mf.name,
+            "type": metafields.BLYNK_TYPES.get(mf.type, mf.type),
+            "defaultValue": None if mf.default is None else metafields.typed(mf, mf.default),
+            "options": list(mf.options),
+            "min": mf.min,
+            "max": mf.max,
+        }
+
+    async def device_metadata(request: web.Request, grant: Grant) -> web.Response:
+        dev = device(request.query.get("deviceId"))
+        out = [
+            {
+                "id": mf.id,
+                "name": mf.name,
+                "type": metafields.BLYNK_TYPES.get(mf.type, mf.type),
+                "value": metafields.typed(mf, domain.meta_value(dev, mf)),
+            }
+            for _, mf in sorted(dev.template.metafields.items())
+        ]
+        return web.json_response(out)
+
+    async def update_metadata(request: web.Request, grant: Grant) -> web.Response:
+        body = await json_object(request)
+        dev = device(body.get("deviceId"))
+        ref, value = body.get("metaFieldId"), body.get("value")
+        if isinstance(ref, bool) or not isinstance(ref, int | str) or str(ref) == "":
+            raise ApiError("metaFieldId is required.")
+        if value is None or isinstance(value, dict | list):
+            raise ApiError("value must be a string or a number.")
+        field = domain.meta_field(dev.template, str(ref))
+        if field is None:
+            raise ApiError(f"Meta field with identifier {str(ref)[:64]} is not found!", 404)
+        try:
+            domain.meta_set(dev, field, value if isinstance(value, str) else json_to_raw(value).decode())
+        except ValueError as exc:  # the field's type, a read-only field, the metadata caps
+            raise ApiError(str(exc)) from None
+        return web.Response(status=204)
+
+    async def template_metafields(request: web.Request, grant: Grant) -> web.Response:
+        tpl = template(request.query.get("templateId"))
+        return web.json_response([metafield_json(mf) for _, mf in sorted(tpl.metafields.items())])
 
     # --- events and timeline ------------------------------------------------------------------
 
@@ -568,7 +624,10 @@ def add_routes(app: web.Application, platform: Platform) -> None:
         ("GET", PREFIX + "search/devices", search_devices, False),
         ("GET", PREFIX + "device", get_device, False),
         ("POST", PREFIX + "device/create", create_device, True),
+        ("PUT", PREFIX + "device", edit_device, True),
         ("DELETE", PREFIX + "device", delete_device, True),
+        ("GET", PREFIX + "device/metadata", device_metadata, False),
+        ("POST", PREFIX + "device/metadata", update_metadata, True),
         ("GET", PREFIX_V2 + "device/datastreams", get_values, False),
         ("POST", PREFIX + "device/datastream", update_value, True),
         ("POST", PREFIX + "device/datastreams", update_many, True),
@@ -581,6 +640,7 @@ def add_routes(app: web.Application, platform: Platform) -> None:
         ("GET", PREFIX + "template", get_template, False),
         ("GET", PREFIX + "template/datastreams", template_datastreams, False),
         ("GET", PREFIX + "template/events", template_events, False),
+        ("GET", PREFIX + "template/metafields", template_metafields, False),
     ]
     app.router.add_post(TOKEN_PATH, token)
     for method, path, handler, writes in routes:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from blynk_server.domain import device_timezone
 from blynk_server.ota import registry
 from blynk_server.ota import shipments as ships
 from blynk_server.ota import status as st
@@ -525,7 +526,7 @@ class OtaService:
             return
         if status in ("", st.VERSION_MISMATCH, st.AWAITING_USER, st.DOWNLOAD_LIMIT):
             self.set_status(e, st.STARTED)
-        tz = dev.record.timezone or dev.meta.get("Timezone")
+        tz = device_timezone(dev)
         if not e.approved and not st.in_window(ship.time_window, tz, self.wall_clock()):
             self.waiting.add((ship.id, did))
             return

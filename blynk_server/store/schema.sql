@@ -19,6 +19,17 @@ CREATE TABLE IF NOT EXISTS datastreams (
     alias TEXT,
     PRIMARY KEY (template_id, pin)
 );
+CREATE TABLE IF NOT EXISTS metafields (
+    template_id TEXT NOT NULL REFERENCES templates(id) ON DELETE CASCADE,
+    id INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    type TEXT NOT NULL,
+    default_value TEXT,
+    options TEXT,
+    min REAL,
+    max REAL,
+    PRIMARY KEY (template_id, id)
+);
 CREATE TABLE IF NOT EXISTS devices (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     token TEXT NOT NULL UNIQUE,

@@ -41,7 +41,16 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any, TypeVar
 
-from blynk_server.model import NO_ID, Datastream, DeviceRecord, Template, assign_datastream_ids, new_token, now_ms
+from blynk_server.model import (
+    NO_ID,
+    Datastream,
+    DeviceRecord,
+    MetaField,
+    Template,
+    assign_datastream_ids,
+    new_token,
+    now_ms,
+)
 from blynk_server.store import recovery
 from blynk_server.store.batch import Batch, Rejected, transaction, write_batch
 
@@ -530,14 +539,49 @@ class SqliteStore:
         return self._exec(sql, args).lastrowid or 0
 
     @_sqlite
-    def create_template(self, template_id: str, name: str, datastreams: list[Datastream] = ()) -> Template:
+    def create_template(
+        self, template_id: str, name: str, datastreams: list[Datastream] = (), metafields: list[MetaField] = ()
+    ) -> Template:
         with transaction(self.db):
             self.db.execute(
                 "INSERT INTO templates (id, name, created_at) VALUES (?, ?, ?)", (template_id, name, now_ms())
             )
             for ds in datastreams:
                 self._insert_datastream(template_id, ds)
+            for mf in metafields:
+                self._insert_metafield(template_id, mf)
         return self.get_template(template_id)  # type: ignore[return-value]
+
+    @_sqlite
+    def put_metafield(self, template_id: str, mf: MetaField) -> None:
+        with transaction(self.db):
+            self._insert_metafield(template_id, mf)
+
+    def _insert_metafield(self, template_id: str, mf: MetaField) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO metafields (template_id, id, name, type, default_value, options, min, max)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                template_id,
+                mf.id,
+                mf.name,
+                mf.type,
+                mf.default,
+                json.dumps(list(mf.options)) if mf.options else None,
+                mf.min,
+                mf.max,
+            ),
+        )
+
+    @_sqlite
+    def delete_metafield(self, template_id: str, metafield_id: int) -> bool:
+        sql = "DELETE FROM metafields WHERE template_id = ? AND id = ?"
+        return self._exec(sql, (template_id, metafield_id)).rowcount > 0
+
+    @_sqlite
+    def rename_device(self, device_id: int, name: str) -> None:
+        """A device's new name (its ``device_name`` metafield set by the device or an API)."""
+        self._exec("UPDATE devices SET name = ? WHERE id = ?", (name, device_id))
 
     @_sqlite
     def put_datastream(self, template_id: str, ds: Datastream) -> None:
@@ -583,6 +627,11 @@ class SqliteStore:
             if tpl is not None:
                 ds = _datastream(row[1:])
                 tpl.datastreams[ds.pin] = ds
+        for row in self._query(f"SELECT template_id, {_MF_COLS} FROM metafields ORDER BY template_id, id"):
+            tpl = templates.get(row[0])
+            if tpl is not None:
+                mf = _metafield(row[1:])
+                tpl.metafields[mf.id] = mf
         for tpl in templates.values():
             assign_datastream_ids(tpl.datastreams.values())  # rows a direct store call left without one
         return list(templates.values())
@@ -600,6 +649,9 @@ class SqliteStore:
             ds = _datastream(row)
             tpl.datastreams[ds.pin] = ds
         assign_datastream_ids(tpl.datastreams.values())
+        for row in self._query(f"SELECT {_MF_COLS} FROM metafields WHERE template_id = ? ORDER BY id", (template_id,)):
+            mf = _metafield(row)
+            tpl.metafields[mf.id] = mf
         return tpl
 
     @_sqlite
@@ -933,6 +985,14 @@ def _datastream(row: tuple) -> Datastream:
         NO_ID if ds_id is None else ds_id,
         alias or "",
     )
+
+
+_MF_COLS = "id, name, type, default_value, options, min, max"
+
+
+def _metafield(row: tuple) -> MetaField:
+    mid, name, typ, default, options, mn, mx = row
+    return MetaField(mid, name, typ, default, tuple(json.loads(options)) if options else (), mn, mx)
 
 
 def _device(row: tuple) -> DeviceRecord:

@@ -14,7 +14,7 @@ import pytest
 
 from blynk_server import cli
 from blynk_server.app import API_KEY_FILE
-from blynk_server.model import Datastream, now_ms
+from blynk_server.model import Datastream, MetaField, now_ms
 from blynk_server.provisioning import make_event_def
 
 from .conftest import hw_url, running
@@ -88,6 +88,7 @@ async def garden(server):
             Datastream("v5", "Humidity", "double", id=7, alias="hum"),  # an id that is not its pin
         ],
         "TMPLgarden",
+        [MetaField(3, "Serial", "text", "none"), MetaField(4, "Floor", "number", min=0, max=10)],
     )
     await server.provisioning.put_event_def(tpl.id, make_event_def("overheat", "Overheat", "critical"))
     record = await server.provisioning.create_device(tpl.id, "Greenhouse")
@@ -159,6 +160,9 @@ async def test_device_lifecycle_search_and_templates(server, http, garden):
     assert status == 200 and [d["name"] for d in found["content"]] == ["Shed"]
     status, info = await api.call("GET", f"{ORG}/device?deviceId={made['id']}")
     assert status == 200 and info["token"] == server.domain.device(made["id"]).token
+    status, edited = await api.call("PUT", f"{ORG}/device?deviceId={made['id']}", json={"name": "Tool shed"})
+    assert status == 200 and edited["name"] == "Tool shed" == server.domain.device(made["id"]).record.name
+    assert (await api.call("PUT", f"{ORG}/device?deviceId={made['id']}", json={"name": "x" * 51}))[0] == 400
     assert (await api.call("DELETE", f"{ORG}/device?deviceId={made['id']}"))[0] == 204
     assert server.domain.device(made["id"]) is None
     assert (await api.call("GET", f"{ORG}/device?deviceId={made['id']}")) == (
@@ -166,7 +170,7 @@ async def test_device_lifecycle_search_and_templates(server, http, garden):
         {"error": {"message": f"Device with identifier {made['id']} is not found or belong to another organization."}},
     )
     status, bad = await api.call("POST", f"{ORG}/device/create", json={"templateId": tpl.id, "name": "x" * 51})
-    assert status == 400 and "50 symbols" in bad["error"]["message"]
+    assert status == 400 and "1..50" in bad["error"]["message"]
     assert (await api.call("POST", f"{ORG}/device/create", json={"templateId": "TMPLnone", "name": "A"}))[0] == 404
     assert (await api.call("GET", f"{ORG}/devices?orgId=2"))[0] == 404
 
@@ -183,6 +187,27 @@ async def test_device_lifecycle_search_and_templates(server, http, garden):
         e for e in events if e["eventCode"] == "overheat"
     ).items()
     assert (await api.call("GET", f"{ORG}/template?templateId=TMPLnope"))[0] == 404
+
+
+async def test_device_and_template_metadata(server, http, garden):
+    _, record = garden
+    api = Platform(http, admin_url(server, ""), await get_token(server, http, await new_client(server, http)))
+    status, fields = await api.call("GET", f"{ORG}/template/metafields?templateId=TMPLgarden")
+    assert status == 200 and [(f["id"], f["name"], f["type"], f["defaultValue"]) for f in fields] == [
+        (3, "Serial", "Text", "none"),
+        (4, "Floor", "Number", None),
+    ]
+    meta = f"{ORG}/device/metadata"
+    status, values = await api.call("GET", f"{meta}?deviceId={record.id}")
+    assert [(v["id"], v["name"], v["value"]) for v in values] == [(3, "Serial", "none"), (4, "Floor", "")]
+    assert (await api.call("POST", meta, json={"deviceId": record.id, "metaFieldId": 3, "value": "SN-1"}))[0] == 204
+    assert (await api.call("POST", meta, json={"deviceId": record.id, "metaFieldId": "Floor", "value": 2}))[0] == 204
+    status, values = await api.call("GET", f"{meta}?deviceId={record.id}")
+    assert [v["value"] for v in values] == ["SN-1", 2]
+    status, err = await api.call("POST", meta, json={"deviceId": record.id, "metaFieldId": 4, "value": 11})
+    assert status == 400 and "range" in err["error"]["message"]
+    status, err = await api.call("POST", meta, json={"deviceId": record.id, "metaFieldId": 99, "value": "x"})
+    assert (status, err) == (404, {"error": {"message": "Meta field with identifier 99 is not found!"}})
 
 
 async def test_update_many_and_value_refusals(server, http, garden):

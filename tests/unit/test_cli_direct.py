@@ -41,6 +41,15 @@ def test_templates_and_devices(cli):
     code, _, err = cli("template", "create", "--id", "TMPLv", "--name", "v", "--datastream", "pin=V1,colour=red")
     assert code == 2 and "unknown datastream field(s) ['colour']" in err
 
+    code, out, _ = cli(
+        "template", "create", "--id", "TMPLm", "--name", "M", "--metafield", "id=4,name=Mode,type=switch,options=on|off"
+    )
+    assert code == 0 and json.loads(out)["metafields"] == [
+        {"id": 4, "name": "Mode", "type": "switch", "default": None, "options": ["on", "off"], "min": None, "max": None}
+    ]
+    code, _, err = cli("template", "create", "--id", "TMPLn", "--name", "N", "--metafield", "id=1,name=L,type=list")
+    assert code == 2 and "A list metafield needs options." in err
+
     code, token, _ = cli("device", "create", "--template", "TMPLu", "--name", "one")
     token = token.strip()
     assert code == 0 and len(token) == 32

@@ -3,9 +3,7 @@ aliases through provisioning, ``Domain.datastream_by_id``, and data dirs made be
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import threading
 
 import pytest
 
@@ -15,23 +13,11 @@ from blynk_server.hub import Hub
 from blynk_server.model import NO_ID, Datastream, assign_datastream_ids
 from blynk_server.provisioning import (
     Conflict,
-    Provisioning,
     ProvisioningError,
     datastream_from_json,
     parse_datastream_spec,
 )
 from blynk_server.store.sqlite import DB_NAME, SqliteStore
-
-
-@pytest.fixture
-async def prov(tmp_path):
-    store = SqliteStore(tmp_path, flush_interval=3600)
-    store.start_writer()
-    store.forbid_thread(threading.get_ident())
-    domain = Domain(store, Hub(), Settings())
-    domain.load_snapshot(await store.run(store.load_all))
-    yield Provisioning(store, domain)
-    await asyncio.get_running_loop().run_in_executor(None, store.close)
 
 
 def test_default_rule_virtual_pin_number_else_lowest_free_from_256():
@@ -108,6 +94,7 @@ def test_a_data_dir_made_before_ids_migrates_with_the_default_rule(tmp_path):
         domain.load_snapshot(store.load_all())
         tpl = domain.template("TMPLold")
         assert domain.datastream_by_id(tpl, 3).name == "Temp" and domain.datastream_by_id(tpl, 256).pin == "d4"
+        assert tpl.metafields == {}  # the metafields table came with the schema: none declared yet
     finally:
         store.close()
     SqliteStore(tmp_path).close()  # a second open finds the columns and leaves the ids alone

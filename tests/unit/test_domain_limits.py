@@ -182,17 +182,17 @@ def test_meta_fields_and_sizes(store, monkeypatch):
     dev = new_device(domain)
     commits = []
     monkeypatch.setattr(store, "put_device_timezone", lambda *a: commits.append(a))
-    domain.meta_set(dev, "Timezone", "UTC")
-    domain.meta_set(dev, "Timezone", "UTC")  # unchanged: no write at all
-    domain.meta_set(dev, "Room", "K")
+    domain.meta_write(dev, "Timezone", "UTC", create=True)
+    domain.meta_write(dev, "Timezone", "UTC")  # unchanged: no write at all
+    domain.meta_write(dev, "Room", "K", create=True)
     with pytest.raises(LimitExceeded, match="at most 2 metadata fields") as exc:
-        domain.meta_set(dev, "Floor", "1")
+        domain.meta_write(dev, "Floor", "1", create=True)
     assert exc.value.status == Status.ILLEGAL_COMMAND_BODY
-    domain.meta_set(dev, "Room", "L")  # an existing field may change
+    domain.meta_write(dev, "Room", "L")  # an existing field may change
     with pytest.raises(LimitExceeded, match="value is longer than 10"):
-        domain.meta_set(dev, "Room", "x" * 11)
+        domain.meta_write(dev, "Room", "x" * 11, create=True)
     with pytest.raises(LimitExceeded, match="name is longer than 10"):
-        domain.meta_set(dev, "n" * 11, "x")
+        domain.meta_write(dev, "n" * 11, "x", create=True)
     assert commits == [(dev.id, "UTC")]  # the timezone column is written (behind) once, on the change
     assert dev.meta == {"Timezone": "UTC", "Room": "L"}
     assert domain.stats.meta_rejected == 3

@@ -3,9 +3,6 @@ with SQLite kept off the event loop's thread."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
-
 import pytest
 
 from blynk_server.config import Settings
@@ -16,13 +13,11 @@ from blynk_server.provisioning import (
     Conflict,
     NewDevice,
     NotFound,
-    Provisioning,
     ProvisioningError,
     check_token,
     datastream_from_json,
     parse_datastream_spec,
 )
-from blynk_server.store.sqlite import SqliteStore
 from protocol.body import Pin
 
 
@@ -32,17 +27,6 @@ class ClosingLink:
 
     def close(self, reason: str) -> None:
         self.closed.append(reason)
-
-
-@pytest.fixture
-async def prov(tmp_path):
-    store = SqliteStore(tmp_path, flush_interval=3600)
-    store.start_writer()
-    store.forbid_thread(threading.get_ident())  # the test's loop is the server's loop here
-    domain = Domain(store, Hub(), Settings())
-    domain.load_snapshot(await store.run(store.load_all))
-    yield Provisioning(store, domain)
-    await asyncio.get_running_loop().run_in_executor(None, store.close)
 
 
 @pytest.mark.parametrize("token", ["short", "x" * 65, "has space12", "ümlaut123", "a/b/c/d/e"])
@@ -145,7 +129,7 @@ async def test_a_restart_loads_what_provisioning_made(prov, tmp_path):
     tpl = await prov.create_template("T", [Datastream("v1", "V", "int", 0, 100)])
     record = await prov.create_device(tpl.id, "d", "token-0001")
     prov.domain.write_pin(prov.domain.device(record.id), Pin("v", 1), b"42")
-    prov.domain.meta_set(prov.domain.device(record.id), "Location", "Lab")
+    prov.domain.meta_write(prov.domain.device(record.id), "Location", "Lab", create=True)
     snapshot = await prov.store.run(prov.store.load_all)  # pending rows included
     fresh = Domain(prov.store, Hub(), Settings())
     fresh.load_snapshot(snapshot)
