@@ -203,7 +203,9 @@ class BlynkServer:
         await self.uploads.start()
         clients = OAuthClients(store, s)
         await clients.load()
-        self.platform = platform = Platform(clients, self.provisioning, self.hub, events, s, PlatformStats())
+        self.platform = platform = Platform(
+            clients, self.provisioning, self.hub, events, s, PlatformStats(), device_provisioning
+        )
         http_stats = HttpStats()
         device_app = build_device_app(
             s,

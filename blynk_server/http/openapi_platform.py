@@ -172,6 +172,13 @@ def paths() -> dict:
                 ],
             )
         },
+        p + "device/provision/token": {
+            "post": _op(
+                "Get provision token: a new device waiting for its first login (dynamic provisioning); "
+                "templateId may be left out when exactly one template allows it",
+                body=_obj(orgId="integer", ownerId="integer", templateId="string"),
+            )
+        },
         p + "device/trigger-event": {
             "post": _op(
                 "Log an event the device's template declares",

@@ -31,6 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from blynk_server import metafields
 from blynk_server.config import Settings
+from blynk_server.device_provisioning import DeviceProvisioning
 from blynk_server.domain import DeviceState, EventRejected, InvalidValue, coerce_value
 from blynk_server.events import MAX_PAGE as TIMELINE_CAP
 from blynk_server.events import EventsService, TimelineQuery
@@ -93,6 +94,7 @@ class Platform:
     events: EventsService
     settings: Settings
     stats: PlatformStats
+    device_provisioning: DeviceProvisioning | None = None  # "Get provision token"; None: 404
     per_client: RequestRate = field(init=False)
     token_per_client: RequestRate = field(init=False)
     token_per_peer: RequestRate = field(init=False)
@@ -376,6 +378,27 @@ def add_routes(app: web.Application, platform: Platform) -> None:
         await p.provisioning.delete_device(dev.id)
         return web.Response(status=204)
 
+    async def provision_token(request: web.Request, grant: Grant) -> web.Response:
+        """Blynk's "Get provision token": ``{orgId, ownerId}`` → ``{token, deviceId}``. Blynk learns the
+        template from the device's first info; here a token belongs to one template from the start:
+        ``templateId`` names it or, when left out, the one template that allows dynamic provisioning.
+        ``ownerId`` is accepted and ignored (no users here)."""
+        if p.device_provisioning is None:
+            raise ApiError("Dynamic provisioning is off on this server.", 404)
+        body = await json_object(request)
+        check_org(body.get("orgId"))
+        tid = body.get("templateId")
+        if tid is None:
+            allowed = sorted(p.device_provisioning.allowed)
+            if len(allowed) != 1:
+                raise ApiError("templateId is required: no single template allows dynamic provisioning.")
+            tid = allowed[0]
+        if not isinstance(tid, str):
+            raise ApiError("templateId must be a string.")
+        template(tid)
+        issued = await p.device_provisioning.issue_provision_token(tid)
+        return web.json_response(issued.as_blynk())
+
     # --- datastream values --------------------------------------------------------------------
 
     async def get_values(request: web.Request, grant: Grant) -> web.Response:
@@ -626,6 +649,7 @@ def add_routes(app: web.Application, platform: Platform) -> None:
         ("POST", PREFIX + "device/create", create_device, True),
         ("PUT", PREFIX + "device", edit_device, True),
         ("DELETE", PREFIX + "device", delete_device, True),
+        ("POST", PREFIX + "device/provision/token", provision_token, True),
         ("GET", PREFIX + "device/metadata", device_metadata, False),
         ("POST", PREFIX + "device/metadata", update_metadata, True),
         ("GET", PREFIX_V2 + "device/datastreams", get_values, False),

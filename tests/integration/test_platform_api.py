@@ -419,3 +419,43 @@ async def test_openapi_documents_the_platform_routes(server, http):
     for path in (f"{ORG}/devices", "/oauth2/token", f"{ORG}/device/datastream/history", f"{ORG}/device/timeline"):
         assert path in doc["paths"], path
     assert doc["paths"][f"{ORG}/devices"]["get"]["security"] == [{"platformBearer": []}]
+
+
+async def test_get_provision_token_gives_a_token_an_edgent_device_logs_in_with(server, http):
+    """Blynk's "Get provision token" (``POST /device/provision/token``, body ``{orgId, ownerId}``): the
+    token opens a login whose info names the template, and the device is activated."""
+    from blynk_server.devclient import DEFAULT_INFO, DeviceClient
+
+    tpl = await server.provisioning.create_template("Lamp", [Datastream("v1", "Level", "int")], "TMPLlamp")
+    client = await new_client(server, http)
+    api = Platform(http, admin_url(server, ""), await get_token(server, http, client))
+
+    status, body = await api.call("POST", f"{ORG}/device/provision/token", json={"orgId": 1, "ownerId": 101})
+    assert status == 400 and "templateId is required" in body["error"]["message"]  # no template allows it
+    status, body = await api.call(
+        "POST", f"{ORG}/device/provision/token", json={"orgId": 1, "ownerId": 101, "templateId": tpl.id}
+    )
+    assert status == 403 and "not allowed" in body["error"]["message"]
+
+    await server.device_provisioning.set_allowed(tpl.id, True)
+    status, body = await api.call("POST", f"{ORG}/device/provision/token", json={"orgId": 1, "ownerId": 101})
+    assert status == 200 and set(body) == {"token", "deviceId"}
+    assert server.device_provisioning.pending[body["deviceId"]].template_id == tpl.id
+
+    host, port = server.hardware.address
+    device = await DeviceClient.connect(host, port, body["token"], DEFAULT_INFO | {"tmpl": tpl.id})
+    try:
+        device.virtual_write(1, 7)
+        await device.ping()
+        assert body["deviceId"] not in server.device_provisioning.pending  # activated by its info
+        assert server.domain.device(body["deviceId"]).values["v1"][0] == b"7"
+    finally:
+        await device.close()
+
+    status, body = await api.call("POST", f"{ORG}/device/provision/token", json={"orgId": 2, "ownerId": 101})
+    assert status == 404  # another organization
+    read_only = Platform(
+        http, admin_url(server, ""), await get_token(server, http, await new_client(server, http, "read"))
+    )
+    status, _ = await read_only.call("POST", f"{ORG}/device/provision/token", json={"orgId": 1, "ownerId": 101})
+    assert status == 403  # issuing a token creates a device: a write
