@@ -237,7 +237,7 @@ def add_routes(
                 raise ApiError("Wrong pin format.")
             for name, pin in pins:
                 _write(domain, dev, pin, q.getall(name))
-            return web.Response(text="")
+            return web.Response(text="OK")  # as Blynk's "Update Multiple Datastreams" page shows
         pin = _pin_param(domain, dev, q)
         if request.content_type != "application/json":
             raise ApiError("Unknown content type.")
