@@ -4,13 +4,11 @@ in process (real HTTP on 127.0.0.1, real SQLite).
 
 Sources, cited in each test's id or docstring:
 
-* ``DOCS + <page>``: the pages under https://docs.blynk.io/en/blynk.cloud/device-https-api/ as stored
-  in the documentation corpus (current pages and the ``~/revisions/ynmC8lZ6FPocTYWigjcO`` revision where
-  the current one drops the examples).
-* ``REF``: the pages the corpus does not hold (get several pins, getAll, logEvent, device/meta/update,
-  provision) as /work/shared/reference/protocol.md §10.2 records them from docs.blynk.io.
+* ``DOCS + <page>``: the pages under https://docs.blynk.io/en/blynk.cloud/device-https-api/ (their
+  current text, the ``~/revisions/ynmC8lZ6FPocTYWigjcO`` revision where the current one drops an example,
+  and the GitBook sources of the same pages where the rendered page cuts the response tabs).
 * ``LEGACY``: the legacy server's "HTTP RESTful API" (blynkkk/blynk-server ``apiary.apib``, the
-  README's API link); ``rtc`` from its ``HttpAPILogic`` (protocol.md §10.1).
+  README's API link); ``rtc`` from its ``HttpAPILogic`` (/work/shared/reference/protocol.md §10.1).
 
 The Platform API (``/api/v1/organization/...``, OAuth2) is tested by its own module, not here.
 Where a page is ambiguous the test says so and accepts what the page allows, no more; where the server
@@ -33,10 +31,11 @@ import pytest
 from blynk_server.devclient import DeviceClient
 from blynk_server.eventdefs import EventDef
 from blynk_server.model import Datastream, MetaField
+from blynk_server.timeutil import rtc_seconds
 from tests.integration.conftest import hw_url, running
+from tests.integration.test_mail import smtp_server
 
 DOCS = "https://docs.blynk.io/en/blynk.cloud/device-https-api/"
-REF = "docs.blynk.io via protocol.md §10.2"
 LEGACY = "https://github.com/blynkkk/blynk-server/blob/master/apiary.apib"
 PRODUCT = "ESP32 QA"  # the product (template) name in the get page's error example
 # The get page's example token and others from the pages: never a token of this server.
@@ -54,6 +53,7 @@ STREAMS = [
 FIELDS = [
     MetaField(1, "Serial Number", "text"),
     MetaField(2, "Floors", "number", default="3"),
+    MetaField(3, "Meta Name", "text"),  # the update page's examples: id 3, name "Meta Name"
 ]
 
 
@@ -98,7 +98,8 @@ async def srv(tmp_path):
 @pytest.fixture
 async def dev(srv):
     tpl = await srv.provisioning.create_template(PRODUCT, list(STREAMS), fields=list(FIELDS))
-    await srv.provisioning.put_event_def(tpl.id, EventDef("high_temp", "High temperature"))
+    for code in ("high_temp", "firmware_update"):  # the codes of the pages' examples
+        await srv.provisioning.put_event_def(tpl.id, EventDef(code, code))
     record = await srv.provisioning.create_device(tpl.id, "Device")
     async with aiohttp.ClientSession() as http:
         yield Dev(srv, http, record.token)
@@ -142,41 +143,57 @@ async def test_get_value_errors(dev, path, message):
     assert await dev.error("GET", path) == (400, message)
 
 
-# --- Get several / all datastreams (REF) ---------------------------------------------------------
+# --- Get Multiple Datastream Values, Get All Datastreams Values ----------------------------------
+# DOCS + get-multiple-datastream-values
 
 
-async def test_get_multiple_values(dev):
-    """REF: ``get?token=T&v1&v2&v3`` → 200 JSON ``{"v1":1.0,"v2":2,"v3":"string pin"}``, typed by datastream."""
-    await dev.get("/external/api/batch/update?token={token}&v1=1&v2=2&v3=string%20pin")
-    status, text, ctype = await dev.call("GET", "/external/api/get?token={token}&v1&v2&v3")
+async def _device(srv, name: str, streams: list[Datastream]) -> str:
+    tpl = await srv.provisioning.create_template(name, streams)
+    return (await srv.provisioning.create_device(tpl.id, name)).token
+
+
+async def test_get_multiple_values(srv):
+    """Example ``get?token=...&v1&v2&v3&v4`` → 200 ``{"v1":1.0,"v2":2,"v3":3,"v4":"string pin"}``
+    ("Returned type depends on the datastream type")."""
+    streams = [
+        Datastream("v1", "One", "double"),
+        Datastream("v2", "Two", "int"),
+        Datastream("v3", "Three", "int"),
+        Datastream("v4", "Four", "string"),
+    ]
+    async with aiohttp.ClientSession() as http:
+        d = Dev(srv, http, await _device(srv, "Multi", streams))
+        await d.get("/external/api/batch/update?token={token}&v1=1&v2=2&v3=3&v4=string%20pin")
+        status, text, ctype = await d.call("GET", "/external/api/get?token={token}&v1&v2&v3&v4")
     assert (status, ctype) == (200, "application/json")
     body = json.loads(text)
-    assert body == {"v1": 1.0, "v2": 2, "v3": "string pin"}
+    assert body == {"v1": 1.0, "v2": 2, "v3": 3, "v4": "string pin"}
     assert isinstance(body["v1"], float) and isinstance(body["v2"], int)
 
 
+async def test_get_multiple_values_errors(dev):
+    """The 400 bodies: ``Invalid token.``, ``Wrong pin format.``"""
+    assert await dev.error("GET", f"/external/api/get?token={DOC_TOKEN}&v1&v2") == (400, "Invalid token.")
+    assert await dev.error("GET", "/external/api/get?token={token}&v1&x2") == (400, "Wrong pin format.")
+
+
 async def test_get_all(srv):
-    """REF: ``getAll?token=T`` → 200 JSON of every datastream with a value, the example
-    ``{"a0":1,"d3":0,"v1":1.0,"v2":"string","v4":[12.0,11.0]}`` (analog and digital pins too)."""
-    tpl = await srv.provisioning.create_template(
-        "All",
-        [
-            Datastream("a0", "A", "int"),
-            Datastream("d3", "D", "int"),
-            Datastream("v1", "One", "double"),
-            Datastream("v2", "Two", "string"),
-            Datastream("v4", "Four", "location"),
-            Datastream("v9", "Unset", "int"),
-        ],
-    )
-    token = (await srv.provisioning.create_device(tpl.id, "All")).token
+    """Example ``getAll?token=...`` → 200, every datastream that has a value (analog, digital and
+    virtual pins), the page's body ``{"a0":1,...,"d3":0,"v0":1,"v1":1.0,"v2":"string","v3":1,
+    "v4":[12.0,11.0]}``."""
+    expected = {"a0": 1, "a1": 1, "a2": 1, "a3": 1, "d0": 1, "d1": 1, "d2": 1, "d3": 0}
+    expected |= {"v0": 1, "v1": 1.0, "v2": "string", "v3": 1, "v4": [12.0, 11.0]}
+    kinds = {"v1": "double", "v2": "string", "v4": "location"}
+    streams = [Datastream(pin, pin.upper(), kinds.get(pin, "int")) for pin in expected]
+    streams.append(Datastream("v9", "Unset", "int"))  # no value: not in the answer
     async with aiohttp.ClientSession() as http:
-        d = Dev(srv, http, token)
-        path = "/external/api/batch/update?token={token}&a0=1&d3=0&v1=1.0&v2=string&v4=12.0&v4=11.0"
-        assert (await d.get(path))[0] == 200
+        d = Dev(srv, http, await _device(srv, "All", streams))
+        query = "&".join(f"{p}={v}" for p, v in expected.items() if p != "v4") + "&v4=12.0&v4=11.0"
+        assert (await d.get("/external/api/batch/update?token={token}&" + query))[0] == 200
         status, text, ctype = await d.call("GET", "/external/api/getAll?token={token}")
+        assert await d.error("GET", f"/external/api/getAll?token={DOC_TOKEN}") == (400, "Invalid token.")
     assert (status, ctype) == (200, "application/json")
-    assert json.loads(text) == {"a0": 1, "d3": 0, "v1": 1.0, "v2": "string", "v4": [12.0, 11.0]}
+    assert json.loads(text) == expected
 
 
 # --- Update Datastream Value ---------------------------------------------------------------------
@@ -190,9 +207,9 @@ async def test_update_by_pin(dev):
 
 
 async def test_update_by_datastream_id(dev):
-    """``update?token={token}&dataStreamId={id}&value={value}`` → 200."""
-    assert await dev.get("/external/api/update?token={token}&dataStreamId=2&value=44") == (200, "")
-    assert await dev.get("/external/api/get?token={token}&v2") == (200, "44")
+    """Example ``update?token=...&dataStreamId=1&value=100`` → 200 empty."""
+    assert await dev.get("/external/api/update?token={token}&dataStreamId=1&value=100") == (200, "")
+    assert float((await dev.get("/external/api/get?token={token}&v1"))[1]) == 100.0
 
 
 @pytest.mark.parametrize(
@@ -257,11 +274,24 @@ async def test_update_trailing_slash_from_widget_pages(dev):
 
 
 async def test_batch_update_get(dev):
-    """Example ``batch/update?token=...&v1=33&v2=44`` → 200; both values stored (one timestamp)."""
-    status, _ = await dev.get("/external/api/batch/update?token={token}&v1=33&v2=44")
-    assert status == 200
+    """Example ``batch/update?token=...&v1=33&v2=44`` → 200 ``OK``; both values stored (one timestamp)."""
+    assert await dev.get("/external/api/batch/update?token={token}&v1=33&v2=44") == (200, "OK")
     _, text, _ = await dev.call("GET", "/external/api/get?token={token}&v1&v2")
     assert json.loads(text) == {"v1": 33.0, "v2": 44}
+
+
+@pytest.mark.parametrize(
+    ("path", "messages"),
+    [
+        pytest.param(f"/external/api/batch/update?token={DOC_TOKEN}&v1=33", {"Invalid token."}, id="invalid-token"),
+        pytest.param("/external/api/batch/update?token={token}&v1=33&q2=44", {"Wrong pin format."}, id="wrong-pin"),
+        pytest.param("/external/api/batch/update?token={token}&v1=33&v2=many", TYPE_MISMATCH, id="type-mismatch"),
+    ],
+)
+async def test_batch_update_get_errors(dev, path, messages):
+    """The page's 400 bodies."""
+    status, message = await dev.error("GET", path)
+    assert status == 400 and message in messages
 
 
 # --- Upload a Set of Timestamped Data (POST batch/update) ----------------------------------------
@@ -316,7 +346,7 @@ async def test_batch_post_body_by_datastream_type(dev, pin, values, stored):
 
 async def test_batch_post_curl_example_needs_json_content_type(dev):
     """cURL example ``-H 'Content-Type: application/json' -d '[[ts,0]]'``: the header is mandatory —
-    without it, 400 ``Unknown content type.`` (REF); with it, 200."""
+    without it, 400 ``Unknown content type.``; with it, 200 ``OK``."""
     data = json.dumps(_now_body([0]))
     path = "/external/api/batch/update?token={token}&pin=v1"
     assert await dev.error("POST", path, data=data, headers={"Content-Type": "text/plain"}) == (
@@ -324,6 +354,25 @@ async def test_batch_post_curl_example_needs_json_content_type(dev):
         "Unknown content type.",
     )
     assert (await dev.call("POST", path, data=data, headers={"Content-Type": "application/json"}))[:2] == (200, "OK")
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        pytest.param(f"/external/api/batch/update?token={DOC_TOKEN}&pin=v1", 1, "Invalid token.", id="invalid-token"),
+        pytest.param("/external/api/batch/update?token={token}&pin=x1", 1, "Wrong pin format.", id="wrong-pin"),
+        pytest.param(
+            "/external/api/batch/update?token={token}&pin=v2",
+            10_001,
+            "Too much data in batch. Maximum batch size is 10000 points.",
+            id="more-than-10000-points",
+        ),
+    ],
+)
+async def test_batch_post_errors(dev, path, body, message):
+    """The page's 400 bodies (``Unknown content type.`` in the cURL test above)."""
+    points = [[_ms() - 1000 - i, i] for i in range(body)]
+    assert await dev.error("POST", path, json=points) == (400, message)
 
 
 async def test_batch_post_10000_points_a_day(dev):
@@ -368,21 +417,23 @@ async def test_update_property_errors(dev, path, message):
     assert await dev.error("GET", path) == (400, message)
 
 
-# --- Log Event (REF) -----------------------------------------------------------------------------
+# --- Send/Log An Event ---------------------------------------------------------------------------
+# DOCS + trigger-events-api
 
 
 @pytest.mark.parametrize(
-    ("query", "description"),
+    ("query", "code", "description"),
     [
-        pytest.param("code=high_temp", None, id="code"),
-        pytest.param("code=high_temp&description=Temperature%20is%20over%2020", "Temperature is over 20", id="desc"),
+        pytest.param("code=high_temp", "high_temp", None, id="code"),
+        pytest.param("code=firmware_update&description=test", "firmware_update", "test", id="example-with-description"),
     ],
 )
-async def test_log_event(dev, query, description):
-    """REF: ``logEvent?token=T&code=CODE[&description=TEXT]`` → 200 empty; the event is on the timeline."""
+async def test_log_event(dev, query, code, description):
+    """Example ``logEvent?token=...&code=firmware_update&description=test`` (``description`` optional)
+    → 200 empty; the event is on the device's timeline."""
     assert await dev.get(f"/external/api/logEvent?token={{token}}&{query}") == (200, "")
     events = await dev.srv.domain.events(dev.state, 10)
-    assert [(e["code"], e["description"]) for e in events] == [("high_temp", description)]
+    assert [(e["code"], e["description"]) for e in events] == [(code, description)]
 
 
 @pytest.mark.parametrize(
@@ -393,6 +444,7 @@ async def test_log_event(dev, query, description):
     ],
 )
 async def test_log_event_errors(dev, query, message):
+    """The page's 400 bodies for "Typo in code" and "Could not find event code"."""
     assert await dev.error("GET", "/external/api/logEvent?token={token}" + query) == (400, message)
 
 
@@ -464,6 +516,47 @@ async def test_data_get_by_datastream_id_json(dev):
     status, text, ctype = await dev.call("GET", "/external/api/data/get?token={token}&dataStreamId=1&output=JSON")
     assert (status, ctype) == (200, "application/json")
     assert json.loads(text)["rows"] == 2
+
+
+async def test_data_get_use_case(srv):
+    """The page's "Use case example": a garage door on V6 with datastream ID 20, today's data by the
+    minute, ``YYYY-MM-DD HH:MM:SS``, with the day's events: ``data/get?token=...&period=DAY&
+    granularityType=MINUTE&sourceType=AVG&tzName=America/New_York&format=ISO_SIMPLE&sendEvents=true&
+    output=FILE&dataStreamId=20`` (the text says Sydney, the URL New York: the URL is the example) →
+    a link to a zip with the minutes and the events."""
+    tpl = await srv.provisioning.create_template("Garage", [Datastream("v6", "Door", "int", history=True, id=20)])
+    await srv.provisioning.put_event_def(tpl.id, EventDef("door_open", "Door open"))
+    token = (await srv.provisioning.create_device(tpl.id, "Garage")).token
+    async with aiohttp.ClientSession() as http:
+        d = Dev(srv, http, token)
+        await d.call("POST", "/external/api/batch/update?token={token}&pin=v6", json=[[_ms() - 120_000, 1]])
+        assert (await d.get("/external/api/logEvent?token={token}&code=door_open"))[0] == 200
+        q = (
+            "period=DAY&granularityType=MINUTE&sourceType=AVG&tzName=America/New_York&format=ISO_SIMPLE"
+            "&sendEvents=true&output=FILE&dataStreamId=20"
+        )
+        status, text, _ = await d.call("GET", "/external/api/data/get?token={token}&" + q)
+        assert status == 200 and LINK.match(json.loads(text)["link"])
+        files = await _zip_rows(d, json.loads(text)["link"])
+    minutes = next(rows for name, rows in files.items() if name.startswith("v6"))
+    assert len(minutes) == 2 and float(minutes[1][1]) == 1.0  # one minute's average
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:00", minutes[1][0])
+    assert [r[1] for r in files["events.csv"][1:]] == ["door_open"]
+
+
+async def test_data_get_json_output_example(dev):
+    """The page's "JSON Output example": ``{"meta": [{"name": "data_stream_name", "type": "String"},
+    {"name": "ts", ...}, {"name": "value", "type": "Float64"}], "data": [{"data_stream_name": ..., "ts": ...,
+    "value": 1.61...}], "rows": 1, "rows_before_limit_at_least": 1}`` (the page's ``ts`` is unquoted and
+    typed ``UInt32``: not JSON as printed, so the ``ts`` type is not checked here)."""
+    await _history(dev)
+    status, text, _ = await dev.call("GET", "/external/api/data/get?token={token}&pin=v1&output=JSON")
+    body = json.loads(text)
+    assert status == 200 and set(body) == {"meta", "data", "rows", "rows_before_limit_at_least"}
+    assert [m["name"] for m in body["meta"]] == ["data_stream_name", "ts", "value"]
+    assert body["meta"][2] == {"name": "value", "type": "Float64"}
+    assert [(r["data_stream_name"], r["value"]) for r in body["data"]] == [("Temperature", 21.5), ("Temperature", 22.5)]
+    assert body["rows"] == body["rows_before_limit_at_least"] == 2
 
 
 @pytest.mark.parametrize(
@@ -557,11 +650,27 @@ async def test_meta_get_errors(dev, path, message):
     assert await dev.error("GET", path) == (400, message)
 
 
-# --- Update Device Metadata Value (REF) ----------------------------------------------------------
+# --- Update Device Metadata Value ----------------------------------------------------------------
+# DOCS + get-device-metafield-value-1
 
 
-async def test_meta_update(dev):
-    """REF: ``device/meta/update?token=T&metaFieldId=ID&value=V`` → 200; the value reads back."""
+@pytest.mark.parametrize(
+    ("query", "ref"),
+    [
+        pytest.param("metaFieldId=3&value=Sample+value", "3", id="example-metaFieldId"),
+        pytest.param("metaFieldName=Meta%20Name&value=Sample%20value", "Meta%20Name", id="example-metaFieldName"),
+    ],
+)
+async def test_meta_update(dev, query, ref):
+    """Examples ``device/meta/update?token=...&metaFieldId=3&value=Sample+value`` and
+    ``...&metaFieldName=Meta%20Name&value=Sample%20value`` → 200; the value reads back."""
+    assert await dev.get(f"/external/api/device/meta/update?token={{token}}&{query}") == (200, "")
+    _, text, _ = await dev.call("GET", f"/external/api/device/meta?token={{token}}&metaFieldId={ref}")
+    assert json.loads(text) == {"type": "Text", "value": "Sample value"}
+
+
+async def test_meta_update_number(dev):
+    """A number field takes a number (its answer typed)."""
     assert await dev.get("/external/api/device/meta/update?token={token}&metaFieldId=2&value=12") == (200, "")
     _, text, _ = await dev.call("GET", "/external/api/device/meta?token={token}&metaFieldId=2")
     assert json.loads(text)["value"] == 12
@@ -576,8 +685,13 @@ async def test_meta_update(dev):
     ],
 )
 async def test_meta_update_errors(dev, query, message):
-    """REF: the three documented 400 bodies (without a final period, unlike device/meta's)."""
+    """The page's 400 bodies (without the final period device/meta's have)."""
     assert await dev.error("GET", "/external/api/device/meta/update?token={token}" + query) == (400, message)
+
+
+async def test_meta_update_invalid_token(dev):
+    path = f"/external/api/device/meta/update?token={DOC_TOKEN}&metaFieldId=3&value=x"
+    assert await dev.error("GET", path) == (400, "Invalid token.")
 
 
 # --- Upload a File -------------------------------------------------------------------------------
@@ -647,6 +761,19 @@ async def test_upload_same_name_overrides(dev):
         assert await r.read() == b"two"
 
 
+async def test_upload_file_up_to_5mb(dev):
+    """ "Each file should be up to 5MB": 5 MB is stored, one byte more is refused (a 4xx; the page gives
+    no answer for it) and nothing is kept."""
+    five_mb = 5 * 1024 * 1024
+    status, url = await _upload(dev, "big.bin", b"x" * five_mb)
+    assert status == 200 and UPLOAD_URL.match(url)
+    stored = sorted(p for p in (dev.srv.settings.data_dir / "uploads").rglob("*") if p.is_file())
+    assert len(stored) == 1
+    status, _ = await _upload(dev, "bigger.bin", b"x" * (five_mb + 1))
+    assert 400 <= status < 500
+    assert sorted(p for p in (dev.srv.settings.data_dir / "uploads").rglob("*") if p.is_file()) == stored
+
+
 async def test_upload_limit_reached(tmp_path):
     """403 ``{"error":{"message":"File uploads limit has been reached."}}`` once a device used its
     uploads (1,000 on blynk.cloud; 2 here, the ``uploads_per_device`` setting)."""
@@ -664,13 +791,31 @@ async def test_upload_limit_reached(tmp_path):
             )
 
 
-# --- Provision (REF) -----------------------------------------------------------------------------
+# --- Provision Device ----------------------------------------------------------------------------
+# DOCS + is-device-connected-1 ("Provision Device")
+
+PROVISION_EXAMPLES = [
+    pytest.param("", id="example-token-templateId"),
+    pytest.param("&build=Oct+1&ver=1.0.0&type=MCU&fwType=TMPL8sRFwcfqL&blVer=2.27.2&boType=ESP32", id="example-all"),
+]
 
 
-async def test_provision_completes_activation(srv):
-    """REF: ``provision?token=T&templateId=TMPL…`` → 200 for a device holding a provision token of that
-    template; ``Invalid token.`` for another template's id or an unknown token."""
-    tpl = await srv.provisioning.create_template(PRODUCT, [Datastream("v1", "V", "int")], template_id="TMPLconform")
+@pytest.mark.parametrize("extra", PROVISION_EXAMPLES)
+async def test_provision(srv, extra):
+    """Examples ``provision?token=...&templateId=TMPL8sRFwcfqL`` (and with ``build``, ``ver``, ``type``,
+    ``fwType``, ``blVer``, ``boType``) → 200 for a device holding a provision token of that template."""
+    tpl = await srv.provisioning.create_template(PRODUCT, [Datastream("v1", "V", "int")], template_id="TMPL8sRFwcfqL")
+    await srv.device_provisioning.set_allowed(tpl.id, True)
+    issued = await srv.device_provisioning.issue_provision_token(tpl.id)
+    async with aiohttp.ClientSession() as http:
+        d = Dev(srv, http, issued.token)
+        assert (await d.get("/external/api/provision?token={token}&templateId=TMPL8sRFwcfqL" + extra))[0] == 200
+
+
+async def test_provision_invalid_token(srv):
+    """400 ``Invalid token.`` ("Could not find a device token"): an unknown token, or a provision token
+    presented with another template's id."""
+    tpl = await srv.provisioning.create_template(PRODUCT, [Datastream("v1", "V", "int")], template_id="TMPL8sRFwcfqL")
     await srv.device_provisioning.set_allowed(tpl.id, True)
     issued = await srv.device_provisioning.issue_provision_token(tpl.id)
     async with aiohttp.ClientSession() as http:
@@ -679,8 +824,7 @@ async def test_provision_completes_activation(srv):
             400,
             "Invalid token.",
         )
-        assert (await d.get("/external/api/provision?token={token}&templateId=TMPLconform"))[0] == 200
-        assert await d.error("GET", f"/external/api/provision?token={DOC_TOKEN}&templateId=TMPLconform") == (
+        assert await d.error("GET", f"/external/api/provision?token={DOC_TOKEN}&templateId=TMPL8sRFwcfqL") == (
             400,
             "Invalid token.",
         )
@@ -801,6 +945,27 @@ async def test_legacy_email_without_mail(old):
     assert (await old.call("POST", "/{token}/email", json=body))[:2] == (400, "No email widget.")
 
 
+async def test_legacy_email_with_mail(tmp_path):
+    """``POST /{auth_token}/email`` ``{"to": "email", "title": "title", "subj": "subj"}`` → 200 (``title``
+    is the mail's body); missing ``to``/``subj`` → 400 ``Email body is wrong. Missing or empty fields 'to',
+    'subj'.``"""
+    async with smtp_server() as (port, inbox):
+        settings = {"smtp_host": "127.0.0.1", "smtp_port": port, "smtp_starttls": False}
+        async with running(tmp_path / "data", **settings) as srv:
+            token = await _device(srv, "Mail", [Datastream("v1", "V", "int")])
+            async with aiohttp.ClientSession() as http:
+                d = Dev(srv, http, token)
+                body = {"to": "owner@example.com", "title": "title", "subj": "subj"}
+                assert (await d.call("POST", "/{token}/email", json=body))[0] == 200
+                _, rcpt, msg = await inbox.next()
+                assert rcpt == ["owner@example.com"] and msg["Subject"] == "subj"
+                assert msg.get_content().strip() == "title"
+                assert (await d.call("POST", "/{token}/email", json={"title": "x"}))[:2] == (
+                    400,
+                    "Email body is wrong. Missing or empty fields 'to', 'subj'.",
+                )
+
+
 async def test_legacy_pin_history_data(old):
     """``GET /{auth_token}/data/{pin}`` → 200 ``application/x-gzip`` (the legacy server answers with a
     redirect to the ``.csv.gz``, followed here): gzipped CSV of the pin's history."""
@@ -816,7 +981,10 @@ async def test_legacy_pin_history_data(old):
 
 
 async def test_legacy_rtc(old):
-    """``GET /{auth_token}/rtc`` (HttpAPILogic) → 200 ``[<seconds>]``."""
+    """``GET /{auth_token}/rtc`` (HttpAPILogic) → 200 ``[<seconds>]``, the device's wall clock (UTC for
+    a device without a timezone)."""
+    before = rtc_seconds(None)
     status, text = await old.get("/{token}/rtc")
-    seconds = json.loads(text)
-    assert status == 200 and len(seconds) == 1 and abs(seconds[0] - time.time()) < 24 * 3600
+    after = rtc_seconds(None)
+    (seconds,) = json.loads(text)
+    assert status == 200 and before <= seconds <= after
