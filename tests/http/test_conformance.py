@@ -2,13 +2,13 @@
 test per example (path, parameters, body, expected status and body shape), against the whole server
 in process (real HTTP on 127.0.0.1, real SQLite).
 
-Sources, cited in each test's id or docstring:
+Sources, named in the comment over each page's tests (and the examples in each test's docstring):
 
 * ``DOCS + <page>``: the pages under https://docs.blynk.io/en/blynk.cloud/device-https-api/ (their
   current text, the ``~/revisions/ynmC8lZ6FPocTYWigjcO`` revision where the current one drops an example,
   and the GitBook sources of the same pages where the rendered page cuts the response tabs).
 * ``LEGACY``: the legacy server's "HTTP RESTful API" (blynkkk/blynk-server ``apiary.apib``, the
-  README's API link); ``rtc`` from its ``HttpAPILogic`` (/work/shared/reference/protocol.md §10.1).
+  README's API link); ``rtc`` and ``extra/pin`` from its ``HttpAPILogic``.
 
 The Platform API (``/api/v1/organization/...``, OAuth2) is tested by its own module, not here.
 Where a page is ambiguous the test says so and accepts what the page allows, no more; where the server
@@ -226,9 +226,9 @@ async def test_update_two_values_location(dev, path):
     assert json.loads(text)["v4"] == [24.03, 49.84]
 
 
-# The current page writes "Value doesn't match the Datastream data type" without the final period in
-# the dataStreamId example; the revision's pin example lists the messages with it (protocol.md §10.2):
-# the page is ambiguous, both spellings are Blynk's.
+# The page is ambiguous: its dataStreamId example (and its pin example in some versions) writes "Value
+# doesn't match the Datastream data type" without the final period, the pin example of another version
+# with it; both spellings are Blynk's.
 TYPE_MISMATCH = {"Value doesn't match the Datastream data type", "Value doesn't match the Datastream data type."}
 
 
@@ -418,7 +418,7 @@ async def test_update_property_errors(dev, path, message):
 
 
 # --- Send/Log An Event ---------------------------------------------------------------------------
-# DOCS + trigger-events-api
+# DOCS + trigger-events-api (the "Send/Log An Event" page)
 
 
 @pytest.mark.parametrize(
@@ -651,7 +651,7 @@ async def test_meta_get_errors(dev, path, message):
 
 
 # --- Update Device Metadata Value ----------------------------------------------------------------
-# DOCS + get-device-metafield-value-1
+# DOCS + get-device-metafield-value-1 (the "Update Device Metadata Value" page)
 
 
 @pytest.mark.parametrize(
@@ -792,7 +792,7 @@ async def test_upload_limit_reached(tmp_path):
 
 
 # --- Provision Device ----------------------------------------------------------------------------
-# DOCS + is-device-connected-1 ("Provision Device")
+# DOCS: the "Provision Device" page of the Device HTTPS API
 
 PROVISION_EXAMPLES = [
     pytest.param("", id="example-token-templateId"),
@@ -835,9 +835,11 @@ async def test_provision_invalid_token(srv):
 
 @pytest.fixture
 async def old(srv):
-    """A device whose template has V0 and V1 (the legacy server's pins of a project's widgets)."""
+    """A device whose template has V0, V1 and V2 (the legacy server's pins of a project's widgets; V2
+    keeps history, as every pin of the legacy server did)."""
     tpl = await srv.provisioning.create_template(
-        "Legacy", [Datastream("v0", "W", "string"), Datastream("v1", "X", "int")]
+        "Legacy",
+        [Datastream("v0", "W", "string"), Datastream("v1", "X", "int"), Datastream("v2", "H", "int", history=True)],
     )
     record = await srv.provisioning.create_device(tpl.id, "Old")
     async with aiohttp.ClientSession() as http:
@@ -891,6 +893,17 @@ async def test_legacy_put_needs_json(old):
     """500 ``Unexpected content type. Expecting application/json.``"""
     status, text, _ = await old.call("PUT", "/{token}/update/V0", data='["1"]', headers={"Content-Type": "text/plain"})
     assert (status, text) == (500, "Unexpected content type. Expecting application/json.")
+
+
+async def test_legacy_extra_pin(old):
+    """``PUT /{token}/extra/pin/{pin}`` ``[{"value": ..., "timestamp": ms}, …]`` (HttpAPILogic) → 200:
+    every point to history with its timestamp, the first one the current value."""
+    now = _ms()
+    body = [{"value": "7", "timestamp": now - 2000}, {"value": "8", "timestamp": now - 1000}]
+    assert (await old.call("PUT", "/{token}/extra/pin/V2", json=body))[0] == 200
+    assert json.loads((await old.get("/{token}/get/V2"))[1]) == ["7"]
+    store = old.srv.store
+    assert await store.run(store.history, old.state.id, "v2") == [(now - 2000, b"7"), (now - 1000, b"8")]
 
 
 @pytest.mark.parametrize(
