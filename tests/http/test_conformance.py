@@ -452,15 +452,22 @@ async def test_log_event_errors(dev, query, message):
 # DOCS + is-device-connected
 
 
-async def test_is_hardware_connected(dev):
-    """Example ``isHardwareConnected?token=...`` → 200 ``true`` or ``false``."""
-    assert await dev.get("/external/api/isHardwareConnected?token={token}") == (200, "false")
-    host, port = dev.srv.hardware.address
-    client = await DeviceClient.connect(host, port, dev.token)
+async def _offline_online(d: Dev, path: str) -> list[tuple[int, str]]:
+    """The answers to ``path`` with the device offline, then logged in over the binary protocol."""
+    answers = [await d.get(path)]
+    host, port = d.srv.hardware.address
+    client = await DeviceClient.connect(host, port, d.token)
     try:
-        assert await dev.get("/external/api/isHardwareConnected?token={token}") == (200, "true")
+        answers.append(await d.get(path))
     finally:
         await client.close()
+    return answers
+
+
+async def test_is_hardware_connected(dev):
+    """Example ``isHardwareConnected?token=...`` → 200 ``true`` or ``false``."""
+    path = "/external/api/isHardwareConnected?token={token}"
+    assert await _offline_online(dev, path) == [(200, "false"), (200, "true")]
 
 
 async def test_is_hardware_connected_invalid_token(dev):
@@ -922,13 +929,7 @@ async def test_legacy_set_widget_property(old, query, name, value):
 
 async def test_legacy_is_hardware_connected(old):
     """``GET /{auth_token}/isHardwareConnected`` → 200 ``true``/``false``; 400 ``Invalid token.``"""
-    assert await old.get("/{token}/isHardwareConnected") == (200, "false")
-    host, port = old.srv.hardware.address
-    client = await DeviceClient.connect(host, port, old.token)
-    try:
-        assert await old.get("/{token}/isHardwareConnected") == (200, "true")
-    finally:
-        await client.close()
+    assert await _offline_online(old, "/{token}/isHardwareConnected") == [(200, "false"), (200, "true")]
     assert await old.get("/4ae3851817194e2596cf1b7103603ef8/isHardwareConnected") == (400, "Invalid token.")
 
 
