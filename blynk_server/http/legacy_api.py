@@ -95,6 +95,10 @@ def add_routes(
         p = pin(request)
         value = domain.read_pin(dev, p.key)
         if value is None:
+            # The legacy answer for a widget's pin with no value yet is ``[]`` (apiary.apib); a
+            # datastream is this server's widget.
+            if p.key in dev.template.datastreams:
+                return _json([])
             raise ApiError("Requested pin doesn't exist in the app.")
         return _json([v.decode("utf-8", "replace") for v in value.split(SEP)])
 
