@@ -141,9 +141,13 @@ def add_routes(
             if not isinstance(item, dict) or "value" not in item or not isinstance(item.get("timestamp"), int):
                 raise ApiError("Wrong request format.")
             points.append((json_timestamp(item["timestamp"]), _text(item["value"]).encode()))
+        # Every point goes to history once; the first one also becomes the current value and reaches the
+        # device (a write that keeps history itself only on a datastream with ``history``).
+        ds = dev.template.datastreams.get(p.key)
         try:
-            # Every point goes to history; the first one becomes the current value and reaches the device.
-            domain.write_history(dev, p, points[1:], needs_datastream=False)
+            domain.write_history(
+                dev, p, points[1:] if ds is not None and ds.history else points, needs_datastream=False
+            )
         except InvalidValue as exc:
             raise ApiError(str(exc)) from None
         write(dev, p, [points[0][1].decode()], points[0][0])
