@@ -32,12 +32,16 @@ from blynk_server.export import Exports
 from blynk_server.hardware.server import HardwareServer
 from blynk_server.http.admin import build_admin_app
 from blynk_server.http.frontend import HttpFrontend, build_device_app
+from blynk_server.http.platform_api import Platform, PlatformStats
+from blynk_server.http.platform_api import add_admin_routes as add_oauth_client_routes
+from blynk_server.http.platform_api import add_routes as add_platform_routes
 from blynk_server.http.stats import HttpStats
 from blynk_server.hub import Hub
 from blynk_server.looplag import LoopLag
 from blynk_server.mailer import Mailer
 from blynk_server.metrics import Sources, build_registry, render
 from blynk_server.model import Datastream
+from blynk_server.oauth import OAuthClients
 from blynk_server.ota.service import OtaService
 from blynk_server.outbox import Outbox
 from blynk_server.provisioning import Provisioning, new_template_id
@@ -124,6 +128,7 @@ class BlynkServer:
         self.mailer: Mailer | None = None
         self.webhooks: Webhooks | None = None
         self.events: EventsService | None = None
+        self.platform: Platform | None = None
         self.exports: Exports | None = None
         self.uploads: Uploads | None = None
         self.lag = LoopLag()
@@ -196,6 +201,11 @@ class BlynkServer:
             alive=lambda device_id: domain.device(device_id) is not None,
         )
         await self.uploads.start()
+        clients = OAuthClients(store, s)
+        await clients.load()
+        self.platform = platform = Platform(
+            clients, self.provisioning, self.hub, events, s, PlatformStats(), device_provisioning
+        )
         http_stats = HttpStats()
         device_app = build_device_app(
             s,
@@ -207,6 +217,7 @@ class BlynkServer:
             mailer=self.mailer,
             exports=self.exports,
             uploads=self.uploads,
+            extensions=[lambda app: add_platform_routes(app, platform)] if s.platform_on_device_port else (),
         )
         self.http = HttpFrontend(s, device_app, http_stats)
         hardware.http_handoff = await self.http.start()  # before the listener: the first connection finds it
@@ -227,6 +238,7 @@ class BlynkServer:
                 outbox=self.outbox.stats,
                 webhooks=webhooks,
                 events=events.stats,
+                platform=platform,
                 provision=device_provisioning.stats,
             )
         )
@@ -240,6 +252,8 @@ class BlynkServer:
                 lambda app: add_webhook_routes(app, webhooks),
                 lambda app: add_automation_routes(app, automations),
                 lambda app: add_event_routes(app, events, self.provisioning),
+                lambda app: add_oauth_client_routes(app, clients),
+                lambda app: add_platform_routes(app, platform),
                 lambda app: add_provision_routes(app, device_provisioning),
             ],
         )

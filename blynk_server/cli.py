@@ -39,6 +39,8 @@ from blynk_server.events_cli import cmd_event, cmd_timeline
 from blynk_server.metafields import TYPES as METAFIELD_TYPES
 from blynk_server.model import DATASTREAM_TYPES, DeviceRecord
 from blynk_server.ota.cli import add_ota_parser, cmd_ota
+from blynk_server.platform_cli import add_parser as add_oauth_client_parser
+from blynk_server.platform_cli import cmd_oauth_client
 from blynk_server.provision_cli import add_parser as add_provision_parser
 from blynk_server.provision_cli import cmd_provision
 from blynk_server.provisioning import (
@@ -117,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_automation_parser(sub)
     add_webhook_parser(sub)
     add_event_parser(sub)
+    add_oauth_client_parser(sub)
     add_provision_parser(sub)
     return parser
 
@@ -142,6 +145,11 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smtp-password", help="SMTP password (prefer BLYNK_SMTP_PASSWORD: flags show in ps)")
     p.add_argument("--smtp-from", help="sender address (default blynk-server@localhost)")
     p.add_argument("--smtp-starttls", choices=("true", "false"), help="STARTTLS when offered (default true)")
+    p.add_argument(
+        "--platform-on-device-port",
+        choices=("true", "false"),
+        help="also serve the Platform API (/oauth2/token, /api/v1/organization/...) on the device port (default false)",
+    )
 
 
 DEVICE_KEYS = tuple(f.name for f in fields(DeviceRecord))  # what ``device list/show`` print of a device
@@ -378,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         "automation": cmd_automation,
         "event": cmd_event,
         "timeline": cmd_timeline,
+        "oauth-client": cmd_oauth_client,
         "provision": cmd_provision,
     }
     os.umask(0o077)  # whatever this creates in the data dir (database, firmware, recovery files) is private

@@ -61,6 +61,7 @@ SETTING_FLAGS = (
     "smtp_password",
     "smtp_from",
     "smtp_starttls",
+    "platform_on_device_port",
 )
 
 

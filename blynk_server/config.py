@@ -104,6 +104,14 @@ class Settings:
     automation_max_depth: int = 3  # actions that trigger automations that trigger automations...: stop here
     automation_runs_per_minute: int = 60  # runs of one automation per minute; more are skipped, counted
 
+    # --- the Platform API (OAuth2 client credentials; issue 13) ------------------------------------
+    platform_on_device_port: bool = False  # also serve /oauth2/token and /api/v1/organization/... there
+    platform_token_ttl: float = 86400.0  # seconds an access token lives (Blynk: 24 h)
+    platform_tokens_per_client: int = 100  # live access tokens per client; a new one retires the oldest
+    platform_token_rate: float = 1.0  # token requests/s per client id and per peer address
+    platform_token_burst: int = 10  # token requests one client or address may make at once
+    platform_request_rate: float = 50.0  # Platform API requests/s per client
+    platform_request_burst: int = 100  # Platform API requests one client may make at once
     # --- dynamic provisioning (device_provisioning.py) ---------------------------------------------
     provision_token_ttl: float = 3600.0  # seconds a provision token may wait for its device's first login
     provision_max_pending: int = 100  # provision tokens issued and not used yet, per template

@@ -112,15 +112,21 @@ class HistoryQuery:
         rows, at_least = self.fetch(store)
         if not rows:
             raise NoHistory("No data")
+        # The columns of Blynk's "JSON Output example" (Get Historical Data From Device).
         meta = [
+            {"name": "data_stream_name", "type": "String"},
             {"name": "ts", "type": "UInt64" if self.fmt == "TS" else "String"},
             {"name": "value", "type": self.value_type()},
         ]
+        name = self.ds.name if self.ds is not None else ""
         # Built and encoded in slices, handing the GIL over after each (time.sleep(0) releases it): the
         # event loop waits for this thread ~1 ms at most, not the 5 ms switch interval each time.
         chunks = []
         for i in range(0, len(rows), ENCODE_SLICE):
-            part = [{"ts": self.when(ts), "value": self.value(value)} for ts, value in rows[i : i + ENCODE_SLICE]]
+            part = [
+                {"data_stream_name": name, "ts": self.when(ts), "value": self.value(value)}
+                for ts, value in rows[i : i + ENCODE_SLICE]
+            ]
             chunks.append(json.dumps(part)[1:-1])
             time.sleep(0)
         return (

@@ -27,6 +27,7 @@ from blynk_server.device_provisioning import ProvisionStats, provision_metrics
 from blynk_server.domain import DomainStats
 from blynk_server.events import EventsStats, event_metrics
 from blynk_server.hardware.stats import HardwareStats
+from blynk_server.http.platform_api import Platform, platform_metrics
 from blynk_server.http.stats import HTTP_BUCKETS, HttpStats
 from blynk_server.hub import Hub
 from blynk_server.looplag import LoopLag
@@ -60,6 +61,7 @@ class Sources:
     outbox: OutboxStats | None = None
     webhooks: Webhooks | None = None
     events: EventsStats | None = None
+    platform: Platform | None = None
     provision: ProvisionStats | None = None
 
 
@@ -116,6 +118,8 @@ class BlynkCollector(Collector):
             yield from _webhooks(src.webhooks)
         if src.events is not None:
             yield from event_metrics(src.events)
+        if src.platform is not None:
+            yield from platform_metrics(src.platform)
         if src.provision is not None:
             yield from provision_metrics(src.provision)
         yield GaugeMetricFamily(

@@ -3,6 +3,7 @@
 Every route is behind the API key (``Authorization: Bearer <key>`` or ``X-API-Key``), enforced by a
 middleware so routes added by other modules (OTA) are covered too. Open without a key: ``/metrics``
 (counters only, for Prometheus), ``/api/health`` (for load balancers) and ``/api/openapi.json``.
+The Platform API's routes (``http/platform_api.py``) check their own OAuth2 bearer tokens instead.
 The listener binds 127.0.0.1 by default.
 """
 
@@ -27,6 +28,7 @@ from blynk_server.http.common import (
 )
 from blynk_server.http.common import device_or_404 as find_device
 from blynk_server.http.common import json_object as _json_body
+from blynk_server.http.platform_api import is_platform_path
 from blynk_server.http.stats import HttpStats
 from blynk_server.hub import Hub
 from blynk_server.ota.http import add_admin_routes
@@ -64,6 +66,7 @@ def auth_middleware(api_key_hash: str | None):
         if (
             api_key_hash is not None
             and request.path not in PUBLIC_PATHS
+            and not is_platform_path(request.path)  # their own bearer tokens; the API key does not open them
             and not apikey.check_key(_presented_key(request), api_key_hash)
         ):
             log.info("admin auth failed route=%s peer=%s", route_name(request), request.remote)

@@ -25,6 +25,7 @@ from blynk_server.domain import (
     DAY_MS,
     DeviceState,
     Domain,
+    EventNotDeclared,
     EventRejected,
     InvalidValue,
     MetaFieldUnknown,
@@ -61,6 +62,7 @@ log = logging.getLogger(__name__)
 MONTH_MS = 31 * 24 * 3600 * 1000
 PERIOD_ENUM = "cc.blynk.server.core.model.widgets.outputs.graph.Period"  # as Blynk's error names it
 RESERVED = {"token", "pin", "dataStreamId", "value"}
+UNDECLARED_EVENT = "Can't find Event with this code in Product template"
 # Distinct pins one request may name (``get``/``update``/``batch/update`` with ``&v1&v2...``): each is a
 # write delivered to the device, and the URL alone allows thousands of names.
 MAX_PINS_PER_REQUEST = 64
@@ -228,7 +230,7 @@ def add_routes(
                 raise ApiError("Wrong pin format.")
             for name, pin in pins:
                 _write(domain, dev, pin, q.getall(name))
-            return web.Response(text="")
+            return web.Response(text="OK")  # as Blynk's "Update Multiple Datastreams" page shows
         pin = _pin_param(domain, dev, q)
         if request.content_type != "application/json":
             raise ApiError("Unknown content type.")
@@ -282,6 +284,8 @@ def add_routes(
         dev = _device(domain, request)
         try:
             domain.log_event(dev, q.get("code", ""), q.get("description"))
+        except EventNotDeclared:  # Blynk's body (docs.blynk.io device HTTPS API, logEvent)
+            raise ApiError(UNDECLARED_EVENT) from None
         except EventRejected as exc:
             raise ApiError(str(exc)) from None
         return web.Response(text="")

@@ -12,7 +12,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from aiohttp import web
 
@@ -86,8 +86,10 @@ def build_device_app(
     mailer: Mailer | None = None,
     exports: Exports | None = None,
     uploads: Uploads | None = None,
+    extensions: Iterable[Callable[[web.Application], None]] = (),
 ) -> web.Application:
-    """The device port's HTTP app: WebSocket sessions, the device and legacy token APIs, OTA downloads."""
+    """The device port's HTTP app: WebSocket sessions, the device and legacy token APIs, OTA downloads;
+    ``extensions`` add other routes (the Platform API when enabled) before the legacy catch-alls."""
     app = web.Application(
         middlewares=[metrics_middleware(stats, "device"), device_errors], client_max_size=DEVICE_APP_MAX_BODY
     )
@@ -98,6 +100,8 @@ def build_device_app(
     add_device_routes(app, ota)
     add_provision_routes(app, domain)
     file_routes.add_routes(app, exports, uploads)
+    for extend in extensions:
+        extend(app)
     # last: its /{token}/... patterns must not shadow the others
     legacy_api.add_routes(app, domain, hub, mailer, exports, settings.data_get_max_points)
     return app

@@ -95,6 +95,10 @@ def add_routes(
         p = pin(request)
         value = domain.read_pin(dev, p.key)
         if value is None:
+            # The legacy answer for a widget's pin with no value yet is ``[]`` (apiary.apib); a
+            # datastream is this server's widget.
+            if p.key in dev.template.datastreams:
+                return _json([])
             raise ApiError("Requested pin doesn't exist in the app.")
         return _json([v.decode("utf-8", "replace") for v in value.split(SEP)])
 
@@ -137,9 +141,13 @@ def add_routes(
             if not isinstance(item, dict) or "value" not in item or not isinstance(item.get("timestamp"), int):
                 raise ApiError("Wrong request format.")
             points.append((json_timestamp(item["timestamp"]), _text(item["value"]).encode()))
+        # Every point goes to history once; the first one also becomes the current value and reaches the
+        # device (a write that keeps history itself only on a datastream with ``history``).
+        ds = dev.template.datastreams.get(p.key)
         try:
-            # Every point goes to history; the first one becomes the current value and reaches the device.
-            domain.write_history(dev, p, points[1:], needs_datastream=False)
+            domain.write_history(
+                dev, p, points[1:] if ds is not None and ds.history else points, needs_datastream=False
+            )
         except InvalidValue as exc:
             raise ApiError(str(exc)) from None
         write(dev, p, [points[0][1].decode()], points[0][0])

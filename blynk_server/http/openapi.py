@@ -82,6 +82,15 @@ def add_undocumented(doc: dict, routes) -> dict:
 
 
 def spec() -> dict:
+    from blynk_server.http import openapi_platform
+
+    doc = _admin_spec()
+    doc["components"]["securitySchemes"].update(openapi_platform.SECURITY_SCHEMES)
+    doc["paths"].update(openapi_platform.paths())
+    return doc
+
+
+def _admin_spec() -> dict:
     tid = _path("template_id")
     did = _path("device_id", "numeric device id (decimal digits, at most 2^63-1; anything else is 404)")
     pin = _path("pin", "V1, d3, a0")
@@ -96,7 +105,8 @@ def spec() -> dict:
                 "start and kept in `<data-dir>/admin-api-key`), except `/metrics`, `/api/health` and this "
                 "document. The device HTTP APIs (`/external/api/...`, legacy `/{token}/...`) live on the device "
                 "port and are authenticated by device token; there `dataStreamId=N` is the datastream whose "
-                "`id` is N and `metaFieldId` a metafield's id or exact name."
+                "`id` is N and `metaFieldId` a metafield's id or exact name. The Platform API (`/oauth2/token`, "
+                "`/api/v1/organization/...`) answers OAuth2 access tokens only (security `platformBearer`)."
             ),
         },
         "components": {

@@ -9,6 +9,7 @@ import re
 import pytest
 
 from blynk_server.devclient import DeviceClient
+from blynk_server.http.openapi_platform import PLATFORM
 
 
 @pytest.fixture
@@ -33,6 +34,17 @@ async def test_openapi_is_open_and_every_keyed_route_refuses_without_key(admin, 
         url = admin + re.sub(r"\{[^}]+\}", "1", path)
         for method, op in ops.items():
             public = op.get("security") == []
+            if op.get("security") == PLATFORM:  # OAuth2 bearer routes: the API key does not open them
+                for headers in ({}, {"Authorization": f"Bearer {server.api_key}"}):
+                    assert (await http.error(url, method.upper(), headers=headers, json={})) == (
+                        401,
+                        "Invalid or expired access token.",
+                    ), (method, path)
+                continue
+            if path == "/oauth2/token":  # client credentials only (tests/integration/test_platform_api.py)
+                status, _, _ = await http.fetch("POST", url, headers={"Authorization": f"Bearer {server.api_key}"})
+                assert status == 400
+                continue
             for headers in (
                 {},
                 {"Authorization": "Bearer wrong"},

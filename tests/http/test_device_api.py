@@ -164,7 +164,7 @@ async def test_property_and_log_event(device, http):
     assert await http.error(device.ext("logEvent")) == (400, "Event code is not provided.")
     assert await http.error(device.ext("logEvent", "code=undeclared")) == (
         400,
-        "Event code 'undeclared' is not declared by the device's template.",
+        "Can't find Event with this code in Product template",
     )
     assert await http.error(device.ext("logEvent", "code=overheat")) == (
         400,

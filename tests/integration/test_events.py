@@ -71,7 +71,8 @@ async def test_declared_event_is_stored_with_its_level_mailed_and_on_the_timelin
         assert refused[2] == Status.ILLEGAL_COMMAND
         async with http.get(hw_url(server, f"/external/api/logEvent?token={record.token}&code=undeclared")) as resp:
             assert resp.status == 400
-            assert "not declared" in (await resp.json())["error"]["message"]
+            body = await resp.json()
+            assert body == {"error": {"message": "Can't find Event with this code in Product template"}}
     finally:
         await device.close()
     await asyncio.wait_for(gone.wait(), 5)
