@@ -234,6 +234,8 @@ class DeviceConnection:
 
     def next_deadline(self) -> float | None:
         """When ``handle_timer`` must run if no byte arrives first (None: nothing pending)."""
+        if self.closed:
+            return None
         t = self.timer_at()
         hb = self.hb_at
         if hb and (not t or hb < t):

@@ -237,3 +237,32 @@ def test_stored_timestamps_come_from_the_contexts_wall_clock(world):
     core = login(world)
     core.receive_data(encode_frame(Command.HARDWARE, 2, join_fields("vw", 1, "3.5")), T0)
     assert world.pending_value(world.device_id, "v1") == (b"3.5", WALL_MS)
+
+
+def test_a_newer_login_with_the_same_token_closes_the_older_connection(world):
+    first = login(world)
+    second = login(world, T0 + 1, port=2)
+    assert first.closed and first.dirty & CLOSE and not second.closed
+    assert world.hub.link(world.device_id) is second and world.ctx.stats.replaced == 1
+    first.connection_lost(None)  # the replaced one's loss leaves the device online
+    assert second.device.online
+
+
+def test_unsent_output_drained_restarts_the_idle_clock(world):
+    core = login(world)
+    core.writing_paused(T0 + 1)
+    core.writing_resumed(T0 + 100)
+    assert not core.read_blocked() and core.last_read == T0 + 100
+    core.handle_timer(core.hb_at)  # idle since the drain, not since the login
+    assert not core.closed and core.hb_at == T0 + 100 + core.timeout
+
+
+def test_after_close_nothing_is_sent_and_nothing_is_due(world):
+    core = login(world)
+    core.close("test")
+    assert core.dirty & CLOSE
+    assert not core.push(Command.HARDWARE, join_fields("vw", 1, "1"), None, T0)
+    core.receive_data(encode_frame(Command.PING, 5), T0)
+    assert core.data_to_send() == b"" and core.next_deadline() is None
+    core.connection_lost(None)
+    assert world.hub.link(world.device_id) is None and not core.device.online
