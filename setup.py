@@ -20,10 +20,14 @@ from pathlib import Path
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
+_CORE = [f"blynk_server/hardware/{name}" for name in ("connection.py", "connection.pxd", "stats.py", "stats.pxd")]
 # Each extension's sources, which protocol.twins compares with the files beside the installed module.
 SOURCES = {
     "protocol._framing": ["protocol/_framing.pyx"],
-    "blynk_server.hardware.connection": ["blynk_server/hardware/connection.py", "blynk_server/hardware/connection.pxd"],
+    # The compiled core cimports HardwareStats, and the core's source cannot count into a compiled
+    # HardwareStats (its message counts read as copies): the two are stale together.
+    "blynk_server.hardware.connection": _CORE,
+    "blynk_server.hardware.stats": _CORE,
     "blynk_server.hardware.session": ["blynk_server/hardware/session.py"],
     "blynk_server.domain": ["blynk_server/domain.py"],
 }
@@ -79,6 +83,7 @@ def extensions():
         # types and C methods come from connection.pxd (Cython's pure-Python mode).
         exts += cythonize(
             [
+                Extension("blynk_server.hardware.stats", ["blynk_server/hardware/stats.py"]),
                 Extension("blynk_server.hardware.connection", ["blynk_server/hardware/connection.py"]),
                 Extension("blynk_server.hardware.session", ["blynk_server/hardware/session.py"]),
                 Extension("blynk_server.domain", ["blynk_server/domain.py"]),

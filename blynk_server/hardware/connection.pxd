@@ -6,9 +6,12 @@
 # A field or method added to the class must be declared here too (Cython refuses an undeclared one).
 cimport cython
 
+from blynk_server.hardware.stats cimport HardwareStats
+
 
 cdef class DeviceConnection:
-    cdef public object ctx, settings, stats, domain, decoder
+    cdef public object ctx, settings, domain, decoder
+    cdef public HardwareStats stats
     cdef public bytearray _buf
     cdef public object _view
     cdef public object ip, peer
@@ -38,7 +41,7 @@ cdef class DeviceConnection:
 
     cdef _feed(self, data)
     cdef void _lone_ping(self, int msg_id)
-    @cython.locals(cmd=int, sep=Py_ssize_t, body=bytes, writes=list)
+    @cython.locals(stats=HardwareStats, cmd=int, sep=Py_ssize_t, body=bytes, writes=list)
     cdef void _handle_frames(self, list frames)
     cdef void _charge_read(self, Py_ssize_t frames, int msg_id)
     cdef void _apply_writes(self, list writes)

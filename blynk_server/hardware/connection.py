@@ -389,12 +389,12 @@ class DeviceConnection:
         self._charge(1, msg_id)
 
     def _handle_frames(self, frames: list) -> None:
-        counts = self.stats.messages_in
+        stats = self.stats  # typed when compiled: messages_in is then a C array (index it, never copy it)
         if self.device is None:
             for frame in frames:
                 if self.closed:
                     return
-                counts[frame[0]] += 1
+                stats.messages_in[frame[0]] += 1
                 if self.device is None:
                     self._before_login(frame)
                 else:
@@ -410,7 +410,7 @@ class DeviceConnection:
         writes: list = []  # well-formed pin writes, applied in one Domain call before any other frame
         for frame in frames:
             cmd = frame[0]
-            counts[cmd] += 1
+            stats.messages_in[cmd] += 1
             if cmd == 20:  # HARDWARE: the hot path, "vw\0<pin>\0<value…>"
                 body = frame[2]
                 if len(body) >= 4 and body[1] == 0x77:
