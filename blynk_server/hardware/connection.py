@@ -21,6 +21,10 @@ It owns the login state machine, pushes held until the info answer, pacing for b
 in-memory ``Domain`` and ``Hub`` directly (neither does I/O). Wall-clock milliseconds for stored
 timestamps come from the context's ``wall_ms`` (``model.now_ms`` unless a test gives its own), read only
 when a frame needs one. ``hardware/session.py`` is the asyncio adapter; ``http/websocket.py`` feeds the same adapter.
+
+Compiled, ``connection.pxd`` makes the class an extension type (C fields, C methods for the per-message
+path); this file is the one source of behaviour and, as it is, the pure-Python twin. A new field or
+method is declared there too; a method the adapter overrides or ``HANDLERS`` names stays a ``def``.
 """
 
 from __future__ import annotations
