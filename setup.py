@@ -6,13 +6,31 @@
   from the same Python sources (Cython's pure-Python mode): the same code, run without the bytecode
   interpreter's overhead per line.
 
-No compiler (or no Cython) means a warning and the pure-Python modules, never a failed install.
+No compiler (or no Cython) means a warning and the pure-Python modules, never a failed install. The
+build records the SHA-256 of each built extension's sources in ``protocol/_compiled.json``:
+``protocol.twins`` runs the sources of a compiled module whose sources changed since (a stale build).
 """
 
+import hashlib
+import json
+import os
 import sys
+from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+
+_CORE = [f"blynk_server/hardware/{name}" for name in ("connection.py", "connection.pxd", "stats.py", "stats.pxd")]
+# Each extension's sources, which protocol.twins compares with the files beside the installed module.
+SOURCES = {
+    "protocol._framing": ["protocol/_framing.pyx"],
+    # The compiled core cimports HardwareStats, and the core's source cannot count into a compiled
+    # HardwareStats (its message counts read as copies): the two are stale together.
+    "blynk_server.hardware.connection": _CORE,
+    "blynk_server.hardware.stats": _CORE,
+    "blynk_server.hardware.session": ["blynk_server/hardware/session.py"],
+    "blynk_server.domain": ["blynk_server/domain.py"],
+}
 
 
 class OptionalBuildExt(build_ext):
@@ -23,6 +41,20 @@ class OptionalBuildExt(build_ext):
             super().run()
         except Exception as exc:  # noqa: BLE001 - any build failure degrades, by design
             self._warn(exc)
+        self._write_manifest()
+
+    def _write_manifest(self):
+        """``protocol/_compiled.json``: {module: {source file name: sha256}} of the extensions built."""
+        built = {}
+        for name, sources in SOURCES.items():
+            if os.path.exists(self.get_ext_fullpath(name)):
+                built[name] = {
+                    os.path.basename(src): hashlib.sha256(Path(src).read_bytes()).hexdigest() for src in sources
+                }
+        target = os.path.join(os.path.dirname(self.get_ext_fullpath("protocol._framing")), "_compiled.json")
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "w") as f:
+            json.dump(built, f, indent=1, sort_keys=True)
 
     def build_extension(self, ext):
         try:
@@ -47,9 +79,11 @@ def extensions():
             compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
             quiet=True,
         )
-        # Plain Python compiled as is: annotations stay hints (annotation_typing off), semantics unchanged.
+        # Python sources compiled as they are (annotations stay hints: annotation_typing off); the core's
+        # types and C methods come from connection.pxd (Cython's pure-Python mode).
         exts += cythonize(
             [
+                Extension("blynk_server.hardware.stats", ["blynk_server/hardware/stats.py"]),
                 Extension("blynk_server.hardware.connection", ["blynk_server/hardware/connection.py"]),
                 Extension("blynk_server.hardware.session", ["blynk_server/hardware/session.py"]),
                 Extension("blynk_server.domain", ["blynk_server/domain.py"]),

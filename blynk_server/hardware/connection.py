@@ -21,6 +21,10 @@ It owns the login state machine, pushes held until the info answer, pacing for b
 in-memory ``Domain`` and ``Hub`` directly (neither does I/O). Wall-clock milliseconds for stored
 timestamps come from the context's ``wall_ms`` (``model.now_ms`` unless a test gives its own), read only
 when a frame needs one. ``hardware/session.py`` is the asyncio adapter; ``http/websocket.py`` feeds the same adapter.
+
+Compiled, ``connection.pxd`` makes the class an extension type (C fields, C methods for the per-message
+path); this file is the one source of behaviour and, as it is, the pure-Python twin. A new field or
+method is declared there too; a method the adapter overrides or ``HANDLERS`` names stays a ``def``.
 """
 
 from __future__ import annotations
@@ -389,12 +393,12 @@ class DeviceConnection:
         self._charge(1, msg_id)
 
     def _handle_frames(self, frames: list) -> None:
-        counts = self.stats.messages_in
+        stats = self.stats  # typed when compiled: messages_in is then a C array (index it, never copy it)
         if self.device is None:
             for frame in frames:
                 if self.closed:
                     return
-                counts[frame[0]] += 1
+                stats.messages_in[frame[0]] += 1
                 if self.device is None:
                     self._before_login(frame)
                 else:
@@ -410,7 +414,7 @@ class DeviceConnection:
         writes: list = []  # well-formed pin writes, applied in one Domain call before any other frame
         for frame in frames:
             cmd = frame[0]
-            counts[cmd] += 1
+            stats.messages_in[cmd] += 1
             if cmd == 20:  # HARDWARE: the hot path, "vw\0<pin>\0<value…>"
                 body = frame[2]
                 if len(body) >= 4 and body[1] == 0x77:
@@ -484,15 +488,7 @@ class DeviceConnection:
         if self._paced is not None:
             self._paced_write(data)
             return
-        # _out's lines, inlined: every answer takes this path, and a call here cost ~0.1 µs a read compiled
-        # as plain Python (the cdef step makes _out an inline C function and this copy goes).
-        out = self.out
-        if out is None:
-            self.out = data
-        elif type(out) is list:
-            out.append(data)
-        else:
-            self.out = [out, data]
+        self._out(data)  # an inline C function when compiled (connection.pxd)
 
     def _out(self, data: bytes) -> None:
         out = self.out

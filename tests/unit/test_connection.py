@@ -1,9 +1,18 @@
 """The sans-I/O device core alone (``hardware/connection.py``): bytes and a time in, frames and flags
 out. No loop, no transport, no sleep: the time of each input is a number the test passes, and what to
-send is read back from ``data_to_send()``. The asyncio adapter is covered by tests/unit/test_session_*."""
+send is read back from ``data_to_send()``. The asyncio adapter is covered by tests/unit/test_session_*.
+
+Each test runs on both twins of the core in one process: the compiled extension type (where the
+install built one) and the Python source (loaded beside it by ``protocol.twins.load_source``)."""
 
 from __future__ import annotations
 
+import functools
+import sys
+
+import pytest
+
+from blynk_server.hardware import connection
 from blynk_server.hardware.connection import (
     CLOSE,
     CLOSE_QUIETLY,
@@ -15,12 +24,36 @@ from blynk_server.hardware.connection import (
     TIMER,
     DeviceConnection,
 )
-from protocol import Command, Decoder, Status, encode_frame
+from protocol import Command, Decoder, Status, encode_frame, twins
 from protocol.body import join_fields
 from tests.unit import fakes
 from tests.unit.fakes import response
 
 world, world_factory = fakes.world, fakes.world_factory
+
+
+@functools.cache
+def _source_twin() -> type:
+    if connection.__file__.endswith(".py"):
+        return connection.DeviceConnection
+    return twins.load_source(
+        "blynk_server.hardware.connection", "blynk_server.hardware._connection_source"
+    ).DeviceConnection
+
+
+@pytest.fixture(autouse=True, params=["compiled", "python"])
+def twin(request, monkeypatch) -> type:
+    """``DeviceConnection`` in ``connect`` is the twin of this run."""
+    if request.param == "compiled":
+        if connection.__file__.endswith(".py"):
+            pytest.skip("the core is not compiled here (no build, or BLYNK_NO_EXTENSIONS=1)")
+        cls = connection.DeviceConnection
+    else:
+        cls = _source_twin()
+        assert not hasattr(cls, "__pyx_vtable__")
+    monkeypatch.setattr(sys.modules[__name__], "DeviceConnection", cls)
+    return cls
+
 
 T0 = 500.0  # the core's clock is whatever its inputs say; nothing reads a real one
 WALL_MS = 1_700_000_000_000
