@@ -60,6 +60,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from blynk_server.config import Settings
 from blynk_server.domain import DeviceState, Domain, InvalidValue, coerce_value
+from blynk_server.errors import Refused
 from blynk_server.http.common import LogBudget, json_error, json_object
 from blynk_server.model import now_ms
 from blynk_server.reactions import EVENT, OFFLINE, ONLINE, VALUE, Happening
@@ -102,13 +103,8 @@ EMAIL_RE = re.compile(r"^[^@\s,;<>\"]+@[^@\s,;<>\"]+$")
 WEBHOOK_RE = re.compile(r"^[^\s/]{1,64}$")
 
 
-class AutomationError(Exception):
+class AutomationError(Refused):
     """A refused definition or request; ``status`` is the admin API's answer (the CLI prints it)."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
 
 
 class MailerLike(Protocol):

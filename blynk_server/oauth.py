@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from blynk_server import apikey
 from blynk_server.config import Settings
+from blynk_server.errors import Refused
 from blynk_server.model import now_ms
 from blynk_server.store import SqliteStore
 
@@ -45,13 +46,8 @@ CREATE TABLE IF NOT EXISTS oauth_clients (
 COLUMNS = "client_id, name, scope, secret_hash, created_at"
 
 
-class OAuthError(Exception):
+class OAuthError(Refused):
     """A refused client-management request (the admin API's 400/404/409 with ``message``)."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
 
 
 class TokenRefused(Exception):

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote
 
+from blynk_server.errors import Refused
 from blynk_server.model import now_ms
 from blynk_server.store import SqliteStore
 
@@ -55,13 +56,8 @@ _ALNUM = string.ascii_letters + string.digits
 LIMIT_REACHED = "File uploads limit has been reached."
 
 
-class UploadRefused(Exception):
+class UploadRefused(Refused):
     """An upload this server does not take: the HTTP status and the message to answer."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
 
 
 class Part(Protocol):

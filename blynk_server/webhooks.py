@@ -32,6 +32,7 @@ import aiohttp
 from aiohttp import web
 
 from blynk_server.config import Settings
+from blynk_server.errors import Refused
 from blynk_server.http.common import json_object
 from blynk_server.model import now_ms
 from blynk_server.outbox import DeliveryFailed
@@ -102,13 +103,8 @@ COLUMNS = (
 )
 
 
-class WebhookError(Exception):
+class WebhookError(Refused):
     """A refused definition or request; ``status`` is the admin API's answer (400, 404, 409)."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
 
 
 class BodyTooLarge(WebhookError):

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from blynk_server.domain import DeviceState, Domain
+from blynk_server.errors import Refused
 from blynk_server.http.stats import HttpStats
 from blynk_server.model import MAX_TS_MS
 from protocol.body import SEP, BodyError, Pin, parse_uint
@@ -26,13 +27,8 @@ MAX_BATCH = 10_000  # points in one batch/update or legacy extra/pin body  # JSO
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class ApiError(Exception):
+class ApiError(Refused):
     """An error with the status and message the reference gives; each app renders it its own way."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
 
 
 def device_or_404(domain: Domain, request: web.Request) -> DeviceState:
