@@ -141,6 +141,14 @@ class DevicePool:
         return self._free.pop()
 
 
+@pytest.fixture
+def keep_umask():
+    """The CLI's main() makes the process's umask private; give the test process its own back."""
+    umask = os.umask(0o077)
+    yield
+    os.umask(umask)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """One server per test module (fast); tests provision their own templates and devices."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 
 import aiohttp
 import pytest
@@ -28,14 +27,6 @@ class FakeMailer:
 
     def send(self, to: list[str], subject: str, body: str) -> None:
         self.sent.append((to, subject, body))
-
-
-@pytest.fixture
-def keep_umask():
-    """The CLI's main() makes the process's umask private; give the test process its own back."""
-    umask = os.umask(0o077)
-    yield
-    os.umask(umask)
 
 
 @pytest.fixture

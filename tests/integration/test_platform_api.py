@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import sqlite3
 
 import aiohttp
@@ -20,14 +19,6 @@ from blynk_server.provisioning import make_event_def
 from .conftest import hw_url, running
 
 ORG = "/api/v1/organization"
-
-
-@pytest.fixture
-def keep_umask():
-    """The CLI's main() makes the process's umask private; give the test process its own back."""
-    umask = os.umask(0o077)
-    yield
-    os.umask(umask)
 
 
 def admin_url(server, path: str) -> str:

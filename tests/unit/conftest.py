@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 
 import pytest
@@ -13,14 +12,6 @@ from blynk_server.domain import Domain
 from blynk_server.hub import Hub
 from blynk_server.provisioning import Provisioning
 from blynk_server.store.sqlite import SqliteStore
-
-
-@pytest.fixture
-def keep_umask():
-    """The CLI's main() makes the process's umask private; give the test process its own back."""
-    umask = os.umask(0o077)
-    yield
-    os.umask(umask)
 
 
 @pytest.fixture
