@@ -4,7 +4,8 @@
 - the device hot path, ``blynk_server/hardware/connection.py`` (the sans-I/O core), ``session.py`` (its
   asyncio adapter) and ``blynk_server/domain.py``, compiled
   from the same Python sources (Cython's pure-Python mode): the same code, run without the bytecode
-  interpreter's overhead per line.
+  interpreter's overhead per line; ``connection.pxd`` and ``session.pxd`` make the core and the adapter
+  extension types (C fields, C methods).
 
 No compiler (or no Cython) means a warning and the pure-Python modules, never a failed install. The
 build records the SHA-256 of each built extension's sources in ``protocol/_compiled.json``:
@@ -28,7 +29,12 @@ SOURCES = {
     # HardwareStats (its message counts read as copies): the two are stale together.
     "blynk_server.hardware.connection": _CORE,
     "blynk_server.hardware.stats": _CORE,
-    "blynk_server.hardware.session": ["blynk_server/hardware/session.py"],
+    # The compiled adapter cimports the core (its layout and C methods): stale with it, and with its .pxd.
+    "blynk_server.hardware.session": [
+        *_CORE,
+        "blynk_server/hardware/session.py",
+        "blynk_server/hardware/session.pxd",
+    ],
     "blynk_server.domain": ["blynk_server/domain.py"],
 }
 
@@ -80,7 +86,7 @@ def extensions():
             quiet=True,
         )
         # Python sources compiled as they are (annotations stay hints: annotation_typing off); the core's
-        # types and C methods come from connection.pxd (Cython's pure-Python mode).
+        # and the adapter's types and C methods come from connection.pxd and session.pxd (pure-Python mode).
         exts += cythonize(
             [
                 Extension("blynk_server.hardware.stats", ["blynk_server/hardware/stats.py"]),

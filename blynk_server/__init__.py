@@ -2,7 +2,8 @@
 
 The modules of the device hot path, ``hardware/connection.py`` (the sans-I/O core), ``hardware/session.py``
 (its asyncio adapter) and ``domain.py``, are also compiled by Cython at install time (see setup.py): the
-same source (``connection.pxd`` types the core: an extension type with C fields and C methods).
+same source (``connection.pxd`` and ``session.pxd`` type the core and its adapter: extension types with
+C fields and C methods).
 ``protocol.twins`` selects, at import, the compiled module or the source: the source with
 ``BLYNK_NO_EXTENSIONS=1`` (as for ``protocol``), or when the compiled module is older than its sources.
 """

@@ -2,7 +2,9 @@
 # the module, whose source stays the one source of behaviour; without Cython it runs as plain Python).
 # ``DeviceConnection`` becomes an extension type: its state is C fields (times as double, flags as bint,
 # counts as C integers) and the per-message methods are C functions called without a Python call.
-# Every field is ``public``: the adapter (a Python subclass), the hub and the tests read and set them.
+# Every field is ``public``: the hub, the tests and the pure adapter read and set them (the compiled
+# adapter, session.pxd's extension type, reaches them in C). ``receive_into``, a read's entry, is
+# ``cpdef``: a C call from the compiled adapter, a method for everyone else.
 # A field or method added to the class must be declared here too (Cython refuses an undeclared one).
 cimport cython
 
@@ -39,6 +41,7 @@ cdef class DeviceConnection:
     cdef public object _group_ts
     cdef public dict _bridges
 
+    cpdef void receive_into(self, Py_ssize_t nbytes, double now)
     cdef _feed(self, data)
     cdef void _lone_ping(self, int msg_id)
     @cython.locals(stats=HardwareStats, cmd=int, sep=Py_ssize_t, body=bytes, writes=list)

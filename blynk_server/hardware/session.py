@@ -17,6 +17,17 @@ hub's ``DeviceLink``). What the adapter adds is I/O only:
 
 Which protocol a device port's connection speaks (binary or HTTP) is decided in front of the session,
 by ``sniff.FirstBytes``.
+
+Compiled, ``session.pxd`` makes ``HardwareSession`` an extension type deriving from the core's (C fields,
+and ``_sync``/``_apply``/``_check_unsent``/``_wait_turn``/``_resume_reading`` as C methods), so a read
+reaches ``out``, ``dirty``, ``closed`` and ``write_blocked`` and calls ``receive_into`` without a
+Python-level attribute access or call. ``asyncio.BufferedProtocol`` stays its second base (Cython
+allows a Python base without instance layout): asyncio's own loops and ``sslproto`` pick the buffered
+read path with ``isinstance``, uvloop by the presence of ``get_buffer``. This file is the one source of
+behaviour and, as it is, the pure-Python twin; ``__slots__`` is for that twin (the extension type's
+layout is the ``.pxd``'s, and Cython ignores it). A method another module or a loop callback calls
+(``feed``, ``_on_deadline``, ``_resume_turn``, ``_on_timer``…) stays a ``def``; a new field is declared
+in the ``.pxd`` too.
 """
 
 from __future__ import annotations
@@ -88,7 +99,10 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int):  # type: ignore[override]
         # While busy sockets wait their turn, a socket not granted one reads a little only: a pile of
         # sockets turning busy at once (a flood starting) cannot make one loop turn long.
-        view = self._turns.small if self._turns.waiting and not self._granted else self._view
+        if self._granted or not self._turns.waiting:
+            self._offered = len(self._buf)  # the whole shared buffer: _view is all of _buf
+            return self._view
+        view = self._turns.small
         self._offered = len(view)
         return view
 
