@@ -233,6 +233,7 @@ class BlynkServer:
                 self.retention.stats,
                 http_stats,
                 self.lag,
+                turns=hardware.turns,
                 ota=self.ota,
                 automations=self.automations.stats,
                 outbox=self.outbox.stats,

@@ -28,6 +28,8 @@ class Settings:
     message_burst: float | None = None  # bucket size; defaults to one second's worth
     quota_warning_period: float = 60.0  # at most one QUOTA_LIMIT per this many seconds
     recv_buffer: int = 4096  # bytes read per socket read; small so no socket starves the others
+    # Frames of device telemetry handled per event-loop turn; past it, reads wait for a later turn (0: none).
+    turn_budget: int = 256
     max_frame: int = 32768  # largest body accepted from a device
     default_buff_in: int = 250  # assumed device buffer before the info message (legacy default)
     info_grace: float = 2.0  # seconds to hold pushes while waiting for the info message

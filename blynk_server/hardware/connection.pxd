@@ -6,6 +6,7 @@
 # A field or method added to the class must be declared here too (Cython refuses an undeclared one).
 cimport cython
 
+from blynk_server.hardware.budget cimport TurnBudget
 from blynk_server.hardware.stats cimport HardwareStats
 
 
@@ -38,10 +39,15 @@ cdef class DeviceConnection:
     cdef public double _last_quota
     cdef public object _group_ts
     cdef public dict _bridges
+    cdef public TurnBudget budget
+    cdef public bytes deferred
+    cdef public long long _arrived_ms
 
     cdef _feed(self, data)
+    cdef void _defer(self, bytes data)
+    cdef inline bint _queued_behind(self)
     cdef void _lone_ping(self, int msg_id)
-    @cython.locals(stats=HardwareStats, cmd=int, sep=Py_ssize_t, body=bytes, writes=list)
+    @cython.locals(stats=HardwareStats, budget=TurnBudget, cmd=int, sep=Py_ssize_t, body=bytes, writes=list)
     cdef void _handle_frames(self, list frames)
     cdef void _charge_read(self, Py_ssize_t frames, int msg_id)
     cdef void _apply_writes(self, list writes)

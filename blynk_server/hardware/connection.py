@@ -92,6 +92,8 @@ CLOSE_QUIETLY = 2  # close as is: a connection that never logged in
 READ = 4  # the flood pause began or ended: pause or resume reading
 DEADLINE = 8  # ``hb_at`` moved
 TIMER = 16  # a timer of ``timer_at()`` changed
+DEFER = 32  # this turn's budget is spent: the read was kept (``deferred``); stop reading, queue the session
+BUDGET = 64  # the turn's budget was drawn from full: it is to be refilled when the turn ends
 
 
 class DeviceConnection:
@@ -142,6 +144,9 @@ class DeviceConnection:
         "_last_quota",
         "_group_ts",
         "_bridges",
+        "budget",
+        "deferred",
+        "_arrived_ms",
     )
 
     def __init__(self, ctx: SessionContext) -> None:
@@ -186,6 +191,9 @@ class DeviceConnection:
         self._last_quota = -1e9
         self._group_ts: int | None = None
         self._bridges: dict[int, int] | None = None  # created by the first bridge
+        self.budget = ctx.budget  # the listener's frames per loop turn (budget.TurnBudget)
+        self.deferred: bytes | None = None  # a read kept for a later turn: the budget was spent
+        self._arrived_ms = 0  # the wall time a deferred read arrived (its values' timestamp); 0: now
 
     # --- inputs -----------------------------------------------------------------------------------
 
@@ -210,8 +218,11 @@ class DeviceConnection:
         self.stats.bytes_in += len(data)
         self.last_read = self.now = now
         # A lone PING, an idle device's only traffic: answered without the decoder or the frame loop.
-        if len(data) == 5 and data[0] == 6 and not (data[3] or data[4] or self.device is None or self.decoder.buffered):
+        if len(data) == 5 and data[0] == 6 and not (data[3] or data[4] or self._queued_behind()):
             self._lone_ping((data[1] << 8) | data[2])
+            return
+        if self.device is not None and (self.deferred is not None or self.budget.spent()):
+            self._defer(bytes(data))
             return
         self._feed(data)
 
@@ -221,8 +232,11 @@ class DeviceConnection:
         self.stats.bytes_in += nbytes
         self.last_read = self.now = now
         buf = self._buf
-        if nbytes == 5 and buf[0] == 6 and not (buf[3] or buf[4] or self.device is None or self.decoder.buffered):
+        if nbytes == 5 and buf[0] == 6 and not (buf[3] or buf[4] or self._queued_behind()):
             self._lone_ping((buf[1] << 8) | buf[2])
+            return
+        if self.device is not None and (self.deferred is not None or self.budget.spent()):
+            self._defer(bytes(self._view[:nbytes]))
             return
         try:
             frames = self.decoder.feed(self._view[:nbytes])
@@ -329,9 +343,24 @@ class DeviceConnection:
 
     def read_blocked(self) -> bool:
         """Reading waits: a flood pause or unsent output (read turns are the adapter's)."""
-        return self._flood_paused or self.write_blocked or self.closed
+        return self._flood_paused or self.write_blocked or self.closed or self.deferred is not None
+
+    def run_deferred(self, now: float) -> None:
+        """The listener's queue reached this session in a later turn: handle the read kept then (its
+        frames draw from the new turn's budget), stamped with the time it arrived; reading resumes."""
+        data = self.deferred
+        if data is None or self.closed:
+            return
+        self.deferred = None
+        self.now = now
+        self.dirty |= READ
+        self._arrived_ms = self._arrived_ms or self.ctx.wall_ms()
+        self._feed(data)
+        self._arrived_ms = 0
 
     def connection_lost(self, exc) -> None:
+        if self.deferred is not None and not self.closed:
+            self.run_deferred(self.now)  # received before the connection went: stored, not dropped
         self.closed = True
         self._release_pending()
         dev = self.device
@@ -353,6 +382,21 @@ class DeviceConnection:
         return b"".join(out) if type(out) is list else out
 
     # --- reading ----------------------------------------------------------------------------------
+
+    def _queued_behind(self) -> bool:
+        """Is a lone PING not to be answered at once: before login, or behind bytes not yet handled
+        (a partial frame in the decoder, a deferred read)?"""
+        return self.device is None or self.deferred is not None or self.decoder.buffered
+
+    def _defer(self, data: bytes) -> None:
+        """This turn's budget is spent: keep the read's bytes for a later turn (``run_deferred``)."""
+        if self.deferred is None:
+            self.deferred = data
+            self._arrived_ms = self.ctx.wall_ms()
+            self.budget.deferred_reads += 1
+            self.dirty |= DEFER
+        else:  # more bytes from another carrier before the turn came (not from a paused socket)
+            self.deferred += data
 
     def _feed(self, data) -> None:
         try:
@@ -409,7 +453,13 @@ class DeviceConnection:
         if self.closed:
             return
         handlers = HANDLERS
-        self._batch_ms = self.ctx.wall_ms()  # one timestamp for the frames of one read
+        budget = self.budget  # the frames of a logged-in read are this turn's work
+        if budget.limit:
+            if budget.left == budget.limit:
+                self.dirty |= BUDGET
+            budget.left -= len(frames)
+        # One timestamp for the frames of one read: when it arrived (a deferred read is handled later).
+        self._batch_ms = self._arrived_ms or self.ctx.wall_ms()
         keys = _WRITE_KEYS
         writes: list = []  # well-formed pin writes, applied in one Domain call before any other frame
         for frame in frames:

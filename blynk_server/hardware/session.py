@@ -11,7 +11,9 @@ hub's ``DeviceLink``). What the adapter adds is I/O only:
 - after every call into the core, ``_sync`` writes what the core produced (``out``) and, only when the
   core flagged something (``dirty``), closes, pauses or resumes reading, and moves timers: the
   login/heartbeat deadline ``hb_at`` on the listener's shared wheel (``deadlines.Deadlines``), the short
-  timers (``timer_at()``: flood resume, held pushes, paced frames) on one loop timer;
+  timers (``timer_at()``: flood resume, held pushes, paced frames) on one loop timer; the turn budget
+  (``budget.py``): refilled when the turn ends, and a read the core deferred pauses the socket and
+  queues the session until ``ReadTurns`` hands it a later turn (``_run_deferred``);
 - the transport's write-buffer limits drive ``pause_writing``/``resume_writing``; a device whose unsent
   output passes ``write_buffer_max`` is closed, and a closed one gets ``CLOSE_GRACE`` to take the rest.
 
@@ -24,9 +26,11 @@ from __future__ import annotations
 import asyncio
 
 from blynk_server.hardware.connection import (  # noqa: F401 - the limits, importable from here as before
+    BUDGET,
     CLOSE,
     CLOSE_QUIETLY,
     DEADLINE,
+    DEFER,
     MAX_BRIDGES,
     MAX_HELD,
     MAX_NOTIFY,
@@ -194,6 +198,11 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
 
     def _apply(self) -> None:
         dirty, self.dirty = self.dirty, 0
+        if dirty & BUDGET:
+            self._turns.drawn()
+        if dirty & DEFER and not self.closed:
+            self.transport.pause_reading()
+            self._turns.defer_read(self)
         if dirty & DEADLINE:
             if self.hb_at and not self.closed:
                 self.ctx.deadlines.set_at(self, self.hb_at)
@@ -233,6 +242,11 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
         self._timer = None
         now = self.loop.time()
         self.handle_timer(now if now > when else when)  # a loop may run a timer a hair early
+        self._sync()
+
+    def _run_deferred(self) -> None:
+        """A later turn for the read the core deferred (``ReadTurns``)."""
+        self.run_deferred(self.loop.time())
         self._sync()
 
     def _abort_unsent(self) -> None:
