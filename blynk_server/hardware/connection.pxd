@@ -33,7 +33,7 @@ cdef class DeviceConnection:
     cdef public list _paced
     cdef public double _paced_next
     cdef public int _msg_id
-    cdef public object _batch_ms
+    cdef public long long _batch_ms
     cdef public double _rate, _burst, _tokens, _tokens_at
     cdef public bint _flood_paused
     cdef public double _last_quota
@@ -44,6 +44,7 @@ cdef class DeviceConnection:
     cdef public long long _arrived_ms
 
     cdef _feed(self, data)
+    cdef list _decode(self, data)
     cdef void _defer(self, bytes data)
     cdef inline bint _queued_behind(self)
     cdef void _lone_ping(self, int msg_id)

@@ -154,7 +154,7 @@ class DeviceConnection:
         self.settings = ctx.settings
         self.stats = ctx.stats
         self.domain = ctx.domain
-        self.decoder = Decoder(self.settings.max_frame)
+        self.decoder: Decoder | None = None  # its own only while a partial frame waits (see _decode)
         self._buf: bytearray | None = None  # the adapter's receive buffer, for receive_into
         self._view: memoryview | None = None
         self.ip = "?"
@@ -197,8 +197,9 @@ class DeviceConnection:
 
     # --- inputs -----------------------------------------------------------------------------------
 
-    def start(self, ip: str, peer: str, now: float) -> bool:
-        """A connection from ``ip`` (``peer`` is ip:port, for the log) was accepted at ``now``. False
+    def start(self, ip: str, peer, now: float) -> bool:
+        """A connection from ``ip`` (``peer``, for the log: the transport's ``peername`` tuple, kept as
+        it is rather than a string of its own per session, or any text) was accepted at ``now``. False
         when the guard refuses it (over a pending-login cap or the IP's failed-login budget): then it
         is to be closed at once, unanswered."""
         self.ip = ip
@@ -239,7 +240,7 @@ class DeviceConnection:
             self._defer(bytes(self._view[:nbytes]))
             return
         try:
-            frames = self.decoder.feed(self._view[:nbytes])
+            frames = self._decode(self._view[:nbytes])
         except FrameTooLarge as exc:
             self._too_large(exc)
             return
@@ -248,7 +249,7 @@ class DeviceConnection:
 
     def receive_held(self, data: bytes) -> None:
         """Bytes read earlier (and counted then) by whatever sniffed the connection: fewer than a frame."""
-        self.decoder.feed(data)
+        self._decode(data)
 
     def next_deadline(self) -> float | None:
         """When ``handle_timer`` must run if no byte arrives first (None: nothing pending)."""
@@ -366,7 +367,7 @@ class DeviceConnection:
         dev = self.device
         if dev is not None and self.ctx.hub.detach(dev.id, self):
             self.domain.set_offline(dev)
-            log.info("device offline device=%d peer=%s reason=%s", dev.id, self.peer, exc or "closed")
+            log.info("device offline device=%d peer=%s reason=%s", dev.id, self._peer_text(), exc or "closed")
 
     def handed_off(self) -> None:
         """The connection went to another protocol (HTTP): it is no longer this one's, nor pending."""
@@ -386,7 +387,7 @@ class DeviceConnection:
     def _queued_behind(self) -> bool:
         """Is a lone PING not to be answered at once: before login, or behind bytes not yet handled
         (a partial frame in the decoder, a deferred read)?"""
-        return self.device is None or self.deferred is not None or self.decoder.buffered
+        return self.device is None or self.deferred is not None or self.decoder is not None
 
     def _defer(self, data: bytes) -> None:
         """This turn's budget is spent: keep the read's bytes for a later turn (``run_deferred``)."""
@@ -400,12 +401,30 @@ class DeviceConnection:
 
     def _feed(self, data) -> None:
         try:
-            frames = self.decoder.feed(data)
+            frames = self._decode(data)
         except FrameTooLarge as exc:
             self._too_large(exc)
             return
         if frames:
             self._handle_frames(frames)
+
+    def _decode(self, data) -> list:
+        """The frames ``data`` completes. A session has a decoder of its own only while it holds part
+        of a frame; reads that end on a frame boundary, nearly all, go through the one its listener
+        shares (``ctx.decoder``). A decoder per session cost ~56 bytes each, and kept the buffer of the
+        largest partial frame it ever held."""
+        decoder = self.decoder
+        if decoder is None:
+            decoder = self.ctx.decoder
+            frames = decoder.feed(data)  # FrameTooLarge leaves it empty: still the listener's to share
+            if decoder.buffered:  # this session keeps the decoder holding its partial frame
+                self.decoder = decoder
+                self.ctx.decoder = Decoder(self.settings.max_frame)
+            return frames
+        frames = decoder.feed(data)
+        if not decoder.buffered:
+            self.decoder = None
+        return frames
 
     def _too_large(self, exc: FrameTooLarge) -> None:
         """A frame over max_frame: the frames before it are handled, then the connection closes."""
@@ -422,7 +441,7 @@ class DeviceConnection:
         log.warning(
             "frame too large device=%s peer=%s command=%d length=%d limit=%d",
             self._who(),
-            self.peer,
+            self._peer_text(),
             exc.command,
             exc.length,
             exc.limit,
@@ -525,7 +544,7 @@ class DeviceConnection:
         if now - self._last_quota >= self.settings.quota_warning_period:
             self._last_quota = now
             self.stats.quota_sent += 1
-            log.warning("flood control device=%s peer=%s rate>%g msg/s", self._who(), self.peer, self._rate)
+            log.warning("flood control device=%s peer=%s rate>%g msg/s", self._who(), self._peer_text(), self._rate)
             self._reply(msg_id, Status.QUOTA_LIMIT)
 
     # --- sending ----------------------------------------------------------------------------------
@@ -631,7 +650,7 @@ class DeviceConnection:
             return
         self.closed = True
         self.dirty |= CLOSE
-        log.info("closing device=%s peer=%s reason=%s", self._who(), self.peer, reason)
+        log.info("closing device=%s peer=%s reason=%s", self._who(), self._peer_text(), reason)
 
     def _close_quietly(self, outcome: str, failed: bool) -> None:
         """Close a connection that never logged in. No log line of its own: the guard summarises them
@@ -646,6 +665,11 @@ class DeviceConnection:
         if self._pending:
             self._pending = False
             self.ctx.guard.release(self.ip)
+
+    def _peer_text(self) -> str:
+        """``ip:port`` of the peer, for a log line."""
+        peer = self.peer
+        return f"{peer[0]}:{peer[1]}" if type(peer) is tuple else str(peer)
 
     def _who(self) -> str:
         return str(self.device.id) if self.device is not None else "-"
@@ -704,7 +728,7 @@ class DeviceConnection:
         self._reply(msg_id, Status.SUCCESS)
         self._release_at = now + self.settings.info_grace  # held pushes go out by then, info or not
         self.dirty |= TIMER
-        log.info("device online device=%d peer=%s", dev.id, self.peer)
+        log.info("device online device=%d peer=%s", dev.id, self._peer_text())
         self.ctx.logged_in(self, dev.id)
 
     def _on_login_again(self, msg_id: int, body: bytes) -> None:

@@ -21,6 +21,7 @@ from blynk_server.hardware.stats import HardwareStats
 from blynk_server.hardware.turns import ReadTurns
 from blynk_server.hub import DeviceLink, Hub
 from blynk_server.model import now_ms
+from protocol import Decoder
 
 if TYPE_CHECKING:
     from blynk_server.mailer import Mailer
@@ -34,6 +35,8 @@ class SessionContext:
     - ``loop``: only ``time()``, ``call_at``, ``call_later`` and ``call_soon`` are used (a fake clock fits);
     - ``deadlines``: every session's login and heartbeat deadline, on one timer;
     - ``guard``: admission of connections waiting for login, failed-login budgets;
+    - ``decoder``: the frame decoder of every read that ends on a frame boundary (a session holding
+      part of a frame takes it over, and a fresh one is put here);
     - ``turns``: the shared receive buffer, the round robin of busy sockets and the deferred reads;
     - ``budget``: the frames of telemetry one loop turn handles (``turns`` refills it each turn);
     - ``sessions``: the live connections, logged in or not (closed at shutdown, counted by the metrics);
@@ -52,6 +55,7 @@ class SessionContext:
         "loop",
         "deadlines",
         "guard",
+        "decoder",
         "turns",
         "budget",
         "sessions",
@@ -69,6 +73,7 @@ class SessionContext:
         self.stats = HardwareStats()
         self.deadlines = Deadlines(loop)
         self.guard = LoginGuard(settings, loop, self.stats)
+        self.decoder = Decoder(settings.max_frame)
         self.budget = TurnBudget(settings.turn_budget)
         self.turns = ReadTurns(loop, settings.recv_buffer, self.budget)
         self.sessions: set[DeviceLink] = set()
