@@ -66,7 +66,7 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         turns: ReadTurns = ctx.turns
         self._turns = turns
-        self._deadline_key: int | None = None  # the bucket of hb_at on the shared wheel
+        self._deadline_key = 0  # the bucket of hb_at on the shared wheel (0: none)
         self._timer: asyncio.TimerHandle | None = None  # at timer_at()
         # One receive buffer for all sessions: the loop reads into it and calls buffer_updated at once,
         # which consumes or copies every byte (the decoder keeps partial frames in its own buffer). A
