@@ -11,37 +11,24 @@ from blynk_server.hardware.stats cimport HardwareStats
 
 
 cdef class DeviceConnection:
+    # Grouped by size (pointers, then 8-byte numbers, then 4-byte ones): no padding between fields.
     cdef public object ctx, settings, domain, decoder
     cdef public HardwareStats stats
+    cdef public TurnBudget budget
     cdef public bytearray _buf
     cdef public object _view
     cdef public object ip, peer
     cdef public object out
-    cdef public int dirty
-    cdef public double now, hb_at
-    cdef public bint _pending, write_blocked
-    cdef public double _write_blocked_at
-    cdef public Py_ssize_t _reply_cost, _noise
     cdef public object device
-    cdef public bint closed
-    cdef public double last_read, timeout
-    cdef public Py_ssize_t buff_in
-    cdef public bint info_acked
-    cdef public list _held
-    cdef public double _release_at
-    cdef public int login_command
-    cdef public list _paced
-    cdef public double _paced_next
-    cdef public int _msg_id
-    cdef public long long _batch_ms
-    cdef public double _rate, _burst, _tokens, _tokens_at
-    cdef public bint _flood_paused
-    cdef public double _last_quota
+    cdef public list _held, _paced
     cdef public object _group_ts
     cdef public dict _bridges
-    cdef public TurnBudget budget
     cdef public bytes deferred
-    cdef public long long _arrived_ms
+    cdef public double now, hb_at, _write_blocked_at, last_read, timeout, _release_at, _paced_next
+    cdef public double _rate, _burst, _tokens, _tokens_at, _last_quota
+    cdef public long long _batch_ms, _arrived_ms, _noise
+    cdef public int dirty, _reply_cost, buff_in, login_command, _msg_id
+    cdef public bint _pending, write_blocked, closed, info_acked, _flood_paused
 
     cdef _feed(self, data)
     cdef list _decode(self, data)
