@@ -22,6 +22,9 @@ class Settings:
     # Public base URL devices use to reach this server (OTA download links); derived when unset.
     external_url: str | None = None
     flush_interval: float = 1.0  # seconds between write-behind flushes
+    # Linux: the store writer thread's nice value above the event loop's, so a flush does not take the
+    # CPU the loop needs on a small machine (0: the same priority).
+    store_writer_nice: int = 10
     login_timeout: float = 10.0  # seconds a connection may take to log in
     default_heartbeat: int = 10  # seconds, before the info message says otherwise (legacy default)
     message_rate: float = 100.0  # messages/s per device before flood control pauses reading
