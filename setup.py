@@ -21,14 +21,18 @@ from pathlib import Path
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-_CORE = [f"blynk_server/hardware/{name}" for name in ("connection.py", "connection.pxd", "stats.py", "stats.pxd")]
+_CORE = [
+    f"blynk_server/hardware/{name}"
+    for name in ("connection.py", "connection.pxd", "stats.py", "stats.pxd", "budget.py", "budget.pxd")
+]
 # Each extension's sources, which protocol.twins compares with the files beside the installed module.
 SOURCES = {
     "protocol._framing": ["protocol/_framing.pyx"],
-    # The compiled core cimports HardwareStats, and the core's source cannot count into a compiled
-    # HardwareStats (its message counts read as copies): the two are stale together.
+    # The compiled core cimports HardwareStats and TurnBudget, and the core's source cannot count into a
+    # compiled HardwareStats (its message counts read as copies): the three are stale together.
     "blynk_server.hardware.connection": _CORE,
     "blynk_server.hardware.stats": _CORE,
+    "blynk_server.hardware.budget": _CORE,
     # The compiled adapter cimports the core (its layout and C methods): stale with it, and with its .pxd.
     "blynk_server.hardware.session": [
         *_CORE,
@@ -90,6 +94,7 @@ def extensions():
         exts += cythonize(
             [
                 Extension("blynk_server.hardware.stats", ["blynk_server/hardware/stats.py"]),
+                Extension("blynk_server.hardware.budget", ["blynk_server/hardware/budget.py"]),
                 Extension("blynk_server.hardware.connection", ["blynk_server/hardware/connection.py"]),
                 Extension("blynk_server.hardware.session", ["blynk_server/hardware/session.py"]),
                 Extension("blynk_server.domain", ["blynk_server/domain.py"]),

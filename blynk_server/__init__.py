@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 # Compiled under their own name; ``protocol.twins`` picks the extension or the source at their import.
 COMPILED_MODULES = (
     "blynk_server.hardware.stats",
+    "blynk_server.hardware.budget",
     "blynk_server.hardware.connection",
     "blynk_server.hardware.session",
     "blynk_server.domain",
@@ -27,7 +28,8 @@ twins.install(COMPILED_MODULES)
 def hot_path_implementation() -> str:
     """``"cython"`` when the compiled hot-path modules are the ones imported, else ``"python"``."""
     from blynk_server import domain
-    from blynk_server.hardware import connection, session, stats
+    from blynk_server.hardware import budget, connection, session, stats
 
-    compiled = all(not (module.__file__ or "").endswith(".py") for module in (domain, connection, session, stats))
+    modules = (domain, connection, session, stats, budget)
+    compiled = all(not (module.__file__ or "").endswith(".py") for module in modules)
     return "cython" if compiled else "python"

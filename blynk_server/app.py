@@ -147,7 +147,7 @@ class BlynkServer:
             None, SqliteStore, s.data_dir, s.flush_interval, s.store_max_pending_rows
         )
         store.forbid_thread(threading.get_ident())  # from here, SQLite on the loop thread raises
-        store.start_writer()
+        store.start_writer(s.store_writer_nice)
         ready = await store.run(prepare, store, s.data_dir)
         if ready.recovery_files:
             self._say(
@@ -233,6 +233,7 @@ class BlynkServer:
                 self.retention.stats,
                 http_stats,
                 self.lag,
+                turns=hardware.turns,
                 ota=self.ota,
                 automations=self.automations.stats,
                 outbox=self.outbox.stats,

@@ -22,12 +22,17 @@ class Settings:
     # Public base URL devices use to reach this server (OTA download links); derived when unset.
     external_url: str | None = None
     flush_interval: float = 1.0  # seconds between write-behind flushes
+    # Linux: the store writer thread's nice value above the event loop's, so a flush does not take the
+    # CPU the loop needs on a small machine (0: the same priority).
+    store_writer_nice: int = 10
     login_timeout: float = 10.0  # seconds a connection may take to log in
     default_heartbeat: int = 10  # seconds, before the info message says otherwise (legacy default)
     message_rate: float = 100.0  # messages/s per device before flood control pauses reading
     message_burst: float | None = None  # bucket size; defaults to one second's worth
     quota_warning_period: float = 60.0  # at most one QUOTA_LIMIT per this many seconds
     recv_buffer: int = 4096  # bytes read per socket read; small so no socket starves the others
+    # Frames of device telemetry handled per event-loop turn; past it, reads wait for a later turn (0: none).
+    turn_budget: int = 256
     max_frame: int = 32768  # largest body accepted from a device
     default_buff_in: int = 250  # assumed device buffer before the info message (legacy default)
     info_grace: float = 2.0  # seconds to hold pushes while waiting for the info message

@@ -27,6 +27,7 @@ from blynk_server.device_provisioning import ProvisionStats, provision_metrics
 from blynk_server.domain import DomainStats
 from blynk_server.events import EventsStats, event_metrics
 from blynk_server.hardware.stats import HardwareStats
+from blynk_server.hardware.turns import TURN_BUCKETS, ReadTurns
 from blynk_server.http.platform_api import Platform, platform_metrics
 from blynk_server.http.stats import HTTP_BUCKETS, HttpStats
 from blynk_server.hub import Hub
@@ -56,6 +57,7 @@ class Sources:
     retention: RetentionStats | None
     http: HttpStats
     lag: LoopLag
+    turns: ReadTurns | None = None
     ota: OtaService | None = None
     automations: AutomationStats | None = None
     outbox: OutboxStats | None = None
@@ -128,6 +130,36 @@ class BlynkCollector(Collector):
         yield GaugeMetricFamily(
             "blynk_event_loop_lag_max_seconds", "Largest timer lateness since start", value=src.lag.max
         )
+        if src.turns is not None:
+            yield from _turns(src.turns)
+
+
+def _turns(t: ReadTurns) -> Iterator[Metric]:
+    """The turn budget: reads deferred to a later loop turn, and how long the turns that had device work took."""
+    b = t.budget
+    yield GaugeMetricFamily(
+        "blynk_turn_budget_frames", "Frames of device telemetry per loop turn (0: no limit)", value=b.limit
+    )
+    yield CounterMetricFamily(
+        "blynk_reads_deferred",
+        "Device reads kept for a later loop turn (the turn budget was spent)",
+        value=b.deferred_reads,
+    )
+    yield CounterMetricFamily(
+        "blynk_turns_budget_spent", "Loop turns that spent the whole turn budget", value=b.exhausted_turns
+    )
+    yield GaugeMetricFamily(
+        "blynk_reads_deferred_waiting", "Devices whose read waits for a later loop turn", value=len(t.deferred)
+    )
+    turns = HistogramMetricFamily(
+        "blynk_loop_turn_seconds", "Event-loop turns with device work: from its first frame to the next turn"
+    )
+    cumulative, buckets = 0, []
+    for bound, n in zip((*TURN_BUCKETS, float("inf")), t.turn_counts, strict=True):
+        cumulative += n
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+    turns.add_metric([], buckets, t.turn_seconds)
+    yield turns
 
 
 def _ota(ota: OtaService) -> Iterator[Metric]:

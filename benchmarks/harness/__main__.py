@@ -36,6 +36,7 @@ RATIO_KEYS = (
     "new_login_max_ms",
     "login_p99_ms",
     "rtt_p99_ms",
+    "command_p99_ms",
 )
 
 
@@ -103,8 +104,6 @@ def main(argv: list[str] | None = None) -> int:
     args.devices = args.devices or d_devices
     args.duration = args.duration or d_duration
     args.peers = [x for x in args.peers.split(",") if x]
-    if args.scenario == "command":
-        args.peers = []  # the MQTT equivalent of an HTTP-to-device command is not modelled
     nofile = raise_nofile()
     print(f"# {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())} {machine()} nofile={nofile}")
     print(f"# {' '.join(sys.argv)}")

@@ -24,6 +24,7 @@ INFO = join_fields("mcu", "1.0.0", "blynk", "1.4.0", "h-beat", "40", "buff-in", 
 MQTT_TOPIC = b"v1"
 MQTT_PAYLOAD = BLYNK_BODY  # the same 9 bytes as the Blynk body
 PINGREQ = b"\xc0\x00"
+COMMAND_TOPIC = b"cmd/"  # + the device's client id: the MQTT command probe's topics
 MAX_PUMP_WRITES = 8  # writes per device per loop turn in flood mode: bounded, then yield to the loop
 
 
@@ -252,6 +253,11 @@ class Worker:
 
     def on_publish(self, dev: Device, body: bytes) -> None:
         n = int.from_bytes(body[:2], "big")
+        if body[2:6] == COMMAND_TOPIC:  # the command probe's publish reached its subscriber
+            t = self.cmd_sent.pop(body[2 + n :], None)
+            if t is not None and self.measuring:
+                self.cmd_lat.append(time.perf_counter() - t)
+            return
         topic = body[2 : 2 + n].decode("utf-8", "replace")
         with contextlib.suppress(ValueError):
             self.sys_samples.append((time.time(), topic, float(body[2 + n :])))
@@ -483,7 +489,10 @@ class Worker:
             await asyncio.sleep(0.05)
 
     async def _command(self, deadline: float) -> int:
-        """HTTP ``/external/api/update`` on the device port, timed until the device gets the vw."""
+        """HTTP ``/external/api/update`` on the device port, timed until the device gets the vw; for an
+        MQTT broker, its equivalent (``_mqtt_command``)."""
+        if self.kind == "mqtt":
+            return await self._mqtt_command(deadline)
         loop = asyncio.get_running_loop()
         interval = self.spec.get("interval", 0.02)
         try:
@@ -522,6 +531,31 @@ class Worker:
             await asyncio.sleep(interval)
         writer.close()
         del loop
+        return seq
+
+    async def _mqtt_command(self, deadline: float) -> int:
+        """A publish to ``cmd/<device>`` from another client, timed until that device, subscribed to
+        it, gets the message: what an HTTP command to a Blynk device is on an MQTT broker."""
+        for i, dev in enumerate(self.devices):
+            dev.transport.write(mqtt_subscribe(i + 1, COMMAND_TOPIC + dev.ident.encode()))
+        try:
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+            writer.write(mqtt_connect(b"command-probe"))
+            await asyncio.wait_for(reader.readexactly(4), 5)  # CONNACK
+        except (OSError, TimeoutError, asyncio.IncompleteReadError):
+            return 0
+        await asyncio.sleep(0.5)  # the SUBACKs (QoS 0 subscriptions: nothing to wait for per message)
+        interval = self.spec.get("interval", 0.02)
+        tokens = [d.ident.encode() for d in self.devices]
+        seq = 0
+        while time.perf_counter() < deadline and tokens:
+            token = tokens[seq % len(tokens)]
+            seq += 1
+            value = str(100000 + seq).encode()
+            self.cmd_sent[value] = time.perf_counter()
+            writer.write(mqtt_publish(COMMAND_TOPIC + token, value))
+            await asyncio.sleep(interval)
+        writer.close()
         return seq
 
     def close(self) -> None:

@@ -8,43 +8,37 @@
 # A field or method added to the class must be declared here too (Cython refuses an undeclared one).
 cimport cython
 
+from blynk_server.hardware.budget cimport TurnBudget
 from blynk_server.hardware.stats cimport HardwareStats
 
 
 cdef class DeviceConnection:
+    # Grouped by size (pointers, then 8-byte numbers, then 4-byte ones): no padding between fields.
     cdef public object ctx, settings, domain, decoder
     cdef public HardwareStats stats
+    cdef public TurnBudget budget
     cdef public bytearray _buf
     cdef public object _view
     cdef public object ip, peer
     cdef public object out
-    cdef public int dirty
-    cdef public double now, hb_at
-    cdef public bint _pending, write_blocked
-    cdef public double _write_blocked_at
-    cdef public Py_ssize_t _reply_cost, _noise
     cdef public object device
-    cdef public bint closed
-    cdef public double last_read, timeout
-    cdef public Py_ssize_t buff_in
-    cdef public bint info_acked
-    cdef public list _held
-    cdef public double _release_at
-    cdef public int login_command
-    cdef public list _paced
-    cdef public double _paced_next
-    cdef public int _msg_id
-    cdef public object _batch_ms
-    cdef public double _rate, _burst, _tokens, _tokens_at
-    cdef public bint _flood_paused
-    cdef public double _last_quota
+    cdef public list _held, _paced
     cdef public object _group_ts
     cdef public dict _bridges
+    cdef public bytes deferred
+    cdef public double now, hb_at, _write_blocked_at, last_read, timeout, _release_at, _paced_next
+    cdef public double _rate, _burst, _tokens, _tokens_at, _last_quota
+    cdef public long long _batch_ms, _arrived_ms, _noise
+    cdef public int dirty, _reply_cost, buff_in, login_command, _msg_id
+    cdef public bint _pending, write_blocked, closed, info_acked, _flood_paused
 
     cpdef void receive_into(self, Py_ssize_t nbytes, double now)
     cdef _feed(self, data)
+    cdef list _decode(self, data)
+    cdef void _defer(self, bytes data)
+    cdef inline bint _queued_behind(self)
     cdef void _lone_ping(self, int msg_id)
-    @cython.locals(stats=HardwareStats, cmd=int, sep=Py_ssize_t, body=bytes, writes=list)
+    @cython.locals(stats=HardwareStats, budget=TurnBudget, cmd=int, sep=Py_ssize_t, body=bytes, writes=list)
     cdef void _handle_frames(self, list frames)
     cdef void _charge_read(self, Py_ssize_t frames, int msg_id)
     cdef void _apply_writes(self, list writes)

@@ -92,6 +92,8 @@ CLOSE_QUIETLY = 2  # close as is: a connection that never logged in
 READ = 4  # the flood pause began or ended: pause or resume reading
 DEADLINE = 8  # ``hb_at`` moved
 TIMER = 16  # a timer of ``timer_at()`` changed
+DEFER = 32  # this turn's budget is spent: the read was kept (``deferred``); stop reading, queue the session
+BUDGET = 64  # the turn's budget was drawn from full: it is to be refilled when the turn ends
 
 
 class DeviceConnection:
@@ -142,6 +144,9 @@ class DeviceConnection:
         "_last_quota",
         "_group_ts",
         "_bridges",
+        "budget",
+        "deferred",
+        "_arrived_ms",
     )
 
     def __init__(self, ctx: SessionContext) -> None:
@@ -149,7 +154,7 @@ class DeviceConnection:
         self.settings = ctx.settings
         self.stats = ctx.stats
         self.domain = ctx.domain
-        self.decoder = Decoder(self.settings.max_frame)
+        self.decoder: Decoder | None = None  # its own only while a partial frame waits (see _decode)
         self._buf: bytearray | None = None  # the adapter's receive buffer, for receive_into
         self._view: memoryview | None = None
         self.ip = "?"
@@ -186,11 +191,15 @@ class DeviceConnection:
         self._last_quota = -1e9
         self._group_ts: int | None = None
         self._bridges: dict[int, int] | None = None  # created by the first bridge
+        self.budget = ctx.budget  # the listener's frames per loop turn (budget.TurnBudget)
+        self.deferred: bytes | None = None  # a read kept for a later turn: the budget was spent
+        self._arrived_ms = 0  # the wall time a deferred read arrived (its values' timestamp); 0: now
 
     # --- inputs -----------------------------------------------------------------------------------
 
-    def start(self, ip: str, peer: str, now: float) -> bool:
-        """A connection from ``ip`` (``peer`` is ip:port, for the log) was accepted at ``now``. False
+    def start(self, ip: str, peer, now: float) -> bool:
+        """A connection from ``ip`` (``peer``, for the log: the transport's ``peername`` tuple, kept as
+        it is rather than a string of its own per session, or any text) was accepted at ``now``. False
         when the guard refuses it (over a pending-login cap or the IP's failed-login budget): then it
         is to be closed at once, unanswered."""
         self.ip = ip
@@ -210,8 +219,11 @@ class DeviceConnection:
         self.stats.bytes_in += len(data)
         self.last_read = self.now = now
         # A lone PING, an idle device's only traffic: answered without the decoder or the frame loop.
-        if len(data) == 5 and data[0] == 6 and not (data[3] or data[4] or self.device is None or self.decoder.buffered):
+        if len(data) == 5 and data[0] == 6 and not (data[3] or data[4] or self._queued_behind()):
             self._lone_ping((data[1] << 8) | data[2])
+            return
+        if self.device is not None and (self.deferred is not None or self.budget.spent()):
+            self._defer(bytes(data))
             return
         self._feed(data)
 
@@ -221,11 +233,14 @@ class DeviceConnection:
         self.stats.bytes_in += nbytes
         self.last_read = self.now = now
         buf = self._buf
-        if nbytes == 5 and buf[0] == 6 and not (buf[3] or buf[4] or self.device is None or self.decoder.buffered):
+        if nbytes == 5 and buf[0] == 6 and not (buf[3] or buf[4] or self._queued_behind()):
             self._lone_ping((buf[1] << 8) | buf[2])
             return
+        if self.device is not None and (self.deferred is not None or self.budget.spent()):
+            self._defer(bytes(self._view[:nbytes]))
+            return
         try:
-            frames = self.decoder.feed(self._view[:nbytes])
+            frames = self._decode(self._view[:nbytes])
         except FrameTooLarge as exc:
             self._too_large(exc)
             return
@@ -234,7 +249,7 @@ class DeviceConnection:
 
     def receive_held(self, data: bytes) -> None:
         """Bytes read earlier (and counted then) by whatever sniffed the connection: fewer than a frame."""
-        self.decoder.feed(data)
+        self._decode(data)
 
     def next_deadline(self) -> float | None:
         """When ``handle_timer`` must run if no byte arrives first (None: nothing pending)."""
@@ -329,15 +344,30 @@ class DeviceConnection:
 
     def read_blocked(self) -> bool:
         """Reading waits: a flood pause or unsent output (read turns are the adapter's)."""
-        return self._flood_paused or self.write_blocked or self.closed
+        return self._flood_paused or self.write_blocked or self.closed or self.deferred is not None
+
+    def run_deferred(self, now: float) -> None:
+        """The listener's queue reached this session in a later turn: handle the read kept then (its
+        frames draw from the new turn's budget), stamped with the time it arrived; reading resumes."""
+        data = self.deferred
+        if data is None or self.closed:
+            return
+        self.deferred = None
+        self.now = now
+        self.dirty |= READ
+        self._arrived_ms = self._arrived_ms or self.ctx.wall_ms()
+        self._feed(data)
+        self._arrived_ms = 0
 
     def connection_lost(self, exc) -> None:
+        if self.deferred is not None and not self.closed:
+            self.run_deferred(self.now)  # received before the connection went: stored, not dropped
         self.closed = True
         self._release_pending()
         dev = self.device
         if dev is not None and self.ctx.hub.detach(dev.id, self):
             self.domain.set_offline(dev)
-            log.info("device offline device=%d peer=%s reason=%s", dev.id, self.peer, exc or "closed")
+            log.info("device offline device=%d peer=%s reason=%s", dev.id, self._peer_text(), exc or "closed")
 
     def handed_off(self) -> None:
         """The connection went to another protocol (HTTP): it is no longer this one's, nor pending."""
@@ -354,14 +384,47 @@ class DeviceConnection:
 
     # --- reading ----------------------------------------------------------------------------------
 
+    def _queued_behind(self) -> bool:
+        """Is a lone PING not to be answered at once: before login, or behind bytes not yet handled
+        (a partial frame in the decoder, a deferred read)?"""
+        return self.device is None or self.deferred is not None or self.decoder is not None
+
+    def _defer(self, data: bytes) -> None:
+        """This turn's budget is spent: keep the read's bytes for a later turn (``run_deferred``)."""
+        if self.deferred is None:
+            self.deferred = data
+            self._arrived_ms = self.ctx.wall_ms()
+            self.budget.deferred_reads += 1
+            self.dirty |= DEFER
+        else:  # more bytes from another carrier before the turn came (not from a paused socket)
+            self.deferred += data
+
     def _feed(self, data) -> None:
         try:
-            frames = self.decoder.feed(data)
+            frames = self._decode(data)
         except FrameTooLarge as exc:
             self._too_large(exc)
             return
         if frames:
             self._handle_frames(frames)
+
+    def _decode(self, data) -> list:
+        """The frames ``data`` completes. A session has a decoder of its own only while it holds part
+        of a frame; reads that end on a frame boundary, nearly all, go through the one its listener
+        shares (``ctx.decoder``). A decoder per session cost ~56 bytes each, and kept the buffer of the
+        largest partial frame it ever held."""
+        decoder = self.decoder
+        if decoder is None:
+            decoder = self.ctx.decoder
+            frames = decoder.feed(data)  # FrameTooLarge leaves it empty: still the listener's to share
+            if decoder.buffered:  # this session keeps the decoder holding its partial frame
+                self.decoder = decoder
+                self.ctx.decoder = Decoder(self.settings.max_frame)
+            return frames
+        frames = decoder.feed(data)
+        if not decoder.buffered:
+            self.decoder = None
+        return frames
 
     def _too_large(self, exc: FrameTooLarge) -> None:
         """A frame over max_frame: the frames before it are handled, then the connection closes."""
@@ -378,7 +441,7 @@ class DeviceConnection:
         log.warning(
             "frame too large device=%s peer=%s command=%d length=%d limit=%d",
             self._who(),
-            self.peer,
+            self._peer_text(),
             exc.command,
             exc.length,
             exc.limit,
@@ -409,7 +472,13 @@ class DeviceConnection:
         if self.closed:
             return
         handlers = HANDLERS
-        self._batch_ms = self.ctx.wall_ms()  # one timestamp for the frames of one read
+        budget = self.budget  # the frames of a logged-in read are this turn's work
+        if budget.limit:
+            if budget.left == budget.limit:
+                self.dirty |= BUDGET
+            budget.left -= len(frames)
+        # One timestamp for the frames of one read: when it arrived (a deferred read is handled later).
+        self._batch_ms = self._arrived_ms or self.ctx.wall_ms()
         keys = _WRITE_KEYS
         writes: list = []  # well-formed pin writes, applied in one Domain call before any other frame
         for frame in frames:
@@ -475,7 +544,7 @@ class DeviceConnection:
         if now - self._last_quota >= self.settings.quota_warning_period:
             self._last_quota = now
             self.stats.quota_sent += 1
-            log.warning("flood control device=%s peer=%s rate>%g msg/s", self._who(), self.peer, self._rate)
+            log.warning("flood control device=%s peer=%s rate>%g msg/s", self._who(), self._peer_text(), self._rate)
             self._reply(msg_id, Status.QUOTA_LIMIT)
 
     # --- sending ----------------------------------------------------------------------------------
@@ -581,7 +650,7 @@ class DeviceConnection:
             return
         self.closed = True
         self.dirty |= CLOSE
-        log.info("closing device=%s peer=%s reason=%s", self._who(), self.peer, reason)
+        log.info("closing device=%s peer=%s reason=%s", self._who(), self._peer_text(), reason)
 
     def _close_quietly(self, outcome: str, failed: bool) -> None:
         """Close a connection that never logged in. No log line of its own: the guard summarises them
@@ -596,6 +665,11 @@ class DeviceConnection:
         if self._pending:
             self._pending = False
             self.ctx.guard.release(self.ip)
+
+    def _peer_text(self) -> str:
+        """``ip:port`` of the peer, for a log line."""
+        peer = self.peer
+        return f"{peer[0]}:{peer[1]}" if type(peer) is tuple else str(peer)
 
     def _who(self) -> str:
         return str(self.device.id) if self.device is not None else "-"
@@ -654,7 +728,7 @@ class DeviceConnection:
         self._reply(msg_id, Status.SUCCESS)
         self._release_at = now + self.settings.info_grace  # held pushes go out by then, info or not
         self.dirty |= TIMER
-        log.info("device online device=%d peer=%s", dev.id, self.peer)
+        log.info("device online device=%d peer=%s", dev.id, self._peer_text())
         self.ctx.logged_in(self, dev.id)
 
     def _on_login_again(self, msg_id: int, body: bytes) -> None:

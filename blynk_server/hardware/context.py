@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING
 
 from blynk_server.config import Settings
 from blynk_server.domain import Domain
+from blynk_server.hardware.budget import TurnBudget
 from blynk_server.hardware.deadlines import Deadlines
 from blynk_server.hardware.guard import LoginGuard
 from blynk_server.hardware.stats import HardwareStats
 from blynk_server.hardware.turns import ReadTurns
 from blynk_server.hub import DeviceLink, Hub
 from blynk_server.model import now_ms
+from protocol import Decoder
 
 if TYPE_CHECKING:
     from blynk_server.mailer import Mailer
@@ -33,7 +35,10 @@ class SessionContext:
     - ``loop``: only ``time()``, ``call_at``, ``call_later`` and ``call_soon`` are used (a fake clock fits);
     - ``deadlines``: every session's login and heartbeat deadline, on one timer;
     - ``guard``: admission of connections waiting for login, failed-login budgets;
-    - ``turns``: the shared receive buffer and the round robin of busy sockets;
+    - ``decoder``: the frame decoder of every read that ends on a frame boundary (a session holding
+      part of a frame takes it over, and a fresh one is put here);
+    - ``turns``: the shared receive buffer, the round robin of busy sockets and the deferred reads;
+    - ``budget``: the frames of telemetry one loop turn handles (``turns`` refills it each turn);
     - ``sessions``: the live connections, logged in or not (closed at shutdown, counted by the metrics);
     - ``http_handoff``: set by the HTTP side, builds the protocol that takes over a sniffed HTTP
       connection (None: HTTP is not served on the device port);
@@ -50,7 +55,9 @@ class SessionContext:
         "loop",
         "deadlines",
         "guard",
+        "decoder",
         "turns",
+        "budget",
         "sessions",
         "http_handoff",
         "login_hooks",
@@ -66,7 +73,9 @@ class SessionContext:
         self.stats = HardwareStats()
         self.deadlines = Deadlines(loop)
         self.guard = LoginGuard(settings, loop, self.stats)
-        self.turns = ReadTurns(loop, settings.recv_buffer)
+        self.decoder = Decoder(settings.max_frame)
+        self.budget = TurnBudget(settings.turn_budget)
+        self.turns = ReadTurns(loop, settings.recv_buffer, self.budget)
         self.sessions: set[DeviceLink] = set()
         self.http_handoff: Callable[[], asyncio.Protocol] | None = None
         self.login_hooks: list[Callable[[DeviceLink], None]] = []

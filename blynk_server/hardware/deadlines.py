@@ -17,7 +17,7 @@ RESOLUTION = 0.1  # seconds per bucket
 
 
 class HasDeadline(Protocol):
-    _deadline_key: int | None
+    _deadline_key: int  # the bucket number; 0: none (a C integer in the compiled session)
 
     def _on_deadline(self) -> None: ...
 
@@ -40,7 +40,7 @@ class Deadlines:
     def set_at(self, owner: HasDeadline, when: float) -> None:
         """(Re)arm ``owner``'s deadline at the loop time ``when``; it replaces the previous one."""
         self.cancel(owner)
-        key = math.ceil(when / RESOLUTION)
+        key = max(1, math.ceil(when / RESOLUTION))  # 0 means none (loop times are positive anyway)
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = set()
@@ -52,8 +52,8 @@ class Deadlines:
 
     def cancel(self, owner: HasDeadline) -> None:
         key = owner._deadline_key
-        if key is not None:
-            owner._deadline_key = None
+        if key:
+            owner._deadline_key = 0
             bucket = self._buckets.get(key)
             if bucket is not None:
                 bucket.discard(owner)  # an emptied bucket is dropped when its time comes
@@ -73,7 +73,7 @@ class Deadlines:
         while keys and keys[0] * RESOLUTION <= now:
             key = heapq.heappop(keys)
             for owner in self._buckets.pop(key, ()):
-                owner._deadline_key = None
+                owner._deadline_key = 0
                 owner._on_deadline()  # may set a new deadline, in a later bucket
         if keys and self._timer_key is None:
             self._schedule(keys[0])

@@ -25,6 +25,7 @@ class HardwareServer:
         self.loop = loop
         self.context = SessionContext(settings, domain, hub, loop)
         self.stats = self.context.stats  # read by the metrics
+        self.turns = self.context.turns  # the turn budget, deferred reads and turn lengths: read by the metrics
         self.sessions = self.context.sessions  # live connections, logged in or not
         self.login_hooks = self.context.login_hooks  # called with each session that logs in
         self._servers: list[asyncio.AbstractServer] = []

@@ -12,7 +12,7 @@ from blynk_server.hardware.connection cimport DeviceConnection
 cdef class HardwareSession(DeviceConnection):
     cdef public object loop, transport
     cdef public object _turns
-    cdef public object _deadline_key
+    cdef public long long _deadline_key  # the bucket on the shared wheel; 0: none
     cdef public object _timer
     cdef public Py_ssize_t _offered
     cdef public bint _granted, _turn_paused

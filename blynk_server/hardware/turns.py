@@ -1,4 +1,5 @@
-"""The receive buffer every device session of a listener shares, and the round robin of busy sockets.
+"""The receive buffer every device session of a listener shares, the round robin of busy sockets,
+and the queue of reads deferred to a later loop turn (``budget.TurnBudget``).
 
 A session reads into the shared buffer and consumes or copies every byte in ``buffer_updated``, so
 one buffer serves all sessions (a 4 KiB buffer per session was a third of an idle session's memory).
@@ -7,15 +8,25 @@ one buffer serves all sessions (a 4 KiB buffer per session was a third of an idl
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
+import time
 from typing import Protocol
+
+from blynk_server.hardware.budget import TurnBudget
 
 READS_PER_TURN = 8  # busy (full-buffer) sockets resumed per loop turn: bounds one turn's work in a flood
 SMALL_READ = 256  # bytes read from a socket not granted a turn while busy ones wait (pings, logins fit)
 
 
+# Upper bounds (seconds) of the loop-turn histogram (``blynk_loop_turn_seconds``).
+TURN_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
 class Reader(Protocol):
     def _resume_turn(self) -> None: ...
+
+    def _run_deferred(self) -> None: ...
 
 
 class ReadTurns:
@@ -28,13 +39,20 @@ class ReadTurns:
     every turn. Busy sockets wait in order, and TCP flow control holds their senders meanwhile.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int, budget: TurnBudget | None = None) -> None:
         self.loop = loop
         self.waiting: collections.deque[Reader] = collections.deque()
         self.scheduled = False
         self.buf = bytearray(size)  # the receive buffer every session of this listener shares
         self.view = memoryview(self.buf)
         self.small = self.view[:SMALL_READ]
+        self.budget = TurnBudget(0) if budget is None else budget
+        self.deferred: collections.deque[Reader] = collections.deque()  # sessions holding a deferred read
+        self.refill_scheduled = False
+        self._drawn_at = 0.0  # perf_counter when this turn first drew from the budget
+        # The turns that drew from the budget: how long from the first draw to the next turn's start.
+        self.turn_counts = [0] * (len(TURN_BUCKETS) + 1)  # per bucket, the last one for longer turns
+        self.turn_seconds = 0.0
 
     def defer(self, session: Reader) -> None:
         self.waiting.append(session)
@@ -50,3 +68,34 @@ class ReadTurns:
             self.loop.call_soon(self._turn)  # runs on the next turn, after this turn's reads
         else:
             self.scheduled = False
+
+    # --- the turn budget ------------------------------------------------------------------------------
+
+    def drawn(self) -> None:
+        """A session drew the first frames of this turn's budget: refill it when the turn ends."""
+        if not self.refill_scheduled:
+            self.refill_scheduled = True
+            self._drawn_at = time.perf_counter()
+            self.loop.call_soon(self._refill)
+
+    def defer_read(self, session: Reader) -> None:
+        """``session`` keeps a read for a later turn (its socket paused): queued behind the others."""
+        self.deferred.append(session)
+        self.drawn()
+
+    def _refill(self) -> None:
+        """A new turn: a full budget, spent first on the deferred reads, oldest first; the reads of
+        this turn's poll get what is left (and are deferred in turn when it is gone)."""
+        took = time.perf_counter() - self._drawn_at
+        self.turn_seconds += took
+        self.turn_counts[bisect.bisect_left(TURN_BUCKETS, took)] += 1
+        self.refill_scheduled = False
+        budget = self.budget
+        if budget.left <= 0:
+            budget.exhausted_turns += 1
+        budget.left = budget.limit
+        queue = self.deferred
+        while queue and budget.left > 0:
+            queue.popleft()._run_deferred()
+        if queue:  # spent again: the rest waits for the next turn
+            self.drawn()

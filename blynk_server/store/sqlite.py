@@ -221,6 +221,16 @@ def _loop_message(what: str, fix: str | None = None) -> str:
     )
 
 
+def _lower_priority(nice: int) -> None:
+    """This thread's nice value ``nice`` above the process's: on Linux a thread is a task of its own, so
+    the event loop keeps its priority. Elsewhere, or without the right (a container's seccomp), it
+    stays as it is, logged once."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + nice)
+    except (AttributeError, OSError) as exc:
+        log.info("store writer keeps the event loop's CPU priority: %s", exc)
+
+
 class SqliteStore:
     def __init__(self, data_dir: Path | str, flush_interval: float = 1.0, max_pending_rows: int = 1_000_000) -> None:
         self.data_dir = Path(data_dir)
@@ -297,15 +307,18 @@ class SqliteStore:
             log.warning("replayed %d rows from %s (rows a previous stop could not write)", len(batch), path)
         return total, files
 
-    def start_writer(self) -> None:
+    def start_writer(self, nice: int = 0) -> None:
         """Start the writer thread (the server does; a CLI command works inline without it). From now on
-        the connection is used on that thread only."""
+        the connection is used on that thread only. ``nice`` > 0 lowers its CPU priority below the
+        event loop's (Linux, per thread): a flush then takes CPU the loop does not want."""
         with self._cond:
             if self._closed:
                 raise StoreClosed(f"the store {self.path} is closed")
             if self._writer is not None:
                 raise RuntimeError("the store's writer thread is already running")
-            self._writer = threading.Thread(target=self._run_writer, name="blynk-store-writer", daemon=True)
+            self._writer = threading.Thread(
+                target=self._run_writer, args=(nice,), name="blynk-store-writer", daemon=True
+            )
             self._writer.start()
             self._writer_ident = self._writer.ident
 
@@ -382,8 +395,10 @@ class SqliteStore:
         pending rows; tests and tools that look at the database file with their own connection do."""
         self._flush()
 
-    def _run_writer(self) -> None:
+    def _run_writer(self, nice: int = 0) -> None:
         self._writer_ident = threading.get_ident()
+        if nice > 0:
+            _lower_priority(nice)
         due = time.monotonic() + self.flush_interval
         while True:
             with self._cond:

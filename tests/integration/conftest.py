@@ -85,3 +85,8 @@ async def http(server):
 def hw_url(server: BlynkServer, path: str) -> str:
     host, port = server.hardware.address
     return f"http://{host}:{port}{path}"
+
+
+def admin_url(server: BlynkServer, path: str) -> str:
+    host, port = server.admin_address
+    return f"http://{host}:{port}{path}"

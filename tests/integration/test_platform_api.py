@@ -16,14 +16,9 @@ from blynk_server.app import API_KEY_FILE
 from blynk_server.model import Datastream, MetaField, now_ms
 from blynk_server.provisioning import make_event_def
 
-from .conftest import hw_url, running
+from .conftest import admin_url, hw_url, running
 
 ORG = "/api/v1/organization"
-
-
-def admin_url(server, path: str) -> str:
-    host, port = server.admin_address
-    return f"http://{host}:{port}{path}"
 
 
 def api_key(server) -> str:

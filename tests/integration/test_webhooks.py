@@ -19,7 +19,7 @@ from blynk_server.devclient import DeviceClient
 from blynk_server.model import Datastream
 from protocol import Status
 
-from .conftest import no_loop_thread_errors, start_server
+from .conftest import admin_url, no_loop_thread_errors, start_server
 
 WAIT = 10.0  # bound on awaiting what the server does (never a sleep: the awaits end when it happens)
 
@@ -103,11 +103,6 @@ async def device_on(srv: BlynkServer, name: str = 'Boiler "east"'):
 async def connect(srv: BlynkServer, token: str) -> DeviceClient:
     host, port = srv.hardware.address
     return await DeviceClient.connect(host, port, token)
-
-
-def admin_url(srv: BlynkServer, path: str) -> str:
-    host, port = srv.admin_address
-    return f"http://{host}:{port}{path}"
 
 
 async def admin_call(srv: BlynkServer, method: str, path: str, body=None) -> tuple[int, object]:

@@ -106,6 +106,21 @@ def test_a_login_split_over_reads_and_a_ping_in_the_same_read(world):
     assert sent(core) == [response(1, Status.SUCCESS), response(2, Status.SUCCESS)]
 
 
+def test_a_session_has_a_decoder_of_its_own_only_while_part_of_a_frame_waits(world):
+    a, b = login(world), login(world, token=world.add_device("b").token, port=2)
+    assert a.decoder is None and b.decoder is None  # reads that end on a frame boundary share one
+    ping = encode_frame(Command.PING, 7)
+    a.receive_data(ping[:3], T0)  # a's partial frame stays with a...
+    shared = world.ctx.decoder
+    b.receive_data(encode_frame(Command.PING, 8) + ping[:2], T0)  # ... and b's with b
+    assert a.decoder is not None and b.decoder is not None and world.ctx.decoder is not shared
+    assert sent(b) == [response(8, Status.SUCCESS)]
+    a.receive_data(ping[3:], T0)
+    b.receive_data(ping[2:], T0)
+    assert sent(a) == [response(7, Status.SUCCESS)] and sent(b) == [response(7, Status.SUCCESS)]
+    assert a.decoder is None and b.decoder is None
+
+
 def test_an_invalid_token_is_answered_then_closed_quietly(world):
     core = connect(world)
     core.receive_data(encode_frame(Command.HW_LOGIN, 1, b"x" * 32), T0)

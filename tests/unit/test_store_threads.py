@@ -7,6 +7,7 @@ an hour apart, so a row is flushed only when a test asks for it."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -317,3 +318,18 @@ def test_load_all_returns_every_template_device_and_their_state(store):
         assert snap.values[d] == on_writer(s, s.load_values, d)
         assert snap.properties[d] == on_writer(s, s.load_properties, d)
         assert snap.meta[d] == on_writer(s, s.load_meta, d)
+
+
+# --- the writer's CPU priority ------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread nice values are a Linux thing")
+def test_the_writer_thread_runs_at_a_lower_cpu_priority_than_the_loop(tmp_path):
+    s = SqliteStore(tmp_path / "data", flush_interval=3600)
+    s.start_writer(nice=5)
+    try:
+        writer_nice = on_writer(s, lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        assert writer_nice == os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) + 5
+    finally:
+        with ThreadPoolExecutor(1) as other:
+            other.submit(s.close).result(WAIT)

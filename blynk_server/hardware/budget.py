@@ -1,0 +1,27 @@
+"""How much device telemetry the sessions of one listener handle in one event-loop turn.
+
+Past one core, handling every read at once makes each turn as long as the backlog: at 10,000 devices
+x 10 msg/s a command to a device, a ping or a new login waited behind a whole turn of telemetry, for
+seconds. A turn's logged-in reads draw frames from this budget; once it is spent, a read's bytes are
+kept as they are, its socket stops being read, and the session waits in the listener's queue
+(``turns.ReadTurns``) for a later turn, in arrival order. What keeps its place: logins (a connection
+not logged in), a lone PING, commands pushed to devices and HTTP, which never draw from it.
+
+Compiled, ``budget.pxd`` gives it C fields the core reads without a Python object (as ``stats.pxd``).
+"""
+
+from __future__ import annotations
+
+
+class TurnBudget:
+    __slots__ = ("limit", "left", "deferred_reads", "exhausted_turns")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit  # frames per turn; 0: no limit (nothing is ever deferred)
+        self.left = limit  # frames left in this turn; refilled by ReadTurns when the turn ends
+        self.deferred_reads = 0  # reads kept for a later turn (a counter, for /metrics)
+        self.exhausted_turns = 0  # turns that spent the whole budget
+
+    def spent(self) -> bool:
+        """Is this turn's budget gone? (Never, with no limit.)"""
+        return self.limit > 0 and self.left <= 0
