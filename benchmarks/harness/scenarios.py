@@ -292,15 +292,12 @@ async def run_load(
             {"kind": kind, "host": host, "port": port, "ids": ["sysmon"], "mode": "sys", "subscribe": target.sys_topic}
         )
     rss_empty = rss_bytes(target.pid)
-    if gen_kind == "c":
-        main_pool = telegen.Generators(binary, specs)
-        try:
-            pool = Pools(main_pool, Workers(extra))
-        except BaseException:
-            await main_pool.close()
-            raise
-    else:
-        pool = Pools(Workers(specs + extra))
+    main_pool = telegen.Generators(binary, specs) if gen_kind == "c" else Workers(specs)
+    try:
+        pool = Pools(main_pool, Workers(extra))
+    except BaseException:
+        await main_pool.close()
+        raise
     try:
         conn = await pool.gather(300)
         out: dict = {
@@ -319,15 +316,15 @@ async def run_load(
         sampler = Sampler(target)
         stop = asyncio.Event()
         sampling = asyncio.create_task(sampler.run(stop))
-        cpu0, hcpu0, t0 = proc_cpu_seconds(target.pid), pool.cpu(), time.time()
+        cpu0, hcpu0, gcpu0, t0 = proc_cpu_seconds(target.pid), pool.cpu(), main_pool.cpu(), time.time()
 
-        async def at_window_end() -> tuple[float, float, float]:
+        async def at_window_end() -> tuple[float, float, float, float]:
             await asyncio.sleep(duration)  # CPU over the window only, not the drain after it
-            return proc_cpu_seconds(target.pid), pool.cpu(), time.time()
+            return proc_cpu_seconds(target.pid), pool.cpu(), main_pool.cpu(), time.time()
 
         end = asyncio.create_task(at_window_end())
         res = await pool.run(duration)
-        cpu1, hcpu1, t1 = await end
+        cpu1, hcpu1, gcpu1, t1 = await end
         stop.set()
         await sampling
         main = res[: len(specs)]
@@ -341,6 +338,7 @@ async def run_load(
                 "sent_per_s": round(sent / elapsed),
                 "server_cpu_pct": round(100 * (cpu1 - cpu0) / (t1 - t0), 1),
                 "harness_cpu_pct": round(100 * (hcpu1 - hcpu0) / (t1 - t0), 1),
+                "generator_cpu_pct": round(100 * (gcpu1 - gcpu0) / (t1 - t0), 1),
                 "rss_end_mb": round(rss_bytes(target.pid) / 2**20, 1),
                 "dropped_connections": sum(r["dropped"] for r in res),
                 "alive": sum(r["alive"] for r in main),
