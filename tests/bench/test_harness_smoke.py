@@ -26,7 +26,7 @@ _LINKS = Path(tempfile.mkdtemp(prefix="blynk-bench-path-"))
 sys.path.append(str(_LINKS))
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(_LINKS), os.environ.get("PYTHONPATH", "")) if p)
 
-from benchmarks.harness import telegen  # noqa: E402
+from benchmarks.harness import scenarios, telegen  # noqa: E402
 from benchmarks.harness.scenarios import _sys_value, run_load  # noqa: E402
 from benchmarks.harness.targets import AmqttTarget, BlynkTarget, MosquittoTarget  # noqa: E402
 
@@ -101,3 +101,14 @@ def test_mqtt_peer_counts(tmp_path, cls, generator):
         assert processed == res["sent"], (processed, res)  # the broker's own $SYS count
     finally:
         target.stop()
+
+
+def test_without_a_compiler_the_python_senders_run(monkeypatch, capsys):
+    monkeypatch.setattr(telegen, "_built", None)  # forget this process's build
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.setattr(scenarios, "_NOTED", set())
+    assert scenarios.main_generator("telemetry", "auto") == ("python", None)
+    assert "# telegen: /nonexistent/cc failed" in capsys.readouterr().out  # the note says why
+    with pytest.raises(RuntimeError, match="telegen"):
+        scenarios.main_generator("telemetry", "c")  # asked for C: no silent fallback
+    assert scenarios.main_generator("flood", "auto") == ("python", None)  # only telemetry has a C generator
