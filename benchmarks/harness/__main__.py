@@ -85,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probes", type=int, default=100, help="flood: quiet probe connections pinging every 100 ms")
     p.add_argument("--batch", type=int, default=32, help="flood: frames per socket write")
     p.add_argument("--rate", type=float, default=10.0, help="telemetry/command: writes per second per device")
+    p.add_argument(
+        "--generator",
+        choices=("auto", "c", "python"),
+        default="auto",
+        help="telemetry/command main load: the C generator telegen.c (auto: when a C compiler is there) or the Python senders",
+    )
     p.add_argument("--concurrency", type=int, default=500, help="idle: connections being opened at once per worker")
     p.add_argument(
         "--message-rate",

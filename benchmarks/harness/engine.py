@@ -21,6 +21,7 @@ from protocol.body import join_fields
 PAYLOAD = b"1234"  # the value every write carries; the MQTT payload is padded to the same body size
 BLYNK_BODY = join_fields("vw", 1, PAYLOAD)  # b"vw\0" b"1\0" b"1234": 9 bytes, a 14-byte frame
 INFO = join_fields("mcu", "1.0.0", "blynk", "1.4.0", "h-beat", "40", "buff-in", "1024", "dev", "bench")
+LOGIN_MSG_ID = 1  # the login frame's msg id (telegen.c waits for the RESPONSE with this id)
 MQTT_TOPIC = b"v1"
 MQTT_PAYLOAD = BLYNK_BODY  # the same 9 bytes as the Blynk body
 PINGREQ = b"\xc0\x00"
@@ -67,6 +68,26 @@ def mqtt_publish(topic: bytes, payload: bytes) -> bytes:
 def mqtt_subscribe(packet_id: int, topic: bytes) -> bytes:
     body = packet_id.to_bytes(2, "big") + _mqtt_str(topic) + b"\x00"
     return b"\x82" + _varint(len(body)) + body
+
+
+# --- the wire bytes of a simulated device (one definition: the Python devices and telegen.c send these) --
+
+
+def login_packet(kind: str, ident: str) -> bytes:
+    """The first packet a device sends: HW_LOGIN with its token, or MQTT CONNECT with its client id."""
+    if kind == "blynk":
+        return encode_frame(Command.HW_LOGIN, LOGIN_MSG_ID, ident.encode())
+    return mqtt_connect(ident.encode())
+
+
+def info_frame() -> bytes:
+    """The info message a Blynk device sends once its login is accepted."""
+    return encode_frame(Command.INTERNAL, 2, INFO)
+
+
+def telemetry_frame(kind: str) -> bytes:
+    """One write: a 14-byte Blynk ``vw`` frame or a 15-byte MQTT QoS0 PUBLISH with the same 9-byte payload."""
+    return encode_frame(Command.HARDWARE, 3, BLYNK_BODY) if kind == "blynk" else mqtt_publish(MQTT_TOPIC, MQTT_PAYLOAD)
 
 
 class MqttDecoder:
@@ -131,10 +152,7 @@ class Device(asyncio.Protocol):
         sndbuf = self.w.spec.get("sndbuf")
         if sndbuf:  # a flooding device's kernel queue stays small, like a microcontroller's TCP stack
             transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
-        if self.blynk:
-            transport.write(encode_frame(Command.HW_LOGIN, 1, self.ident.encode()))
-        else:
-            transport.write(mqtt_connect(self.ident.encode()))
+        transport.write(login_packet(self.w.kind, self.ident))
 
     def connection_lost(self, exc) -> None:
         self.closed = True
@@ -153,9 +171,9 @@ class Device(asyncio.Protocol):
         if self.blynk:
             for cmd, msg_id, payload in self.decoder.feed(data):
                 if cmd == 0:
-                    if msg_id == 1 and not self.logged_in.done():
+                    if msg_id == LOGIN_MSG_ID and not self.logged_in.done():
                         if payload == 200:
-                            self.transport.write(encode_frame(Command.INTERNAL, 2, INFO))
+                            self.transport.write(info_frame())
                             self.logged_in.set_result(time.perf_counter() - self.t_start)
                         else:
                             self.logged_in.set_exception(ConnectionError(f"login status {payload}"))
@@ -354,17 +372,10 @@ class Worker:
             out["writes"] = sum(d.value for d in self.devices)
         return out
 
-    def _frame(self) -> bytes:
-        return (
-            encode_frame(Command.HARDWARE, 3, BLYNK_BODY)
-            if self.kind == "blynk"
-            else mqtt_publish(MQTT_TOPIC, MQTT_PAYLOAD)
-        )
-
     async def _flood(self, deadline: float) -> int:
         """Every device writes batches of frames as fast as its socket takes them (write-buffer bounded)."""
         per_write = self.spec.get("batch", 32)
-        chunk = self._frame() * per_write
+        chunk = telemetry_frame(self.kind) * per_write
         sent = 0
         devices = self.devices
         while time.perf_counter() < deadline:
@@ -384,7 +395,7 @@ class Worker:
 
     async def _telemetry(self, deadline: float, rate: float) -> int:
         """Each device writes one frame every 1/rate s, spread evenly over the period."""
-        frame = self._frame()
+        frame = telemetry_frame(self.kind)
         tick = 0.01
         devices = self.devices
         n = len(devices)

@@ -15,6 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from benchmarks.harness import telegen
 from benchmarks.harness.engine import worker_main
 from benchmarks.harness.targets import (
     AmqttTarget,
@@ -94,6 +95,50 @@ class Workers:
             if p.is_alive():
                 p.kill()  # our own worker, by its handle
                 p.join(5)
+
+
+class Pools:
+    """Several pools (Python workers, C generators) driven as one; answers concatenated in pool order."""
+
+    def __init__(self, *pools) -> None:
+        self.pools = pools
+
+    async def gather(self, timeout: float = 120) -> list:
+        parts = await asyncio.gather(*(p.gather(timeout) for p in self.pools))
+        return [x for part in parts for x in part]
+
+    async def run(self, duration: float) -> list[dict]:
+        parts = await asyncio.gather(*(p.run(duration) for p in self.pools))
+        return [x for part in parts for x in part]
+
+    def cpu(self) -> float:
+        return sum(p.cpu() for p in self.pools)
+
+    async def close(self) -> None:
+        for p in self.pools:
+            await p.close()
+
+
+def main_generator(mode: str, generator: str) -> tuple[str, object]:
+    """Which generator sends the main load: ("c", binary) for telemetry when telegen builds, else ("python", None).
+
+    ``generator`` is "auto" (C when a compiler is there, else Python with a note), "c" (C or an error)
+    or "python".
+    """
+    if mode != "telemetry" or generator == "python":
+        return "python", None
+    binary, why = telegen.build()
+    if binary is None:
+        if generator == "c":
+            raise RuntimeError(f"telegen: {why}")
+        if why not in _NOTED:
+            _NOTED.add(why)
+            print(f"# telegen: {why}; the telemetry load runs on the Python senders (generator=python)")
+        return "python", None
+    return "c", binary
+
+
+_NOTED: set[str] = set()
 
 
 @dataclass
@@ -192,8 +237,14 @@ async def run_load(
     concurrency: int = 500,
     connect_at: float | None = None,
     probe_interval: float = 0.1,
+    generator: str = "auto",
 ) -> dict:
-    """One timed run of ``mode`` over ``ids`` (plus quiet probes and fresh logins) against a started target."""
+    """One timed run of ``mode`` over ``ids`` (plus quiet probes and fresh logins) against a started target.
+
+    The telemetry main load runs on ``telegen.c`` unless ``generator`` says "python" or no C compiler is
+    there (see :func:`main_generator`); probes, fresh logins and commands always run in Python workers.
+    """
+    gen_kind, binary = main_generator(mode, generator)
     host, port, kind = "127.0.0.1", target.port, target.kind
     specs = [
         {
@@ -241,10 +292,21 @@ async def run_load(
             {"kind": kind, "host": host, "port": port, "ids": ["sysmon"], "mode": "sys", "subscribe": target.sys_topic}
         )
     rss_empty = rss_bytes(target.pid)
-    pool = Workers(specs + extra)
+    main_pool = telegen.Generators(binary, specs) if gen_kind == "c" else Workers(specs)
+    try:
+        pool = Pools(main_pool, Workers(extra))
+    except BaseException:
+        await main_pool.close()
+        raise
     try:
         conn = await pool.gather(300)
-        out: dict = {"target": target.name, "mode": mode, "devices": len(ids), **_login_summary(conn[: len(specs)])}
+        out: dict = {
+            "target": target.name,
+            "mode": mode,
+            "devices": len(ids),
+            "generator": gen_kind,
+            **_login_summary(conn[: len(specs)]),
+        }
         await asyncio.sleep(2.0 if len(ids) > 2000 else 0.5)  # let logins, info messages and GC settle
         out["rss_empty_mb"] = round(rss_empty / 2**20, 1)
         out["rss_loaded_mb"] = round(rss_bytes(target.pid) / 2**20, 1)
@@ -254,15 +316,15 @@ async def run_load(
         sampler = Sampler(target)
         stop = asyncio.Event()
         sampling = asyncio.create_task(sampler.run(stop))
-        cpu0, hcpu0, t0 = proc_cpu_seconds(target.pid), pool.cpu(), time.time()
+        cpu0, hcpu0, gcpu0, t0 = proc_cpu_seconds(target.pid), pool.cpu(), main_pool.cpu(), time.time()
 
-        async def at_window_end() -> tuple[float, float, float]:
+        async def at_window_end() -> tuple[float, float, float, float]:
             await asyncio.sleep(duration)  # CPU over the window only, not the drain after it
-            return proc_cpu_seconds(target.pid), pool.cpu(), time.time()
+            return proc_cpu_seconds(target.pid), pool.cpu(), main_pool.cpu(), time.time()
 
         end = asyncio.create_task(at_window_end())
         res = await pool.run(duration)
-        cpu1, hcpu1, t1 = await end
+        cpu1, hcpu1, gcpu1, t1 = await end
         stop.set()
         await sampling
         main = res[: len(specs)]
@@ -276,6 +338,7 @@ async def run_load(
                 "sent_per_s": round(sent / elapsed),
                 "server_cpu_pct": round(100 * (cpu1 - cpu0) / (t1 - t0), 1),
                 "harness_cpu_pct": round(100 * (hcpu1 - hcpu0) / (t1 - t0), 1),
+                "generator_cpu_pct": round(100 * (gcpu1 - gcpu0) / (t1 - t0), 1),
                 "rss_end_mb": round(rss_bytes(target.pid) / 2**20, 1),
                 "dropped_connections": sum(r["dropped"] for r in res),
                 "alive": sum(r["alive"] for r in main),
@@ -381,6 +444,7 @@ async def scenario(name: str, args) -> list[dict]:
                             command_ids=cmd_ids,
                             probes=probes,
                             new_ids=new_ids,
+                            generator=args.generator,
                             **kw,
                         )
                     elif name == "pingpong":

@@ -2,7 +2,9 @@
 
 Small N for a couple of seconds against each target: every frame the harness says it sent must be
 counted by the server's own side (``/metrics`` for blynk-server, ``$SYS`` for the MQTT brokers)
-after a quiet period. The MQTT peers skip with the reason when they are not installed.
+after a quiet period. The telemetry load runs once on each generator: the C one (``telegen.c``,
+skipped with the reason when it cannot be built) and the Python senders. The MQTT peers skip with the
+reason when they are not installed.
 """
 
 from __future__ import annotations
@@ -24,14 +26,25 @@ _LINKS = Path(tempfile.mkdtemp(prefix="blynk-bench-path-"))
 sys.path.append(str(_LINKS))
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(_LINKS), os.environ.get("PYTHONPATH", "")) if p)
 
+from benchmarks.harness import scenarios, telegen  # noqa: E402
 from benchmarks.harness.scenarios import _sys_value, run_load  # noqa: E402
 from benchmarks.harness.targets import AmqttTarget, BlynkTarget, MosquittoTarget  # noqa: E402
 
 # A load run against three servers (about 20 s): in the slow run, not the default one.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
+GENERATORS = pytest.mark.parametrize("generator", ["c", "python"])
 
 
-def test_blynk_counts_and_probes(tmp_path):
+def _need(generator: str) -> None:
+    if generator == "c":
+        binary, why = telegen.build()
+        if binary is None:
+            pytest.skip(f"telegen: {why}")
+
+
+@GENERATORS
+def test_blynk_counts_and_probes(tmp_path, generator):
+    _need(generator)
     target = BlynkTarget(tmp_path / "blynk")
     ids = target.provision(30)
     target.start()
@@ -46,9 +59,12 @@ def test_blynk_counts_and_probes(tmp_path):
                 workers=1,
                 probes=ids[20:25],
                 new_ids=ids[25:],
+                generator=generator,
             )
         )
+        assert res["generator"] == generator
         assert res["logged_in"] == 20 and res["login_errors"] == 0
+        assert res["alive"] == 20 and res["dropped_connections"] == 0 and res["bad_status"] == {}
         assert res["sent"] > 0
         assert res["processed_total"] == res["sent"], res  # sent == processed, read from /metrics
         assert res["metrics_source"] == "/metrics"
@@ -60,23 +76,39 @@ def test_blynk_counts_and_probes(tmp_path):
         target.stop()
 
 
+@GENERATORS
 @pytest.mark.parametrize("cls", [MosquittoTarget, AmqttTarget], ids=["mosquitto", "amqtt"])
-def test_mqtt_peer_counts(tmp_path, cls):
+def test_mqtt_peer_counts(tmp_path, cls, generator):
     why = cls.available()
     if why:
         pytest.skip(why)
+    _need(generator)
     target = cls(tmp_path / cls.name)
     ids = target.provision(10)
     target.start()
     try:
 
         async def go() -> tuple[dict, float | None]:
-            res = await run_load(target, mode="telemetry", ids=ids, rate=20, duration=1.5, workers=1)
+            res = await run_load(
+                target, mode="telemetry", ids=ids, rate=20, duration=1.5, workers=1, generator=generator
+            )
             return res, await _sys_value(None, target)
 
         res, processed = asyncio.run(go())
-        assert res["logged_in"] == 10 and res["login_errors"] == 0
+        assert res["generator"] == generator
+        assert res["logged_in"] == 10 and res["login_errors"] == 0 and res["alive"] == 10
         assert res["sent"] > 0
         assert processed == res["sent"], (processed, res)  # the broker's own $SYS count
     finally:
         target.stop()
+
+
+def test_without_a_compiler_the_python_senders_run(monkeypatch, capsys):
+    monkeypatch.setattr(telegen, "_built", None)  # forget this process's build
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.setattr(scenarios, "_NOTED", set())
+    assert scenarios.main_generator("telemetry", "auto") == ("python", None)
+    assert "# telegen: /nonexistent/cc failed" in capsys.readouterr().out  # the note says why
+    with pytest.raises(RuntimeError, match="telegen"):
+        scenarios.main_generator("telemetry", "c")  # asked for C: no silent fallback
+    assert scenarios.main_generator("flood", "auto") == ("python", None)  # only telemetry has a C generator
