@@ -13,6 +13,8 @@ locked, I/O) are not the rows' fault: they propagate, and the caller keeps the b
 from __future__ import annotations
 
 import functools
+import itertools
+import operator
 import sqlite3
 from collections.abc import Callable, Set
 from dataclasses import dataclass, field
@@ -94,10 +96,12 @@ class Batch:
         return before - len(self)
 
     def tables(self) -> list[tuple[str, list[tuple]]]:
-        """Each table's rows as flat tuples, in the order they are written."""
+        """Each table's rows as flat tuples, in the order they are written. The two big ones are built
+        by C loops (key + value tuples joined by ``operator.add``): this runs on the writer thread
+        holding the GIL, and a Python loop over 10,000 values kept the event loop waiting."""
         return [
-            ("pin_values", [(d, p, v, ts) for (d, p), (v, ts) in self.values.items()]),
-            ("properties", [(d, p, n, v, ts) for (d, p, n), (v, ts) in self.props.items()]),
+            ("pin_values", list(itertools.starmap(operator.add, self.values.items()))),
+            ("properties", list(itertools.starmap(operator.add, self.props.items()))),
             ("history", self.history),
             ("events", self.events),
             ("devices", [(d, seen, info) for d, (seen, info) in self.devices.items()]),
@@ -232,7 +236,7 @@ def insert_rows(conn: sqlite3.Connection, head: str, width: int, rows: list[tupl
     step = min(MAX_ROWS_PER_STATEMENT, MAX_PARAMETERS // width)
     for start in range(0, len(rows), step):
         chunk = rows[start : start + step]
-        conn.execute(_multi_row_sql(head, width, len(chunk)), [x for row in chunk for x in row])
+        conn.execute(_multi_row_sql(head, width, len(chunk)), list(itertools.chain.from_iterable(chunk)))
 
 
 @functools.lru_cache(maxsize=64)
