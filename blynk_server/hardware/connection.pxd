@@ -14,12 +14,12 @@ from blynk_server.hardware.stats cimport HardwareStats
 
 cdef class DeviceConnection:
     # Grouped by size (pointers, then 8-byte numbers, then 4-byte ones): no padding between fields.
-    cdef public object ctx, settings, domain, decoder
+    cdef public object ctx, decoder
     cdef public HardwareStats stats
     cdef public TurnBudget budget
     cdef public bytearray _buf
     cdef public object _view
-    cdef public object ip, peer
+    cdef public object ip
     cdef public object out
     cdef public object device
     cdef public list _held, _paced
@@ -29,7 +29,7 @@ cdef class DeviceConnection:
     cdef public double now, hb_at, _write_blocked_at, last_read, timeout, _release_at, _paced_next
     cdef public double _rate, _burst, _tokens, _tokens_at, _last_quota
     cdef public long long _batch_ms, _arrived_ms, _noise
-    cdef public int dirty, _reply_cost, buff_in, login_command, _msg_id
+    cdef public int dirty, _reply_cost, buff_in, login_command, _msg_id, port
     cdef public bint _pending, write_blocked, closed, info_acked, _flood_paused
 
     cpdef void receive_into(self, Py_ssize_t nbytes, double now)

@@ -106,14 +106,12 @@ class DeviceConnection:
     # No per-instance __dict__: with 15,000 idle sessions the dict was a fifth of the server's memory.
     __slots__ = (
         "ctx",
-        "settings",
         "stats",
-        "domain",
         "decoder",
         "_buf",
         "_view",
         "ip",
-        "peer",
+        "port",
         "out",
         "dirty",
         "now",
@@ -151,14 +149,12 @@ class DeviceConnection:
 
     def __init__(self, ctx: SessionContext) -> None:
         self.ctx = ctx
-        self.settings = ctx.settings
         self.stats = ctx.stats
-        self.domain = ctx.domain
         self.decoder: Decoder | None = None  # its own only while a partial frame waits (see _decode)
         self._buf: bytearray | None = None  # the adapter's receive buffer, for receive_into
         self._view: memoryview | None = None
         self.ip = "?"
-        self.peer = "?"
+        self.port = 0
         # Frames to send, oldest first: None, one ``bytes`` (a read's usual single answer: no list), or
         # a list of them. ``data_to_send()`` takes them as one ``bytes``.
         self.out: bytes | list[bytes] | None = None
@@ -173,8 +169,8 @@ class DeviceConnection:
         self.device: DeviceState | None = None
         self.closed = False
         self.last_read = 0.0
-        self.timeout = float(self.settings.login_timeout)
-        self.buff_in = self.settings.default_buff_in
+        self.timeout = float(self.ctx.settings.login_timeout)
+        self.buff_in = self.ctx.settings.default_buff_in
         self.info_acked = False
         self._held: list[tuple[int, bytes, int | None]] | None = None  # pushes waiting for the info answer
         self._release_at = 0.0  # held pushes go out then: the info grace, or HELD_GAP after the info
@@ -183,8 +179,8 @@ class DeviceConnection:
         self._paced_next = 0.0  # the next paced frame may go then (and a queued one does)
         self._msg_id = 0
         self._batch_ms = 0
-        self._rate = self.settings.message_rate
-        self._burst = self.settings.message_burst or self._rate
+        self._rate = self.ctx.settings.message_rate
+        self._burst = self.ctx.settings.message_burst or self._rate
         self._tokens = self._burst
         self._tokens_at = 0.0
         self._flood_paused = False  # over the message rate: not read until the bucket is back at 0
@@ -197,13 +193,12 @@ class DeviceConnection:
 
     # --- inputs -----------------------------------------------------------------------------------
 
-    def start(self, ip: str, peer, now: float) -> bool:
-        """A connection from ``ip`` (``peer``, for the log: the transport's ``peername`` tuple, kept as
-        it is rather than a string of its own per session, or any text) was accepted at ``now``. False
+    def start(self, ip: str, port: int, now: float) -> bool:
+        """A connection from ``ip`` and ``port`` (for the log) was accepted at ``now``. False
         when the guard refuses it (over a pending-login cap or the IP's failed-login budget): then it
         is to be closed at once, unanswered."""
         self.ip = ip
-        self.peer = peer
+        self.port = port
         self.stats.connections += 1
         if self.ctx.guard.admit(ip) is not None:
             self.closed = True
@@ -366,7 +361,7 @@ class DeviceConnection:
         self._release_pending()
         dev = self.device
         if dev is not None and self.ctx.hub.detach(dev.id, self):
-            self.domain.set_offline(dev)
+            self.ctx.domain.set_offline(dev)
             log.info("device offline device=%d peer=%s reason=%s", dev.id, self._peer_text(), exc or "closed")
 
     def handed_off(self) -> None:
@@ -419,7 +414,7 @@ class DeviceConnection:
             frames = decoder.feed(data)  # FrameTooLarge leaves it empty: still the listener's to share
             if decoder.buffered:  # this session keeps the decoder holding its partial frame
                 self.decoder = decoder
-                self.ctx.decoder = Decoder(self.settings.max_frame)
+                self.ctx.decoder = Decoder(self.ctx.settings.max_frame)
             return frames
         frames = decoder.feed(data)
         if not decoder.buffered:
@@ -516,7 +511,7 @@ class DeviceConnection:
         self._charge(cost, msg_id)
 
     def _apply_writes(self, writes: list) -> None:
-        failed = self.domain.write_keys(self.device, writes, self._group_ts or self._batch_ms)
+        failed = self.ctx.domain.write_keys(self.device, writes, self._group_ts or self._batch_ms)
         if failed:
             for msg_id, key, exc in failed:
                 if self._should_log():
@@ -541,7 +536,7 @@ class DeviceConnection:
         self._flood_paused = True  # until timer_at(): _tokens_at - _tokens / _rate
         self.dirty |= READ | TIMER
         self.stats.flood_pauses += 1
-        if now - self._last_quota >= self.settings.quota_warning_period:
+        if now - self._last_quota >= self.ctx.settings.quota_warning_period:
             self._last_quota = now
             self.stats.quota_sent += 1
             log.warning("flood control device=%s peer=%s rate>%g msg/s", self._who(), self._peer_text(), self._rate)
@@ -668,8 +663,7 @@ class DeviceConnection:
 
     def _peer_text(self) -> str:
         """``ip:port`` of the peer, for a log line."""
-        peer = self.peer
-        return f"{peer[0]}:{peer[1]}" if type(peer) is tuple else str(peer)
+        return f"{self.ip}:{self.port}"
 
     def _who(self) -> str:
         return str(self.device.id) if self.device is not None else "-"
@@ -707,7 +701,7 @@ class DeviceConnection:
             self._close_quietly("not_logged_in", True)
             return
         token = body.decode("utf-8", "replace").strip()
-        dev = self.domain.authenticate(token) if token else None
+        dev = self.ctx.domain.authenticate(token) if token else None
         if dev is None:
             self.stats.logins["invalid_token"] += 1
             self._reply(msg_id, Status.INVALID_TOKEN)
@@ -721,12 +715,12 @@ class DeviceConnection:
         if old is not None:
             self.stats.replaced += 1
             old.close("replaced by a newer connection with the same token")
-        self.domain.set_online(dev)
-        self.timeout = float(self.settings.heartbeat_timeout_default)
+        self.ctx.domain.set_online(dev)
+        self.timeout = float(self.ctx.settings.heartbeat_timeout_default)
         now = self.now
         self._arm(now, self.timeout)
         self._reply(msg_id, Status.SUCCESS)
-        self._release_at = now + self.settings.info_grace  # held pushes go out by then, info or not
+        self._release_at = now + self.ctx.settings.info_grace  # held pushes go out by then, info or not
         self.dirty |= TIMER
         log.info("device online device=%d peer=%s", dev.id, self._peer_text())
         self.ctx.logged_in(self, dev.id)
@@ -749,7 +743,7 @@ class DeviceConnection:
             key = _write_key(body[:sep]) if sep > 0 else None
             if key is not None and sep + 1 < len(body):
                 try:
-                    self.domain.write_key(self.device, key, body[sep + 1 :], self._group_ts or self._batch_ms)
+                    self.ctx.domain.write_key(self.device, key, body[sep + 1 :], self._group_ts or self._batch_ms)
                 except InvalidValue as exc:
                     if self._should_log():
                         log.info("invalid value device=%d pin=%s: %s (%d noted)", self.device.id, key, exc, self._noise)
@@ -772,7 +766,7 @@ class DeviceConnection:
         except BodyError:
             self._reply(msg_id, Status.ILLEGAL_COMMAND)
             return
-        values = self.domain.sync_values(self.device, pins)  # parse_sync named each pin once
+        values = self.ctx.domain.sync_values(self.device, pins)  # parse_sync named each pin once
         self._send_all(Command.HARDWARE, [f"{p.kind}w\0{p.number}\0".encode() + v for p, v in values], msg_id)
 
     def _on_internal(self, msg_id: int, body: bytes) -> None:
@@ -802,7 +796,7 @@ class DeviceConnection:
             self._reply(msg_id, Status.ILLEGAL_COMMAND)
 
     def _on_info(self, msg_id: int, body: bytes) -> None:
-        if len(body) > self.settings.max_info_size:
+        if len(body) > self.ctx.settings.max_info_size:
             # Not stored, nothing of it applied; the device stays connected (its next info may fit).
             log.debug("info message of %d bytes refused device=%d", len(body), self.device.id)
             self._reply(msg_id, Status.ILLEGAL_COMMAND_BODY)
@@ -815,7 +809,7 @@ class DeviceConnection:
             self._arm(self.now, max(0.0, self.timeout - (self.now - self.last_read)))
         if info.device == "python" and self.login_command == Command.LOGIN and self._paced is None:
             self._paced = []  # blynklib (PyPI 0.2.x): LOGIN (2) and "dev python"; see _paced_write
-        if not self.domain.activate(self.device, info.template_id):
+        if not self.ctx.domain.activate(self.device, info.template_id):
             # A provisioned device of another template: refused as its token (Edgent goes back to
             # its config mode with "invalid token" as its last error).
             self._reply(msg_id, Status.INVALID_TOKEN)
@@ -824,7 +818,7 @@ class DeviceConnection:
         self._reply(msg_id, Status.SUCCESS)
         first = not self.info_acked
         self.info_acked = True
-        self.domain.set_info(self.device, info)
+        self.ctx.domain.set_info(self.device, info)
         if first:
             # Not in the same segment as the info's reply: blynklib reads one frame per recv().
             self._release_at = self.now + HELD_GAP if self._held else 0.0
@@ -833,7 +827,7 @@ class DeviceConnection:
     def _on_meta(self, msg_id: int, args: list[bytes]) -> None:
         if len(args) >= 2 and args[0] == b"get":
             name = args[1].decode("utf-8", "replace")
-            found = self.domain.meta_read(self.device, name)
+            found = self.ctx.domain.meta_read(self.device, name)
             if found is None:
                 self._reply(msg_id, Status.NO_DATA)
             else:
@@ -841,7 +835,7 @@ class DeviceConnection:
         elif len(args) >= 3 and args[0] == b"set":
             try:
                 name, value = args[1].decode("utf-8", "replace"), args[2].decode("utf-8", "replace")
-                self.domain.meta_write(self.device, name, value, create=True)
+                self.ctx.domain.meta_write(self.device, name, value, create=True)
             except InvalidValue as exc:  # unknown field, refused value, over a limit (logged, rate-limited)
                 self._reply(msg_id, exc.status)
                 return
@@ -859,7 +853,7 @@ class DeviceConnection:
             self._reply(msg_id, Status.ILLEGAL_COMMAND if bad_pin else Status.ILLEGAL_COMMAND_BODY)
             return
         try:
-            self.domain.set_property(self.device, update.pins, update.name, list(update.values))
+            self.ctx.domain.set_property(self.device, update.pins, update.name, list(update.values))
         except InvalidValue as exc:  # over a property limit; the domain logs it, rate-limited
             self._reply(msg_id, exc.status)
             return
@@ -868,7 +862,7 @@ class DeviceConnection:
     def _on_event_log(self, msg_id: int, body: bytes) -> None:
         try:
             code, description = parse_event_log(body)
-            self.domain.log_event(self.device, code, description)
+            self.ctx.domain.log_event(self.device, code, description)
         except BodyError:
             self._reply(msg_id, Status.ILLEGAL_COMMAND)
         except InvalidValue as exc:  # EventRejected: 11, or 1 for a rate; the domain logs it, rate-limited
@@ -883,7 +877,7 @@ class DeviceConnection:
             self._reply(msg_id, Status.ILLEGAL_COMMAND)
             return
         try:
-            self.domain.clear_event(self.device, code, resolve_all)
+            self.ctx.domain.clear_event(self.device, code, resolve_all)
         except InvalidValue as exc:
             self._reply(msg_id, exc.status)
             return
@@ -907,7 +901,7 @@ class DeviceConnection:
             self._reply(msg_id, Status.ILLEGAL_COMMAND)
             return
         if isinstance(msg, BridgeInit):
-            target = self.domain.device_by_token(msg.token) if len(msg.token) == 32 else None
+            target = self.ctx.domain.device_by_token(msg.token) if len(msg.token) == 32 else None
             bridges = self._bridges if self._bridges is not None else {}
             if target is None or (len(bridges) >= MAX_BRIDGES and msg.bridge_pin not in bridges):
                 self._reply(msg_id, Status.NOT_ALLOWED)
@@ -917,14 +911,14 @@ class DeviceConnection:
             self._reply(msg_id, Status.SUCCESS)
             return
         target_id = self._bridges.get(msg.bridge_pin) if self._bridges is not None else None
-        target = self.domain.device(target_id) if target_id is not None else None
+        target = self.ctx.domain.device(target_id) if target_id is not None else None
         if target is None:
             self._reply(msg_id, Status.NOT_ALLOWED)
             return
         try:
             op = parse_hardware(msg.hardware)
             if op.is_write:
-                self.domain.write_pin(target, op.pin, op.value, needs_datastream=False)
+                self.ctx.domain.write_pin(target, op.pin, op.value, needs_datastream=False)
         except (BodyError, InvalidValue):
             self._reply(msg_id, Status.ILLEGAL_COMMAND)
             return
@@ -942,7 +936,7 @@ class DeviceConnection:
                 self._reply(msg_id, Status.NTF_INVALID_BODY)
                 return
             try:
-                self.domain.log_event(dev, "notify", text)
+                self.ctx.domain.log_event(dev, "notify", text)
             except InvalidValue as exc:  # a limit of events (rate, per day); the domain logs it, rate-limited
                 self._reply(msg_id, exc.status)
                 return
@@ -951,7 +945,7 @@ class DeviceConnection:
         if command == Command.EMAIL and self.ctx.mailer is not None:
             # ``Blynk.email(subject, body)`` names no address: the recipients of the template's ``email``
             # event, when it declares one.
-            defaults = self.domain.event_defs.get(dev.template.id, "email")
+            defaults = self.ctx.domain.event_defs.get(dev.template.id, "email")
             try:
                 self.ctx.mailer.send_from_device(dev.id, body, defaults.emails if defaults is not None else ())
             except MailOff:

@@ -10,10 +10,10 @@ from blynk_server.hardware.connection cimport DeviceConnection
 
 
 cdef class HardwareSession(DeviceConnection):
-    cdef public object loop, transport
-    cdef public object _turns
-    cdef public long long _deadline_key  # the bucket on the shared wheel; 0: none
+    # The loop and the read turns are the context's (ctx.loop, ctx.turns): a pointer less each per session.
+    cdef public object transport
     cdef public object _timer
+    cdef public long long _deadline_key  # the bucket on the shared wheel; 0: none
     cdef public Py_ssize_t _offered
     cdef public bint _granted, _turn_paused
 

@@ -36,6 +36,8 @@ pure-Python twin; ``__slots__`` is for that twin (compiled, the layout is the ``
 from __future__ import annotations
 
 import asyncio
+import socket
+import sys
 
 from blynk_server.hardware.connection import (  # noqa: F401 - the limits, importable from here as before
     BUDGET,
@@ -58,13 +60,33 @@ from blynk_server.hardware.turns import ReadTurns
 CLOSE_GRACE = 5.0  # seconds a closed connection may take to send what is left before it is aborted
 
 
+def peer_address(transport) -> tuple[str, int]:
+    """The peer's IP and port. The IP is one string per address (``sys.intern``: the connections from
+    one IP share it; it goes with the last of them). Read from the socket itself where there is one:
+    uvloop's ``get_extra_info("peername")`` keeps a tuple per connection for as long as it lives, ~140
+    bytes of an idle session's ~2 KB."""
+    sock = transport.get_extra_info("socket")
+    try:
+        if sock is not None:
+            own = socket.socket(sock.family, sock.type, sock.proto, sock.fileno())
+            try:
+                peer = own.getpeername()
+            finally:
+                own.detach()  # the transport's descriptor: never closed here
+        else:
+            peer = transport.get_extra_info("peername")  # a carrier without a socket (the WebSocket door)
+    except OSError:  # gone already
+        peer = None
+    if not peer:
+        return "?", 0
+    return sys.intern(str(peer[0])), int(peer[1])
+
+
 class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
     """The server side of one device TCP/TLS (or WebSocket) connection."""
 
     __slots__ = (
-        "loop",
         "transport",
-        "_turns",
         "_deadline_key",
         "_timer",
         "_offered",
@@ -73,11 +95,9 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
     )
 
     def __init__(self, ctx: SessionContext) -> None:
-        DeviceConnection.__init__(self, ctx)
-        self.loop = ctx.loop
+        DeviceConnection.__init__(self, ctx)  # the loop and the read turns are the context's (ctx.loop, ctx.turns)
         self.transport: asyncio.Transport | None = None
         turns: ReadTurns = ctx.turns
-        self._turns = turns
         self._deadline_key = 0  # the bucket of hb_at on the shared wheel (0: none)
         self._timer: asyncio.TimerHandle | None = None  # at timer_at()
         # One receive buffer for all sessions: the loop reads into it and calls buffer_updated at once,
@@ -93,12 +113,9 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self.transport = transport
-        # The transport keeps its peername tuple: the session refers to it (and to its host string as
-        # the IP) instead of two strings of its own, ~120 bytes per idle session.
-        peer = transport.get_extra_info("peername")
-        ip = str(peer[0]) if peer else "?"
-        if self.start(ip, peer or "?", self.loop.time()):
-            high = self.settings.write_buffer_high
+        ip, port = peer_address(transport)
+        if self.start(ip, port, self.ctx.loop.time()):
+            high = self.ctx.settings.write_buffer_high
             transport.set_write_buffer_limits(high=high, low=high // 4)  # drives pause/resume_writing
             self.ctx.sessions.add(self)
         self._sync()
@@ -106,15 +123,15 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int):  # type: ignore[override]
         # While busy sockets wait their turn, a socket not granted one reads a little only: a pile of
         # sockets turning busy at once (a flood starting) cannot make one loop turn long.
-        if self._granted or not self._turns.waiting:
+        if self._granted or not self.ctx.turns.waiting:
             self._offered = len(self._buf)  # the whole shared buffer: _view is all of _buf
             return self._view
-        view = self._turns.small
+        view = self.ctx.turns.small
         self._offered = len(view)
         return view
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.receive_into(nbytes, self.loop.time())
+        self.receive_into(nbytes, self.ctx.loop.time())
         out = self.out
         if out is not None and not self.dirty and type(out) is bytes:
             self.out = None  # a read's usual single answer (a PING's, a vw's): _sync, inlined
@@ -134,7 +151,7 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
     def feed(self, data) -> None:
         """Bytes that came by another carrier than this transport's reads (the WebSocket door's
         messages), at most ``read_size`` at a time; a full one waits for a read turn like a full read."""
-        self.receive_data(data, self.loop.time())
+        self.receive_data(data, self.ctx.loop.time())
         self._sync()
         if self.closed:
             return
@@ -158,18 +175,18 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
         return False
 
     def pause_writing(self) -> None:
-        self.writing_paused(self.loop.time())
+        self.writing_paused(self.ctx.loop.time())
         if not self.closed:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        self.writing_resumed(self.loop.time())
+        self.writing_resumed(self.ctx.loop.time())
         self._resume_reading()
 
     # --- what others call (the hub's DeviceLink, the listener, the sniffer) ---------------------------
 
     def push(self, command: int, body: bytes, msg_id: int | None = None, now: float | None = None) -> bool:
-        ok = DeviceConnection.push(self, command, body, msg_id, self.loop.time() if now is None else now)
+        ok = DeviceConnection.push(self, command, body, msg_id, self.ctx.loop.time() if now is None else now)
         self._sync()
         return ok
 
@@ -210,16 +227,16 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
         """After a write while pause_writing holds (more than write_buffer_high unsent): over
         write_buffer_max, the device is not reading its replies."""
         unsent = self.transport.get_write_buffer_size()
-        if unsent > self.settings.write_buffer_max:
-            self.close_slow(f"{unsent} bytes unsent (write_buffer_max {self.settings.write_buffer_max})")
+        if unsent > self.ctx.settings.write_buffer_max:
+            self.close_slow(f"{unsent} bytes unsent (write_buffer_max {self.ctx.settings.write_buffer_max})")
 
     def _apply(self) -> None:
         dirty, self.dirty = self.dirty, 0
         if dirty & BUDGET:
-            self._turns.drawn()
+            self.ctx.turns.drawn()
         if dirty & DEFER and not self.closed:
             self.transport.pause_reading()
-            self._turns.defer_read(self)
+            self.ctx.turns.defer_read(self)
         if dirty & DEADLINE:
             if self.hb_at and not self.closed:
                 self.ctx.deadlines.set_at(self, self.hb_at)
@@ -231,7 +248,7 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
                 self._timer = None
             when = self.timer_at()
             if when and not self.closed:
-                self._timer = self.loop.call_at(when, self._on_timer, when)
+                self._timer = self.ctx.loop.call_at(when, self._on_timer, when)
         if dirty & READ:
             if self.read_blocked():
                 self.transport.pause_reading()
@@ -240,30 +257,30 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
         if dirty & CLOSE:
             transport = self.transport
             unsent = transport.get_write_buffer_size()
-            if unsent > self.settings.write_buffer_high:
+            if unsent > self.ctx.settings.write_buffer_high:
                 transport.abort()  # a device that does not read would keep its unsent output alive
             else:
                 transport.close()  # sends what is left, then closes
                 if unsent:  # ... unless the device never reads it: then it goes after CLOSE_GRACE
-                    self.loop.call_later(CLOSE_GRACE, self._abort_unsent)
+                    self.ctx.loop.call_later(CLOSE_GRACE, self._abort_unsent)
         elif dirty & CLOSE_QUIETLY:
             self.transport.close()
 
     def _on_deadline(self) -> None:
         """The shared wheel reached ``hb_at`` (never early; up to its resolution late)."""
-        now = self.loop.time()
+        now = self.ctx.loop.time()
         self.handle_timer(now if now > self.hb_at else self.hb_at)
         self._sync()
 
     def _on_timer(self, when: float) -> None:
         self._timer = None
-        now = self.loop.time()
+        now = self.ctx.loop.time()
         self.handle_timer(now if now > when else when)  # a loop may run a timer a hair early
         self._sync()
 
     def _run_deferred(self) -> None:
         """A later turn for the read the core deferred (``ReadTurns``)."""
-        self.run_deferred(self.loop.time())
+        self.run_deferred(self.ctx.loop.time())
         self._sync()
 
     def _abort_unsent(self) -> None:
@@ -275,7 +292,7 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
         """A full buffer: every other socket has its turn before this one is read again."""
         self._turn_paused = True
         self.transport.pause_reading()
-        self._turns.defer(self)
+        self.ctx.turns.defer(self)
 
     def _resume_turn(self) -> None:
         self._turn_paused = False

@@ -61,7 +61,7 @@ WALL_MS = 1_700_000_000_000
 
 def connect(w, now: float = T0, port: int = 1) -> DeviceConnection:
     core = DeviceConnection(w.ctx)
-    assert core.start("203.0.113.7", f"203.0.113.7:{port}", now)
+    assert core.start("203.0.113.7", port, now)
     return core
 
 
