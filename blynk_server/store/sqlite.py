@@ -459,6 +459,7 @@ class SqliteStore:
                 return False
             self._count_rejected(rejected)
             self._last_error = ""
+            batch.release()
         elapsed = time.perf_counter() - start
         s = self.stats
         s.batches += 1
