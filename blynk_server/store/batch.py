@@ -16,7 +16,6 @@ import functools
 import itertools
 import operator
 import sqlite3
-import time
 from collections.abc import Callable, Set
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -31,8 +30,6 @@ DATA_ERRORS = (
     sqlite3.ProgrammingError,  # "Error binding parameter" (Python 3.11)
     sqlite3.DataError,
 )
-
-RELEASE_SLICE = 2048  # rows freed at a time by Batch.release (~0.2 ms holding the GIL)
 
 # ("log", device_id, code, description, ts, level) | ("clear", device_id, code, resolve_all, ts); a log row
 # without its level (a recovery file of an older version) is stored as "info".
@@ -97,20 +94,6 @@ class Batch:
         self.meta = {k: v for k, v in self.meta.items() if k[0] not in ids}
         self.timezones = {k: v for k, v in self.timezones.items() if k not in ids}
         return before - len(self)
-
-    def release(self) -> None:
-        """Empty a written batch a slice at a time, letting the event loop take the GIL in between.
-        Dropped whole, 10,000 values and 20,000 history rows took 2.6 ms to free in one C call that
-        holds the GIL: a stall of the event loop after every flush."""
-        for rows in (self.history, self.events):
-            while rows:
-                del rows[-RELEASE_SLICE:]
-                time.sleep(0)  # releases the GIL: the loop takes it if it waits for it
-        for table in (self.values, self.props, self.devices, self.meta, self.timezones):
-            while table:
-                for key in list(itertools.islice(table, RELEASE_SLICE)):
-                    del table[key]
-                time.sleep(0)
 
     def tables(self) -> list[tuple[str, list[tuple]]]:
         """Each table's rows as flat tuples, in the order they are written. The two big ones are built

@@ -459,7 +459,6 @@ class SqliteStore:
                 return False
             self._count_rejected(rejected)
             self._last_error = ""
-            batch.release()
         elapsed = time.perf_counter() - start
         s = self.stats
         s.batches += 1

@@ -170,19 +170,3 @@ def test_data_dir_and_database_are_private_whatever_the_umask(tmp_path):
     SqliteStore(tmp_path / "data").close()
     assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
     assert stat.S_IMODE((tmp_path / "data" / "blynk.sqlite3").stat().st_mode) == 0o600
-
-
-def test_a_written_batch_is_released_a_slice_at_a_time_and_its_rows_are_stored(store, monkeypatch):
-    from blynk_server.store import batch as batch_module
-
-    s, ids = store
-    slices = []
-    monkeypatch.setattr(batch_module, "RELEASE_SLICE", 100)
-    monkeypatch.setattr(batch_module.time, "sleep", lambda seconds: slices.append(seconds))  # each GIL yield
-    for i in range(250):
-        s.put_history(ids[0], "v1", 1_700_000_000_000 + i, b"1")
-    s.put_value(ids[0], "v1", b"1", 1_700_000_000_249)
-    taken = s._pending
-    assert s._flush()
-    assert len(taken) == 0 and len(slices) == 3 + 1  # 250 history rows in slices of 100, then the value
-    assert _rows(s, "SELECT count(*) FROM history") == [(250,)]
