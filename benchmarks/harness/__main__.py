@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+from benchmarks.harness import targets
 from benchmarks.harness.engine import raise_nofile
 from benchmarks.harness.scenarios import scenario
 
@@ -104,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         default="mosquitto,amqtt",
         help="comma list of peers to run too: mosquitto, amqtt, floor (a bare uvloop server; ping-pong, idle, login storm) ('' for none)",
     )
+    p.add_argument(
+        "--pin",
+        action="store_true",
+        help="run the servers under test on CPU 0 and the load generator on the others (Linux)",
+    )
     p.add_argument("--json", help="also write the results to this file")
     args = p.parse_args(argv)
     d_devices, d_duration = DEFAULTS[args.scenario]
@@ -112,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     args.peers = [x for x in args.peers.split(",") if x]
     nofile = raise_nofile()
     print(f"# {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())} {machine()} nofile={nofile}")
+    if args.pin:
+        others = targets.pin({0})
+        print(f"# pinned: the servers on CPU 0, the load generator on CPU {','.join(map(str, sorted(others)))}")
     print(f"# {' '.join(sys.argv)}")
     try:
         import uvloop

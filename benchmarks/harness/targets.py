@@ -29,9 +29,27 @@ from blynk_server.testing import run_cli, start_server
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def _raise_nofile() -> None:  # runs in the child before exec
+# ``--pin``: the CPUs the servers under test run on (the harness keeps the others); None: not pinned.
+SERVER_CPUS: set[int] | None = None
+
+
+def pin(server_cpus: set[int]) -> set[int]:
+    """Servers started from now on run on ``server_cpus``; this process and what it starts later (the
+    load generators) on the other CPUs. Returns those."""
+    global SERVER_CPUS
+    others = set(os.sched_getaffinity(0)) - server_cpus
+    if not others:
+        raise ValueError(f"no CPU left for the load generator besides {sorted(server_cpus)}")
+    SERVER_CPUS = set(server_cpus)
+    os.sched_setaffinity(0, others)
+    return others
+
+
+def _raise_nofile() -> None:  # runs in the child before exec (every server target's)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if SERVER_CPUS:  # before exec: every thread the server starts inherits it
+        os.sched_setaffinity(0, SERVER_CPUS)
 
 
 def free_port() -> int:
