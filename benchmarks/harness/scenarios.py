@@ -371,6 +371,7 @@ async def run_load(
             out["processed_per_s"] = _r(Sampler.rate(sampler.samples, t0 + 1, t0 + elapsed + 0.5))
             out["processed_total"] = await _settle_blynk(target, sent, base)
             out["sent_equals_processed"] = out["processed_total"] == sent
+            out.update(await asyncio.get_running_loop().run_in_executor(_POOL, target.turn_budget))
             out["metrics_source"] = target.metrics_source
         elif kind == "mqtt" and mode in ("flood", "telemetry"):
             samples = [(t, v) for t, _, v in res[-1]["sys_samples"]]

@@ -192,6 +192,16 @@ class BlynkTarget(Target):
             out[key] = out.get(key, 0.0) + float(m.group(2))
         return out
 
+    def turn_budget(self) -> dict[str, float]:
+        """The turn budget's counters (reads deferred to a later loop turn, turns that spent it)."""
+        _, text = self._get("/metrics")
+        out = {}
+        for name in ("blynk_reads_deferred_total", "blynk_turns_budget_spent_total"):
+            m = re.search(rf"^{name}\s+(\S+)", text, re.M)
+            if m:
+                out[name.removeprefix("blynk_").removesuffix("_total")] = float(m.group(1))
+        return out
+
     def processed(self) -> float:
         return self.counters().get("HARDWARE", 0.0)
 
