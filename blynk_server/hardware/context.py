@@ -65,16 +65,26 @@ class SessionContext:
         "wall_ms",
     )
 
-    def __init__(self, settings: Settings, domain: Domain, hub: Hub, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        domain: Domain,
+        hub: Hub,
+        loop: asyncio.AbstractEventLoop,
+        stats: HardwareStats | None = None,
+        budget: TurnBudget | None = None,
+    ) -> None:
+        """``stats`` and ``budget`` are new ones unless given (a test gives the pure twins' for the
+        pure core: a compiled ``HardwareStats`` reads its message counts as copies to Python code)."""
         self.settings = settings
         self.domain = domain
         self.hub = hub
         self.loop = loop
-        self.stats = HardwareStats()
+        self.stats = HardwareStats() if stats is None else stats
         self.deadlines = Deadlines(loop)
         self.guard = LoginGuard(settings, loop, self.stats)
         self.decoder = Decoder(settings.max_frame)
-        self.budget = TurnBudget(settings.turn_budget)
+        self.budget = TurnBudget(settings.turn_budget) if budget is None else budget
         self.turns = ReadTurns(loop, settings.recv_buffer, self.budget)
         self.sessions: set[DeviceLink] = set()
         self.http_handoff: Callable[[], asyncio.Protocol] | None = None

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import heapq
 import itertools
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -30,13 +32,14 @@ import pytest
 
 from blynk_server.config import Settings
 from blynk_server.domain import Domain
+from blynk_server.hardware import budget, connection, sniff, stats
 from blynk_server.hardware.context import SessionContext
 from blynk_server.hardware.session import HardwareSession
 from blynk_server.hardware.sniff import FirstBytes
 from blynk_server.hub import Hub
 from blynk_server.model import Datastream
 from blynk_server.store import SqliteStore
-from protocol import Command, Decoder, Status, encode_frame
+from protocol import Command, Decoder, Status, encode_frame, twins
 
 MAX_CALLBACKS = 100_000  # per advance()/run_until_idle(): a callback that reschedules itself forever fails the test
 
@@ -374,6 +377,65 @@ def off_thread(fn: Callable, *args: Any) -> Any:
     return value
 
 
+@dataclasses.dataclass(frozen=True)
+class Twin:
+    """The classes of one twin of the device hot path: the session (on its core) and what it counts into."""
+
+    name: str
+    session: type
+    stats: type
+    budget: type
+
+
+COMPILED = Twin("compiled", HardwareSession, stats.HardwareStats, budget.TurnBudget)
+_twin = COMPILED  # what make_world builds with: see use_twin
+
+
+def compiled_here() -> bool:
+    return not connection.__file__.endswith(".py")
+
+
+@functools.cache
+def source_twin() -> Twin:
+    """The pure-Python session on the pure-Python core, with the pure counters and budget, loaded beside
+    the compiled modules (``twins.load_source``): the session's source imports the core's source."""
+    if not compiled_here():
+        return Twin("python", HardwareSession, stats.HardwareStats, budget.TurnBudget)
+    src = {
+        name: twins.load_source(f"blynk_server.hardware.{name}", f"blynk_server.hardware._{name}_source")
+        for name in ("stats", "budget", "connection")
+    }
+    real = sys.modules["blynk_server.hardware.connection"]
+    sys.modules["blynk_server.hardware.connection"] = src["connection"]  # what session.py imports its core from
+    try:
+        session_src = twins.load_source("blynk_server.hardware.session", "blynk_server.hardware._session_source")
+    finally:
+        sys.modules["blynk_server.hardware.connection"] = real
+    cls = session_src.HardwareSession
+    assert not hasattr(cls, "__pyx_vtable__") and not hasattr(cls.__mro__[1], "__pyx_vtable__")
+    return Twin("python", cls, src["stats"].HardwareStats, src["budget"].TurnBudget)
+
+
+def use_twin(name: str, monkeypatch) -> Twin:
+    """Worlds and connections of this test use twin ``name`` ("compiled" skips where nothing is)."""
+    if name == "compiled":
+        if not compiled_here():
+            pytest.skip("the hot path is not compiled here (no build, or BLYNK_NO_EXTENSIONS=1)")
+        twin = COMPILED
+    else:
+        twin = source_twin()
+    monkeypatch.setattr(sys.modules[__name__], "_twin", twin)
+    monkeypatch.setattr(sniff, "HardwareSession", twin.session)  # what FirstBytes creates
+    return twin
+
+
+@pytest.fixture(params=["compiled", "python"])
+def both_twins(request, monkeypatch) -> Twin:
+    """A module that takes this fixture (``pytestmark = pytest.mark.usefixtures("both_twins")``) runs
+    each test on both twins of the hot path, in one process."""
+    return use_twin(request.param, monkeypatch)
+
+
 def make_world(tmp_path: Path, **settings: Any) -> World:
     """The setup every session test shares; ``settings`` override ``Settings()`` fields."""
     s = dataclasses.replace(Settings(data_dir=tmp_path / "data"), **settings)
@@ -387,7 +449,8 @@ def make_world(tmp_path: Path, **settings: Any) -> World:
     if hasattr(store, "forbid_thread"):  # ... and no SQLite on the loop thread: the test's thread here
         store.forbid_thread(threading.get_ident())
     loop = FakeLoop()
-    ctx = SessionContext(s, domain, hub, loop)  # type: ignore[arg-type]  # a FakeLoop for the loop
+    twin = _twin
+    ctx = SessionContext(s, domain, hub, loop, twin.stats(), twin.budget(s.turn_budget))  # type: ignore[arg-type]
     return World(s, store, hub, domain, loop, ctx, record.token, record.id)
 
 

@@ -7,12 +7,10 @@ install built one) and the Python source (loaded beside it by ``protocol.twins.l
 
 from __future__ import annotations
 
-import functools
 import sys
 
 import pytest
 
-from blynk_server.hardware import connection
 from blynk_server.hardware.connection import (
     CLOSE,
     CLOSE_QUIETLY,
@@ -24,7 +22,7 @@ from blynk_server.hardware.connection import (
     TIMER,
     DeviceConnection,
 )
-from protocol import Command, Decoder, Status, encode_frame, twins
+from protocol import Command, Decoder, Status, encode_frame
 from protocol.body import join_fields
 from tests.unit import fakes
 from tests.unit.fakes import response
@@ -32,25 +30,12 @@ from tests.unit.fakes import response
 world, world_factory = fakes.world, fakes.world_factory
 
 
-@functools.cache
-def _source_twin() -> type:
-    if connection.__file__.endswith(".py"):
-        return connection.DeviceConnection
-    return twins.load_source(
-        "blynk_server.hardware.connection", "blynk_server.hardware._connection_source"
-    ).DeviceConnection
-
-
 @pytest.fixture(autouse=True, params=["compiled", "python"])
 def twin(request, monkeypatch) -> type:
-    """``DeviceConnection`` in ``connect`` is the twin of this run."""
-    if request.param == "compiled":
-        if connection.__file__.endswith(".py"):
-            pytest.skip("the core is not compiled here (no build, or BLYNK_NO_EXTENSIONS=1)")
-        cls = connection.DeviceConnection
-    else:
-        cls = _source_twin()
-        assert not hasattr(cls, "__pyx_vtable__")
+    """``DeviceConnection`` in ``connect`` is the twin of this run, and the world counts into that
+    twin's ``HardwareStats`` (``fakes.use_twin``)."""
+    cls = fakes.use_twin(request.param, monkeypatch).session.__mro__[1]  # the core under the adapter
+    assert request.param == "compiled" or not hasattr(cls, "__pyx_vtable__")
     monkeypatch.setattr(sys.modules[__name__], "DeviceConnection", cls)
     return cls
 

@@ -4,6 +4,8 @@ replies (write buffer), the close grace, and paced output for blynklib."""
 
 from __future__ import annotations
 
+import pytest
+
 from blynk_server.hardware.session import CLOSE_GRACE, PACE_GAP
 from blynk_server.hardware.turns import READS_PER_TURN, SMALL_READ
 from protocol import Command, Status, encode_frame
@@ -11,7 +13,8 @@ from protocol.body import join_fields
 from tests.unit import fakes
 from tests.unit.fakes import response
 
-world, world_factory = fakes.world, fakes.world_factory
+world, world_factory, both_twins = fakes.world, fakes.world_factory, fakes.both_twins
+pytestmark = pytest.mark.usefixtures("both_twins")  # each test on the compiled and the pure twin
 
 
 def pings(first_id: int, n: int) -> bytes:

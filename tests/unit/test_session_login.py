@@ -14,7 +14,8 @@ from protocol.body import join_fields
 from tests.unit import fakes
 from tests.unit.fakes import response
 
-world, world_factory = fakes.world, fakes.world_factory
+world, world_factory, both_twins = fakes.world, fakes.world_factory, fakes.both_twins
+pytestmark = pytest.mark.usefixtures("both_twins")  # each test on the compiled and the pure twin
 
 
 def info(**fields) -> bytes:

@@ -4,12 +4,15 @@ should not (logins, lone pings, commands to devices). On the fake loop a turn is
 
 from __future__ import annotations
 
+import pytest
+
 from blynk_server.hardware.turns import TURN_BUCKETS
 from protocol import Command, Status
 from tests.unit import fakes
 from tests.unit.fakes import response
 
-world, world_factory = fakes.world, fakes.world_factory
+world, world_factory, both_twins = fakes.world, fakes.world_factory, fakes.both_twins
+pytestmark = pytest.mark.usefixtures("both_twins")  # each test on the compiled and the pure twin
 
 ARRIVED_MS = 1_700_000_000_000
 
