@@ -134,6 +134,16 @@ class BlynkCollector(Collector):
             yield from _turns(src.turns)
 
 
+def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, int]]:
+    """A histogram's buckets for prometheus-client: per-bucket counts (the last one over every bound)
+    as cumulative counts by ``le``."""
+    cumulative, buckets = 0, []
+    for bound, n in zip((*bounds, float("inf")), counts, strict=True):
+        cumulative += n
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+    return buckets
+
+
 def _turns(t: ReadTurns) -> Iterator[Metric]:
     """The turn budget: reads deferred to a later loop turn, and how long the turns that had device work took."""
     b = t.budget
@@ -154,10 +164,7 @@ def _turns(t: ReadTurns) -> Iterator[Metric]:
     turns = HistogramMetricFamily(
         "blynk_loop_turn_seconds", "Event-loop turns with device work: from its first frame to the next turn"
     )
-    cumulative, buckets = 0, []
-    for bound, n in zip((*TURN_BUCKETS, float("inf")), t.turn_counts, strict=True):
-        cumulative += n
-        buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+    buckets = _cumulative(TURN_BUCKETS, t.turn_counts)
     turns.add_metric([], buckets, t.turn_seconds)
     yield turns
 
@@ -300,11 +307,7 @@ def _http(h: HttpStats) -> Iterator[Metric]:
         "blynk_http_request_duration_seconds", "HTTP request latency by route", labels=["app", "route"]
     )
     for (app, route), (counts, total) in list(h.latency.items()):
-        cumulative, buckets = 0, []
-        for bound, n in zip((*HTTP_BUCKETS, float("inf")), counts, strict=True):
-            cumulative += n
-            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-        latency.add_metric([app, route], buckets, total)
+        latency.add_metric([app, route], _cumulative(HTTP_BUCKETS, counts), total)
     yield latency
     yield GaugeMetricFamily(
         "blynk_http_connections_open", "HTTP connections open on the device port", value=h.connections_open
