@@ -643,6 +643,10 @@ class DeviceConnection:
     def _close(self, reason: str) -> None:
         if self.closed:
             return
+        if self.deferred is not None:  # bytes that came before the close are handled first, as without a budget
+            self.run_deferred(self.now)
+            if self.closed:  # they closed it themselves
+                return
         self.closed = True
         self.dirty |= CLOSE
         log.info("closing device=%s peer=%s reason=%s", self._who(), self._peer_text(), reason)

@@ -118,6 +118,15 @@ def test_a_deferred_read_of_a_device_that_disconnects_is_still_stored(world_fact
     assert value(w, b) == b"8"
 
 
+def test_a_deferred_read_of_a_device_the_server_closes_is_handled_first(world_factory):
+    w = world_factory(turn_budget=1)
+    a, b = devices(w, 2)
+    vw(a, 3, "1")
+    vw(b, 3, "9")  # deferred
+    replaced_by = w.login(token=b.session.device.token)  # the same token logs in again: b is closed
+    assert b.session.closed and value(w, replaced_by) == b"9"  # stored before b went
+
+
 def test_no_budget_never_defers(world_factory):
     w = world_factory(turn_budget=0)
     devs = devices(w, 3)
