@@ -35,6 +35,7 @@ cdef class DeviceConnection:
     cpdef void receive_into(self, Py_ssize_t nbytes, double now)
     cdef _feed(self, data)
     cdef list _decode(self, data)
+    cdef inline bint _defers(self)
     cdef void _defer(self, bytes data)
     cdef inline bint _queued_behind(self)
     cdef void _lone_ping(self, int msg_id)

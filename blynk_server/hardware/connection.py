@@ -217,7 +217,7 @@ class DeviceConnection:
         if len(data) == 5 and data[0] == 6 and not (data[3] or data[4] or self._queued_behind()):
             self._lone_ping((data[1] << 8) | data[2])
             return
-        if self.device is not None and (self.deferred is not None or self.budget.spent()):
+        if self._defers():
             self._defer(bytes(data))
             return
         self._feed(data)
@@ -231,7 +231,7 @@ class DeviceConnection:
         if nbytes == 5 and buf[0] == 6 and not (buf[3] or buf[4] or self._queued_behind()):
             self._lone_ping((buf[1] << 8) | buf[2])
             return
-        if self.device is not None and (self.deferred is not None or self.budget.spent()):
+        if self._defers():
             self._defer(bytes(self._view[:nbytes]))
             return
         try:
@@ -350,13 +350,11 @@ class DeviceConnection:
         self.deferred = None
         self.now = now
         self.dirty |= READ
-        self._arrived_ms = self._arrived_ms or self.ctx.wall_ms()
-        self._feed(data)
+        self._feed(data)  # stamped with _arrived_ms, set by _defer
         self._arrived_ms = 0
 
     def connection_lost(self, exc) -> None:
-        if self.deferred is not None and not self.closed:
-            self.run_deferred(self.now)  # received before the connection went: stored, not dropped
+        self.run_deferred(self.now)  # a read received before the connection went: stored, not dropped
         self.closed = True
         self._release_pending()
         dev = self.device
@@ -383,6 +381,11 @@ class DeviceConnection:
         """Is a lone PING not to be answered at once: before login, or behind bytes not yet handled
         (a partial frame in the decoder, a deferred read)?"""
         return self.device is None or self.deferred is not None or self.decoder is not None
+
+    def _defers(self) -> bool:
+        """Is this read to wait for a later turn: a logged-in device's, with the turn's budget spent or
+        a read of its own already waiting (its bytes stay in order)?"""
+        return self.device is not None and (self.deferred is not None or self.budget.spent())
 
     def _defer(self, data: bytes) -> None:
         """This turn's budget is spent: keep the read's bytes for a later turn (``run_deferred``)."""
@@ -643,10 +646,9 @@ class DeviceConnection:
     def _close(self, reason: str) -> None:
         if self.closed:
             return
-        if self.deferred is not None:  # bytes that came before the close are handled first, as without a budget
-            self.run_deferred(self.now)
-            if self.closed:  # they closed it themselves
-                return
+        self.run_deferred(self.now)  # a read that came before the close is handled first, as without a budget
+        if self.closed:  # its frames closed it themselves
+            return
         self.closed = True
         self.dirty |= CLOSE
         log.info("closing device=%s peer=%s reason=%s", self._who(), self._peer_text(), reason)

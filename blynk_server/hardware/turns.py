@@ -39,14 +39,14 @@ class ReadTurns:
     every turn. Busy sockets wait in order, and TCP flow control holds their senders meanwhile.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, size: int, budget: TurnBudget | None = None) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int, budget: TurnBudget) -> None:
         self.loop = loop
         self.waiting: collections.deque[Reader] = collections.deque()
         self.scheduled = False
         self.buf = bytearray(size)  # the receive buffer every session of this listener shares
         self.view = memoryview(self.buf)
         self.small = self.view[:SMALL_READ]
-        self.budget = TurnBudget(0) if budget is None else budget
+        self.budget = budget
         self.deferred: collections.deque[Reader] = collections.deque()  # sessions holding a deferred read
         self.refill_scheduled = False
         self._drawn_at = 0.0  # perf_counter when this turn first drew from the budget
