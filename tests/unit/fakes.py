@@ -381,14 +381,13 @@ def off_thread(fn: Callable, *args: Any) -> Any:
 class Twin:
     """The classes of one twin of the device hot path: the session (on its core) and what it counts into."""
 
-    name: str
     session: type
     stats: type
     budget: type
 
 
-COMPILED = Twin("compiled", HardwareSession, stats.HardwareStats, budget.TurnBudget)
-_twin = COMPILED  # what make_world builds with: see use_twin
+IMPORTED = Twin(HardwareSession, stats.HardwareStats, budget.TurnBudget)  # as imported: compiled where built
+_twin = IMPORTED  # what make_world builds with: see use_twin
 
 
 def compiled_here() -> bool:
@@ -400,7 +399,7 @@ def source_twin() -> Twin:
     """The pure-Python session on the pure-Python core, with the pure counters and budget, loaded beside
     the compiled modules (``twins.load_source``): the session's source imports the core's source."""
     if not compiled_here():
-        return Twin("python", HardwareSession, stats.HardwareStats, budget.TurnBudget)
+        return IMPORTED  # nothing compiled here: the modules imported are the sources
     src = {
         name: twins.load_source(f"blynk_server.hardware.{name}", f"blynk_server.hardware._{name}_source")
         for name in ("stats", "budget", "connection")
@@ -413,7 +412,7 @@ def source_twin() -> Twin:
         sys.modules["blynk_server.hardware.connection"] = real
     cls = session_src.HardwareSession
     assert not hasattr(cls, "__pyx_vtable__") and not hasattr(cls.__mro__[1], "__pyx_vtable__")
-    return Twin("python", cls, src["stats"].HardwareStats, src["budget"].TurnBudget)
+    return Twin(cls, src["stats"].HardwareStats, src["budget"].TurnBudget)
 
 
 def use_twin(name: str, monkeypatch) -> Twin:
@@ -421,7 +420,7 @@ def use_twin(name: str, monkeypatch) -> Twin:
     if name == "compiled":
         if not compiled_here():
             pytest.skip("the hot path is not compiled here (no build, or BLYNK_NO_EXTENSIONS=1)")
-        twin = COMPILED
+        twin = IMPORTED
     else:
         twin = source_twin()
     monkeypatch.setattr(sys.modules[__name__], "_twin", twin)
