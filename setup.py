@@ -1,11 +1,11 @@
 """Declares the optional Cython extensions; everything else is in pyproject.toml.
 
 - ``protocol._framing``, the framer (its pure-Python twin is ``protocol.framing``);
-- the device hot path, ``blynk_server/hardware/connection.py`` (the sans-I/O core), ``session.py`` (its
-  asyncio adapter) and ``blynk_server/domain.py``, compiled
-  from the same Python sources (Cython's pure-Python mode): the same code, run without the bytecode
-  interpreter's overhead per line; ``connection.pxd`` and ``session.pxd`` make the core and the adapter
-  extension types (C fields, C methods).
+- the device hot path, compiled from its Python sources (Cython's pure-Python mode) under names of
+  its own, beside them: ``blynk_server/hardware/connection.py`` (the sans-I/O core) as
+  ``_connection_c``, ``session.py`` (its asyncio adapter) as ``_session_c``, ``stats.py`` and
+  ``budget.py`` as ``_stats_c`` and ``_budget_c``; each ``_<name>_c.pxd`` makes its classes extension
+  types (C fields, C methods). ``blynk_server.hardware.hotpath`` picks the compiled four or the sources.
 
 No compiler (or no Cython) means a warning and the pure-Python modules, never a failed install. The
 build records the SHA-256 of each built extension's sources in ``protocol/_compiled.json``:
@@ -21,25 +21,21 @@ from pathlib import Path
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
+_HOT = "blynk_server/hardware"
 _CORE = [
-    f"blynk_server/hardware/{name}"
-    for name in ("connection.py", "connection.pxd", "stats.py", "stats.pxd", "budget.py", "budget.pxd")
+    f"{_HOT}/{name}"
+    for name in ("connection.py", "_connection_c.pxd", "stats.py", "_stats_c.pxd", "budget.py", "_budget_c.pxd")
 ]
 # Each extension's sources, which protocol.twins compares with the files beside the installed module.
 SOURCES = {
     "protocol._framing": ["protocol/_framing.pyx"],
     # The compiled core cimports HardwareStats and TurnBudget, and the core's source cannot count into a
     # compiled HardwareStats (its message counts read as copies): the three are stale together.
-    "blynk_server.hardware.connection": _CORE,
-    "blynk_server.hardware.stats": _CORE,
-    "blynk_server.hardware.budget": _CORE,
+    "blynk_server.hardware._connection_c": _CORE,
+    "blynk_server.hardware._stats_c": _CORE,
+    "blynk_server.hardware._budget_c": _CORE,
     # The compiled adapter cimports the core (its layout and C methods): stale with it, and with its .pxd.
-    "blynk_server.hardware.session": [
-        *_CORE,
-        "blynk_server/hardware/session.py",
-        "blynk_server/hardware/session.pxd",
-    ],
-    "blynk_server.domain": ["blynk_server/domain.py"],
+    "blynk_server.hardware._session_c": [*_CORE, f"{_HOT}/session.py", f"{_HOT}/_session_c.pxd"],
 }
 
 
@@ -89,15 +85,12 @@ def extensions():
             compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
             quiet=True,
         )
-        # Python sources compiled as they are (annotations stay hints: annotation_typing off); the core's
-        # and the adapter's types and C methods come from connection.pxd and session.pxd (pure-Python mode).
+        # Python sources compiled under their twin's name (annotations stay hints: annotation_typing off);
+        # types and C methods come from the _<name>_c.pxd beside them (pure-Python mode).
         exts += cythonize(
             [
-                Extension("blynk_server.hardware.stats", ["blynk_server/hardware/stats.py"]),
-                Extension("blynk_server.hardware.budget", ["blynk_server/hardware/budget.py"]),
-                Extension("blynk_server.hardware.connection", ["blynk_server/hardware/connection.py"]),
-                Extension("blynk_server.hardware.session", ["blynk_server/hardware/session.py"]),
-                Extension("blynk_server.domain", ["blynk_server/domain.py"]),
+                Extension(f"blynk_server.hardware._{name}_c", [f"{_HOT}/{name}.py"])
+                for name in ("stats", "budget", "connection", "session")
             ],
             compiler_directives={"language_level": "3", "annotation_typing": False},
             quiet=True,

@@ -26,7 +26,7 @@ from blynk_server.automations import AutomationStats, automation_metrics
 from blynk_server.device_provisioning import ProvisionStats, provision_metrics
 from blynk_server.domain import DomainStats
 from blynk_server.events import EventsStats, event_metrics
-from blynk_server.hardware.stats import HardwareStats
+from blynk_server.hardware.hotpath import HardwareStats
 from blynk_server.hardware.turns import TURN_BUCKETS, ReadTurns
 from blynk_server.http.platform_api import Platform, platform_metrics
 from blynk_server.http.stats import HTTP_BUCKETS, HttpStats

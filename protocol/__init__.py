@@ -7,24 +7,12 @@ twin ``protocol.framing``. ``IMPLEMENTATION`` names the active one; ``protocol.t
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from protocol.constants import HEADER_SIZE, MAX_WIRE_BODY, Command, Status
 from protocol.errors import FrameTooLarge, ProtocolError
-from protocol.twins import use_compiled
+from protocol.twins import select
 
-IMPLEMENTATION: str
-
-try:
-    if not use_compiled("protocol._framing", Path(__file__).parent):
-        raise ImportError("the pure-Python framer is selected")
-    from protocol._framing import Decoder, encode_frame, encode_response
-
-    IMPLEMENTATION = "cython"
-except ImportError:
-    from protocol.framing import Decoder, encode_frame, encode_response
-
-    IMPLEMENTATION = "python"
+(_framer,), IMPLEMENTATION = select([("protocol._framing", "protocol.framing")])
+Decoder, encode_frame, encode_response = _framer.Decoder, _framer.encode_frame, _framer.encode_response
 
 __all__ = [
     "HEADER_SIZE",

@@ -1,29 +1,32 @@
-"""Which twin of a module runs: its compiled extension or its Python source.
+"""Which twin of a module runs: its compiled extension or its Python source. Selected here, and only here.
 
-The modules that exist twice (the framer ``protocol._framing``/``protocol.framing``; the device core
-``blynk_server.hardware.connection``, compiled from its own ``.py`` with a ``.pxd``, and the other
-modules of ``blynk_server.COMPILED_MODULES``) are selected here, and only here:
+Each compiled twin has a name of its own beside its source: the framer ``protocol._framing`` (from
+``_framing.pyx``) beside ``protocol.framing``; the device hot path ``blynk_server.hardware._stats_c``,
+``_budget_c``, ``_connection_c`` and ``_session_c``, compiled by Cython from the very sources
+``stats.py``, ``budget.py``, ``connection.py`` and ``session.py`` (typed by ``_<name>_c.pxd``). A source
+module is always itself; nothing shadows it, and both twins can be imported in one process (the tests
+run the hot path's on each). ``select`` picks, for a group of modules:
 
-- ``BLYNK_NO_EXTENSIONS=1`` selects the Python source of every one;
-- a compiled module whose sources changed after it was built is **stale**: a warning, and the source
-  runs. The build (setup.py) records the SHA-256 of each extension's sources in ``_compiled.json``
-  beside this module; at import the sources on disk, where they are, are hashed and compared. A module
-  built without that record, or installed without its sources, cannot be checked and is used.
-
-Modules compiled under their own name (``connection.py`` → ``connection.*.so``) are redirected to the
-source by a meta-path finder (``install``); the framer, compiled under another name, asks
-``use_compiled`` before importing it.
+- the sources, with ``BLYNK_NO_EXTENSIONS=1``, or when a compiled twin is missing (not built);
+- the sources, with a ``StaleExtension`` warning, when a compiled twin is **stale**: its sources changed
+  after it was built. The build (setup.py) records the SHA-256 of each extension's sources in
+  ``_compiled.json`` beside this module; at import the sources on disk, where they are, are hashed and
+  compared. A module built without that record, or installed without its sources, cannot be checked
+  and is used;
+- else the compiled twins, all of them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import json
 import os
 import warnings
-from importlib.machinery import ModuleSpec
+from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 MANIFEST = Path(__file__).with_name("_compiled.json")  # written by setup.py's build_ext
 
@@ -76,47 +79,24 @@ def use_compiled(module: str, directory: str | os.PathLike, manifest: dict | Non
     return True
 
 
-class SourcesWhenNeeded:
-    """A meta-path finder for modules compiled under their own name: their ``.py`` when the compiled
-    twin must not run (``use_compiled`` says no); else nothing, and the usual import finds the
-    extension first."""
+def select(pairs: Sequence[tuple[str, str]], manifest: dict | None = None) -> tuple[list[ModuleType], str]:
+    """Import the compiled twin of every ``(compiled, source)`` pair of module names, or the source of
+    every one, and say which (``"cython"`` or ``"python"``).
 
-    def __init__(self, modules: tuple[str, ...], manifest: dict | None = None) -> None:
-        self.modules = frozenset(modules)
-        self.manifest = manifest
-
-    def find_spec(self, name: str, path=None, target=None) -> ModuleSpec | None:
-        if name not in self.modules:
-            return None
-        leaf = name.rpartition(".")[2]
-        for entry in path or ():
-            source = os.path.join(entry, leaf + ".py")
-            if os.path.exists(source):
-                if use_compiled(name, entry, self.manifest):
-                    return None
-                return importlib.util.spec_from_file_location(name, source)
-        return None
+    The sources run when extensions are off, when a compiled twin is not there (not built) or is stale
+    (``use_compiled`` warns), or when one fails to import: compiled twins that ``cimport`` each other
+    run together or not at all."""
+    if not extensions_off() and all(_compiled_usable(compiled, manifest) for compiled, _ in pairs):
+        try:
+            return [importlib.import_module(compiled) for compiled, _ in pairs], "cython"
+        except ImportError:
+            pass
+    return [importlib.import_module(source) for _, source in pairs], "python"
 
 
-def install(modules: tuple[str, ...]) -> None:
-    """Select the twin of each of ``modules`` (compiled under their own name) at their import."""
-    import sys
-
-    if not any(isinstance(f, SourcesWhenNeeded) and f.modules == frozenset(modules) for f in sys.meta_path):
-        sys.meta_path.insert(0, SourcesWhenNeeded(modules))
-
-
-def load_source(name: str, alias: str) -> object:
-    """The Python source of the compiled-under-its-own-name module ``name``, executed as a separate
-    module ``alias`` (not registered in ``sys.modules`` as ``name``): both twins in one process, for
-    tests."""
-    import sys
-
+def _compiled_usable(name: str, manifest: dict | None) -> bool:
+    """``name`` is built, and not older than its sources (else a ``StaleExtension`` warning)."""
     spec = importlib.util.find_spec(name)
-    assert spec is not None and spec.origin is not None, name
-    source = os.path.join(os.path.dirname(spec.origin), name.rpartition(".")[2] + ".py")
-    twin = importlib.util.spec_from_file_location(alias, source)
-    module = importlib.util.module_from_spec(twin)
-    sys.modules[alias] = module
-    twin.loader.exec_module(module)
-    return module
+    if spec is None or spec.origin is None:
+        return False
+    return use_compiled(name, os.path.dirname(spec.origin), manifest)

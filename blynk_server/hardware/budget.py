@@ -7,7 +7,7 @@ kept as they are, its socket stops being read, and the session waits in the list
 (``turns.ReadTurns``) for a later turn, in arrival order. What keeps its place: logins (a connection
 not logged in), a lone PING, commands pushed to devices and HTTP, which never draw from it.
 
-Compiled, ``budget.pxd`` gives it C fields the core reads without a Python object (as ``stats.pxd``).
+Its compiled twin ``_budget_c`` (``_budget_c.pxd``) gives it C fields the core reads without a Python object.
 """
 
 from __future__ import annotations

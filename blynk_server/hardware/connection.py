@@ -22,18 +22,19 @@ in-memory ``Domain`` and ``Hub`` directly (neither does I/O). Wall-clock millise
 timestamps come from the context's ``wall_ms`` (``model.now_ms`` unless a test gives its own), read only
 when a frame needs one. ``hardware/session.py`` is the asyncio adapter; ``http/websocket.py`` feeds the same adapter.
 
-Compiled, ``connection.pxd`` makes the class an extension type (C fields, C methods for the per-message
-path); this file is the one source of behaviour and, as it is, the pure-Python twin. A new field or
-method is declared there too; a method the adapter overrides or ``HANDLERS`` names stays a ``def``.
+Cython builds the compiled twin ``_connection_c`` from this file, where ``_connection_c.pxd`` makes the
+class an extension type (C fields, C methods for the per-message path); this file is the one source of
+behaviour and, as it is, the pure-Python twin (``hotpath`` picks one). A new field or method is
+declared there too; a method the adapter overrides or ``HANDLERS`` names stays a ``def``.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from blynk_server.config import read_timeout
 from blynk_server.domain import DeviceState, InvalidValue, device_timezone
-from blynk_server.hardware.context import SessionContext
 from blynk_server.mailer import MailInvalid, MailNoRecipient, MailOff, MailRefused, MailTooSoon
 from blynk_server.model import MAX_TS_MS
 from blynk_server.timeutil import UTC_REQUESTS, rtc_seconds, utc_answer
@@ -53,6 +54,9 @@ from protocol.body import (
     parse_property,
     parse_sync,
 )
+
+if TYPE_CHECKING:
+    from blynk_server.hardware.context import SessionContext
 
 # The session's logger name, as before the core was split out of it: log configurations keep working.
 log = logging.getLogger("blynk_server.hardware.session")
@@ -555,7 +559,7 @@ class DeviceConnection:
         if self._paced is not None:
             self._paced_write(data)
             return
-        self._out(data)  # an inline C function when compiled (connection.pxd)
+        self._out(data)  # an inline C function when compiled (_connection_c.pxd)
 
     def _out(self, data: bytes) -> None:
         out = self.out

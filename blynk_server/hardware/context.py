@@ -14,10 +14,9 @@ from typing import TYPE_CHECKING
 
 from blynk_server.config import Settings
 from blynk_server.domain import Domain
-from blynk_server.hardware.budget import TurnBudget
 from blynk_server.hardware.deadlines import Deadlines
 from blynk_server.hardware.guard import LoginGuard
-from blynk_server.hardware.stats import HardwareStats
+from blynk_server.hardware.hotpath import HardwareStats, TurnBudget
 from blynk_server.hardware.turns import ReadTurns
 from blynk_server.hub import DeviceLink, Hub
 from blynk_server.model import now_ms

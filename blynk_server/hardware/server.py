@@ -10,7 +10,7 @@ from collections.abc import Callable
 from blynk_server.config import Settings
 from blynk_server.domain import Domain
 from blynk_server.hardware.context import SessionContext
-from blynk_server.hardware.session import HardwareSession
+from blynk_server.hardware.hotpath import HardwareSession
 from blynk_server.hardware.sniff import FirstBytes
 from blynk_server.hub import Hub
 

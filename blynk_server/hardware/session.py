@@ -20,14 +20,14 @@ hub's ``DeviceLink``). What the adapter adds is I/O only:
 Which protocol a device port's connection speaks (binary or HTTP) is decided in front of the session,
 by ``sniff.FirstBytes``.
 
-Compiled, ``session.pxd`` makes ``HardwareSession`` an extension type deriving from the core's (C fields,
+Its compiled twin ``_session_c`` (``_session_c.pxd``) makes ``HardwareSession`` an extension type deriving from the compiled core's (C fields,
 and ``_sync``/``_apply``/``_check_unsent``/``_wait_turn``/``_resume_reading`` as C methods), so a read
 reaches ``out``, ``dirty``, ``closed`` and ``write_blocked`` and calls ``receive_into`` without a
 Python-level attribute access or call. ``asyncio.BufferedProtocol`` stays its second base (Cython
 allows a Python base without instance layout): asyncio's own loops and ``sslproto`` pick the buffered
 read path with ``isinstance``, uvloop by the presence of ``get_buffer`` (both are tested:
 tests/integration/test_event_loops.py). This file is the one source of behaviour and, as it is, the
-pure-Python twin; ``__slots__`` is for that twin (compiled, the layout is the ``.pxd``'s and
+pure-Python twin, on the pure core; ``__slots__`` is for that twin (compiled, the layout is the ``.pxd``'s and
 ``__slots__`` only a class attribute). A method another module or a loop callback calls (``feed``,
 ``_on_deadline``, ``_resume_turn``, ``_on_timer``…) stays a ``def``; a new field is declared in the
 ``.pxd`` too.
@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 from blynk_server.hardware.connection import (  # noqa: F401 - the limits, importable from here as before
     BUDGET,
@@ -52,10 +53,21 @@ from blynk_server.hardware.connection import (  # noqa: F401 - the limits, impor
     PACE_GAP,
     READ,
     TIMER,
-    DeviceConnection,
 )
-from blynk_server.hardware.context import SessionContext
-from blynk_server.hardware.turns import ReadTurns
+
+try:
+    import cython  # compiling: Cython's own; with Cython installed, its pure-Python stand-in
+except ImportError:  # no Cython here: this is the pure-Python twin
+    from blynk_server.hardware import nocython as cython
+
+if cython.compiled:  # each twin derives from the core of its kind (the compiled one as _session_c.pxd says)
+    from blynk_server.hardware._connection_c import DeviceConnection
+else:
+    from blynk_server.hardware.connection import DeviceConnection
+
+if TYPE_CHECKING:
+    from blynk_server.hardware.context import SessionContext
+    from blynk_server.hardware.turns import ReadTurns
 
 CLOSE_GRACE = 5.0  # seconds a closed connection may take to send what is left before it is aborted
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 
 from blynk_server.hardware.context import SessionContext
-from blynk_server.hardware.session import HardwareSession
+from blynk_server.hardware.hotpath import HardwareSession
 
 HTTP_PREFIXES = (b"GET ", b"POST", b"PUT ", b"HEAD", b"OPTI", b"PATC", b"DELE", b"TRAC", b"CONN")
 

@@ -1,6 +1,6 @@
 """Server-wide plain counters for the hardware path, read by the metrics collector at scrape time.
 
-Compiled, ``HardwareStats`` is an extension type with C integer fields (``stats.pxd``): the core
+Its compiled twin ``_stats_c`` (``_stats_c.pxd``) makes ``HardwareStats`` an extension type with C integer fields: the core
 counts each message without a Python object. ``messages_in``/``messages_out`` then read as a new
 list: index them (``stats.messages_in[cmd] += 1``), never add to a list taken from them.
 """

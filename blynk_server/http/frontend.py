@@ -20,7 +20,7 @@ from blynk_server.config import Settings
 from blynk_server.device_provisioning import add_device_routes as add_provision_routes
 from blynk_server.domain import Domain
 from blynk_server.export import Exports
-from blynk_server.hardware.session import HardwareSession
+from blynk_server.hardware.hotpath import HardwareSession
 from blynk_server.http import device_api, legacy_api, websocket
 from blynk_server.http import files as file_routes
 from blynk_server.http.common import ApiError, Handler, LogBudget, json_error, metrics_middleware, route_name

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from blynk_server.hardware.session import HardwareSession
+from blynk_server.hardware.hotpath import HardwareSession
 
 log = logging.getLogger(__name__)
 WS_PATHS = ("/websocket", "/websockets")

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from blynk_server.devclient import DeviceClient
-from blynk_server.hardware.session import HardwareSession
+from blynk_server.hardware.hotpath import HardwareSession
 from blynk_server.model import Datastream
 from protocol import Command, Status, encode_frame
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 import heapq
 import itertools
 import sys
@@ -32,14 +31,14 @@ import pytest
 
 from blynk_server.config import Settings
 from blynk_server.domain import Domain
-from blynk_server.hardware import budget, connection, sniff, stats
+from blynk_server.hardware import budget, hotpath, sniff, stats
 from blynk_server.hardware.context import SessionContext
 from blynk_server.hardware.session import HardwareSession
 from blynk_server.hardware.sniff import FirstBytes
 from blynk_server.hub import Hub
 from blynk_server.model import Datastream
 from blynk_server.store import SqliteStore
-from protocol import Command, Decoder, Status, encode_frame, twins
+from protocol import Command, Decoder, Status, encode_frame
 
 MAX_CALLBACKS = 100_000  # per advance()/run_until_idle(): a callback that reschedules itself forever fails the test
 
@@ -386,33 +385,13 @@ class Twin:
     budget: type
 
 
-IMPORTED = Twin(HardwareSession, stats.HardwareStats, budget.TurnBudget)  # as imported: compiled where built
+IMPORTED = Twin(hotpath.HardwareSession, hotpath.HardwareStats, hotpath.TurnBudget)  # compiled where built
+SOURCE = Twin(HardwareSession, stats.HardwareStats, budget.TurnBudget)  # the sources, always importable
 _twin = IMPORTED  # what make_world builds with: see use_twin
 
 
 def compiled_here() -> bool:
-    return not connection.__file__.endswith(".py")
-
-
-@functools.cache
-def source_twin() -> Twin:
-    """The pure-Python session on the pure-Python core, with the pure counters and budget, loaded beside
-    the compiled modules (``twins.load_source``): the session's source imports the core's source."""
-    if not compiled_here():
-        return IMPORTED  # nothing compiled here: the modules imported are the sources
-    src = {
-        name: twins.load_source(f"blynk_server.hardware.{name}", f"blynk_server.hardware._{name}_source")
-        for name in ("stats", "budget", "connection")
-    }
-    real = sys.modules["blynk_server.hardware.connection"]
-    sys.modules["blynk_server.hardware.connection"] = src["connection"]  # what session.py imports its core from
-    try:
-        session_src = twins.load_source("blynk_server.hardware.session", "blynk_server.hardware._session_source")
-    finally:
-        sys.modules["blynk_server.hardware.connection"] = real
-    cls = session_src.HardwareSession
-    assert not hasattr(cls, "__pyx_vtable__") and not hasattr(cls.__mro__[1], "__pyx_vtable__")
-    return Twin(cls, src["stats"].HardwareStats, src["budget"].TurnBudget)
+    return hotpath.IMPLEMENTATION == "cython"
 
 
 def use_twin(name: str, monkeypatch) -> Twin:
@@ -422,7 +401,7 @@ def use_twin(name: str, monkeypatch) -> Twin:
             pytest.skip("the hot path is not compiled here (no build, or BLYNK_NO_EXTENSIONS=1)")
         twin = IMPORTED
     else:
-        twin = source_twin()
+        twin = SOURCE
     monkeypatch.setattr(sys.modules[__name__], "_twin", twin)
     monkeypatch.setattr(sniff, "HardwareSession", twin.session)  # what FirstBytes creates
     return twin

@@ -3,7 +3,7 @@ out. No loop, no transport, no sleep: the time of each input is a number the tes
 send is read back from ``data_to_send()``. The asyncio adapter is covered by tests/unit/test_session_*.
 
 Each test runs on both twins of the core in one process: the compiled extension type (where the
-install built one) and the Python source (loaded beside it by ``protocol.twins.load_source``)."""
+install built one, ``_connection_c``) and the Python source (``connection``), side by side."""
 
 from __future__ import annotations
 

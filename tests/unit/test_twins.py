@@ -20,70 +20,81 @@ def _digest(data: bytes) -> str:
 
 @pytest.fixture
 def package(tmp_path, monkeypatch):
-    """A package ``twinpkg`` with a source module ``core.py`` (and ``core.pxd``) on sys.path."""
+    """A package ``twinpkg``: a source ``core.py``, its "compiled twin" ``_core_c.py`` (a stand-in for the
+    extension: what matters here is which module is imported) and ``_core_c.pxd``, on sys.path."""
     monkeypatch.delenv("BLYNK_NO_EXTENSIONS", raising=False)
     pkg = tmp_path / "twinpkg"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     (pkg / "core.py").write_text("WHICH = 'source'\n")
-    (pkg / "core.pxd").write_text("cdef class Core:\n    pass\n")
+    (pkg / "_core_c.py").write_text("WHICH = 'compiled'\n")
+    (pkg / "_core_c.pxd").write_text("cdef class Core:\n    pass\n")
+    (pkg / "other.py").write_text("WHICH = 'source'\n")
+    (pkg / "_other_c.py").write_text("WHICH = 'compiled'\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     yield pkg
-    for name in ("twinpkg.core", "twinpkg"):
-        sys.modules.pop(name, None)
+    for name in [n for n in sys.modules if n.startswith("twinpkg")]:
+        sys.modules.pop(name)
+
+
+PAIRS = [("twinpkg._core_c", "twinpkg.core"), ("twinpkg._other_c", "twinpkg.other")]
 
 
 def _built(pkg) -> dict:
     """The manifest of a build made from the sources as they are now."""
-    return {"twinpkg.core": {n: _digest((pkg / n).read_bytes()) for n in ("core.py", "core.pxd")}}
+    return {"twinpkg._core_c": {n: _digest((pkg / n).read_bytes()) for n in ("core.py", "_core_c.pxd")}}
+
+
+def _which(modules) -> list[str]:
+    return [m.WHICH for m in modules]
 
 
 def test_fresh_build_is_used(package):
     manifest = _built(package)
-    assert twins.stale_sources("twinpkg.core", package, manifest) == []
+    assert twins.stale_sources("twinpkg._core_c", package, manifest) == []
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert twins.use_compiled("twinpkg.core", package, manifest)
-        # The finder leaves the import to the usual machinery (which finds the extension first).
-        assert twins.SourcesWhenNeeded(("twinpkg.core",), manifest).find_spec("twinpkg.core", [str(package)]) is None
+        assert twins.use_compiled("twinpkg._core_c", package, manifest)
+        modules, implementation = twins.select(PAIRS, manifest)
+    assert implementation == "cython" and _which(modules) == ["compiled", "compiled"]
 
 
-@pytest.mark.parametrize("edited", ["core.py", "core.pxd"])
-def test_stale_build_warns_and_runs_the_source(package, edited):
+@pytest.mark.parametrize("edited", ["core.py", "_core_c.pxd"])
+def test_stale_build_warns_and_runs_every_source(package, edited):
+    """One stale twin: the sources of the whole group run (compiled twins cimport each other)."""
     manifest = _built(package)
     (package / edited).write_text((package / edited).read_text() + "# edited after the build\n")
-    assert twins.stale_sources("twinpkg.core", package, manifest) == [edited]
-    finder = twins.SourcesWhenNeeded(("twinpkg.core",), manifest)
-    with pytest.warns(twins.StaleExtension, match=f"twinpkg.core: the compiled module is older than {edited}"):
-        spec = finder.find_spec("twinpkg.core", [str(package)])
-    assert spec is not None and spec.origin == str(package / "core.py")
+    assert twins.stale_sources("twinpkg._core_c", package, manifest) == [edited]
+    with pytest.warns(twins.StaleExtension, match=f"twinpkg._core_c: the compiled module is older than {edited}"):
+        modules, implementation = twins.select(PAIRS, manifest)
+    assert implementation == "python" and _which(modules) == ["source", "source"]
+    assert modules[0].__file__ == str(package / "core.py")
 
 
-def test_stale_module_imports_its_source(package, monkeypatch):
-    """Through the import system: the finder in front of sys.meta_path hands out the source."""
-    manifest = {"twinpkg.core": {"core.py": _digest(b"an older source")}}
-    monkeypatch.setattr(sys, "meta_path", [twins.SourcesWhenNeeded(("twinpkg.core",), manifest), *sys.meta_path])
-    with pytest.warns(twins.StaleExtension):
-        import twinpkg.core
-    assert twinpkg.core.WHICH == "source" and twinpkg.core.__file__ == str(package / "core.py")
+def test_a_missing_twin_selects_every_source(package):
+    (package / "_other_c.py").unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        modules, implementation = twins.select(PAIRS, _built(package))
+    assert implementation == "python" and _which(modules) == ["source", "source"]
 
 
 def test_extensions_off_selects_the_source_without_warning(package, monkeypatch):
     monkeypatch.setenv("BLYNK_NO_EXTENSIONS", "1")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert not twins.use_compiled("twinpkg.core", package, _built(package))
-        spec = twins.SourcesWhenNeeded(("twinpkg.core",), _built(package)).find_spec("twinpkg.core", [str(package)])
-    assert spec is not None and spec.origin == str(package / "core.py")
+        assert not twins.use_compiled("twinpkg._core_c", package, _built(package))
+        modules, implementation = twins.select(PAIRS, _built(package))
+    assert implementation == "python" and _which(modules) == ["source", "source"]
     monkeypatch.setenv("BLYNK_NO_EXTENSIONS", "0")
-    assert twins.use_compiled("twinpkg.core", package, _built(package))
+    assert twins.use_compiled("twinpkg._core_c", package, _built(package))
 
 
 def test_unchecked_cases_use_the_build(package, tmp_path):
     """No record of the module, or its sources not installed: nothing to compare, the build runs."""
-    assert twins.use_compiled("twinpkg.core", package, {})
-    manifest = {"twinpkg.core": {"core.pyx": _digest(b"not installed")}}
-    assert twins.stale_sources("twinpkg.core", package, manifest) == []
+    assert twins.use_compiled("twinpkg._core_c", package, {})
+    manifest = {"twinpkg._core_c": {"core.pyx": _digest(b"not installed")}}
+    assert twins.stale_sources("twinpkg._core_c", package, manifest) == []
     assert twins._manifest(tmp_path / "missing.json") == {}
     (tmp_path / "bad.json").write_text("{not json")
     assert twins._manifest(tmp_path / "bad.json") == {}
@@ -91,19 +102,21 @@ def test_unchecked_cases_use_the_build(package, tmp_path):
     assert twins._manifest(tmp_path / "ok.json") == _built(package)
 
 
-def test_other_modules_are_not_the_finders():
-    finder = twins.SourcesWhenNeeded(blynk_server.COMPILED_MODULES)
-    assert finder.find_spec("blynk_server.config", list(blynk_server.__path__)) is None
-
-
 def test_the_imported_hot_path_matches_the_selection():
-    """What runs is what the selection says: compiled only when extensions are on and not stale."""
+    """What runs is what the selection says: compiled only when extensions are on and not stale; the
+    sources are always importable under their own names, and nothing shadows them."""
     import protocol
+    from blynk_server.hardware import connection, hotpath, session
 
+    assert connection.__file__.endswith("connection.py") and session.__file__.endswith("session.py")
     if twins.extensions_off():
         assert protocol.IMPLEMENTATION == "python"
         assert blynk_server.hot_path_implementation() == "python"
-    for name in blynk_server.COMPILED_MODULES:
-        module = sys.modules.get(name) or __import__(name, fromlist=["_"])
-        if not module.__file__.endswith(".py"):  # a compiled one runs: it is not stale
-            assert twins.stale_sources(name, module.__file__.rpartition("/")[0]) == []
+    if hotpath.IMPLEMENTATION == "cython":
+        for compiled, _ in hotpath._TWINS:
+            module = sys.modules[compiled]
+            assert not module.__file__.endswith(".py")
+            assert twins.stale_sources(compiled, module.__file__.rpartition("/")[0]) == []
+        assert hotpath.HardwareSession.__mro__[1] is hotpath.DeviceConnection
+    else:
+        assert hotpath.HardwareSession is session.HardwareSession

@@ -1,15 +1,16 @@
-# The typed layout of ``connection.py`` when Cython compiles it (pure-Python mode: this file augments
-# the module, whose source stays the one source of behaviour; without Cython it runs as plain Python).
+# The typed layout of ``_connection_c``, the compiled twin Cython builds from ``connection.py``
+# (pure-Python mode: this file augments that source, the one source of behaviour, which also runs as
+# plain Python under its own name).
 # ``DeviceConnection`` becomes an extension type: its state is C fields (times as double, flags as bint,
 # counts as C integers) and the per-message methods are C functions called without a Python call.
 # Every field is ``public``: the hub, the tests and the pure adapter read and set them (the compiled
-# adapter, session.pxd's extension type, reaches them in C). ``receive_into``, a read's entry, is
+# adapter, _session_c.pxd's extension type, reaches them in C). ``receive_into``, a read's entry, is
 # ``cpdef``: a C call from the compiled adapter, a method for everyone else.
 # A field or method added to the class must be declared here too (Cython refuses an undeclared one).
 cimport cython
 
-from blynk_server.hardware.budget cimport TurnBudget
-from blynk_server.hardware.stats cimport HardwareStats
+from blynk_server.hardware._budget_c cimport TurnBudget
+from blynk_server.hardware._stats_c cimport HardwareStats
 
 
 cdef class DeviceConnection:

@@ -1,4 +1,4 @@
-# The typed layout of ``stats.py`` when Cython compiles it (pure-Python mode, as connection.pxd): the
+# The typed layout of ``_stats_c``, the compiled twin of ``stats.py`` (as _connection_c.pxd): the
 # counters are C integers the core adds to without a Python object, read by the metrics collector at
 # scrape time (``messages_in``/``messages_out`` read as a new list of 256 ints).
 cdef class HardwareStats:

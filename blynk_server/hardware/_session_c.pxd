@@ -1,4 +1,4 @@
-# The typed layout of ``session.py`` when Cython compiles it (pure-Python mode, as connection.pxd):
+# The typed layout of ``_session_c``, the compiled twin of ``session.py`` (as _connection_c.pxd):
 # ``HardwareSession`` becomes an extension type deriving from the core's, so the per-read path
 # (``get_buffer``, ``buffer_updated``) reaches the core's fields (``out``, ``dirty``, ``closed``,
 # ``write_blocked``) and its own as C fields, and calls ``receive_into`` and the adapter's helpers as C
@@ -6,7 +6,7 @@
 # (it has no instance layout: ``__slots__ = ()``), so ``isinstance`` holds for asyncio's own loops.
 # Fields others set (``_deadline_key``: the shared wheel) stay ``public``; a method another module or a
 # loop callback calls stays a ``def`` in session.py and is not declared here.
-from blynk_server.hardware.connection cimport DeviceConnection
+from blynk_server.hardware._connection_c cimport DeviceConnection
 
 
 cdef class HardwareSession(DeviceConnection):

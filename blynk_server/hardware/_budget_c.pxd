@@ -1,4 +1,4 @@
-# The typed layout of ``budget.py`` when Cython compiles it (pure-Python mode, as stats.pxd): C fields
+# The typed layout of ``_budget_c``, the compiled twin of ``budget.py`` (as _stats_c.pxd): C fields
 # the core draws frames from without a Python object.
 cdef class TurnBudget:
     cdef public long long limit, left, deferred_reads, exhausted_turns
