@@ -74,6 +74,7 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute("PRAGMA temp_store=MEMORY")  # the flush's sorting table (batch._history): no temp file
     return conn
 
 

@@ -88,6 +88,37 @@ def test_rows_kept_while_flushes_fail_are_bounded(store):
     assert [ts for (ts,) in _rows(s, "SELECT ts FROM history ORDER BY ts")] == list(range(15, 25))
 
 
+def test_history_is_written_sorted_with_arrival_order_kept_within_one_time(store):
+    """The flush sorts history by (device, pin, time) before it reaches the index (batch._history); every
+    row is stored, and two points of one pin at the same millisecond stay in the order they came."""
+    s, (a, b, c) = store
+    arrivals = []
+    for ts in (30, 10, 20, 10):  # out of order, and 10 twice
+        for dev in (c, a, b):
+            arrivals.append((dev, ts, f"{dev}@{ts}#{len(arrivals)}".encode()))
+    for dev, ts, value in arrivals:
+        s.put_history(dev, "v1", ts, value)
+    s.flush_now()
+    assert s.stats.rows_rejected == 0 and s.pending() == 0
+    for dev in (a, b, c):
+        expected = sorted([(ts, v) for d, ts, v in arrivals if d == dev], key=lambda p: p[0])  # stable
+        assert s.history(dev, "v1") == expected
+    stored = _rows(s, "SELECT device_id, ts FROM history ORDER BY rowid")
+    assert stored == sorted(stored)  # inserted in index order
+    assert _rows(s, "SELECT count(*) FROM temp.history_in") == [(0,)]  # the sorting table is left empty
+
+
+def test_a_history_row_refused_by_a_constraint_is_dropped_alone(store):
+    """A NOT NULL value fails the sorted INSERT … SELECT as a whole: the rows are written again in halves
+    until the bad one is alone."""
+    s, (a, b, _) = store
+    for i in range(8):
+        s.put_history(a if i % 2 else b, "v1", i, None if i == 5 else b"%d" % i)
+    s.flush_now()
+    assert s.stats.rows_rejected == 1
+    assert [ts for (ts,) in _rows(s, "SELECT ts FROM history ORDER BY ts")] == [0, 1, 2, 3, 4, 6, 7]
+
+
 def test_a_stop_that_cannot_write_saves_a_recovery_file_replayed_next_start(tmp_path):
     s = SqliteStore(tmp_path / "data")
     tpl = s.create_template("TMPLunit", "Unit")
