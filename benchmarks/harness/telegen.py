@@ -181,4 +181,5 @@ def _as_worker_result(r: dict) -> dict:
         "new_login_errors": 0,
         "skipped": r["skipped"],
         "alive": r["alive"],
+        "blocked": r["blocked"],
     }
