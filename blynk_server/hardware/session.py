@@ -20,17 +20,17 @@ hub's ``DeviceLink``). What the adapter adds is I/O only:
 Which protocol a device port's connection speaks (binary or HTTP) is decided in front of the session,
 by ``sniff.FirstBytes``.
 
-Its compiled twin ``_session_c`` (``_session_c.pxd``) makes ``HardwareSession`` an extension type deriving from the compiled core's (C fields,
-and ``_sync``/``_apply``/``_check_unsent``/``_wait_turn``/``_resume_reading`` as C methods), so a read
-reaches ``out``, ``dirty``, ``closed`` and ``write_blocked`` and calls ``receive_into`` without a
-Python-level attribute access or call. ``asyncio.BufferedProtocol`` stays its second base (Cython
-allows a Python base without instance layout): asyncio's own loops and ``sslproto`` pick the buffered
-read path with ``isinstance``, uvloop by the presence of ``get_buffer`` (both are tested:
-tests/integration/test_event_loops.py). This file is the one source of behaviour and, as it is, the
-pure-Python twin, on the pure core; ``__slots__`` is for that twin (compiled, the layout is the ``.pxd``'s and
-``__slots__`` only a class attribute). A method another module or a loop callback calls (``feed``,
-``_on_deadline``, ``_resume_turn``, ``_on_timer``…) stays a ``def``; a new field is declared in the
-``.pxd`` too.
+Its compiled twin ``_session_c`` (``_session_c.pxd``) makes ``HardwareSession`` an extension type
+deriving from the compiled core's (C fields, and ``_sync``/``_apply``/``_check_unsent``/``_wait_turn``/
+``_resume_reading`` as C methods), so a read reaches ``out``, ``dirty``, ``closed`` and ``write_blocked``
+and calls ``receive_into`` without a Python-level attribute access or call. ``asyncio.BufferedProtocol``
+stays its second base (Cython allows a Python base without instance layout): asyncio's own loops and
+``sslproto`` pick the buffered read path with ``isinstance``, uvloop by the presence of ``get_buffer``
+(both are tested: tests/integration/test_event_loops.py). This file is the one source of behaviour and,
+as it is, the pure-Python twin, on the pure core; ``__slots__`` is for that twin (compiled, the layout is
+the ``.pxd``'s and ``__slots__`` only a class attribute). A method another module or a loop callback
+calls (``feed``, ``_on_deadline``, ``_resume_turn``, ``_on_timer``…) stays a ``def``; a new field is
+declared in the ``.pxd`` too.
 """
 
 from __future__ import annotations
