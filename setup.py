@@ -39,15 +39,31 @@ SOURCES = {
 }
 
 
+# Compiled by older versions under their source's own name: left beside the source by an in-place build,
+# such a file would be imported instead of it.
+FORMER = [
+    "blynk_server.domain",
+    *(f"blynk_server.hardware.{name}" for name in ("connection", "session", "stats", "budget")),
+]
+
+
 class OptionalBuildExt(build_ext):
     """Turn a failed extension build into a warning: the pure-Python framer takes over."""
 
     def run(self):
+        self._remove_former()
         try:
             super().run()
         except Exception as exc:  # noqa: BLE001 - any build failure degrades, by design
             self._warn(exc)
         self._write_manifest()
+
+    def _remove_former(self):
+        for name in FORMER:
+            path = self.get_ext_fullpath(name)
+            if os.path.exists(path):
+                os.remove(path)
+                print(f"removed {path}: an older build's module, which would shadow its source", file=sys.stderr)
 
     def _write_manifest(self):
         """``protocol/_compiled.json``: {module: {source file name: sha256}} of the extensions built."""
