@@ -108,3 +108,35 @@ def test_a_timer_firing_exactly_at_its_bucket_time_empties_the_bucket(start, del
     d.set(owner, delay)
     loop.advance(delay + RESOLUTION)
     assert len(owner.fired) == 1
+
+
+def test_cancelled_owners_are_compacted_away_not_kept_until_their_bucket_fires(loop):
+    """A bucket is a list: a cancelled owner stays in it unmatched only until more than half of it is
+    cancelled; the dead owners kept alive are never more than the live ones (plus one)."""
+    d = Deadlines(loop)
+    live = [Owner(d) for _ in range(100)]
+    for owner in live:
+        d.set(owner, 30.0)
+    for _ in range(50):  # connections that come and go within one bucket's tenth of a second
+        gone = Owner(d)
+        d.set(gone, 30.0)
+        d.cancel(gone)
+        assert d.held() - len(d) <= len(d) + 1
+    assert len(d) == 100
+    for owner in live:
+        d.cancel(owner)
+    assert d.held() <= 1 and len(d) == 0
+    loop.advance(31.0)
+    assert all(o.fired == [] for o in live)
+
+
+def test_an_owner_moved_away_and_back_fires_once(loop):
+    d = Deadlines(loop)
+    owner, other = Owner(d), Owner(d)
+    d.set(other, 5.0)  # keeps the first bucket from being compacted empty
+    d.set(owner, 5.0)
+    d.set(owner, 9.0)
+    d.set(owner, 5.0)  # in the 5 s bucket twice now: once cancelled, once armed
+    d.set(owner, 5.0)  # the same bucket again: nothing to do
+    loop.advance(20.0)
+    assert len(owner.fired) == 1 and len(other.fired) == 1
