@@ -255,8 +255,10 @@ class Domain:
         self._mf_by_name: dict[str, dict[str, MetaField]] = {}  # template id -> metafield name -> metafield
         # Devices on the same firmware send the same info message: they share one (read-only) dict
         # of it, instead of ~800 bytes of dict and strings each. Bounded by estimated bytes, oldest
-        # first out, so distinct 30 KB messages cannot grow it (a device keeps its own copy).
-        self._infos: OrderedDict[str, dict] = OrderedDict()
+        # first out, so distinct 30 KB messages cannot grow it (a device keeps its own copy). The value
+        # keeps the JSON text too: the write-behind row of each login holds that one string, not a copy
+        # of its own (~300 bytes a device until the flush, which a login burst left as holes in the heap).
+        self._infos: OrderedDict[str, tuple[str, dict]] = OrderedDict()
         self._refusals = 0  # refusals not yet reported in an INFO line
         self._next_refusal_log = 0.0
         # What happens to devices, for notifications, webhooks and automations (reactions.py).
@@ -435,10 +437,12 @@ class Domain:
 
     def set_info(self, dev: DeviceState, info) -> None:
         as_json = json.dumps(info.as_dict(), sort_keys=True)
-        shared = self._infos.get(as_json)
-        if shared is None:
+        cached = self._infos.get(as_json)
+        if cached is None:
             shared = json.loads(as_json)
             self._share_info(as_json, shared)
+        else:
+            as_json, shared = cached
         dev.record.info = shared
         self.store.put_device_seen(dev.id, now_ms(), as_json)
         for hook in self.on_device_info:
@@ -448,13 +452,14 @@ class Domain:
                 log.exception("device info hook failed device=%d", dev.id)
 
     def _share_info(self, as_json: str, shared: dict) -> None:
+        """Cache ``shared`` (and its JSON text) under its JSON text, within ``info_cache_limit`` bytes."""
         cost = _info_cost(as_json)
         limit = self.info_cache_limit
         if cost > limit:
             return
         infos = self._infos
         stats = self.stats
-        infos[as_json] = shared
+        infos[as_json] = (as_json, shared)
         stats.info_cache_bytes += cost
         while stats.info_cache_bytes > limit:
             old, _ = infos.popitem(last=False)

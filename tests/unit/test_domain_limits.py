@@ -4,6 +4,7 @@ its state without bound or hand the store a value SQLite cannot hold."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -213,3 +214,15 @@ def test_info_cache_is_bounded_by_bytes(store):
     domain.set_info(a, DeviceInfo(build="same"))
     domain.set_info(b, DeviceInfo(build="same"))
     assert a.record.info is b.record.info  # identical small ones are still shared
+
+
+def test_devices_sharing_an_info_share_its_pending_row_text(store):
+    """The write-behind row of each device's info holds the cached JSON text, not a copy per login: a
+    burst of logins leaves no per-login strings waiting for the flush."""
+    domain = make_domain(store)
+    a, b = new_device(domain), new_device(domain)
+    domain.set_info(a, DeviceInfo(build="same"))
+    domain.set_info(b, DeviceInfo(build="same"))
+    row_a, row_b = store._pending.devices[a.id], store._pending.devices[b.id]
+    assert row_a[1] == json.dumps(DeviceInfo(build="same").as_dict(), sort_keys=True)
+    assert row_a[1] is row_b[1]
