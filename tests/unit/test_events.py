@@ -12,7 +12,14 @@ import pytest
 from blynk_server.config import Settings
 from blynk_server.domain import Domain, EventNotDeclared, EventQuotaExceeded
 from blynk_server.eventdefs import EventDef, load_rows
-from blynk_server.events import EventsService, TimelineQuery, compose_mail, load_state, parse_timeline_query
+from blynk_server.events import (
+    EventsService,
+    Presence,
+    TimelineQuery,
+    compose_mail,
+    load_state,
+    parse_timeline_query,
+)
 from blynk_server.hub import Hub
 from blynk_server.model import Datastream, Template
 from blynk_server.provisioning import Provisioning, ProvisioningError, make_event_def
@@ -442,3 +449,18 @@ def test_the_service_page_names_events_and_the_query_parser_checks(env):
     for bad in ({"level": "fatal"}, {"since": "yesterday"}, {"cursor": "x"}, {"limit": "-1"}):
         with pytest.raises(ValueError):
             parse_timeline_query(MultiDict(bad))
+
+
+def test_presence_is_one_byte_per_device_id_and_forgets_on_false():
+    p = Presence()
+    assert not p.get(5) and not p.get(-1)
+    p.set(7, False)  # nothing to remember: no bytes for it
+    assert len(p._flags) == 0
+    p.set(3, True)
+    p.set(1, True)
+    assert p.get(3) and p.get(1) and not p.get(2) and not p.get(4)
+    assert len(p._flags) == 4
+    p.set(3, False)
+    assert not p.get(3) and p.get(1)
+    with pytest.raises(ValueError):
+        p.set(-1, True)
