@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
+import time
 
 import pytest
 
@@ -19,7 +21,7 @@ from blynk_server.domain import (
 )
 from blynk_server.eventdefs import EventDef
 from blynk_server.hub import Hub
-from blynk_server.model import MAX_TS_MS, Datastream
+from blynk_server.model import MAX_TS_MS, Datastream, now_ms
 from blynk_server.store import SqliteStore
 from protocol import Status
 from protocol.body import DeviceInfo, Pin
@@ -226,3 +228,13 @@ def test_devices_sharing_an_info_share_its_pending_row_text(store):
     row_a, row_b = store._pending.devices[a.id], store._pending.devices[b.id]
     assert row_a[1] == json.dumps(DeviceInfo(build="same").as_dict(), sort_keys=True)
     assert row_a[1] is row_b[1]
+
+
+def test_now_ms_is_the_wall_clock_in_milliseconds_as_a_normalized_int():
+    """From the float clock: the same milliseconds as time_ns() // 10**6 (give or take the one the two
+    reads straddle), and an int the size of its value, not of a nanosecond dividend."""
+    before = time.time_ns() // 1_000_000
+    ms = now_ms()
+    after = time.time_ns() // 1_000_000
+    assert type(ms) is int and before - 1 <= ms <= after
+    assert sys.getsizeof(ms) == sys.getsizeof(int(str(ms)))
