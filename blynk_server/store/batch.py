@@ -170,9 +170,9 @@ def _props(conn: sqlite3.Connection, rows: list[tuple]) -> None:
 def _history(conn: sqlite3.Connection, rows: list[tuple]) -> None:
     """The rows in (device, pin, time) order, arrival order within one time: SQLite sorts them in a
     temporary table, without the GIL. In arrival order, the points of 10,000 devices each landed at a
-    random place of the ``history_by_pin`` index, a page read and written per row once the index
-    outgrew the cache; sorted, consecutive rows share pages. 20,000 rows from 10,000 devices into a
-    600,000-row table: 195 ms of the writer's CPU in arrival order, 65 ms sorted."""
+    random place of the ``history_by_pin`` index; sorted, consecutive rows share pages. 20,000 rows
+    into a 600,000-row table: 222 ms of the writer's CPU in arrival order, 136 ms sorted
+    (``benchmarks/history_flush.py``; in a much larger table the pages dirtied, one per device, dominate)."""
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS history_in (device_id INTEGER, pin TEXT, ts INTEGER, value BLOB)")
     conn.execute("DELETE FROM temp.history_in")  # empty unless a statement below failed mid-way
     insert_rows(conn, "INSERT INTO temp.history_in (device_id, pin, ts, value)", 4, rows)
