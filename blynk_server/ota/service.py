@@ -369,7 +369,11 @@ class OtaService:
                 self._consider(ship, dev, login=False)
 
     def _on_info(self, dev: DeviceState, info) -> None:
-        asyncio.get_running_loop().call_later(INFO_DELAY, self.device_ready, dev)
+        """Look at the device once its info's reply has gone, if a shipment of its template is active:
+        a login burst with none arms no timer per device."""
+        template_id = dev.record.template_id
+        if any(ship.template_id == template_id for ship in self.shipments.values()):
+            asyncio.get_running_loop().call_later(INFO_DELAY, self.device_ready, dev)
 
     def device_ready(self, dev: DeviceState) -> None:
         """The device's info message was answered: what its report means for every shipment of its
@@ -384,7 +388,10 @@ class OtaService:
                     log.exception("ota consider failed shipment=%d device=%d", ship.id, dev.id)
 
     def _on_offline(self, dev: DeviceState) -> None:
-        self.waiting = {w for w in self.waiting if w[1] != dev.id}
+        """Its waits end: one lookup per active shipment (a pass over every wait made a disconnect
+        storm during a large wave quadratic)."""
+        for sid in self.shipments:
+            self.waiting.discard((sid, dev.id))
 
     def tick(self) -> None:
         """Devices waiting on their time window or a free in-flight slot get another look."""

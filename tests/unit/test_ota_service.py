@@ -19,7 +19,7 @@ from blynk_server.model import DeviceRecord, Template
 from blynk_server.ota import status as st
 from blynk_server.ota.db import OtaDB
 from blynk_server.ota.registry import firmware_path
-from blynk_server.ota.service import OTA_MSG_ID, Download, Grant, OtaService, Refusal
+from blynk_server.ota.service import INFO_DELAY, OTA_MSG_ID, Download, Grant, OtaService, Refusal
 from blynk_server.ota.shipments import ShipmentError
 from protocol import Command
 
@@ -457,6 +457,33 @@ async def test_window_waits_and_the_tick_sends_when_it_opens(w):
     assert w.ota.waiting == {(ship.id, 2)}
     w.logout(2)
     assert w.ota.waiting == set()
+
+
+async def test_an_info_arms_a_look_only_while_a_shipment_of_its_template_is_active(w, monkeypatch):
+    """A login burst with no shipment arms no timer per device; with one, the device is looked at
+    INFO_DELAY after its info's reply (not in the same TCP segment)."""
+    armed = []
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(loop, "call_later", lambda delay, callback, *args: armed.append((delay, callback, args)))
+    dev = w.device(1)
+    w.ota._on_info(dev, None)
+    assert armed == []
+    await w.ship(w.firmware())
+    armed.clear()
+    w.ota._on_info(dev, None)
+    assert armed == [(INFO_DELAY, w.ota.device_ready, (dev,))]
+
+
+async def test_a_device_going_offline_leaves_every_shipments_waits(w):
+    fw = w.firmware()
+    for did in (1, 2):
+        w.device(did)
+    first = await w.ship(fw, window="night")
+    second = await w.ota.create_shipment({"name": "s2", "firmware": fw.id, "template": TPL, "window": "night"})
+    w.login(1), w.login(2)
+    assert w.ota.waiting == {(first.id, 1), (first.id, 2), (second.id, 1), (second.id, 2)}
+    w.logout(1)
+    assert w.ota.waiting == {(first.id, 2), (second.id, 2)}
 
 
 async def test_in_flight_cap_frees_a_slot_on_completion_or_request_timeout(w):
