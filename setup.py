@@ -22,6 +22,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 _HOT = "blynk_server/hardware"
+_TWINNED = ("stats", "budget", "connection", "session")  # each built as _<name>_c from <name>.py
 _CORE = [
     f"{_HOT}/{name}"
     for name in ("connection.py", "_connection_c.pxd", "stats.py", "_stats_c.pxd", "budget.py", "_budget_c.pxd")
@@ -43,7 +44,7 @@ SOURCES = {
 # such a file would be imported instead of it.
 FORMER = [
     "blynk_server.domain",
-    *(f"blynk_server.hardware.{name}" for name in ("connection", "session", "stats", "budget")),
+    *(f"blynk_server.hardware.{name}" for name in _TWINNED),
 ]
 
 
@@ -104,10 +105,7 @@ def extensions():
         # Python sources compiled under their twin's name (annotations stay hints: annotation_typing off);
         # types and C methods come from the _<name>_c.pxd beside them (pure-Python mode).
         exts += cythonize(
-            [
-                Extension(f"blynk_server.hardware._{name}_c", [f"{_HOT}/{name}.py"])
-                for name in ("stats", "budget", "connection", "session")
-            ],
+            [Extension(f"blynk_server.hardware._{name}_c", [f"{_HOT}/{name}.py"]) for name in _TWINNED],
             compiler_directives={"language_level": "3", "annotation_typing": False},
             quiet=True,
         )

@@ -86,6 +86,7 @@ def select(pairs: Sequence[tuple[str, str]], manifest: dict | None = None) -> tu
     The sources run when extensions are off, when a compiled twin is not there (not built) or is stale
     (``use_compiled`` warns), or when one fails to import: compiled twins that ``cimport`` each other
     run together or not at all."""
+    manifest = _manifest() if manifest is None else manifest  # read once for the group
     if not extensions_off() and all(_compiled_usable(compiled, manifest) for compiled, _ in pairs):
         try:
             return [importlib.import_module(compiled) for compiled, _ in pairs], "cython"
@@ -94,7 +95,7 @@ def select(pairs: Sequence[tuple[str, str]], manifest: dict | None = None) -> tu
     return [importlib.import_module(source) for _, source in pairs], "python"
 
 
-def _compiled_usable(name: str, manifest: dict | None) -> bool:
+def _compiled_usable(name: str, manifest: dict) -> bool:
     """``name`` is built, and not older than its sources (else a ``StaleExtension`` warning)."""
     spec = importlib.util.find_spec(name)
     if spec is None or spec.origin is None:

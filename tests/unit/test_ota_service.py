@@ -480,7 +480,8 @@ async def test_a_device_going_offline_leaves_every_shipments_waits(w):
         w.device(did)
     first = await w.ship(fw, window="night")
     second = await w.ota.create_shipment({"name": "s2", "firmware": fw.id, "template": TPL, "window": "night"})
-    w.login(1), w.login(2)
+    w.login(1)
+    w.login(2)
     assert w.ota.waiting == {(first.id, 1), (first.id, 2), (second.id, 1), (second.id, 2)}
     w.logout(1)
     assert w.ota.waiting == {(first.id, 2), (second.id, 2)}
