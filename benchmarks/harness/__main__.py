@@ -33,6 +33,8 @@ RATIO_KEYS = (
     "login_wall_s",
     "rss_per_session_kb",
     "server_cpu_pct",
+    "server_cpu_us_per_msg",
+    "server_cpu_us_per_pong",
     "probe_p99_ms",
     "new_login_max_ms",
     "login_p99_ms",

@@ -351,6 +351,9 @@ async def run_load(
         if mode == "pingpong":
             rtts = [x for r in main for x in r["rtts"]]
             out["pongs_per_s"] = round(sum(r["pongs"] for r in main) / elapsed)
+            # The server's CPU per answered ping: what the Python generator (the bound at 100 connections)
+            # does not hide, as pongs_per_s does.
+            out["server_cpu_us_per_pong"] = _per(out["server_cpu_pct"], out["pongs_per_s"])
             out["rtt_p50_ms"], out["rtt_p99_ms"] = ms(pct(rtts, 50)), ms(pct(rtts, 99))
         if extra and (probes or new_ids):
             pr = res[len(specs)]
@@ -377,6 +380,8 @@ async def run_load(
             samples = [(t, v) for t, _, v in res[-1]["sys_samples"]]
             out["processed_per_s"] = _r(Sampler.rate(samples, t0 + 1, t0 + elapsed + 0.5))
             out["metrics_source"] = target.sys_topic
+        if mode in ("flood", "telemetry") and out.get("processed_per_s"):
+            out["server_cpu_us_per_msg"] = _per(out["server_cpu_pct"], out["processed_per_s"])
         return out
     finally:
         await pool.close()
@@ -384,6 +389,11 @@ async def run_load(
 
 def _r(x: float | None) -> float | None:
     return None if x is None else round(x)
+
+
+def _per(cpu_pct: float, rate: float | None) -> float | None:
+    """Microseconds of the server's CPU per message, from its CPU share and the message rate."""
+    return round(cpu_pct * 1e4 / rate, 2) if rate else None
 
 
 def targets_for(peers: list[str], workdir) -> list[Target]:
