@@ -13,6 +13,10 @@ as in the 10,000-device load test) with ``batch.write_batch``. The variants take
 - ``now``: WITHOUT ROWID table, ``INSERT OR REPLACE``, the adapter (the code now)
 - ``wr-upsert``: WITHOUT ROWID table, ``INSERT … ON CONFLICT DO UPDATE``, the adapter
 
+Instructions instead of CPU time, one variant at a time: ``valgrind --tool=callgrind
+--toggle-collect=sys_call_tracing python -m benchmarks.values_flush --variants now --flushes 10``
+counts the flushes alone (divide by ``--flushes``).
+
 ``--history``: instead, flushes of two history points per device (shuffled, as
 ``benchmarks/history_flush.py``) into a history table of ``--existing`` rows, ``main`` (no adapter)
 against ``now``.
@@ -25,6 +29,7 @@ import itertools
 import random
 import sqlite3
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -94,13 +99,15 @@ def measure_values(names: list[str], devices: int, flushes: int) -> dict[str, li
                 store.db.execute("DROP TABLE pin_values")
                 store.db.execute(ROWID_TABLE)
             write_batch(store.db, _values(rng, devices, T0))
-        for i in range(flushes):
-            batch = _values(rng, devices, T0 + (i + 1) * 1000)
-            order = names if i % 2 else names[::-1]
-            for name in order:
-                _, writer, adapter = VARIANTS[name]
-                copy = Batch(values=batch.values.copy())
-                cpu[name].append(_flush(stores[name], copy, writer, adapter))
+        batches = [_values(rng, devices, T0 + (i + 1) * 1000) for i in range(flushes)]
+
+        def flush_all() -> None:
+            for i, batch in enumerate(batches):
+                for name in names if i % 2 else names[::-1]:
+                    _, writer, adapter = VARIANTS[name]
+                    cpu[name].append(_flush(stores[name], Batch(values=batch.values.copy()), writer, adapter))
+
+        sys.call_tracing(flush_all, ())  # callgrind --toggle-collect=sys_call_tracing counts only this
         for store in stores.values():
             store.close()
     return cpu

@@ -33,7 +33,8 @@ DATA_ERRORS = (
 
 # Binding a ``bytes`` parameter, the sqlite3 module looks for an adapter; with none registered it asks
 # its protocol type for ``__adapt__``, which raises and clears an AttributeError, message formatted,
-# for every value: a fifth of the CPU of a flush of 10,000 pin values (``benchmarks/values_flush.py``).
+# for every value. A flush of 10,000 pin values into the rowid table of before took 159 M instructions
+# without this adapter, 137 M with it (``benchmarks/values_flush.py``).
 # An identity adapter for exact ``bytes`` is found in the registry first, and the same object is bound
 # as before. sqlite3 adapters are process-wide: this one changes nothing any connection stores.
 sqlite3.register_adapter(bytes, bytes.__bytes__)
