@@ -46,7 +46,7 @@ CREATE TABLE IF NOT EXISTS pin_values (
     value BLOB NOT NULL,
     ts INTEGER NOT NULL,
     PRIMARY KEY (device_id, pin)
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS properties (
     device_id INTEGER NOT NULL,
     pin TEXT NOT NULL,

@@ -78,11 +78,13 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
-    """Bring a data dir made by an older version up to ``schema.sql`` (``CREATE TABLE IF NOT EXISTS``
+def _migrate(conn: sqlite3.Connection, schema: str) -> None:
+    """Bring a data dir made by an older version up to ``schema`` (``CREATE TABLE IF NOT EXISTS``
     leaves existing tables as they were): events gained a level (existing rows read as ``info``,
     without rewriting the table); datastreams gained an id and an alias (existing ones get the default
-    id rule, ``model.assign_datastream_ids``, stored once, and their name as alias)."""
+    id rule, ``model.assign_datastream_ids``, stored once, and their name as alias); pin_values became
+    a WITHOUT ROWID table (``_pin_values_without_rowid``)."""
+    _pin_values_without_rowid(conn, schema)
     columns = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
     if "level" not in columns:
         conn.execute("ALTER TABLE events ADD COLUMN level TEXT NOT NULL DEFAULT 'info'")
@@ -101,6 +103,26 @@ def _migrate(conn: sqlite3.Connection) -> None:
                     [(ds.id, ds.alias, tid, ds.pin) for ds in streams],
                 )
             log.info("datastreams of %d templates given ids (the default rule)", len(templates))
+
+
+def _pin_values_without_rowid(conn: sqlite3.Connection, schema: str) -> None:
+    """Copy a rowid pin_values table into the WITHOUT ROWID one of ``schema``, in one transaction.
+
+    Keyed by its primary key alone, the table is one b-tree instead of a table and its index: the
+    flush's ``INSERT OR REPLACE`` of 10,000 values finds and rewrites each row once, not a row and an
+    index entry (``benchmarks/values_flush.py``)."""
+    (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'pin_values'").fetchone()
+    if "WITHOUT ROWID" in sql.upper():
+        return
+    create = next(s for s in schema.split(";") if s.strip().startswith("CREATE TABLE IF NOT EXISTS pin_values "))
+    with transaction(conn):
+        conn.execute("ALTER TABLE pin_values RENAME TO pin_values_rowid")
+        conn.execute(create)
+        rows = conn.execute(
+            "INSERT INTO pin_values (device_id, pin, value, ts) SELECT device_id, pin, value, ts FROM pin_values_rowid"
+        ).rowcount
+        conn.execute("DROP TABLE pin_values_rowid")
+    log.info("pin_values rewritten as a WITHOUT ROWID table (%d rows)", rows)
 
 
 def _private_dir(path: Path) -> None:
@@ -243,8 +265,9 @@ class SqliteStore:
             _private_dir(self.data_dir)
             _private_file(self.path)
             self._db = connect(self.path)
-            self._db.executescript(resources.files("blynk_server.store").joinpath("schema.sql").read_text())
-            _migrate(self._db)
+            schema = resources.files("blynk_server.store").joinpath("schema.sql").read_text()
+            self._db.executescript(schema)
+            _migrate(self._db, schema)
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(f"cannot use the data dir {self.data_dir}: {_reason(exc)}") from None
         # Pending write-behind rows (see batch.Batch); taken whole, on the writer thread only.

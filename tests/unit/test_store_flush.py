@@ -4,12 +4,14 @@ and a stop that cannot write saves them to a recovery file the next start replay
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
+from importlib import resources
 
 import pytest
 
 from blynk_server.store import recovery
-from blynk_server.store.sqlite import SqliteStore, StoreUnavailable
+from blynk_server.store.sqlite import DB_NAME, SqliteStore, StoreUnavailable
 
 
 @pytest.fixture
@@ -117,6 +119,49 @@ def test_a_history_row_refused_by_a_constraint_is_dropped_alone(store):
     s.flush_now()
     assert s.stats.rows_rejected == 1
     assert [ts for (ts,) in _rows(s, "SELECT ts FROM history ORDER BY ts")] == [0, 1, 2, 3, 4, 6, 7]
+
+
+def test_pin_values_keep_the_newest_value_of_each_pin_as_a_blob(store):
+    """The flush replaces a stored value; bytes are bound as they are (``batch``'s identity adapter)."""
+    s, (a, b, _) = store
+    s.put_value(a, "v1", b"old", 1)
+    s.put_value(b, "v1", b"\x00\xff", 1)
+    s.flush_now()
+    s.put_value(a, "v1", b"", 2)
+    s.put_value(a, "v2", b"x", 2)
+    s.flush_now()
+    assert _rows(s, "SELECT device_id, pin, typeof(value), value, ts FROM pin_values ORDER BY device_id, pin") == [
+        (a, "v1", "blob", b"", 2),
+        (a, "v2", "blob", b"x", 2),
+        (b, "v1", "blob", b"\x00\xff", 1),
+    ]
+
+
+def test_a_rowid_pin_values_table_of_an_older_data_dir_becomes_without_rowid(tmp_path):
+    schema = resources.files("blynk_server.store").joinpath("schema.sql").read_text()
+    older = schema.replace(") WITHOUT ROWID;", ");")  # pin_values as versions before it was made
+    assert older != schema
+    (tmp_path / "data").mkdir()
+    conn = sqlite3.connect(tmp_path / "data" / DB_NAME)
+    conn.executescript(older)
+    conn.executemany(
+        "INSERT INTO pin_values (device_id, pin, value, ts) VALUES (?, ?, ?, ?)",
+        [(1, "v1", b"\x00\xffold", 5), (1, "v2", b"2", 6), (2, "v1", b"", 7)],
+    )
+    conn.commit()
+    conn.close()
+
+    s = SqliteStore(tmp_path / "data")
+    tables = dict(_rows(s, "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name LIKE 'pin_values%'"))
+    assert list(tables) == ["pin_values"] and tables["pin_values"].endswith("WITHOUT ROWID")
+    assert s.load_values(1) == {"v1": (b"\x00\xffold", 5), "v2": (b"2", 6)}
+    assert s.load_values(2) == {"v1": (b"", 7)}
+    s.put_value(1, "v1", b"new", 8)
+    s.flush_now()
+    assert s.close().ok
+    s = SqliteStore(tmp_path / "data")  # a second start finds the table as it is and leaves it
+    assert s.load_values(1) == {"v1": (b"new", 8), "v2": (b"2", 6)}
+    assert s.close().ok
 
 
 def test_a_stop_that_cannot_write_saves_a_recovery_file_replayed_next_start(tmp_path):
