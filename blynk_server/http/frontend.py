@@ -23,7 +23,7 @@ from blynk_server.export import Exports
 from blynk_server.hardware.hotpath import HardwareSession
 from blynk_server.http import device_api, legacy_api, websocket
 from blynk_server.http import files as file_routes
-from blynk_server.http.common import ApiError, Handler, LogBudget, json_error, metrics_middleware, route_name
+from blynk_server.http.common import ApiError, Handler, LogBudget, json_error, observe_request, route_name
 from blynk_server.http.limits import REQUEST_RATE, ConnectionGuard, GuardedHandler, RequestRate, Throttled
 from blynk_server.http.stats import HttpStats
 from blynk_server.hub import Hub
@@ -40,16 +40,40 @@ INTERNAL_ERROR = "Internal server error."
 _error_log = LogBudget()  # refused requests are logged at most 20 per 10 s (a bad-token flood is one line)
 
 
-@web.middleware
-async def device_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """``ApiError`` → JSON for ``/external/api``, text/plain for the legacy paths; both carry CORS ``*``.
+def device_middleware(stats: HttpStats) -> Callable:
+    """The device app's one middleware: its errors answered (``error_response``), then every request
+    counted as ``metrics_middleware`` counts it. One layer, not two: it runs on every device request."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        start = time.perf_counter()
+        status = 500  # what a cancellation passing through is counted as
+        try:
+            try:
+                response = await handler(request)
+            except Exception as exc:
+                response = error_response(request, exc)
+            if not response.prepared:
+                response.headers.setdefault("Access-Control-Allow-Origin", "*")
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            observe_request(stats, "device", request, status, time.perf_counter() - start)
+
+    return middleware
+
+
+def error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """``ApiError`` → JSON for ``/external/api``, text/plain for the legacy paths (the middleware adds
+    CORS ``*``); an ``HTTPException`` of ``/external/`` → JSON, any other is raised again.
 
     Logs name the route's pattern (``/{token}/get/{pin}``), never the path: legacy paths hold the token.
     An unexpected exception is logged with its traceback; the client gets only a generic 500."""
     external = request.path.startswith("/external/")
-    try:
-        response = await handler(request)
-    except ApiError as exc:
+    if isinstance(exc, ApiError):
         if external:
             response = json_error(exc.message, exc.status)
         else:
@@ -59,21 +83,17 @@ async def device_errors(request: web.Request, handler: Handler) -> web.StreamRes
         elif (dropped := _error_log.take(time.monotonic())) is not None:
             more = f" ({dropped} more not logged)" if dropped else ""
             log.info("http error route=%s status=%d message=%s%s", route_name(request), exc.status, exc.message, more)
-    except web.HTTPException as exc:
+        return response
+    if isinstance(exc, web.HTTPException):
         if exc.status >= 400 and external:
-            response = json_error(exc.reason, exc.status)
-        else:
-            raise
-    except ConnectionError:
+            return json_error(exc.reason, exc.status)
+        raise exc
+    if isinstance(exc, ConnectionError):
         # The client hung up, e.g. in the middle of its body: nobody to answer, nothing to log loudly.
         log.debug("http client went away route=%s", route_name(request))
-        response = web.Response(status=400)
-    except Exception:
-        log.exception("http handler failed route=%s", route_name(request))
-        response = json_error(INTERNAL_ERROR, 500) if external else web.Response(text=INTERNAL_ERROR, status=500)
-    if not response.prepared:
-        response.headers.setdefault("Access-Control-Allow-Origin", "*")
-    return response
+        return web.Response(status=400)
+    log.exception("http handler failed route=%s", route_name(request))
+    return json_error(INTERNAL_ERROR, 500) if external else web.Response(text=INTERNAL_ERROR, status=500)
 
 
 def build_device_app(
@@ -90,9 +110,7 @@ def build_device_app(
 ) -> web.Application:
     """The device port's HTTP app: WebSocket sessions, the device and legacy token APIs, OTA downloads;
     ``extensions`` add other routes (the Platform API when enabled) before the legacy catch-alls."""
-    app = web.Application(
-        middlewares=[metrics_middleware(stats, "device"), device_errors], client_max_size=DEVICE_APP_MAX_BODY
-    )
+    app = web.Application(middlewares=[device_middleware(stats)], client_max_size=DEVICE_APP_MAX_BODY)
     app[REQUEST_RATE] = RequestRate(settings.http_request_rate, settings.http_request_burst, stats)
     websocket.add_routes(app, new_session, settings.max_frame)
     files = device_api.Files(exports, uploads, settings.external_url)
