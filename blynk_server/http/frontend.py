@@ -48,8 +48,8 @@ def device_handler(stats: HttpStats, handle: Handler) -> Handler:
     Not an aiohttp middleware: an app with any middleware runs aiohttp's middleware chain on every
     request (a wrapper per middleware and one of its own, found through a cache keyed by the apps),
     about 4 % of the instructions of an ``update`` request. So ``HttpFrontend`` puts this around the
-    app's handler instead, and a request ``Expect`` refuses (``417``) is answered and counted like any
-    other error, before its route is looked up."""
+    app's handler instead; so a request aiohttp refuses before the route's handler runs (an ``Expect``
+    it does not know, ``417``) is answered and counted like any other error."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
         start = time.perf_counter()
