@@ -61,12 +61,18 @@ def json_error(message: str, status: int = 400) -> web.Response:
     return web.json_response({"error": {"message": message}}, status=status)
 
 
+_PIN_NAMES: dict[str, Pin] = {}  # valid names parsed once each: PIN_RE admits a few thousand at most
+
+
 def parse_pin_name(name: str) -> Pin | None:
     """``v1``/``V1``/``d3``/``a0`` (letter required, 0..255); None when it is not a pin."""
-    m = PIN_RE.match(name)
-    if m is None or int(m.group(2)) > 255:
-        return None
-    return Pin(m.group(1).lower(), int(m.group(2)))
+    pin = _PIN_NAMES.get(name)
+    if pin is None:
+        m = PIN_RE.match(name)
+        if m is None or int(m.group(2)) > 255:
+            return None
+        pin = _PIN_NAMES[name] = Pin(m.group(1).lower(), int(m.group(2)))
+    return pin
 
 
 class LogBudget:
@@ -128,8 +134,15 @@ def json_to_raw(value: object) -> bytes:
     raise ValueError("Value doesn't match the Datastream data type.")
 
 
+def observe_request(stats: HttpStats, app_name: str, request: web.Request, status: int, seconds: float) -> None:
+    """Count one answered request by route template (not raw path: tokens must not become label values)."""
+    name = route_name(request) if status != 404 else "unmatched"
+    method = request.method if request.method in METHODS else "other"
+    stats.observe(app_name, name, method, status, seconds)
+
+
 def metrics_middleware(stats: HttpStats, app_name: str) -> Callable:
-    """Count every request by route template (not raw path: tokens must not become label values)."""
+    """Count every request (``observe_request``)."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -143,8 +156,6 @@ def metrics_middleware(stats: HttpStats, app_name: str) -> Callable:
             status = exc.status
             raise
         finally:
-            name = route_name(request) if status != 404 else "unmatched"
-            method = request.method if request.method in METHODS else "other"
-            stats.observe(app_name, name, method, status, time.perf_counter() - start)
+            observe_request(stats, app_name, request, status, time.perf_counter() - start)
 
     return middleware

@@ -23,7 +23,7 @@ from blynk_server.export import Exports
 from blynk_server.hardware.hotpath import HardwareSession
 from blynk_server.http import device_api, legacy_api, websocket
 from blynk_server.http import files as file_routes
-from blynk_server.http.common import ApiError, Handler, LogBudget, json_error, metrics_middleware, route_name
+from blynk_server.http.common import ApiError, Handler, LogBudget, json_error, observe_request, route_name
 from blynk_server.http.limits import REQUEST_RATE, ConnectionGuard, GuardedHandler, RequestRate, Throttled
 from blynk_server.http.stats import HttpStats
 from blynk_server.hub import Hub
@@ -40,16 +40,46 @@ INTERNAL_ERROR = "Internal server error."
 _error_log = LogBudget()  # refused requests are logged at most 20 per 10 s (a bad-token flood is one line)
 
 
-@web.middleware
-async def device_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """``ApiError`` → JSON for ``/external/api``, text/plain for the legacy paths; both carry CORS ``*``.
+def device_handler(stats: HttpStats, handle: Handler) -> Handler:
+    """The device app's request handler ``handle`` (its routing and routes) with its errors answered
+    (``error_response``, CORS ``*`` on every answer not yet sent) and every request counted as
+    ``metrics_middleware`` counts it.
+
+    Not an aiohttp middleware: an app with any middleware runs aiohttp's middleware chain on every
+    request (a wrapper per middleware and one of its own, found through a cache keyed by the apps),
+    about 4 % of the instructions of an ``update`` request. So ``HttpFrontend`` puts this around the
+    app's handler instead; so a request aiohttp refuses before the route's handler runs (an ``Expect``
+    it does not know, ``417``) is answered and counted like any other error."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        start = time.perf_counter()
+        status = 500  # what a cancellation passing through is counted as
+        try:
+            try:
+                response = await handle(request)
+            except Exception as exc:
+                response = error_response(request, exc)
+            if not response.prepared:
+                response.headers.setdefault("Access-Control-Allow-Origin", "*")
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            observe_request(stats, "device", request, status, time.perf_counter() - start)
+
+    return handler
+
+
+def error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """``ApiError`` → JSON for ``/external/api``, text/plain for the legacy paths (``device_handler``
+    adds CORS ``*``); an ``HTTPException`` of ``/external/`` → JSON, any other is raised again.
 
     Logs name the route's pattern (``/{token}/get/{pin}``), never the path: legacy paths hold the token.
     An unexpected exception is logged with its traceback; the client gets only a generic 500."""
     external = request.path.startswith("/external/")
-    try:
-        response = await handler(request)
-    except ApiError as exc:
+    if isinstance(exc, ApiError):
         if external:
             response = json_error(exc.message, exc.status)
         else:
@@ -59,21 +89,17 @@ async def device_errors(request: web.Request, handler: Handler) -> web.StreamRes
         elif (dropped := _error_log.take(time.monotonic())) is not None:
             more = f" ({dropped} more not logged)" if dropped else ""
             log.info("http error route=%s status=%d message=%s%s", route_name(request), exc.status, exc.message, more)
-    except web.HTTPException as exc:
+        return response
+    if isinstance(exc, web.HTTPException):
         if exc.status >= 400 and external:
-            response = json_error(exc.reason, exc.status)
-        else:
-            raise
-    except ConnectionError:
+            return json_error(exc.reason, exc.status)
+        raise exc
+    if isinstance(exc, ConnectionError):
         # The client hung up, e.g. in the middle of its body: nobody to answer, nothing to log loudly.
         log.debug("http client went away route=%s", route_name(request))
-        response = web.Response(status=400)
-    except Exception:
-        log.exception("http handler failed route=%s", route_name(request))
-        response = json_error(INTERNAL_ERROR, 500) if external else web.Response(text=INTERNAL_ERROR, status=500)
-    if not response.prepared:
-        response.headers.setdefault("Access-Control-Allow-Origin", "*")
-    return response
+        return web.Response(status=400)
+    log.exception("http handler failed route=%s", route_name(request))
+    return json_error(INTERNAL_ERROR, 500) if external else web.Response(text=INTERNAL_ERROR, status=500)
 
 
 def build_device_app(
@@ -89,10 +115,9 @@ def build_device_app(
     extensions: Iterable[Callable[[web.Application], None]] = (),
 ) -> web.Application:
     """The device port's HTTP app: WebSocket sessions, the device and legacy token APIs, OTA downloads;
-    ``extensions`` add other routes (the Platform API when enabled) before the legacy catch-alls."""
-    app = web.Application(
-        middlewares=[metrics_middleware(stats, "device"), device_errors], client_max_size=DEVICE_APP_MAX_BODY
-    )
+    ``extensions`` add other routes (the Platform API when enabled) before the legacy catch-alls.
+    It has no middleware: ``HttpFrontend`` serves it through ``device_handler`` (errors, metrics)."""
+    app = web.Application(client_max_size=DEVICE_APP_MAX_BODY)
     app[REQUEST_RATE] = RequestRate(settings.http_request_rate, settings.http_request_burst, stats)
     websocket.add_routes(app, new_session, settings.max_frame)
     files = device_api.Files(exports, uploads, settings.external_url)
@@ -108,8 +133,8 @@ def build_device_app(
 
 
 class HttpFrontend:
-    """Runs the device HTTP app without a socket of its own: ``start`` returns the factory the
-    hardware listener calls to hand a sniffed HTTP connection over."""
+    """Runs the device HTTP app without a socket of its own, through ``device_handler``: ``start``
+    returns the factory the hardware listener calls to hand a sniffed HTTP connection over."""
 
     def __init__(self, settings: Settings, app: web.Application, stats: HttpStats) -> None:
         self.settings = settings
@@ -118,12 +143,14 @@ class HttpFrontend:
 
     async def start(self) -> Callable[[], asyncio.Protocol]:
         await self._runner.setup()
-        assert self._runner.server is not None
+        server = self._runner.server
+        assert server is not None
+        server.request_handler = device_handler(self.stats, server.request_handler)
         s = self.settings
         # aiohttp's RequestHandler, made by hand (not by ``Server.__call__``) to add the limits.
         return functools.partial(
             GuardedHandler,
-            self._runner.server,
+            server,
             guard=ConnectionGuard(s.http_connections_per_ip, self.stats),
             header_timeout=s.http_header_timeout,
             stats=self.stats,

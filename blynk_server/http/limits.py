@@ -20,6 +20,7 @@ import asyncio
 import json
 import logging
 import math
+import time
 from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
@@ -118,7 +119,9 @@ class GuardedHandler(RequestHandler):
             return
         self._ip = ip
         super().connection_made(transport)
-        self._arm_header_timer()
+        # The header timer starts with the first bytes, which the hand-off passes to ``data_received``
+        # at once (the connection's start, to the loop's clock): most hold a whole request, and a timer
+        # armed here would be cancelled right away.
 
     def data_received(self, data: bytes) -> None:
         if self._ip is None:
@@ -130,8 +133,8 @@ class GuardedHandler(RequestHandler):
             if self._messages:
                 self._watch_body(self._messages[-1][1])
         elif self._header_timer is None and self._request_count == self._handled:
-            # No request parsed and unanswered (these bytes are no body): they begin the next request,
-            # whose headers are timed too.
+            # No request parsed and unanswered (these bytes are no body): they begin a request (the
+            # first one, or the next on a keep-alive connection), whose headers are timed.
             self._arm_header_timer()
 
     async def _handle_request(self, *args: Any, **kwargs: Any) -> Any:
@@ -268,5 +271,5 @@ def token_device(domain: Domain, request: web.Request, token: str | None) -> Dev
     dev = domain.authenticate(token)
     if dev is None:
         raise ApiError("Invalid token.")
-    request.app[REQUEST_RATE].check(dev.id, asyncio.get_running_loop().time())
+    request.app[REQUEST_RATE].check(dev.id, time.monotonic())
     return dev
