@@ -106,9 +106,7 @@ class Poller:
                 got, used = [], 0
             try:
                 n = os.readv(fd, [stage[used : used + offer]])
-            except BlockingIOError:
-                continue
-            except InterruptedError:
+            except BlockingIOError:  # (os.readv retries EINTR itself)
                 continue
             except OSError as exc:
                 got.append((session, fd, -1, exc.errno or errno.EIO))
