@@ -106,7 +106,9 @@ class Poller:
                 got, used = [], 0
             try:
                 n = os.readv(fd, [stage[used : used + offer]])
-            except BlockingIOError:  # (os.readv retries EINTR itself)
+            except BlockingIOError:
+                continue
+            except InterruptedError:
                 continue
             except OSError as exc:
                 got.append((session, fd, -1, exc.errno or errno.EIO))

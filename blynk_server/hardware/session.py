@@ -57,7 +57,6 @@ from blynk_server.hardware.connection import (  # noqa: F401 - the limits, impor
     PACE_GAP,
     READ,
     TIMER,
-    log,
 )
 
 try:
@@ -253,12 +252,8 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
         fd = socket_fd(self.transport)
         if fd < 0:
             return
-        try:
-            poller.add(fd, self)
-        except OSError as exc:  # not a descriptor epoll takes: the transport goes on reading
-            log.warning("device reads not batched fd=%d: %s", fd, exc)
-            return
         self.transport.pause_reading()  # for good: the poller reads this socket from now on
+        poller.add(fd, self)
         self._fd = fd
         if self._turn_paused or self.read_blocked():
             poller.pause(fd)
@@ -368,20 +363,19 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
     def _resume_reading(self) -> None:
         """Read again, unless another reason to pause remains (flood, read turn, unsent output)."""
         if not (self._turn_paused or self.read_blocked()):
-            if self._fd < 0:
-                self.transport.resume_reading()
-            elif self.ctx.poller is not None:  # None: the listener has stopped
+            if self._fd >= 0:
                 self.ctx.poller.resume(self._fd)
+            else:
+                self.transport.resume_reading()
 
     def _pause_reading(self) -> None:
-        if self._fd < 0:
-            self.transport.pause_reading()
-        elif self.ctx.poller is not None:
+        if self._fd >= 0:
             self.ctx.poller.pause(self._fd)
+        else:
+            self.transport.pause_reading()
 
     def _unpoll(self) -> None:
         """The poller stops reading this socket (closing, or closed)."""
         if self._fd >= 0:
-            if self.ctx.poller is not None:
-                self.ctx.poller.discard(self._fd, self)
+            self.ctx.poller.discard(self._fd, self)
             self._fd = -1

@@ -320,10 +320,8 @@ class World:
     token: str
     device_id: int
 
-    def connect(self, peer: tuple[str, int] = ("203.0.113.7", 40001), extra: dict | None = None) -> Device:
-        """A new connection; ``extra``: more of what its transport's ``get_extra_info`` knows."""
+    def connect(self, peer: tuple[str, int] = ("203.0.113.7", 40001)) -> Device:
         transport = FakeTransport(self.loop, peer=peer)
-        transport.extra.update(extra or {})
         first = FirstBytes(self.ctx)  # what the listener accepts with: it hands over to the session
         transport.set_protocol(first)
         first.connection_made(transport)
