@@ -5,8 +5,7 @@
   its own, beside them: ``blynk_server/hardware/connection.py`` (the sans-I/O core) as
   ``_connection_c``, ``session.py`` (its asyncio adapter) as ``_session_c``, ``stats.py`` and
   ``budget.py`` as ``_stats_c`` and ``_budget_c``; each ``_<name>_c.pxd`` makes its classes extension
-  types (C fields, C methods); and ``_poller_c`` from ``_poller_c.pyx`` (epoll in C; its pure-Python
-  twin is ``poller.py``). ``blynk_server.hardware.hotpath`` picks the compiled five or the sources.
+  types (C fields, C methods). ``blynk_server.hardware.hotpath`` picks the compiled four or the sources.
 
 No compiler (or no Cython) means a warning and the pure-Python modules, never a failed install. The
 build records the SHA-256 of each built extension's sources in ``protocol/_compiled.json``:
@@ -38,7 +37,6 @@ SOURCES = {
     "blynk_server.hardware._budget_c": _CORE,
     # The compiled adapter cimports the core (its layout and C methods): stale with it, and with its .pxd.
     "blynk_server.hardware._session_c": [*_CORE, f"{_HOT}/session.py", f"{_HOT}/_session_c.pxd"],
-    "blynk_server.hardware._poller_c": [f"{_HOT}/_poller_c.pyx"],
 }
 
 
@@ -100,10 +98,7 @@ def extensions():
         return []
     try:
         exts = cythonize(
-            [
-                Extension("protocol._framing", ["protocol/_framing.pyx"], extra_compile_args=["-O3"]),
-                Extension("blynk_server.hardware._poller_c", [f"{_HOT}/_poller_c.pyx"], extra_compile_args=["-O3"]),
-            ],
+            [Extension("protocol._framing", ["protocol/_framing.pyx"], extra_compile_args=["-O3"])],
             compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
             quiet=True,
         )

@@ -31,9 +31,6 @@ class Settings:
     message_burst: float | None = None  # bucket size; defaults to one second's worth
     quota_warning_period: float = 60.0  # at most one QUOTA_LIMIT per this many seconds
     recv_buffer: int = 4096  # bytes read per socket read; small so no socket starves the others
-    # Linux: the device sockets of a wakeup are read back to back, then handled (hardware/poller.py);
-    # false: each socket is read by its own transport, one loop callback per read.
-    batch_reads: bool = True
     # Frames of device telemetry handled per event-loop turn; past it, reads wait for a later turn (0: none).
     turn_budget: int = 256
     max_frame: int = 32768  # largest body accepted from a device

@@ -14,15 +14,11 @@ cdef class HardwareSession(DeviceConnection):
     cdef public object transport
     cdef public object _timer
     cdef public long long _deadline_key  # the bucket on the shared wheel; 0: none
-    cdef public int _offered  # at most recv_buffer; an int beside _fd: no padding
+    cdef public Py_ssize_t _offered
     cdef public bint _granted, _turn_paused
-    cdef public int _fd  # while the listener's poller reads the socket; -1: the transport reads
 
     cdef void _sync(self)
     cdef void _check_unsent(self)
     cdef void _apply(self)
     cdef void _wait_turn(self)
     cdef void _resume_reading(self)
-    cdef void _pause_reading(self)
-    cdef void _unpoll(self)
-    cpdef Py_ssize_t read_offer(self)

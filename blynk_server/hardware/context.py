@@ -16,7 +16,7 @@ from blynk_server.config import Settings
 from blynk_server.domain import Domain
 from blynk_server.hardware.deadlines import Deadlines
 from blynk_server.hardware.guard import LoginGuard
-from blynk_server.hardware.hotpath import HardwareStats, Poller, TurnBudget
+from blynk_server.hardware.hotpath import HardwareStats, TurnBudget
 from blynk_server.hardware.turns import ReadTurns
 from blynk_server.hub import DeviceLink, Hub
 from blynk_server.model import now_ms
@@ -43,9 +43,7 @@ class SessionContext:
       connection (None: HTTP is not served on the device port);
     - ``login_hooks``: called with each session that logs in (a failing hook is logged, not raised);
     - ``mailer``: queues a device's EMAIL (None: e-mail is off, the device gets status 14);
-    - ``wall_ms``: the wall clock in UTC milliseconds, for stored timestamps (a test may give its own);
-    - ``poller``: reads the plain-TCP sockets of logged-in and logging-in sessions in batches
-      (``poller.py``; set by ``HardwareServer.start``). None: each transport reads its own socket.
+    - ``wall_ms``: the wall clock in UTC milliseconds, for stored timestamps (a test may give its own).
     """
 
     __slots__ = (
@@ -64,7 +62,6 @@ class SessionContext:
         "login_hooks",
         "mailer",
         "wall_ms",
-        "poller",
     )
 
     def __init__(
@@ -93,7 +90,6 @@ class SessionContext:
         self.login_hooks: list[Callable[[DeviceLink], None]] = []
         self.mailer: Mailer | None = None
         self.wall_ms: Callable[[], int] = now_ms
-        self.poller: Poller | None = None
 
     def logged_in(self, link: DeviceLink, device_id: int) -> None:
         """Run the login hooks for a session that has just logged in."""

@@ -1,9 +1,8 @@
 """The device hot path's classes, from one twin: the compiled extensions or their Python sources.
 
 ``setup.py`` builds ``_stats_c``, ``_budget_c``, ``_connection_c`` and ``_session_c`` from ``stats.py``,
-``budget.py``, ``connection.py`` and ``session.py`` (typed by their ``.pxd``), and ``_poller_c`` from
-``_poller_c.pyx`` (twin of ``poller.py``); ``protocol.twins.select`` takes the five compiled ones
-together or the five sources (extensions off, not built, or stale: the
+``budget.py``, ``connection.py`` and ``session.py`` (typed by their ``.pxd``); ``protocol.twins.select``
+takes the four compiled ones together or the four sources (extensions off, not built, or stale: the
 compiled session derives from the compiled core and writes the compiled counters, so they never mix).
 Everything that creates a session, its counters or its budget takes the classes from here.
 """
@@ -17,13 +16,10 @@ _TWINS = [
     ("blynk_server.hardware._budget_c", "blynk_server.hardware.budget"),
     ("blynk_server.hardware._connection_c", "blynk_server.hardware.connection"),
     ("blynk_server.hardware._session_c", "blynk_server.hardware.session"),
-    ("blynk_server.hardware._poller_c", "blynk_server.hardware.poller"),
 ]
-(_stats, _budget, _connection, _session, _poller), IMPLEMENTATION = twins.select(_TWINS)
+(_stats, _budget, _connection, _session), IMPLEMENTATION = twins.select(_TWINS)
 
 HardwareStats = _stats.HardwareStats
 TurnBudget = _budget.TurnBudget
 DeviceConnection = _connection.DeviceConnection
 HardwareSession = _session.HardwareSession
-Poller = _poller.Poller
-poller_available = _poller.available

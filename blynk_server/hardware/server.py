@@ -10,7 +10,7 @@ from collections.abc import Callable
 from blynk_server.config import Settings
 from blynk_server.domain import Domain
 from blynk_server.hardware.context import SessionContext
-from blynk_server.hardware.hotpath import HardwareSession, Poller, poller_available
+from blynk_server.hardware.hotpath import HardwareSession
 from blynk_server.hardware.sniff import FirstBytes
 from blynk_server.hub import Hub
 
@@ -51,8 +51,6 @@ class HardwareServer:
 
     async def start(self) -> None:
         s = self.settings
-        if s.batch_reads and poller_available():
-            self.context.poller = Poller(self.loop, self.context.turns.buf)
         server = await self.loop.create_server(self.new_connection, s.host, s.port, backlog=4096, reuse_address=True)
         self._servers.append(server)
         self.address = server.sockets[0].getsockname()[:2]
@@ -86,6 +84,3 @@ class HardwareServer:
             except TimeoutError:
                 log.warning("listener did not close within 5 s")
         self._servers.clear()
-        poller, self.context.poller = self.context.poller, None
-        if poller is not None:
-            poller.close()

@@ -14,10 +14,6 @@ hub's ``DeviceLink``). What the adapter adds is I/O only:
   timers (``timer_at()``: flood resume, held pushes, paced frames) on one loop timer; the turn budget
   (``budget.py``): refilled when the turn ends, and a read the core deferred pauses the socket and
   queues the session until ``ReadTurns`` hands it a later turn (``_run_deferred``);
-- on Linux, once the connection speaks the binary protocol over plain TCP (``poll_reads``), the
-  listener's poller (``poller.py``) reads its socket instead of the transport, in batches: it asks
-  ``read_offer`` how much to read, hands the bytes over with ``buffer_updated`` like a loop, and ends
-  with ``read_ended``; pausing and resuming reads go to it (``_pause_reading``/``_resume_reading``);
 - the transport's write-buffer limits drive ``pause_writing``/``resume_writing``; a device whose unsent
   output passes ``write_buffer_max`` is closed, and a closed one gets ``CLOSE_GRACE`` to take the rest.
 
@@ -76,14 +72,6 @@ if TYPE_CHECKING:
 CLOSE_GRACE = 5.0  # seconds a closed connection may take to send what is left before it is aborted
 
 
-def socket_fd(transport) -> int:
-    """The descriptor of a plain TCP (or Unix) transport's socket; -1 for TLS or a carrier without one."""
-    if transport.get_extra_info("sslcontext") is not None:
-        return -1
-    sock = transport.get_extra_info("socket")
-    return -1 if sock is None else sock.fileno()
-
-
 def peer_address(transport) -> tuple[str, int]:
     """The peer's IP and port. The IP is one string per address (``sys.intern``: the connections from
     one IP share it; it goes with the last of them). Read from the socket itself where there is one:
@@ -111,7 +99,6 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
 
     __slots__ = (
         "transport",
-        "_fd",
         "_deadline_key",
         "_timer",
         "_offered",
@@ -133,7 +120,6 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
         self._offered = len(self._buf)
         self._granted = False  # this read was granted by ReadTurns: the full buffer even when busy
         self._turn_paused = False
-        self._fd = -1  # the socket's descriptor while the listener's poller reads it; -1: the transport reads
 
     # --- transport callbacks ------------------------------------------------------------------
 
@@ -147,19 +133,14 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
         self._sync()
 
     def get_buffer(self, sizehint: int):  # type: ignore[override]
-        if self.read_offer() == len(self._buf):
-            return self._view  # the whole shared buffer
-        return self.ctx.turns.small
-
-    def read_offer(self) -> int:
-        """How many bytes this session takes from its socket now (a loop's ``get_buffer``, the poller's
-        ``recv``). While busy sockets wait their turn, a socket not granted one reads a little only: a
-        pile of sockets turning busy at once (a flood starting) cannot make one loop turn long."""
+        # While busy sockets wait their turn, a socket not granted one reads a little only: a pile of
+        # sockets turning busy at once (a flood starting) cannot make one loop turn long.
         if self._granted or not self.ctx.turns.waiting:
-            self._offered = len(self._buf)
-        else:
-            self._offered = len(self.ctx.turns.small)
-        return self._offered
+            self._offered = len(self._buf)  # the whole shared buffer: _view is all of _buf
+            return self._view
+        view = self.ctx.turns.small
+        self._offered = len(view)
+        return view
 
     def buffer_updated(self, nbytes: int) -> None:
         self.receive_into(nbytes, self.ctx.loop.time())
@@ -194,19 +175,7 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
         """The most bytes one read hands to the core."""
         return len(self._buf)
 
-    def read_ended(self, exc: BaseException | None) -> None:
-        """The poller's end of this socket's reads: None at the end of the stream (as a loop does:
-        ``eof_received``, then close), an error else (the transport is aborted, as a loop does on a
-        failed read; the offline line then says "closed", not the error)."""
-        self._fd = -1  # the poller has let go of it
-        if exc is None:
-            if not self.eof_received():
-                self.transport.close()
-        else:
-            self.transport.abort()
-
     def connection_lost(self, exc) -> None:
-        self._unpoll()
         DeviceConnection.connection_lost(self, exc)
         self.ctx.sessions.discard(self)
         self.ctx.deadlines.cancel(self)
@@ -220,7 +189,7 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
     def pause_writing(self) -> None:
         self.writing_paused(self.ctx.loop.time())
         if not self.closed:
-            self._pause_reading()
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.writing_resumed(self.ctx.loop.time())
@@ -241,22 +210,6 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
         """The local address the device reached us on (the socket's ``sockname``), None when unknown."""
         sock = self.transport.get_extra_info("sockname") if self.transport is not None else None
         return str(sock[0]) if sock else None
-
-    def poll_reads(self) -> None:
-        """Have the listener's poller (``poller.py``) read this socket from now on, where there is one
-        and the transport is plain TCP (not TLS, not another carrier); else the transport goes on
-        reading. Called once the connection speaks the binary protocol (``sniff.FirstBytes``)."""
-        poller = self.ctx.poller
-        if poller is None or self.closed or self._fd >= 0:
-            return
-        fd = socket_fd(self.transport)
-        if fd < 0:
-            return
-        self.transport.pause_reading()  # for good: the poller reads this socket from now on
-        poller.add(fd, self)
-        self._fd = fd
-        if self._turn_paused or self.read_blocked():
-            poller.pause(fd)
 
     def handed_off(self) -> None:
         """The sniffer gave the connection to HTTP: no deadline, not pending, not a session."""
@@ -294,7 +247,7 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
         if dirty & BUDGET:
             self.ctx.turns.drawn()
         if dirty & DEFER and not self.closed:
-            self._pause_reading()
+            self.transport.pause_reading()
             self.ctx.turns.defer_read(self)
         if dirty & DEADLINE:
             if self.hb_at and not self.closed:
@@ -310,11 +263,9 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
                 self._timer = self.ctx.loop.call_at(when, self._on_timer, when)
         if dirty & READ:
             if self.read_blocked():
-                self._pause_reading()
+                self.transport.pause_reading()
             else:
                 self._resume_reading()
-        if dirty & (CLOSE | CLOSE_QUIETLY):
-            self._unpoll()  # before the transport closes the descriptor
         if dirty & CLOSE:
             transport = self.transport
             unsent = transport.get_write_buffer_size()
@@ -352,7 +303,7 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
     def _wait_turn(self) -> None:
         """A full buffer: every other socket has its turn before this one is read again."""
         self._turn_paused = True
-        self._pause_reading()
+        self.transport.pause_reading()
         self.ctx.turns.defer(self)
 
     def _resume_turn(self) -> None:
@@ -363,19 +314,4 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
     def _resume_reading(self) -> None:
         """Read again, unless another reason to pause remains (flood, read turn, unsent output)."""
         if not (self._turn_paused or self.read_blocked()):
-            if self._fd >= 0:
-                self.ctx.poller.resume(self._fd)
-            else:
-                self.transport.resume_reading()
-
-    def _pause_reading(self) -> None:
-        if self._fd >= 0:
-            self.ctx.poller.pause(self._fd)
-        else:
-            self.transport.pause_reading()
-
-    def _unpoll(self) -> None:
-        """The poller stops reading this socket (closing, or closed)."""
-        if self._fd >= 0:
-            self.ctx.poller.discard(self._fd, self)
-            self._fd = -1
+            self.transport.resume_reading()

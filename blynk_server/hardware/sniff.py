@@ -35,7 +35,6 @@ class FirstBytes(asyncio.BufferedProtocol):
         session.connection_made(transport)
         if self.ctx.http_handoff is None and not session.closed:
             transport.set_protocol(session)  # nothing to tell apart
-            session.poll_reads()
 
     def get_buffer(self, sizehint: int):  # type: ignore[override]
         return self.session.get_buffer(sizehint)
@@ -60,7 +59,6 @@ class FirstBytes(asyncio.BufferedProtocol):
             protocol.data_received(head)
             return
         transport.set_protocol(session)
-        session.poll_reads()  # binary: the listener's poller reads from now on (where it can)
         if self._held:
             session.receive_held(self._held)  # fewer than 5 bytes: no frame yet, just buffered
             self._held = b""

@@ -5,8 +5,7 @@ They find a ``BufferedProtocol`` differently: asyncio's transports (and its ``ss
 looks for ``get_buffer``. The compiled ``HardwareSession`` is an extension type that keeps
 ``asyncio.BufferedProtocol`` as a base for the former; here both loops carry a whole device exchange
 (login, writes, a command pushed from HTTP, reads that fill the buffer and wait their turn) over plain
-TCP and TLS, on whichever twin is imported. Over plain TCP the listener's poller reads the socket
-(``hardware/poller.py``), unless ``batch_reads`` is off; over TLS the transport does."""
+TCP and TLS, on whichever twin is imported."""
 
 from __future__ import annotations
 
@@ -33,14 +32,8 @@ def test_the_session_is_a_buffered_protocol():
     assert issubclass(HardwareSession, asyncio.BufferedProtocol)
 
 
-def _session_of(server, token: str):
-    device = server.domain.device_by_token(token)
-    return next(s for s in server.hardware.sessions if s.device is device)
-
-
-async def _exchange(client: DeviceClient, server, token: str, http: aiohttp.ClientSession, polled: bool) -> None:
+async def _exchange(client: DeviceClient, server, token: str, http: aiohttp.ClientSession) -> None:
     assert await client.ping() == Status.SUCCESS
-    assert (_session_of(server, token)._fd >= 0) is polled
     client.virtual_write(1, 42)
     assert await client.ping() == Status.SUCCESS  # the write before it was handled
     assert server.domain.device_by_token(token).values["v1"][0] == b"42"
@@ -53,27 +46,26 @@ async def _exchange(client: DeviceClient, server, token: str, http: aiohttp.Clie
     assert answers == [(Command.RESPONSE, i, Status.SUCCESS) for i in range(1, BURST + 1)]
 
 
-async def _scenario(data_dir, crt, key, batch_reads: bool) -> None:
-    settings = {"tls_port": 0, "cert": crt, "key": key, "message_rate": 1e6, "batch_reads": batch_reads}
+async def _scenario(data_dir, crt, key) -> None:
+    settings = {"tls_port": 0, "cert": crt, "key": key, "message_rate": 1e6}
     async with running(data_dir, **settings) as server, aiohttp.ClientSession() as http:
         template = await server.provisioning.create_template("Loops", [Datastream("v1", "Value", "int", 0, 100)])
         plain, tls = [await server.provisioning.create_device(template.id, name) for name in ("plain", "tls")]
         client = await DeviceClient.connect(*server.hardware.address, plain.token)
         try:
-            await _exchange(client, server, plain.token, http, polled=batch_reads)
+            await _exchange(client, server, plain.token, http)
         finally:
             await client.close()
         tls_context = ssl.create_default_context(cafile=str(crt))
         client = await DeviceClient.connect(*server.hardware.tls_address, tls.token, ssl=tls_context)
         try:
-            await _exchange(client, server, tls.token, http, polled=False)
+            await _exchange(client, server, tls.token, http)
         finally:
             await client.close()
 
 
-@pytest.mark.parametrize("batch_reads", [True, False], ids=["poller", "transport-reads"])
 @pytest.mark.parametrize("loop", LOOPS)
-def test_a_device_exchange_on_each_loop(loop, batch_reads, tmp_path, cert):
+def test_a_device_exchange_on_each_loop(loop, tmp_path, cert):
     crt, key = cert
     with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
-        runner.run(_scenario(tmp_path / "data", crt, key, batch_reads))
+        runner.run(_scenario(tmp_path / "data", crt, key))

@@ -31,7 +31,7 @@ import pytest
 
 from blynk_server.config import Settings
 from blynk_server.domain import Domain
-from blynk_server.hardware import budget, hotpath, poller, sniff, stats
+from blynk_server.hardware import budget, hotpath, sniff, stats
 from blynk_server.hardware.context import SessionContext
 from blynk_server.hardware.session import HardwareSession
 from blynk_server.hardware.sniff import FirstBytes
@@ -383,12 +383,10 @@ class Twin:
     session: type
     stats: type
     budget: type
-    poller: type
 
 
-# The compiled twins where they are built, and the sources, always importable.
-IMPORTED = Twin(hotpath.HardwareSession, hotpath.HardwareStats, hotpath.TurnBudget, hotpath.Poller)
-SOURCE = Twin(HardwareSession, stats.HardwareStats, budget.TurnBudget, poller.Poller)
+IMPORTED = Twin(hotpath.HardwareSession, hotpath.HardwareStats, hotpath.TurnBudget)  # compiled where built
+SOURCE = Twin(HardwareSession, stats.HardwareStats, budget.TurnBudget)  # the sources, always importable
 _twin = IMPORTED  # what make_world builds with: see use_twin
 
 
