@@ -141,21 +141,27 @@ def observe_request(stats: HttpStats, app_name: str, request: web.Request, statu
     stats.observe(app_name, name, method, status, seconds)
 
 
+async def counted(stats: HttpStats, app_name: str, handler: Handler, request: web.Request) -> web.StreamResponse:
+    """``handler(request)``, counted (``observe_request``) however it ends: its answer's status, an
+    ``HTTPException``'s, or 500 for anything else passing through (a cancellation)."""
+    start = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        observe_request(stats, app_name, request, status, time.perf_counter() - start)
+
+
 def metrics_middleware(stats: HttpStats, app_name: str) -> Callable:
-    """Count every request (``observe_request``)."""
+    """Count every request (``counted``)."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        start = time.perf_counter()
-        status = 500
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        finally:
-            observe_request(stats, app_name, request, status, time.perf_counter() - start)
+        return await counted(stats, app_name, handler, request)
 
     return middleware

@@ -23,7 +23,7 @@ from blynk_server.export import Exports
 from blynk_server.hardware.hotpath import HardwareSession
 from blynk_server.http import device_api, legacy_api, websocket
 from blynk_server.http import files as file_routes
-from blynk_server.http.common import ApiError, Handler, LogBudget, json_error, observe_request, route_name
+from blynk_server.http.common import ApiError, Handler, LogBudget, counted, json_error, route_name
 from blynk_server.http.limits import REQUEST_RATE, ConnectionGuard, GuardedHandler, RequestRate, Throttled
 from blynk_server.http.stats import HttpStats
 from blynk_server.hub import Hub
@@ -51,25 +51,16 @@ def device_handler(stats: HttpStats, handle: Handler) -> Handler:
     app's handler instead; so a request aiohttp refuses before the route's handler runs (an ``Expect``
     it does not know, ``417``) is answered and counted like any other error."""
 
-    async def handler(request: web.Request) -> web.StreamResponse:
-        start = time.perf_counter()
-        status = 500  # what a cancellation passing through is counted as
+    async def answered(request: web.Request) -> web.StreamResponse:
         try:
-            try:
-                response = await handle(request)
-            except Exception as exc:
-                response = error_response(request, exc)
-            if not response.prepared:
-                response.headers.setdefault("Access-Control-Allow-Origin", "*")
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        finally:
-            observe_request(stats, "device", request, status, time.perf_counter() - start)
+            response = await handle(request)
+        except Exception as exc:
+            response = error_response(request, exc)
+        if not response.prepared:
+            response.headers.setdefault("Access-Control-Allow-Origin", "*")
+        return response
 
-    return handler
+    return functools.partial(counted, stats, "device", answered)
 
 
 def error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
