@@ -42,8 +42,8 @@ _error_log = LogBudget()  # refused requests are logged at most 20 per 10 s (a b
 
 def device_handler(stats: HttpStats, handle: Handler) -> Handler:
     """The device app's request handler ``handle`` (its routing and routes) with its errors answered
-    (``error_response``, CORS ``*`` on every answer not yet sent) and every request counted as
-    ``metrics_middleware`` counts it.
+    (``error_response``, CORS ``*`` on every answer not yet sent) and every request counted by
+    ``common.counted``, the function the admin app's ``metrics_middleware`` counts with.
 
     Not an aiohttp middleware: an app with any middleware runs aiohttp's middleware chain on every
     request (a wrapper per middleware and one of its own, found through a cache keyed by the apps),
