@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         "--generator",
         choices=("auto", "c", "python"),
         default="auto",
-        help="telemetry/command main load: the C generator telegen.c (auto: when a C compiler is there) or the Python senders",
+        help="telemetry/command/pingpong main load: the C generator telegen.c (auto: when a C compiler is there) or the Python senders",
     )
     p.add_argument("--concurrency", type=int, default=500, help="idle: connections being opened at once per worker")
     p.add_argument(

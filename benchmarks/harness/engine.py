@@ -85,6 +85,14 @@ def info_frame() -> bytes:
     return encode_frame(Command.INTERNAL, 2, INFO)
 
 
+PING_MSG_ID = 3  # telegen.c's PING_MSG_ID: never the login's (1) or the info's (2)
+
+
+def ping_frame(kind: str) -> bytes:
+    """The ping-pong ping: a Blynk PING with msg id ``PING_MSG_ID``, or an MQTT PINGREQ."""
+    return encode_frame(Command.PING, PING_MSG_ID) if kind == "blynk" else PINGREQ
+
+
 def telemetry_frame(kind: str) -> bytes:
     """One write: a 14-byte Blynk ``vw`` frame or a 15-byte MQTT QoS0 PUBLISH with the same 9-byte payload."""
     return encode_frame(Command.HARDWARE, 3, BLYNK_BODY) if kind == "blynk" else mqtt_publish(MQTT_TOPIC, MQTT_PAYLOAD)

@@ -120,12 +120,13 @@ class Pools:
 
 
 def main_generator(mode: str, generator: str) -> tuple[str, object]:
-    """Which generator sends the main load: ("c", binary) for telemetry when telegen builds, else ("python", None).
+    """Which generator sends the main load: ("c", binary) for telemetry and ping-pong when telegen builds,
+    else ("python", None).
 
     ``generator`` is "auto" (C when a compiler is there, else Python with a note), "c" (C or an error)
     or "python".
     """
-    if mode != "telemetry" or generator == "python":
+    if mode not in ("telemetry", "pingpong") or generator == "python":
         return "python", None
     binary, why = telegen.build()
     if binary is None:

@@ -1,4 +1,5 @@
-/* telegen: the harness's C load generator for the telemetry main load (Blynk binary or MQTT 3.1.1).
+/* telegen: the harness's C load generator for the telemetry and ping-pong main loads (Blynk binary or
+ * MQTT 3.1.1).
  *
  * Why C: a Python sender spends ~10 us per message in transport.write, so at 100k msg/s the generator
  * saturates the machine it shares with the server under test. Here a message is one send() from a
@@ -10,7 +11,7 @@
  * sends (Blynk 5-byte headers, MQTT fixed headers), answers a server PING like a real device, and paces.
  *
  *   telegen HOST PORT blynk|mqtt LOGINFILE RATE DURATION FRAMEHEX
- *           [--info HEX] [--concurrency N] [--drain S] [--login-timeout S] [--tick S]
+ *           [--info HEX] [--concurrency N] [--drain S] [--login-timeout S] [--tick S] [--pingpong 1]
  *
  * Protocol with the harness (stdin/stdout, one line each):
  *   1. connects every device (at most --concurrency logins in flight), then prints one JSON line with
@@ -18,6 +19,10 @@
  *   2. waits for "go [DURATION]" on stdin (reading the sockets meanwhile), then sends each logged-in
  *      device's frame every 1/RATE s, spread evenly over the period (round robin in ticks of --tick s;
  *      more than two rounds behind: the excess is skipped and counted, never burst);
+ *      With --pingpong 1, FRAMEHEX is a PING (Blynk, msg id PING_MSG_ID) or PINGREQ (MQTT) and RATE is
+ *      unused: each device sends it, and sends it again as soon as the answer comes, for the whole
+ *      window (a Python sender, ~10 us per ping, set the pace of both servers at 1,000 connections);
+ *      the answers received in the window are counted and the first MAX_RTTS round trips kept;
  *   3. keeps reading for --drain s, prints one JSON line with the counts, and holds the connections
  *      until "close" or the end of stdin, then writes what the kernel refused earlier (at most 10 s),
  *      closes them and exits.
@@ -50,7 +55,10 @@
 #define BLYNK_PING 6
 #define BLYNK_HARDWARE 20
 #define LOGIN_MSG_ID 1      /* the login frame's msg id (engine.py's login_packet) */
+#define PING_MSG_ID 3       /* the ping-pong PING's msg id (never the login's or the info's) */
 #define MQTT_CONNACK 2
+#define MQTT_PINGRESP 13
+#define MAX_RTTS 200000     /* round trips kept for the percentiles: the first ones, as the Python senders */
 
 enum { S_NEW, S_CONNECTING, S_LOGIN, S_READY, S_CLOSED };
 
@@ -70,6 +78,7 @@ typedef struct {
     uint16_t login_len;
     uint64_t backlog;  /* bytes of the repeated frame stream not yet accepted by the kernel */
     double t0;         /* connect() time, for the login latency */
+    double ping_t;     /* ping-pong: when the unanswered ping went (0: none) */
 } device;
 
 static int mqtt;
@@ -85,6 +94,10 @@ static struct sockaddr_in addr;
 
 /* results */
 static uint64_t sent, skipped, dropped, hw_received, blocked; /* blocked: frames the kernel refused at once */
+static int pingpong, pinging;  /* ping-pong mode; its window is open */
+static uint64_t pongs;
+static double *rtts;
+static uint32_t nrtts;
 static uint32_t logged_in, login_errors, nsamples;
 static char samples[MAX_SAMPLES][96];
 static double *lat;
@@ -158,7 +171,8 @@ static void load_logins(const char *path) {
     }
     fclose(fh);
     lat = malloc((ndev + 1) * sizeof(double));
-    if (!lat) die("out of memory");
+    rtts = malloc(MAX_RTTS * sizeof(double));
+    if (!lat || !rtts) die("out of memory");
 }
 
 static void raise_nofile(void) {
@@ -211,6 +225,27 @@ static void send_pong(device *d) {
     if (!send_small(d, r, sizeof r)) lost(d, "pong", errno);
 }
 
+static void send_ping(device *d);
+
+/* The answer to this device's ping: counted while the window is open, and the next ping goes. */
+static void on_pong(device *d) {
+    if (!d->ping_t) return;
+    double now = mono();
+    if (pinging) {
+        pongs++;
+        if (nrtts < MAX_RTTS) rtts[nrtts++] = now - d->ping_t;
+        send_ping(d);
+    } else {
+        d->ping_t = 0;
+    }
+}
+
+static void send_ping(device *d) {
+    d->ping_t = mono();
+    sent++;
+    if (!send_small(d, frame, flen)) lost(d, "ping", errno);
+}
+
 static void login_done(device *d) {
     if (mqtt == 0 && ilen && !send_small(d, info, ilen)) {
         lost(d, "info", errno);
@@ -257,6 +292,8 @@ static void blynk_header(device *d) {
             }
         } else if (len != 200) {
             bad_status((int)len);
+        } else if (pingpong && id == PING_MSG_ID) {
+            on_pong(d);
         }
         return;
     }
@@ -312,6 +349,7 @@ static void on_bytes(device *d, const uint8_t *p, size_t n) {
         int type = d->hdr[0] >> 4;
         d->hlen = 0;
         d->skip = len;
+        if (type == MQTT_PINGRESP && pingpong) on_pong(d);
         if (type == MQTT_CONNACK) {
             d->capture = 1;
             d->caplen = 0;
@@ -507,6 +545,8 @@ int main(int argc, char **argv) {
             login_timeout = atof(argv[i + 1]);
         } else if (strcmp(argv[i], "--tick") == 0) {
             tick = atof(argv[i + 1]);
+        } else if (strcmp(argv[i], "--pingpong") == 0) {
+            pingpong = atoi(argv[i + 1]) != 0;
         } else {
             die("unknown option");
         }
@@ -556,10 +596,17 @@ int main(int argc, char **argv) {
     for (uint32_t i = 0; i < ndev; i++)
         if (devs[i].state == S_READY) live[nlive++] = i;
 
-    /* 3. the paced window (Worker._telemetry's semantics) */
+    /* 3. the window: ping-pong (each answer sends the next ping), or paced (Worker._telemetry's semantics) */
     double start = mono(), deadline = start + duration, next_tick = start, per_sec = nlive * rate;
     uint64_t issued = 0, idx = 0;
-    while (!close_requested && nlive) {
+    if (pingpong) {
+        pinging = 1;
+        for (uint32_t i = 0; i < nlive; i++)
+            if (devs[live[i]].state == S_READY) send_ping(&devs[live[i]]);
+        while (!close_requested && mono() < deadline) poll_once(ms_until(deadline));
+        pinging = 0;
+    }
+    while (!close_requested && nlive && !pingpong) {
         double now = mono();
         if (now >= deadline) break;
         uint64_t due = (uint64_t)((now - start) * per_sec) - issued;
@@ -590,7 +637,9 @@ int main(int argc, char **argv) {
            (unsigned long long)sent, (unsigned long long)skipped, elapsed, (unsigned long long)dropped, alive,
            (unsigned long long)hw_received, (unsigned long long)blocked);
     for (int i = 0; i < nstatuses; i++) printf("%s\"%d\":%d", i ? "," : "", statuses[i][0], statuses[i][1]);
-    printf("},\"logged_in\":%u,\"login_errors\":%u,\"login_error_samples\":", logged_in, login_errors);
+    printf("},\"pongs\":%llu,\"rtts\":[", (unsigned long long)pongs);
+    for (uint32_t i = 0; i < nrtts; i++) printf("%s%.7f", i ? "," : "", rtts[i]);
+    printf("],\"logged_in\":%u,\"login_errors\":%u,\"login_error_samples\":", logged_in, login_errors);
     print_errors();
     if (logged_in)
         printf(",\"login_p50_ms\":%.3f,\"login_p99_ms\":%.3f", pct(lat, logged_in, 50) * 1e3,

@@ -68,6 +68,9 @@ MAX_BRIDGES = 100  # per connection, as the legacy server
 PACE_GAP = 0.05  # seconds between frames to a client that parses one frame per recv() (blynklib)
 MAX_PACED = 1024  # frames queued for such a client before further ones are dropped
 HELD_GAP = 0.05  # seconds between the info's answer and the held pushes (not in the same segment)
+# A PING's answer status as a plain int: reading an IntEnum member goes through the enum's metaclass
+# (~1.5 % of the server's CPU in ping-pong at 1,000 connections, when read per PING).
+SUCCESS = int(Status.SUCCESS)
 
 _WRITE_KEYS: dict[bytes, str] = {}  # b"vw\0" b"1" -> "v1": few distinct pins, so parse each once
 
@@ -454,7 +457,7 @@ class DeviceConnection:
         """What ``_handle_frames`` does for a read holding one PING frame and nothing else."""
         self.stats.messages_in[6] += 1
         if msg_id:
-            self._write(encode_response(msg_id, Status.SUCCESS), 0)
+            self._write(encode_response(msg_id, SUCCESS), 0)
         self._charge(1, msg_id)
 
     def _handle_frames(self, frames: list) -> None:
@@ -744,7 +747,7 @@ class DeviceConnection:
         pass  # answers to our pushes; nothing waits on them
 
     def _on_ping(self, msg_id: int, body: bytes) -> None:
-        self._reply(msg_id, Status.SUCCESS)
+        self._reply(msg_id, SUCCESS)
 
     def _on_hardware(self, msg_id: int, body: bytes) -> None:
         # Fast path for writes: "vw\0<pin>\0<value…>" (the value keeps its NULs).

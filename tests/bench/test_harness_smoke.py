@@ -4,7 +4,7 @@ Small N for a couple of seconds against each target: every frame the harness say
 counted by the server's own side (``/metrics`` for blynk-server, ``$SYS`` for the MQTT brokers)
 after a quiet period. The telemetry load runs once on each generator: the C one (``telegen.c``,
 skipped with the reason when it cannot be built) and the Python senders. The MQTT peers skip with the
-reason when they are not installed.
+reason when they are not installed. Ping-pong runs on both generators too.
 """
 
 from __future__ import annotations
@@ -70,8 +70,11 @@ def test_blynk_counts_and_probes(tmp_path, generator):
         assert res["metrics_source"] == "/metrics"
         assert res["probe_pings"] > 0 and res["probe_p99_ms"] is not None
         assert res["new_logins"] >= 1 and res["new_login_errors"] == 0
-        pp = asyncio.run(run_load(target, mode="pingpong", ids=ids[:10], duration=1.0, workers=1))
-        assert pp["pongs_per_s"] > 0 and pp["rtt_p99_ms"] is not None
+        pp = asyncio.run(run_load(target, mode="pingpong", ids=ids[:10], duration=1.0, workers=1, generator=generator))
+        assert pp["generator"] == generator
+        assert pp["logged_in"] == 10 and pp["alive"] == 10
+        assert set(pp["bad_status"]) <= {1}  # QUOTA_LIMIT: this server keeps the default flood limit
+        assert pp["pongs_per_s"] > 0 and pp["rtt_p50_ms"] <= pp["rtt_p99_ms"]
     finally:
         target.stop()
 
@@ -99,6 +102,9 @@ def test_mqtt_peer_counts(tmp_path, cls, generator):
         assert res["logged_in"] == 10 and res["login_errors"] == 0 and res["alive"] == 10
         assert res["sent"] > 0
         assert processed == res["sent"], (processed, res)  # the broker's own $SYS count
+        pp = asyncio.run(run_load(target, mode="pingpong", ids=ids, duration=1.0, workers=1, generator=generator))
+        assert pp["generator"] == generator and pp["alive"] == 10
+        assert pp["pongs_per_s"] > 0 and pp["rtt_p50_ms"] <= pp["rtt_p99_ms"]
     finally:
         target.stop()
 
@@ -111,4 +117,5 @@ def test_without_a_compiler_the_python_senders_run(monkeypatch, capsys):
     assert "# telegen: /nonexistent/cc failed" in capsys.readouterr().out  # the note says why
     with pytest.raises(RuntimeError, match="telegen"):
         scenarios.main_generator("telemetry", "c")  # asked for C: no silent fallback
-    assert scenarios.main_generator("flood", "auto") == ("python", None)  # only telemetry has a C generator
+    assert scenarios.main_generator("pingpong", "auto") == ("python", None)
+    assert scenarios.main_generator("flood", "auto") == ("python", None)  # telemetry and ping-pong have a C one
