@@ -2,21 +2,28 @@
 
 Any login is accepted; logins, the info message and pings get ``200``, other frames nothing; no body is
 parsed, nothing is stored, there are no timers and no flood control. What blynk-server costs above
-this (CPU per ping, RSS per idle session) is the price of its own work; what this costs above
-mosquitto is the price of uvloop and one Python callback per read.
+this (CPU per ping or per telemetry message, RSS per idle session) is the price of its own work; what
+this costs above mosquitto is the price of uvloop and one Python callback per read.
 
-    python -m benchmarks.harness.floor_server PORT
+    python -m benchmarks.harness.floor_server PORT [COUNT_FILE]
+
+With COUNT_FILE, the HARDWARE frames received so far are written there (replaced whole) four times a
+second: the harness's processed count for the telemetry scenario.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 import uvloop
 
 BUFFER = memoryview(bytearray(4096))  # one receive buffer for all connections, as blynk-server does
 ANSWERED = frozenset((2, 6, 17, 29))  # LOGIN, PING, INTERNAL (the info message), HW_LOGIN
+HARDWARE = 20
+COUNT_EVERY = 0.25  # seconds between writes of the count file
+hardware_frames = 0
 
 
 class FloorProtocol(asyncio.BufferedProtocol):
@@ -29,6 +36,7 @@ class FloorProtocol(asyncio.BufferedProtocol):
         return BUFFER
 
     def buffer_updated(self, nbytes: int) -> None:
+        global hardware_frames
         data = BUFFER[:nbytes]
         out = []
         pos = 0
@@ -37,19 +45,31 @@ class FloorProtocol(asyncio.BufferedProtocol):
             if command == 0:  # a response from the device carries no body
                 pos += 5
                 continue
-            if command in ANSWERED:
+            if command == HARDWARE:
+                hardware_frames += 1
+            elif command in ANSWERED:
                 out.append(bytes((0, data[pos + 1], data[pos + 2], 0, 200)))
             pos += 5 + ((data[pos + 3] << 8) | data[pos + 4])
         if out:
             self.transport.write(b"".join(out))
 
 
-async def main(port: int) -> None:
+def write_count(loop: asyncio.AbstractEventLoop, path: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as fh:
+        fh.write(str(hardware_frames))
+    os.replace(tmp, path)  # a reader sees the old count or the new one, never half of one
+    loop.call_later(COUNT_EVERY, write_count, loop, path)
+
+
+async def main(port: int, count_file: str | None) -> None:
     loop = asyncio.get_running_loop()
+    if count_file:
+        write_count(loop, count_file)
     server = await loop.create_server(FloorProtocol, "127.0.0.1", port, backlog=4096)
     async with server:
         await server.serve_forever()
 
 
 if __name__ == "__main__":
-    uvloop.run(main(int(sys.argv[1])))
+    uvloop.run(main(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else None))

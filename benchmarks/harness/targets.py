@@ -218,11 +218,13 @@ class BlynkTarget(Target):
 
 
 class FloorTarget(Target):
-    """``floor_server.py``: the least a uvloop server in Python does per connection (ping-pong, idle)."""
+    """``floor_server.py``: the least a uvloop server in Python does per connection (ping-pong, idle,
+    telemetry: it counts the HARDWARE frames it receives and stores nothing)."""
 
     name = "floor"
     kind = "blynk"
-    scenarios = ("pingpong", "idle", "loginstorm")  # it counts nothing, so no flood or telemetry
+    scenarios = ("pingpong", "idle", "loginstorm", "telemetry")
+    metrics_source = "floor count file"
 
     @staticmethod
     def available() -> str | None:
@@ -235,13 +237,26 @@ class FloorTarget(Target):
         self.port = free_port()
         with open(self.workdir / "floor.log", "ab") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "benchmarks.harness.floor_server", str(self.port)],
+                [sys.executable, "-m", "benchmarks.harness.floor_server", str(self.port), str(self._count_file)],
                 stdout=subprocess.DEVNULL,
                 stderr=err,
                 preexec_fn=_raise_nofile,
                 cwd=Path(__file__).resolve().parents[2],  # the checkout, where benchmarks/ lives
             )
         _wait_port(self.port, 10, self.proc)
+
+    @property
+    def _count_file(self) -> Path:
+        return self.workdir / "hardware-frames"
+
+    def processed(self) -> float:
+        try:
+            return float(self._count_file.read_text() or 0)
+        except (OSError, ValueError):
+            return 0.0
+
+    def turn_budget(self) -> dict[str, float]:
+        return {}  # the floor has none
 
 
 class MosquittoTarget(Target):

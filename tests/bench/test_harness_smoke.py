@@ -4,7 +4,8 @@ Small N for a couple of seconds against each target: every frame the harness say
 counted by the server's own side (``/metrics`` for blynk-server, ``$SYS`` for the MQTT brokers)
 after a quiet period. The telemetry load runs once on each generator: the C one (``telegen.c``,
 skipped with the reason when it cannot be built) and the Python senders. The MQTT peers skip with the
-reason when they are not installed. Ping-pong runs on both generators too.
+reason when they are not installed. Ping-pong runs on both generators too, and so does the floor (a
+bare uvloop server) under telemetry.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(_LINKS), os.environ.g
 
 from benchmarks.harness import scenarios, telegen  # noqa: E402
 from benchmarks.harness.scenarios import _sys_value, run_load  # noqa: E402
-from benchmarks.harness.targets import AmqttTarget, BlynkTarget, MosquittoTarget  # noqa: E402
+from benchmarks.harness.targets import AmqttTarget, BlynkTarget, FloorTarget, MosquittoTarget  # noqa: E402
 
 # A load run against three servers (about 20 s): in the slow run, not the default one.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
@@ -105,6 +106,23 @@ def test_mqtt_peer_counts(tmp_path, cls, generator):
         pp = asyncio.run(run_load(target, mode="pingpong", ids=ids, duration=1.0, workers=1, generator=generator))
         assert pp["generator"] == generator and pp["alive"] == 10
         assert pp["pongs_per_s"] > 0 and pp["rtt_p50_ms"] <= pp["rtt_p99_ms"]
+    finally:
+        target.stop()
+
+
+@GENERATORS
+def test_the_floor_counts_telemetry(tmp_path, generator):
+    _need(generator)
+    target = FloorTarget(tmp_path / "floor")
+    ids = target.provision(10)
+    target.start()
+    try:
+        res = asyncio.run(
+            run_load(target, mode="telemetry", ids=ids, rate=20, duration=1.5, workers=1, generator=generator)
+        )
+        assert res["logged_in"] == 10 and res["alive"] == 10 and res["sent"] > 0
+        assert res["processed_total"] == res["sent"], res  # the floor's own count file
+        assert res["metrics_source"] == "floor count file"
     finally:
         target.stop()
 
