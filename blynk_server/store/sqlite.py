@@ -513,25 +513,35 @@ class SqliteStore:
         log.error("store dropped %d rows it cannot store: %s%s", len(rejected), shown, more)
 
     # --- write-behind (callable from any thread, the event loop included; never touches disk) ---
+    # Each row goes into the pending batch in one statement, its key and row built before it: the
+    # writer swaps the batch at any switch of threads (``_take``), so between reading ``_pending`` and
+    # storing into it nothing may allocate (a GC run could call a finalizer, and switch) or call
+    # Python code; a row stored after the swap would sit in a batch already taken.
 
     def put_value(self, device_id: int, pin: str, value: bytes, ts: int) -> None:
-        self._pending.values[(device_id, pin)] = (value, ts)
+        key, row = (device_id, pin), (value, ts)
+        self._pending.values[key] = row
 
     def put_property(self, device_id: int, pin: str, name: str, value: bytes, ts: int) -> None:
-        self._pending.props[(device_id, pin, name)] = (value, ts)
+        key, row = (device_id, pin, name), (value, ts)
+        self._pending.props[key] = row
 
     def put_history(self, device_id: int, pin: str, ts: int, value: bytes) -> None:
-        self._pending.history.append((device_id, pin, ts, value))
+        row = (device_id, pin, ts, value)
+        self._pending.history.append(row)
 
     def put_event(self, device_id: int, code: str, description: str | None, ts: int, level: str = "info") -> None:
-        self._pending.events.append(("log", device_id, code, description, ts, level))
+        row = ("log", device_id, code, description, ts, level)
+        self._pending.events.append(row)
 
     def put_event_clear(self, device_id: int, code: str, resolve_all: bool, ts: int) -> None:
-        self._pending.events.append(("clear", device_id, code, resolve_all, ts))
+        row = ("clear", device_id, code, resolve_all, ts)
+        self._pending.events.append(row)
 
     def put_meta(self, device_id: int, name: str, value: str) -> None:
         """A device metadata field, written behind (a device's ``meta set`` must not commit on the loop)."""
-        self._pending.meta[(device_id, name)] = value
+        key = (device_id, name)
+        self._pending.meta[key] = value
 
     def put_device_timezone(self, device_id: int, tz: str | None) -> None:
         """The device's time zone (from its ``Timezone`` metadata), written behind."""
@@ -542,7 +552,8 @@ class SqliteStore:
         if info_json is None:
             old = self._pending.devices.get(device_id)
             info_json = old[1] if old else None
-        self._pending.devices[device_id] = (last_seen, info_json)
+        row = (last_seen, info_json)
+        self._pending.devices[device_id] = row
 
     # --- admin and reads (on the writer thread: ``await store.run(store.method, ...)``) ----------
 

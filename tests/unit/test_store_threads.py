@@ -333,3 +333,40 @@ def test_the_writer_thread_runs_at_a_lower_cpu_priority_than_the_loop(tmp_path):
     finally:
         with ThreadPoolExecutor(1) as other:
             other.submit(s.close).result(WAIT)
+
+
+def test_rows_put_while_the_writer_takes_batches_all_land_in_one(tmp_path):
+    """The loop puts rows into whatever batch is pending while the writer swaps in a new one
+    (``_take``): every row lands whole in exactly one batch, before it is taken (here the test takes
+    the batches, and copies each at once as the writer would write it). A Python call put between
+    reading ``_pending`` and storing into it failed this test in two runs of three."""
+    s = SqliteStore(tmp_path / "data", flush_interval=3600)
+    n = 30_000
+    done = threading.Event()
+
+    def loop() -> None:
+        for i in range(n):
+            s.put_value(i, "v1", b"x", i)
+            s.put_history(i, "v1", i, b"x")
+            s.put_event(i, "e", None, i)
+        done.set()
+
+    taken: list[tuple[list, list, list]] = []
+
+    def take() -> None:
+        b = s._take()
+        taken.append((list(b.values), list(b.history), list(b.events)))  # a row appended later is lost
+
+    t = threading.Thread(target=loop)
+    t.start()
+    try:
+        while not done.is_set():
+            take()
+    finally:
+        t.join()
+    take()
+    s.close()
+    assert len(taken) > 2  # the swaps came while the rows went in
+    assert sorted(d for values, _, _ in taken for d, _ in values) == list(range(n))
+    assert sorted(r[0] for _, history, _ in taken for r in history) == list(range(n))
+    assert sorted(e[1] for _, _, events in taken for e in events) == list(range(n))
