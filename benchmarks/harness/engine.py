@@ -85,11 +85,11 @@ def info_frame() -> bytes:
     return encode_frame(Command.INTERNAL, 2, INFO)
 
 
-PING_MSG_ID = 3  # telegen.c's PING_MSG_ID: never the login's (1) or the info's (2)
+PING_MSG_ID = 3  # never the login's (1) or the info's (2); telegen.c reads it from the frame
 
 
 def ping_frame(kind: str) -> bytes:
-    """The ping-pong ping: a Blynk PING with msg id ``PING_MSG_ID``, or an MQTT PINGREQ."""
+    """telegen's ping-pong ping: a Blynk PING with msg id ``PING_MSG_ID``, or an MQTT PINGREQ."""
     return encode_frame(Command.PING, PING_MSG_ID) if kind == "blynk" else PINGREQ
 
 

@@ -19,10 +19,11 @@
  *   2. waits for "go [DURATION]" on stdin (reading the sockets meanwhile), then sends each logged-in
  *      device's frame every 1/RATE s, spread evenly over the period (round robin in ticks of --tick s;
  *      more than two rounds behind: the excess is skipped and counted, never burst);
- *      With --pingpong 1, FRAMEHEX is a PING (Blynk, msg id PING_MSG_ID) or PINGREQ (MQTT) and RATE is
- *      unused: each device sends it, and sends it again as soon as the answer comes, for the whole
- *      window (a Python sender, ~10 us per ping, set the pace of both servers at 1,000 connections);
- *      the answers received in the window are counted and the first MAX_RTTS round trips kept;
+ *      With --pingpong 1, FRAMEHEX is a PING (Blynk; its answer is the RESPONSE with its msg id, of any
+ *      status, a non-200 one also counted) or PINGREQ (MQTT) and RATE is unused: each device sends it,
+ *      and sends it again as soon as the answer comes, for the whole window (a Python sender, ~10 us
+ *      per ping, set the pace of both servers at 1,000 connections); the answers received in the
+ *      window are counted and the first MAX_RTTS round trips kept;
  *   3. keeps reading for --drain s, prints one JSON line with the counts, and holds the connections
  *      until "close" or the end of stdin, then writes what the kernel refused earlier (at most 10 s),
  *      closes them and exits.
@@ -55,7 +56,6 @@
 #define BLYNK_PING 6
 #define BLYNK_HARDWARE 20
 #define LOGIN_MSG_ID 1      /* the login frame's msg id (engine.py's login_packet) */
-#define PING_MSG_ID 3       /* the ping-pong PING's msg id (never the login's or the info's) */
 #define MQTT_CONNACK 2
 #define MQTT_PINGRESP 13
 #define MAX_RTTS 200000     /* round trips kept for the percentiles: the first ones, as the Python senders */
@@ -95,6 +95,7 @@ static struct sockaddr_in addr;
 /* results */
 static uint64_t sent, skipped, dropped, hw_received, blocked; /* blocked: frames the kernel refused at once */
 static int pingpong, pinging;  /* ping-pong mode; its window is open */
+static unsigned ping_id;       /* ping-pong, Blynk: the msg id of FRAMEHEX, the PING */
 static uint64_t pongs;
 static double *rtts;
 static uint32_t nrtts;
@@ -225,25 +226,23 @@ static void send_pong(device *d) {
     if (!send_small(d, r, sizeof r)) lost(d, "pong", errno);
 }
 
-static void send_ping(device *d);
+static void send_ping(device *d, double now) {
+    d->ping_t = now;
+    sent++;
+    if (!send_small(d, frame, flen)) lost(d, "ping", errno);
+}
 
 /* The answer to this device's ping: counted while the window is open, and the next ping goes. */
 static void on_pong(device *d) {
     if (!d->ping_t) return;
-    double now = mono();
-    if (pinging) {
-        pongs++;
-        if (nrtts < MAX_RTTS) rtts[nrtts++] = now - d->ping_t;
-        send_ping(d);
-    } else {
+    if (!pinging) {
         d->ping_t = 0;
+        return;
     }
-}
-
-static void send_ping(device *d) {
-    d->ping_t = mono();
-    sent++;
-    if (!send_small(d, frame, flen)) lost(d, "ping", errno);
+    double now = mono();
+    pongs++;
+    if (nrtts < MAX_RTTS) rtts[nrtts++] = now - d->ping_t;
+    send_ping(d, now);
 }
 
 static void login_done(device *d) {
@@ -290,10 +289,9 @@ static void blynk_header(device *d) {
                 snprintf(why, sizeof why, "login status %u", len);
                 login_failed(d, why);
             }
-        } else if (len != 200) {
-            bad_status((int)len);
-        } else if (pingpong && id == PING_MSG_ID) {
-            on_pong(d);
+        } else {
+            if (len != 200) bad_status((int)len);
+            if (pingpong && id == ping_id) on_pong(d); /* a QUOTA_LIMIT answers it too: never a stall */
         }
         return;
     }
@@ -532,6 +530,7 @@ int main(int argc, char **argv) {
     long n = from_hex(argv[7], frame, sizeof frame);
     if (n <= 0) die("FRAMEHEX must be the frame's bytes in hex");
     flen = (size_t)n;
+    ping_id = flen >= 3 ? (unsigned)frame[1] << 8 | frame[2] : 0;
     for (int i = 8; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--info") == 0) {
             n = from_hex(argv[i + 1], info, sizeof info);
@@ -602,11 +601,10 @@ int main(int argc, char **argv) {
     if (pingpong) {
         pinging = 1;
         for (uint32_t i = 0; i < nlive; i++)
-            if (devs[live[i]].state == S_READY) send_ping(&devs[live[i]]);
+            if (devs[live[i]].state == S_READY) send_ping(&devs[live[i]], mono());
         while (!close_requested && mono() < deadline) poll_once(ms_until(deadline));
         pinging = 0;
-    }
-    while (!close_requested && nlive && !pingpong) {
+    } else while (!close_requested && nlive) {
         double now = mono();
         if (now >= deadline) break;
         uint64_t due = (uint64_t)((now - start) * per_sec) - issued;
