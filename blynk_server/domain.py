@@ -507,56 +507,33 @@ class Domain:
         return value
 
     def write_keys(self, dev: DeviceState, writes: list, ts: int) -> list | None:
-        """Several ``(key, raw, tag)`` writes of one device from one read, in order, under the rules of
-        ``write_key``: the device hot path, one call per read instead of one per frame. Returns the
-        ``(tag, key, error)`` of the rejected ones, or None when all were stored (or the device was
-        deleted meanwhile: its session is closing, nothing is stored)."""
-        if dev.deleted:
-            return None
-        if not 0 <= ts <= MAX_TS_MS:
-            self.stats.invalid_writes += len(writes)
-            bad = InvalidValue("Timestamp is out of range.")
-            return [(tag, key, bad) for key, _, tag in writes]
-        datastreams = dev.template.datastreams
-        values = dev.values
-        store = self.store
-        put_value = store.put_value
-        watched = self.reactions.watched
-        device_id = dev.record.id
+        """Several ``(key, raw, tag)`` writes of one device from one read, in order, each as
+        ``write_value``: the device hot path, one call per read instead of one per frame. Returns the
+        ``(tag, key, error)`` of the refused ones, or None when all were stored (or dropped)."""
         failed = None
-        stored = 0
         for key, raw, tag in writes:
-            ds = datastreams.get(key)
-            try:
-                value = coerce_value(ds, raw)
-            except InvalidValue as exc:
-                self.stats.invalid_writes += 1
+            done = self.write_value(dev, key, raw, ts)
+            if isinstance(done, InvalidValue):
                 if failed is None:
                     failed = []
-                failed.append((tag, key, exc))
-                continue
-            values[key] = (value, ts)
-            put_value(device_id, key, value, ts)
-            if ds is not None and ds.history:
-                store.put_history(device_id, key, ts, value)
-            stored += 1
-            if watched and (dev.template.id, key) in watched:
-                self.reactions.emit(Happening(VALUE, dev, ts, pin=key, value=value, depth=self.reactions.depth))
-        self.stats.writes += stored
+                failed.append((tag, key, done))
         return failed
 
-    def write_key(self, dev: DeviceState, key: str, raw: bytes, ts: int | None = None) -> bytes:
-        """``write_pin`` without delivery, by pin key (``"v1"``): the device hot path, which has the key
-        at hand and should not build a ``Pin`` per frame. Returns the stored value."""
+    def write_value(self, dev: DeviceState, key: str, raw: bytes, ts: int) -> bytes | InvalidValue | None:
+        """A device's write of pin ``key`` (``"v1"``) at ``ts``: checked against its datastream
+        (``coerce_value``), set as the pin's value and written behind. Returns the stored value, the
+        refusal (returned, not raised: a device's write is answered, not unwound), or None when the
+        device was deleted meanwhile (its session is closing: nothing is stored)."""
+        if dev.deleted:
+            return None
         ds = dev.template.datastreams.get(key)
-        ts = ts or now_ms()
         try:
-            _check_live(dev)
-            check_ts(ts)
+            if not 0 <= ts <= MAX_TS_MS:
+                raise InvalidValue("Timestamp is out of range.")
             value = coerce_value(ds, raw)
-        except InvalidValue:
+        except InvalidValue as exc:
             self.stats.invalid_writes += 1
-            raise
+            return exc
         dev.values[key] = (value, ts)
         device_id = dev.record.id
         self.store.put_value(device_id, key, value, ts)
@@ -567,6 +544,19 @@ class Domain:
         if reactions.watched and (dev.template.id, key) in reactions.watched:
             reactions.emit(Happening(VALUE, dev, ts, pin=key, value=value, depth=reactions.depth))
         return value
+
+    def write_key(self, dev: DeviceState, key: str, raw: bytes, ts: int | None = None) -> bytes:
+        """``write_value`` raising its refusal (and refusing a deleted device): the API's write by pin
+        key, without delivery. Returns the stored value (what reactions to it wrote after it aside)."""
+        try:
+            _check_live(dev)
+        except InvalidValue:
+            self.stats.invalid_writes += 1
+            raise
+        done = self.write_value(dev, key, raw, ts or now_ms())
+        if isinstance(done, InvalidValue):
+            raise done
+        return done
 
     def write_history(
         self, dev: DeviceState, pin: Pin, points: list[tuple[int, bytes]], needs_datastream: bool = True

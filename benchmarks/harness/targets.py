@@ -58,11 +58,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc/<pid>/stat."""
+def proc_cpu_split(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a process in seconds, from /proc/<pid>/stat."""
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process."""
+    return sum(proc_cpu_split(pid))
 
 
 def _wait_port(port: int, timeout: float, proc: subprocess.Popen) -> None:

@@ -71,6 +71,7 @@ HELD_GAP = 0.05  # seconds between the info's answer and the held pushes (not in
 # A PING's answer status as a plain int: reading an IntEnum member goes through the enum's metaclass
 # (~1.5 % of the server's CPU in ping-pong at 1,000 connections, when read per PING).
 SUCCESS = int(Status.SUCCESS)
+VW_KEYS = tuple(f"v{n}" for n in range(256))  # a lone write's pin key by number: no slice, no lookup
 
 _WRITE_KEYS: dict[bytes, str] = {}  # b"vw\0" b"1" -> "v1": few distinct pins, so parse each once
 
@@ -240,6 +241,8 @@ class DeviceConnection:
             return
         if self._defers():
             self._defer(bytes(self._view[:nbytes]))
+            return
+        if buf[0] == 20 and nbytes == 5 + ((buf[3] << 8) | buf[4]) and self._lone_write(nbytes):
             return
         try:
             frames = self._decode(self._view[:nbytes])
@@ -453,6 +456,42 @@ class DeviceConnection:
         )
         self._close("frame too large")
 
+    def _lone_write(self, nbytes: int) -> bool:
+        """What ``_handle_frames`` does for a read holding one whole ``vw`` frame of a logged-in device
+        ("vw\0<pin>\0<value>", a pin of 1-3 digits up to 255, a value of a byte or more), read from
+        the buffer: no frame list, frame tuple, body or pin slice. False, nothing done, for any other
+        read (the decoder takes it)."""
+        buf = self._buf
+        if self.device is None or self.decoder is not None or (buf[5] | 0x20) != 0x76 or buf[6] != 0x77 or buf[7]:
+            return False
+        if nbytes - 5 > self.ctx.decoder.max_body:  # the decoder's answer: too large, closed
+            return False
+        pin = 0
+        pos = 8
+        while pos < 11 and pos < nbytes and 0x30 <= buf[pos] <= 0x39:
+            pin = pin * 10 + buf[pos] - 0x30
+            pos += 1
+        if pos == 8 or pin > 255 or pos + 1 >= nbytes or buf[pos]:
+            return False
+        if self.closed:
+            return True
+        msg_id = (buf[1] << 8) | buf[2]
+        self.stats.messages_in[20] += 1
+        budget = self.budget
+        if budget.limit:
+            if budget.left == budget.limit:
+                self.dirty |= BUDGET
+            budget.left -= 1
+        self._batch_ms = self._arrived_ms or self.ctx.wall_ms()
+        key = VW_KEYS[pin]
+        done = self.ctx.domain.write_value(
+            self.device, key, bytes(self._view[pos + 1 : nbytes]), self._group_ts or self._batch_ms
+        )
+        if isinstance(done, InvalidValue):
+            self._refused_write(msg_id, key, done)
+        self._charge_read(1, msg_id)
+        return True
+
     def _lone_ping(self, msg_id: int) -> None:
         """What ``_handle_frames`` does for a read holding one PING frame and nothing else."""
         self.stats.messages_in[6] += 1
@@ -524,9 +563,12 @@ class DeviceConnection:
         failed = self.ctx.domain.write_keys(self.device, writes, self._group_ts or self._batch_ms)
         if failed:
             for msg_id, key, exc in failed:
-                if self._should_log():
-                    log.info("invalid value device=%d pin=%s: %s (%d noted)", self.device.id, key, exc, self._noise)
-                self._reply(msg_id, Status.ILLEGAL_COMMAND)
+                self._refused_write(msg_id, key, exc)
+
+    def _refused_write(self, msg_id: int, key: str, exc: InvalidValue) -> None:
+        if self._should_log():
+            log.info("invalid value device=%d pin=%s: %s (%d noted)", self.device.id, key, exc, self._noise)
+        self._reply(msg_id, Status.ILLEGAL_COMMAND)
 
     def _dispatch(self, frame) -> None:
         handler = HANDLERS.get(frame[0])

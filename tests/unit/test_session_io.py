@@ -70,6 +70,51 @@ def test_a_malformed_write_is_refused(world, body):
     assert world.domain.device(world.device_id).values == {}
 
 
+LONE_WRITES = [
+    hw("vw", 1, "21.5"),
+    hw("vw", "001", "4"),  # leading zeros: still v1
+    hw("Vw", 255, "a\0b"),  # the kind in any case, the value keeps its NULs
+    hw("vw", 3, "abc"),  # refused: v3 is an int datastream
+    hw("vw", 3, "7.6"),  # rounded
+    hw("vw", 256, "1"),  # no such pin
+    hw("vw", "1234", "1"),
+    hw("vw", "1x", "1"),
+    hw("vw", "", "1"),
+    b"vw\x001\x00",  # no value
+    b"vw\x001",
+    hw("dw", 1, "1"),
+    hw("vr", 1),
+]
+
+
+@pytest.mark.parametrize("body", LONE_WRITES)
+def test_a_read_of_one_write_ends_as_the_same_frame_through_the_decoder(world_factory, body):
+    """A read holding one whole ``vw`` frame skips the decoder (``_lone_write``); split over two reads,
+    the same frame goes through it. Both end the same: answers, values, counts."""
+    outcomes = []
+    for split in (False, True):
+        w = world_factory()
+        dev = w.login()
+        frame = encode_frame(Command.HARDWARE, 9, body)
+        if split:
+            dev.transport.feed(frame[:7])
+        dev.transport.feed(frame[7:] if split else frame)
+        w.loop.run_until_idle()
+        state = w.domain.device(w.device_id)
+        stats = w.ctx.stats
+        outcomes.append(
+            (
+                dev.frames(),
+                {k: v[0] for k, v in state.values.items()},
+                w.domain.stats.writes,
+                w.domain.stats.invalid_writes,
+                stats.messages_in[Command.HARDWARE],
+                dev.closed,
+            )
+        )
+    assert outcomes[0] == outcomes[1]
+
+
 def test_a_group_timestamp_applies_to_its_writes(world):
     dev = world.login()
     dev.request(Command.GROUP, hw("t", 1_700_000_000_000))
