@@ -5,7 +5,7 @@ API, CLI).
 the store and this copy), with each device's latest values, properties, metadata and online state, and
 writes changes behind through the store. So a login, a lookup or a write never waits on SQLite; reads
 of history and events run on the store's thread. Each rule exists once here: a pin write from a device
-goes through ``write_keys``/``write_key``, from an API or a bridge through ``write_pin``.
+goes through ``write_value``/``write_key``, from an API or a bridge through ``write_pin``.
 """
 
 from __future__ import annotations
@@ -496,7 +496,7 @@ class Domain:
         datastream; ``deliver`` also sends it to the device when it is online. Returns the stored value.
 
         A pin without a datastream is refused unless ``needs_datastream`` is False: the legacy token
-        API and bridges, which predate datastreams, and the device's own writes (``write_keys``) take
+        API and bridges, which predate datastreams, and the device's own writes (``write_value``) take
         any pin."""
         if needs_datastream and pin.key not in dev.template.datastreams:
             self.stats.invalid_writes += 1
@@ -505,19 +505,6 @@ class Domain:
         if deliver and self.hub.send(dev.id, Command.HARDWARE, hardware_write_raw(pin, value)):
             self.stats.http_writes_delivered += 1
         return value
-
-    def write_keys(self, dev: DeviceState, writes: list, ts: int) -> list | None:
-        """Several ``(key, raw, tag)`` writes of one device from one read, in order, each as
-        ``write_value``: the device hot path, one call per read instead of one per frame. Returns the
-        ``(tag, key, error)`` of the refused ones, or None when all were stored (or dropped)."""
-        failed = None
-        for key, raw, tag in writes:
-            done = self.write_value(dev, key, raw, ts)
-            if isinstance(done, InvalidValue):
-                if failed is None:
-                    failed = []
-                failed.append((tag, key, done))
-        return failed
 
     def write_value(self, dev: DeviceState, key: str, raw: bytes, ts: int) -> bytes | InvalidValue | None:
         """A device's write of pin ``key`` (``"v1"``) at ``ts``: checked against its datastream

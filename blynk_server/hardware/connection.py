@@ -483,12 +483,7 @@ class DeviceConnection:
                 self.dirty |= BUDGET
             budget.left -= 1
         self._batch_ms = self._arrived_ms or self.ctx.wall_ms()
-        key = VW_KEYS[pin]
-        done = self.ctx.domain.write_value(
-            self.device, key, bytes(self._view[pos + 1 : nbytes]), self._group_ts or self._batch_ms
-        )
-        if isinstance(done, InvalidValue):
-            self._refused_write(msg_id, key, done)
+        self._write_value(VW_KEYS[pin], bytes(self._view[pos + 1 : nbytes]), msg_id)
         self._charge_read(1, msg_id)
         return True
 
@@ -524,7 +519,6 @@ class DeviceConnection:
         # One timestamp for the frames of one read: when it arrived (a deferred read is handled later).
         self._batch_ms = self._arrived_ms or self.ctx.wall_ms()
         keys = _WRITE_KEYS
-        writes: list = []  # well-formed pin writes, applied in one Domain call before any other frame
         for frame in frames:
             cmd = frame[0]
             stats.messages_in[cmd] += 1
@@ -535,22 +529,15 @@ class DeviceConnection:
                     if sep > 0:
                         key = keys.get(body[:sep]) or _write_key(body[:sep])
                         if key is not None and sep + 1 < len(body):
-                            writes.append((key, body[sep + 1 :], frame[1]))
+                            self._write_value(key, body[sep + 1 :], frame[1])
                             continue
-            if writes:
-                self._apply_writes(writes)
-                writes = []
-                if self.closed:
-                    return
             handler = handlers.get(cmd)
             if handler is None:
                 self._reply(frame[1], Status.ILLEGAL_COMMAND)
             else:
                 handler(self, frame[1], frame[2])
-            if self.closed:  # only a handler or a rejected write closes the session
+            if self.closed:  # only a handler closes the session
                 return
-        if writes:
-            self._apply_writes(writes)
         self._charge_read(len(frames), frames[-1][1])
 
     def _charge_read(self, frames: int, msg_id: int) -> None:
@@ -559,11 +546,12 @@ class DeviceConnection:
         cost, self._reply_cost = frames + self._reply_cost, 0
         self._charge(cost, msg_id)
 
-    def _apply_writes(self, writes: list) -> None:
-        failed = self.ctx.domain.write_keys(self.device, writes, self._group_ts or self._batch_ms)
-        if failed:
-            for msg_id, key, exc in failed:
-                self._refused_write(msg_id, key, exc)
+    def _write_value(self, key: str, raw: bytes, msg_id: int) -> None:
+        """A well-formed pin write of this read, stored by the domain at the read's time (or its
+        group's); a refused value is answered ILLEGAL_COMMAND (the log rate-limited)."""
+        done = self.ctx.domain.write_value(self.device, key, raw, self._group_ts or self._batch_ms)
+        if isinstance(done, InvalidValue):
+            self._refused_write(msg_id, key, done)
 
     def _refused_write(self, msg_id: int, key: str, exc: InvalidValue) -> None:
         if self._should_log():

@@ -226,7 +226,7 @@ async def world(tmp_path):
 
 def write(w: World, dev, key: str, value: bytes) -> None:
     """A device's own write, as its session makes it."""
-    assert w.domain.write_keys(dev, [(key, value, 0)], 1000) is None
+    assert isinstance(w.domain.write_value(dev, key, value, 1000), bytes)  # stored, not refused
 
 
 async def test_a_condition_on_device_a_writes_device_b_on_the_edge_only(world):

@@ -100,7 +100,7 @@ async def test_delete_closes_the_session_refuses_the_token_and_drops_writes_unde
     assert prov.domain.authenticate("token-0001") is None and prov.domain.device(record.id) is None
     with pytest.raises(InvalidValue):
         prov.domain.write_pin(dev, Pin("v", 1), b"6")  # a request that still holds the device
-    assert prov.domain.write_keys(dev, [("v1", b"7", 0)], 1) is None
+    assert prov.domain.write_value(dev, "v1", b"7", 1) is None  # its session's write: dropped, unanswered
     rows = await prov.store.run(prov.store.rows_of_device, record.id)
     assert sum(rows.values()) == 0, rows
     with pytest.raises(NotFound):
