@@ -42,6 +42,8 @@ cdef class DeviceConnection:
     cdef void _lone_ping(self, int msg_id)
     @cython.locals(buf=bytearray, pin=int, pos=Py_ssize_t, msg_id=int, budget=TurnBudget)
     cdef bint _lone_write(self, Py_ssize_t nbytes)
+    @cython.locals(n=Py_ssize_t, buf=bytearray)
+    cdef bint _lone_write_copied(self, bytes data)
     @cython.locals(stats=HardwareStats, budget=TurnBudget, cmd=int, sep=Py_ssize_t, body=bytes)
     cdef void _handle_frames(self, list frames)
     cdef void _charge_read(self, Py_ssize_t frames, int msg_id)

@@ -360,7 +360,8 @@ class DeviceConnection:
         self.deferred = None
         self.now = now
         self.dirty |= READ
-        self._feed(data)  # stamped with _arrived_ms, set by _defer
+        if not self._lone_write_copied(data):
+            self._feed(data)  # stamped with _arrived_ms, set by _defer
         self._arrived_ms = 0
 
     def connection_lost(self, exc) -> None:
@@ -486,6 +487,16 @@ class DeviceConnection:
         self._write_value(VW_KEYS[pin], bytes(self._view[pos + 1 : nbytes]), msg_id)
         self._charge_read(1, msg_id)
         return True
+
+    def _lone_write_copied(self, data: bytes) -> bool:
+        """``_lone_write`` for bytes kept from an earlier read (a deferred one), put back into the
+        receive buffer first: free outside a read, and a lone ``vw`` then ends the same either way."""
+        n = len(data)
+        buf = self._buf
+        if buf is None or not 9 <= n <= len(buf) or data[0] != 20 or n != 5 + ((data[3] << 8) | data[4]):
+            return False
+        buf[:n] = data
+        return self._lone_write(n)
 
     def _lone_ping(self, msg_id: int) -> None:
         """What ``_handle_frames`` does for a read holding one PING frame and nothing else."""

@@ -89,30 +89,30 @@ LONE_WRITES = [
 
 @pytest.mark.parametrize("body", LONE_WRITES)
 def test_a_read_of_one_write_ends_as_the_same_frame_through_the_decoder(world_factory, body):
-    """A read holding one whole ``vw`` frame skips the decoder (``_lone_write``); split over two reads,
-    the same frame goes through it. Both end the same: answers, values, counts."""
+    """A read holding one whole ``vw`` frame skips the decoder (``_lone_write``), and so does such a read
+    deferred to a later turn (``_lone_write_copied``); split over two reads, the same frame goes through
+    the decoder. All end the same: answers, values, counts."""
     outcomes = []
-    for split in (False, True):
-        w = world_factory()
+    for way in ("whole", "deferred", "split"):
+        w = world_factory(turn_budget=1)
         dev = w.login()
-        frame = encode_frame(Command.HARDWARE, 9, body)
-        if split:
-            dev.transport.feed(frame[:7])
-        dev.transport.feed(frame[7:] if split else frame)
+        other = w.login(token=w.add_device("other").token)
         w.loop.run_until_idle()
+        if way == "deferred":
+            other.send(Command.HARDWARE, hw("vw", 1, "0"))  # spends this turn's budget
+        frame = encode_frame(Command.HARDWARE, 9, body)
+        stats, domain_stats = w.ctx.stats, w.domain.stats
+        before = (domain_stats.writes, domain_stats.invalid_writes, stats.messages_in[Command.HARDWARE])
+        if way == "split":
+            dev.transport.feed(frame[:7])
+        dev.transport.feed(frame[7:] if way == "split" else frame)
+        assert (dev.session.deferred is not None) == (way == "deferred")
+        w.loop.run_until_idle()
+        after = (domain_stats.writes, domain_stats.invalid_writes, stats.messages_in[Command.HARDWARE])
         state = w.domain.device(w.device_id)
-        stats = w.ctx.stats
-        outcomes.append(
-            (
-                dev.frames(),
-                {k: v[0] for k, v in state.values.items()},
-                w.domain.stats.writes,
-                w.domain.stats.invalid_writes,
-                stats.messages_in[Command.HARDWARE],
-                dev.closed,
-            )
-        )
-    assert outcomes[0] == outcomes[1]
+        counts = tuple(x - y for x, y in zip(after, before, strict=True))
+        outcomes.append((dev.frames(), {k: v[0] for k, v in state.values.items()}, counts, dev.closed))
+    assert outcomes[0] == outcomes[1] == outcomes[2]
 
 
 def test_a_group_timestamp_applies_to_its_writes(world):
