@@ -560,7 +560,7 @@ class DeviceConnection:
     def _write_value(self, key: str, raw: bytes, msg_id: int) -> None:
         """A well-formed pin write of this read, stored by the domain at the read's time (or its
         group's); a refused value is answered ILLEGAL_COMMAND (the log rate-limited)."""
-        done = self.ctx.pins.write(self.device, key, raw, self._group_ts or self._batch_ms)
+        done = self.ctx.domain.write_value(self.device, key, raw, self._group_ts or self._batch_ms)
         if isinstance(done, InvalidValue):
             self._refused_write(msg_id, key, done)
 
