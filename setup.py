@@ -90,7 +90,28 @@ class OptionalBuildExt(build_ext):
         print(f"WARNING: could not build an extension ({exc}); using the pure-Python module", file=sys.stderr)
 
 
+def drop_outdated_c(root: str = ".") -> list[str]:
+    """Remove the generated C file of each hot-path twin that is older than one of its ``SOURCES``, so
+    ``cythonize`` writes it anew (and build_ext then rebuilds the module); returns the files removed.
+
+    ``cythonize`` finds the ``.pxd`` of a pure-Python-mode module by the source's name (``session.pxd``),
+    not by the module's (``_session_c.pxd``), and so missed every change to a twin's ``.pxd`` and to the
+    ``.pxd`` it cimports. An in-place build then kept the old module while the manifest recorded the new
+    sources: a compiled adapter built against an older core layout ran as up to date."""
+    removed = []
+    for name in _TWINNED:
+        c_file = Path(root, _HOT, f"{name}.c")
+        if not c_file.exists():
+            continue
+        built = c_file.stat().st_mtime
+        if any(Path(root, src).stat().st_mtime > built for src in SOURCES[f"blynk_server.hardware._{name}_c"]):
+            c_file.unlink()
+            removed.append(str(c_file))
+    return removed
+
+
 def extensions():
+    drop_outdated_c()
     try:
         from Cython.Build import cythonize
     except ImportError:
@@ -117,4 +138,5 @@ def extensions():
     return exts
 
 
-setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
+if __name__ == "__main__":  # run by setuptools (pip, build_ext); a test imports it for drop_outdated_c
+    setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
