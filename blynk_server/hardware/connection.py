@@ -242,7 +242,7 @@ class DeviceConnection:
         if self._defers():
             self._defer(bytes(self._view[:nbytes]))
             return
-        if buf[0] == 20 and nbytes == 5 + ((buf[3] << 8) | buf[4]) and self._lone_write(nbytes):
+        if self._lone_write(nbytes):
             return
         try:
             frames = self._decode(self._view[:nbytes])
@@ -463,6 +463,8 @@ class DeviceConnection:
         the buffer: no frame list, frame tuple, body or pin slice. False, nothing done, for any other
         read (the decoder takes it)."""
         buf = self._buf
+        if nbytes < 9 or buf[0] != 20 or nbytes != 5 + ((buf[3] << 8) | buf[4]):
+            return False
         if self.device is None or self.decoder is not None or (buf[5] | 0x20) != 0x76 or buf[6] != 0x77 or buf[7]:
             return False
         if nbytes - 5 > self.ctx.decoder.max_body:  # the decoder's answer: too large, closed
@@ -478,12 +480,7 @@ class DeviceConnection:
             return True
         msg_id = (buf[1] << 8) | buf[2]
         self.stats.messages_in[20] += 1
-        budget = self.budget
-        if budget.limit:
-            if budget.left == budget.limit:
-                self.dirty |= BUDGET
-            budget.left -= 1
-        self._batch_ms = self._arrived_ms or self.ctx.wall_ms()
+        self._begin_read(1)
         self._write_value(VW_KEYS[pin], bytes(self._view[pos + 1 : nbytes]), msg_id)
         self._charge_read(1, msg_id)
         return True
@@ -493,7 +490,7 @@ class DeviceConnection:
         receive buffer first: free outside a read, and a lone ``vw`` then ends the same either way."""
         n = len(data)
         buf = self._buf
-        if buf is None or not 9 <= n <= len(buf) or data[0] != 20 or n != 5 + ((data[3] << 8) | data[4]):
+        if buf is None or not 0 < n <= len(buf) or data[0] != 20:  # surely not one: no copy
             return False
         buf[:n] = data
         return self._lone_write(n)
@@ -522,13 +519,7 @@ class DeviceConnection:
         if self.closed:
             return
         handlers = HANDLERS
-        budget = self.budget  # the frames of a logged-in read are this turn's work
-        if budget.limit:
-            if budget.left == budget.limit:
-                self.dirty |= BUDGET
-            budget.left -= len(frames)
-        # One timestamp for the frames of one read: when it arrived (a deferred read is handled later).
-        self._batch_ms = self._arrived_ms or self.ctx.wall_ms()
+        self._begin_read(len(frames))
         keys = _WRITE_KEYS
         for frame in frames:
             cmd = frame[0]
@@ -550,6 +541,16 @@ class DeviceConnection:
             if self.closed:  # only a handler closes the session
                 return
         self._charge_read(len(frames), frames[-1][1])
+
+    def _begin_read(self, frames: int) -> None:
+        """A logged-in read's frames are this turn's work, drawn from its budget, and share one
+        timestamp: when the read arrived (a deferred read is handled later)."""
+        budget = self.budget
+        if budget.limit:
+            if budget.left == budget.limit:
+                self.dirty |= BUDGET
+            budget.left -= frames
+        self._batch_ms = self._arrived_ms or self.ctx.wall_ms()
 
     def _charge_read(self, frames: int, msg_id: int) -> None:
         """Charge a read's frames and the frames sent in answer to them (a sync naming many pins
@@ -799,9 +800,7 @@ class DeviceConnection:
                 try:
                     self.ctx.domain.write_key(self.device, key, body[sep + 1 :], self._group_ts or self._batch_ms)
                 except InvalidValue as exc:
-                    if self._should_log():
-                        log.info("invalid value device=%d pin=%s: %s (%d noted)", self.device.id, key, exc, self._noise)
-                    self._reply(msg_id, Status.ILLEGAL_COMMAND)
+                    self._refused_write(msg_id, key, exc)
                 return
             self._reply(msg_id, Status.ILLEGAL_COMMAND)
             return
