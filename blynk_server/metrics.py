@@ -27,11 +27,11 @@ from blynk_server.device_provisioning import ProvisionStats, provision_metrics
 from blynk_server.domain import DomainStats
 from blynk_server.events import EventsStats, event_metrics
 from blynk_server.hardware.hotpath import HardwareStats
-from blynk_server.hardware.turns import TURN_BUCKETS, ReadTurns
+from blynk_server.hardware.turns import ReadTurns
 from blynk_server.http.platform_api import Platform, platform_metrics
 from blynk_server.http.stats import HTTP_BUCKETS, HttpStats
 from blynk_server.hub import Hub
-from blynk_server.looplag import LoopLag
+from blynk_server.looplag import TURN_BUCKETS, LoopLag
 from blynk_server.ota.metrics import ota_metrics
 from blynk_server.ota.service import OtaService
 from blynk_server.outbox import OutboxStats
@@ -130,6 +130,12 @@ class BlynkCollector(Collector):
         yield GaugeMetricFamily(
             "blynk_event_loop_lag_max_seconds", "Largest timer lateness since start", value=src.lag.max
         )
+        turns = HistogramMetricFamily(
+            "blynk_loop_turn_seconds",
+            "Event-loop turns, one sampled at each lag tick: its work (I/O callbacks, timers, callbacks)",
+        )
+        turns.add_metric([], _cumulative(TURN_BUCKETS, src.lag.turn_counts), src.lag.turn_seconds)
+        yield turns
         if src.turns is not None:
             yield from _turns(src.turns)
 
@@ -145,7 +151,7 @@ def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str,
 
 
 def _turns(t: ReadTurns) -> Iterator[Metric]:
-    """The turn budget: reads deferred to a later loop turn, and how long the turns that had device work took."""
+    """The turn budget: reads deferred to a later loop turn."""
     b = t.budget
     yield GaugeMetricFamily(
         "blynk_turn_budget_frames", "Frames of device telemetry per loop turn (0: no limit)", value=b.limit
@@ -161,12 +167,6 @@ def _turns(t: ReadTurns) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "blynk_reads_deferred_waiting", "Devices whose read waits for a later loop turn", value=len(t.deferred)
     )
-    turns = HistogramMetricFamily(
-        "blynk_loop_turn_seconds", "Event-loop turns with device work: from its first frame to the next turn"
-    )
-    buckets = _cumulative(TURN_BUCKETS, t.turn_counts)
-    turns.add_metric([], buckets, t.turn_seconds)
-    yield turns
 
 
 def _ota(ota: OtaService) -> Iterator[Metric]:

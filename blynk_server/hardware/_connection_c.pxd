@@ -46,7 +46,7 @@ cdef class DeviceConnection:
     cdef bint _lone_write_copied(self, bytes data)
     @cython.locals(stats=HardwareStats, cmd=int, sep=Py_ssize_t, body=bytes)
     cdef void _handle_frames(self, list frames)
-    @cython.locals(budget=TurnBudget)
+    @cython.locals(budget=TurnBudget, left=cython.longlong)
     cdef inline void _begin_read(self, Py_ssize_t frames)
     cdef void _charge_read(self, Py_ssize_t frames, int msg_id)
     cdef void _write_value(self, str key, bytes raw, int msg_id)

@@ -101,7 +101,7 @@ READ = 4  # the flood pause began or ended: pause or resume reading
 DEADLINE = 8  # ``hb_at`` moved
 TIMER = 16  # a timer of ``timer_at()`` changed
 DEFER = 32  # this turn's budget is spent: the read was kept (``deferred``); stop reading, queue the session
-BUDGET = 64  # the turn's budget was drawn from full: it is to be refilled when the turn ends
+BUDGET = 64  # a quarter of the turn budget is spent: it is to be refilled at the next turn
 
 
 class DeviceConnection:
@@ -547,9 +547,10 @@ class DeviceConnection:
         timestamp: when the read arrived (a deferred read is handled later)."""
         budget = self.budget
         if budget.limit:
-            if budget.left == budget.limit:
+            left = budget.left
+            budget.left = left - frames
+            if left > budget.mark >= left - frames:  # this read spent the quarter: refill next turn
                 self.dirty |= BUDGET
-            budget.left -= frames
         self._batch_ms = self._arrived_ms or self.ctx.wall_ms()
 
     def _charge_read(self, frames: int, msg_id: int) -> None:

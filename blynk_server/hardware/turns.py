@@ -8,19 +8,13 @@ one buffer serves all sessions (a 4 KiB buffer per session was a third of an idl
 from __future__ import annotations
 
 import asyncio
-import bisect
 import collections
-import time
 from typing import Protocol
 
 from blynk_server.hardware.budget import TurnBudget
 
 READS_PER_TURN = 8  # busy (full-buffer) sockets resumed per loop turn: bounds one turn's work in a flood
 SMALL_READ = 256  # bytes read from a socket not granted a turn while busy ones wait (pings, logins fit)
-
-
-# Upper bounds (seconds) of the loop-turn histogram (``blynk_loop_turn_seconds``).
-TURN_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 class Reader(Protocol):
@@ -49,10 +43,6 @@ class ReadTurns:
         self.budget = budget
         self.deferred: collections.deque[Reader] = collections.deque()  # sessions holding a deferred read
         self.refill_scheduled = False
-        self._drawn_at = 0.0  # perf_counter when this turn first drew from the budget
-        # The turns that drew from the budget: how long from the first draw to the next turn's start.
-        self.turn_counts = [0] * (len(TURN_BUCKETS) + 1)  # per bucket, the last one for longer turns
-        self.turn_seconds = 0.0
 
     def defer(self, session: Reader) -> None:
         self.waiting.append(session)
@@ -72,10 +62,9 @@ class ReadTurns:
     # --- the turn budget ------------------------------------------------------------------------------
 
     def drawn(self) -> None:
-        """A session drew the first frames of this turn's budget: refill it when the turn ends."""
+        """A session's read spent a quarter of the budget (``TurnBudget.mark``): refill it at the next turn."""
         if not self.refill_scheduled:
             self.refill_scheduled = True
-            self._drawn_at = time.perf_counter()
             self.loop.call_soon(self._refill)
 
     def defer_read(self, session: Reader) -> None:
@@ -86,9 +75,6 @@ class ReadTurns:
     def _refill(self) -> None:
         """A new turn: a full budget, spent first on the deferred reads, oldest first; the reads of
         this turn's poll get what is left (and are deferred in turn when it is gone)."""
-        took = time.perf_counter() - self._drawn_at
-        self.turn_seconds += took
-        self.turn_counts[bisect.bisect_left(TURN_BUCKETS, took)] += 1
         self.refill_scheduled = False
         budget = self.budget
         if budget.left <= 0:

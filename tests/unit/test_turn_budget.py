@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 
-from blynk_server.hardware.turns import TURN_BUCKETS
 from protocol import Command, Status
 from tests.unit import fakes
 from tests.unit.fakes import response
@@ -137,11 +136,28 @@ def test_no_budget_never_defers(world_factory):
     assert w.ctx.budget.deferred_reads == 0 and not w.loop.run_ready()  # nothing to refill
 
 
-def test_each_turn_that_drew_from_the_budget_is_timed(world_factory):
-    w = world_factory(turn_budget=100)
+def test_the_budget_is_refilled_the_turn_after_a_quarter_of_it_is_spent(world_factory):
+    """A refill per turn cost a callback per turn: one read a turn, it was most of a message's CPU."""
+    w = world_factory(turn_budget=8)  # a quarter: 2 frames
     (a,) = devices(w, 1)
-    before = sum(w.ctx.turns.turn_counts)
     vw(a, 3, "1")
+    assert w.ctx.budget.left == 7 and not w.loop.run_ready()  # no refill yet: the next turn goes on from 7
+    vw(a, 3, "2")
+    assert w.ctx.budget.left == 6
+    assert w.loop.run_ready() == 1 and w.ctx.budget.left == 8  # the refill, at the next turn
+    assert not w.loop.run_ready()
+
+
+def test_a_turn_after_light_ones_still_gets_three_quarters_of_the_budget(world_factory):
+    w = world_factory(turn_budget=8)
+    devs = devices(w, 8)
+    vw(devs[0], 3, "0")  # a light turn: 7 left, no refill
     w.loop.run_ready()
-    assert sum(w.ctx.turns.turn_counts) == before + 1
-    assert len(w.ctx.turns.turn_counts) == len(TURN_BUCKETS) + 1
+    for i, dev in enumerate(devs[1:], 1):  # one turn, seven reads
+        vw(dev, 3, str(i))
+    assert [value(w, d) for d in devs] == [str(i).encode() for i in range(8)]  # none deferred
+    assert w.ctx.budget.deferred_reads == 0
+    vw(devs[0], 3, "8")  # the eighth read of the budget's period, still this turn: kept
+    assert w.ctx.budget.deferred_reads == 1
+    w.loop.run_ready()
+    assert value(w, devs[0]) == b"8"
