@@ -11,7 +11,9 @@ bare uvloop server) under telemetry.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -23,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # sys.path and PYTHONPATH (the harness's worker processes import it too). Putting the checkout itself
 # there would make `import protocol` find the uncompiled in-tree copy instead of the installed one.
 _LINKS = Path(tempfile.mkdtemp(prefix="blynk-bench-path-"))
+atexit.register(shutil.rmtree, _LINKS, ignore_errors=True)  # made at collection: every run made one and left it
 (_LINKS / "benchmarks").symlink_to(ROOT / "benchmarks", target_is_directory=True)
 sys.path.append(str(_LINKS))
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(_LINKS), os.environ.get("PYTHONPATH", "")) if p)
