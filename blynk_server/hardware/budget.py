@@ -9,7 +9,7 @@ not logged in), a lone PING, commands pushed to devices and HTTP, which never dr
 
 The budget is refilled at the start of the turn after the one that spent a quarter of it (``mark``),
 not after every turn: below one core a turn often holds one read, and a refill callback per turn cost
-about 1.5 µs of CPU per telemetry message, more than the message's own handling in the core. A turn
+about 1.3 µs per read (in process, 4.4 against 3.1 µs: benchmarks/RESULTS.md, issue 12 step 8). A turn
 thus starts with at least three quarters of the budget (after one that spent a quarter, a full one)
 and handles at most all of it.
 
