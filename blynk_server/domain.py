@@ -515,8 +515,7 @@ class Domain:
             return None
         ds = dev.template.datastreams.get(key)
         try:
-            if not 0 <= ts <= MAX_TS_MS:
-                raise InvalidValue("Timestamp is out of range.")
+            check_ts(ts)
             value = coerce_value(ds, raw)
         except InvalidValue as exc:
             self.stats.invalid_writes += 1

@@ -19,8 +19,9 @@ class LoopLag:
     A turn is timed between two ``call_soon`` callbacks, the second scheduled by the first: it is the
     work of one turn (its I/O callbacks, timers and ready callbacks), not a wait for I/O, since a loop
     with a callback ready polls without waiting (uvloop and asyncio's own loop alike). Timing every turn
-    cost a callback per turn, as much CPU as a telemetry message's handling when a turn holds one read;
-    a turn sampled every ``interval`` is a fair sample, as the tick does not depend on the turn's length.
+    took a callback per turn (about 1.3 µs per read when a turn holds one read: benchmarks/RESULTS.md,
+    issue 12 step 8); a turn sampled every ``interval`` is a fair sample, as the tick does not depend on
+    the turn's length.
     """
 
     def __init__(self, interval: float = 0.1, clock: Callable[[], float] = time.perf_counter) -> None:
@@ -35,7 +36,6 @@ class LoopLag:
         self._handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._due = 0.0
-        self._turn_began = 0.0
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -57,11 +57,10 @@ class LoopLag:
         self._schedule()
 
     def _turn_begins(self) -> None:
-        self._turn_began = self.clock()
-        self._loop.call_soon(self._turn_ends)  # one turn later
+        self._loop.call_soon(self._turn_ends, self.clock())  # one turn later
 
-    def _turn_ends(self) -> None:
-        took = self.clock() - self._turn_began
+    def _turn_ends(self, began: float) -> None:
+        took = self.clock() - began
         self.turn_seconds += took
         self.turn_counts[bisect.bisect_left(TURN_BUCKETS, took)] += 1
 

@@ -37,7 +37,8 @@ class SessionContext:
     - ``decoder``: the frame decoder of every read that ends on a frame boundary (a session holding
       part of a frame takes it over, and a fresh one is put here);
     - ``turns``: the shared receive buffer, the round robin of busy sockets and the deferred reads;
-    - ``budget``: the frames of telemetry one loop turn handles (``turns`` refills it at the next turn once a quarter is spent);
+    - ``budget``: the frames of telemetry one loop turn handles (``turns`` refills it at the next turn
+      once a quarter of it is spent);
     - ``sessions``: the live connections, logged in or not (closed at shutdown, counted by the metrics);
     - ``http_handoff``: set by the HTTP side, builds the protocol that takes over a sniffed HTTP
       connection (None: HTTP is not served on the device port);

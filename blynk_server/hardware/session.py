@@ -12,8 +12,8 @@ hub's ``DeviceLink``). What the adapter adds is I/O only:
   core flagged something (``dirty``), closes, pauses or resumes reading, and moves timers: the
   login/heartbeat deadline ``hb_at`` on the listener's shared wheel (``deadlines.Deadlines``), the short
   timers (``timer_at()``: flood resume, held pushes, paced frames) on one loop timer; the turn budget
-  (``budget.py``): refilled at the next turn once a quarter is spent, and a read the core deferred pauses the socket and
-  queues the session until ``ReadTurns`` hands it a later turn (``_run_deferred``);
+  (``budget.py``): refilled at the next turn once a quarter is spent, and a read the core deferred
+  pauses the socket and queues the session until ``ReadTurns`` hands it a later turn (``_run_deferred``);
 - the transport's write-buffer limits drive ``pause_writing``/``resume_writing``; a device whose unsent
   output passes ``write_buffer_max`` is closed, and a closed one gets ``CLOSE_GRACE`` to take the rest.
 
