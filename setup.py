@@ -5,7 +5,9 @@
   its own, beside them: ``blynk_server/hardware/connection.py`` (the sans-I/O core) as
   ``_connection_c``, ``session.py`` (its asyncio adapter) as ``_session_c``, ``stats.py`` and
   ``budget.py`` as ``_stats_c`` and ``_budget_c``; each ``_<name>_c.pxd`` makes its classes extension
-  types (C fields, C methods). ``blynk_server.hardware.hotpath`` picks the compiled four or the sources.
+  types (C fields, C methods). ``blynk_server.hardware.hotpath`` picks the compiled four or the sources;
+- a device's pin write, ``blynk_server/pinwrite.py``, as ``blynk_server._pinwrite_c`` (``Domain`` picks it
+  or the source).
 
 No compiler (or no Cython) means a warning and the pure-Python modules, never a failed install. The
 build records the SHA-256 of each built extension's sources in ``protocol/_compiled.json``:
@@ -37,6 +39,7 @@ SOURCES = {
     "blynk_server.hardware._budget_c": _CORE,
     # The compiled adapter cimports the core (its layout and C methods): stale with it, and with its .pxd.
     "blynk_server.hardware._session_c": [*_CORE, f"{_HOT}/session.py", f"{_HOT}/_session_c.pxd"],
+    "blynk_server._pinwrite_c": ["blynk_server/pinwrite.py", "blynk_server/_pinwrite_c.pxd"],
 }
 
 
@@ -126,7 +129,8 @@ def extensions():
         # Python sources compiled under their twin's name (annotations stay hints: annotation_typing off);
         # types and C methods come from the _<name>_c.pxd beside them (pure-Python mode).
         exts += cythonize(
-            [Extension(f"blynk_server.hardware._{name}_c", [f"{_HOT}/{name}.py"]) for name in _TWINNED],
+            [Extension(f"blynk_server.hardware._{name}_c", [f"{_HOT}/{name}.py"]) for name in _TWINNED]
+            + [Extension("blynk_server._pinwrite_c", ["blynk_server/pinwrite.py"])],
             compiler_directives={"language_level": "3", "annotation_typing": False},
             quiet=True,
         )

@@ -25,7 +25,7 @@ from blynk_server.config import Settings
 from blynk_server.control import CONTROL_SOCKET, DataDirBusy, DataDirLock, listen_socket
 from blynk_server.device_provisioning import DeviceProvisioning
 from blynk_server.device_provisioning import add_admin_routes as add_provision_routes
-from blynk_server.domain import Domain
+from blynk_server.domain import PINWRITE_IMPLEMENTATION, Domain
 from blynk_server.events import EventsService
 from blynk_server.events import add_admin_routes as add_event_routes
 from blynk_server.export import Exports
@@ -267,7 +267,12 @@ class BlynkServer:
         if hardware.tls_address:
             line += f" tls={_hostport(hardware.tls_address)}"
         self._say(line)
-        log.info("framer: %s, device hot path: %s", protocol.IMPLEMENTATION, hot_path_implementation())
+        log.info(
+            "framer: %s, device hot path: %s, pin writes: %s",
+            protocol.IMPLEMENTATION,
+            hot_path_implementation(),
+            PINWRITE_IMPLEMENTATION,
+        )
 
     def _lock_data_dir(self) -> bool:
         data_dir = self.settings.data_dir

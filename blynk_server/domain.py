@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
@@ -20,11 +19,11 @@ from dataclasses import dataclass, field
 
 from blynk_server import metafields
 from blynk_server.config import Settings
+from blynk_server.errors import InvalidValue
 from blynk_server.eventdefs import TemplateEvents
 from blynk_server.history import Fetched, HistoryQuery, fetch_many, run_json_many
 from blynk_server.hub import Hub
 from blynk_server.model import (
-    MAX_TS_MS,
     Datastream,
     DeviceRecord,
     MetaField,
@@ -32,27 +31,24 @@ from blynk_server.model import (
     assign_datastream_ids,
     now_ms,
 )
-from blynk_server.reactions import EVENT, VALUE, Happening, Reactions
+from blynk_server.reactions import EVENT, Happening, Reactions
 from blynk_server.store import SqliteStore
 from blynk_server.store.sqlite import Snapshot
-from protocol import Command, Status
+from protocol import Command, Status, twins
 from protocol.body import SEP, Pin, hardware_write_raw
 
 log = logging.getLogger(__name__)
 
-MAX_STRING_VALUE = 1024  # blynk.cloud limit for one value
+# A pin write (the value rules and the write): pinwrite.py compiled, or as it is (protocol.twins).
+(_pinwrite,), PINWRITE_IMPLEMENTATION = twins.select([("blynk_server._pinwrite_c", "blynk_server.pinwrite")])
+PinWriter = _pinwrite.PinWriter
+coerce_value = _pinwrite.coerce_value
+check_ts = _pinwrite.check_ts
+
 MAX_EVENT_DESCRIPTION = 300
 MIN_EVENT_INTERVAL_MS = 1000
 DAY_MS = 86_400_000
 REFUSAL_LOG_INTERVAL = 60.0  # seconds between INFO lines about refused state (the rest go to DEBUG)
-
-
-class InvalidValue(ValueError):
-    """A value the server will not store (wrong type, bad timestamp, over a limit); the message is the
-    one the client gets (the Blynk cloud's wording where it has one). ``status`` is the device's
-    answer; HTTP clients get 400."""
-
-    status = Status.ILLEGAL_COMMAND
 
 
 class LimitExceeded(InvalidValue):
@@ -128,17 +124,6 @@ def _seconds(ms: int) -> str:
     return "1 second" if n == 1 else f"{n:g} seconds"
 
 
-def _format_number(x: float) -> bytes:
-    return str(int(x)).encode() if x == int(x) and abs(x) < 1e15 else repr(x).encode()
-
-
-def check_ts(ts: int) -> None:
-    """Refuse a timestamp outside 0..MAX_TS_MS: beyond 2^63 SQLite cannot store it and the write-behind
-    batch holding it would fail for every device."""
-    if not 0 <= ts <= MAX_TS_MS:
-        raise InvalidValue("Timestamp is out of range.")
-
-
 def _check_live(dev: DeviceState) -> None:
     """Refuse a change to a device deleted while the request that holds it was under way."""
     if dev.deleted:
@@ -153,47 +138,6 @@ def check_text(text: str, limit: int, what: str) -> None:
         raise InvalidValue(f"{what} is not valid UTF-8.") from None
     if size > limit:
         raise LimitExceeded(f"{what} is longer than {limit} bytes.")
-
-
-def coerce_value(ds: Datastream | None, raw: bytes) -> bytes:
-    """Validate ``raw`` against the datastream: type check, min/max clamp. No datastream: as-is.
-
-    Every type is capped at ``MAX_STRING_VALUE`` bytes: a number with 30,000 decimals is stored as sent."""
-    if len(raw) > MAX_STRING_VALUE:
-        raise InvalidValue(f"Value is longer than {MAX_STRING_VALUE} bytes.")
-    kind = ds.type if ds is not None else "string"
-    if kind == "string":
-        return raw
-    if kind == "location":
-        parts = raw.split(SEP)
-        try:
-            lon, lat = (float(p) for p in parts)
-        except ValueError:
-            raise InvalidValue("Value doesn't match the Datastream data type.") from None
-        if not (-180 <= lon <= 180 and -90 <= lat <= 90):
-            raise InvalidValue("Value doesn't match the Datastream data type.")
-        return raw
-    try:
-        x = float(raw)
-    except ValueError:
-        raise InvalidValue("Value doesn't match the Datastream data type.") from None
-    if not math.isfinite(x):
-        raise InvalidValue("Value doesn't match the Datastream data type.")
-    integral = kind == "int" or kind == "enum"
-    if integral:
-        if x != int(x):
-            x = float(round(x))
-        if kind == "enum" and ds.enum_values and int(x) not in ds.enum_values:
-            raise InvalidValue("Value doesn't match the Datastream data type.")
-    clamped = x
-    low, high = ds.min, ds.max
-    if low is not None and clamped < low:
-        clamped = low
-    if high is not None and clamped > high:
-        clamped = high
-    if integral:
-        return str(int(clamped)).encode()
-    return raw.strip() if clamped == x else _format_number(clamped)
 
 
 class DomainStats:
@@ -263,6 +207,8 @@ class Domain:
         self._next_refusal_log = 0.0
         # What happens to devices, for notifications, webhooks and automations (reactions.py).
         self.reactions = Reactions()
+        # A device's pin write, the telemetry hot path: compiled where built (pinwrite.py).
+        self.pins = PinWriter(store, self.stats, self.reactions)
         # The events each template declares (eventdefs.py): filled at start by the events service and
         # changed by provisioning; ``log_event`` refuses a code not in it.
         self.event_defs = TemplateEvents()
@@ -507,29 +453,10 @@ class Domain:
         return value
 
     def write_value(self, dev: DeviceState, key: str, raw: bytes, ts: int) -> bytes | InvalidValue | None:
-        """A device's write of pin ``key`` (``"v1"``) at ``ts``: checked against its datastream
-        (``coerce_value``), set as the pin's value and written behind. Returns the stored value, the
-        refusal (returned, not raised: a device's write is answered, not unwound), or None when the
-        device was deleted meanwhile (its session is closing: nothing is stored)."""
-        if dev.deleted:
-            return None
-        ds = dev.template.datastreams.get(key)
-        try:
-            check_ts(ts)
-            value = coerce_value(ds, raw)
-        except InvalidValue as exc:
-            self.stats.invalid_writes += 1
-            return exc
-        dev.values[key] = (value, ts)
-        device_id = dev.record.id
-        self.store.put_value(device_id, key, value, ts)
-        if ds is not None and ds.history:
-            self.store.put_history(device_id, key, ts, value)
-        self.stats.writes += 1
-        reactions = self.reactions
-        if reactions.watched and (dev.template.id, key) in reactions.watched:
-            reactions.emit(Happening(VALUE, dev, ts, pin=key, value=value, depth=reactions.depth))
-        return value
+        """A device's write of pin ``key`` (``"v1"``) at ``ts``: ``PinWriter.write`` (pinwrite.py). Returns
+        the stored value, the refusal (returned, not raised: a device's write is answered, not
+        unwound), or None when the device was deleted meanwhile (its session is closing)."""
+        return self.pins.write(dev, key, raw, ts)
 
     def write_key(self, dev: DeviceState, key: str, raw: bytes, ts: int | None = None) -> bytes:
         """``write_value`` raising its refusal (and refusing a deleted device): the API's write by pin
@@ -568,8 +495,9 @@ class Domain:
             ts, value = max(coerced, key=lambda p: p[0])
             current = dev.values.get(key)
             if current is None or current[1] <= ts:
-                dev.values[key] = (value, ts)
-                self.store.put_value(dev.id, key, value, ts)
+                row = (value, ts)
+                dev.values[key] = row
+                self.store.put_row(dev.id, key, row)
 
     def read_pin(self, dev: DeviceState, pin_key: str) -> bytes | None:
         stored = dev.values.get(pin_key)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from protocol import Status
+
 
 class Refused(Exception):
     """A refused request or definition; each part subclasses it so its callers can tell them apart."""
@@ -10,3 +12,11 @@ class Refused(Exception):
         super().__init__(message)
         self.message = message
         self.status = status
+
+
+class InvalidValue(ValueError):
+    """A value the server will not store (wrong type, bad timestamp, over a limit); the message is the
+    one the client gets (the Blynk cloud's wording where it has one). ``status`` is the device's
+    answer; HTTP clients get 400."""
+
+    status = Status.ILLEGAL_COMMAND

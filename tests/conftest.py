@@ -193,11 +193,15 @@ def pytest_sessionfinish(session, exitstatus):
     if not expected:
         return
     import protocol
+    from blynk_server import domain
 
     if expected != protocol.IMPLEMENTATION:
         print(
             f"\nERROR: tests ran on the {protocol.IMPLEMENTATION} framer from {protocol.__file__}, expected {expected}"
         )
+        session.exitstatus = 1
+    if expected != domain.PINWRITE_IMPLEMENTATION:
+        print(f"\nERROR: tests ran on the {domain.PINWRITE_IMPLEMENTATION} pin writer, expected {expected}")
         session.exitstatus = 1
 
 

@@ -9,6 +9,23 @@
 # A field or method added to the class must be declared here too (Cython refuses an undeclared one).
 cimport cython
 
+cdef extern from *:
+    """
+    #include <time.h>
+    /* The wall clock in UTC milliseconds (model.now_ms without a Python call). */
+    static inline long long blynk_wall_ms(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    }
+    /* bytes of buf[start:end], copied once (bytes(memoryview[a:b]) makes a view, then the copy). */
+    static inline PyObject *blynk_bytes_of(PyObject *buf, Py_ssize_t start, Py_ssize_t end) {
+        return PyBytes_FromStringAndSize(PyByteArray_AS_STRING(buf) + start, end - start);
+    }
+    """
+    long long blynk_wall_ms()
+    bytes blynk_bytes_of(bytearray buf, Py_ssize_t start, Py_ssize_t end)
+
 from blynk_server.hardware._budget_c cimport TurnBudget
 from blynk_server.hardware._stats_c cimport HardwareStats
 
@@ -40,7 +57,7 @@ cdef class DeviceConnection:
     cdef void _defer(self, bytes data)
     cdef inline bint _queued_behind(self)
     cdef void _lone_ping(self, int msg_id)
-    @cython.locals(buf=bytearray, pin=int, pos=Py_ssize_t, msg_id=int)
+    @cython.locals(buf=bytearray, pin=int, pos=Py_ssize_t, msg_id=int, raw=bytes)
     cdef bint _lone_write(self, Py_ssize_t nbytes)
     @cython.locals(n=Py_ssize_t, buf=bytearray)
     cdef bint _lone_write_copied(self, bytes data)
@@ -59,3 +76,4 @@ cdef class DeviceConnection:
     cdef void _reply(self, int msg_id, int status)
     cdef bint _should_log(self)
     cdef inline void _arm(self, double now, double delay)
+    cdef object _wall_ms(self)

@@ -33,10 +33,15 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+try:
+    import cython  # compiling: Cython's own; with Cython installed, its pure-Python stand-in
+except ImportError:  # no Cython here: this is the pure-Python twin
+    from blynk_server.hardware import nocython as cython
+
 from blynk_server.config import read_timeout
 from blynk_server.domain import DeviceState, InvalidValue, device_timezone
 from blynk_server.mailer import MailInvalid, MailNoRecipient, MailOff, MailRefused, MailTooSoon
-from blynk_server.model import MAX_TS_MS
+from blynk_server.model import MAX_TS_MS, now_ms
 from blynk_server.timeutil import UTC_REQUESTS, rtc_seconds, utc_answer
 from protocol import Command, Decoder, FrameTooLarge, Status, encode_frame, encode_response
 from protocol.body import (
@@ -402,7 +407,7 @@ class DeviceConnection:
         """This turn's budget is spent: keep the read's bytes for a later turn (``run_deferred``)."""
         if self.deferred is None:
             self.deferred = data
-            self._arrived_ms = self.ctx.wall_ms()
+            self._arrived_ms = self._wall_ms()
             self.budget.deferred_reads += 1
             self.dirty |= DEFER
         else:  # more bytes from another carrier before the turn came (not from a paused socket)
@@ -481,7 +486,9 @@ class DeviceConnection:
         msg_id = (buf[1] << 8) | buf[2]
         self.stats.messages_in[20] += 1
         self._begin_read(1)
-        self._write_value(VW_KEYS[pin], bytes(self._view[pos + 1 : nbytes]), msg_id)
+        # Compiled, one copy and no view (blynk_bytes_of: C, declared in _connection_c.pxd).
+        raw = blynk_bytes_of(buf, pos + 1, nbytes) if cython.compiled else bytes(self._view[pos + 1 : nbytes])  # noqa: F821
+        self._write_value(VW_KEYS[pin], raw, msg_id)
         self._charge_read(1, msg_id)
         return True
 
@@ -551,7 +558,15 @@ class DeviceConnection:
             budget.left = left - frames
             if left > budget.mark >= left - frames:  # this read spent the quarter: refill next turn
                 self.dirty |= BUDGET
-        self._batch_ms = self._arrived_ms or self.ctx.wall_ms()
+        self._batch_ms = self._arrived_ms or self._wall_ms()
+
+    def _wall_ms(self) -> int:
+        """The context's wall clock; compiled, the default one (``model.now_ms``) is read in C: it was
+        a Python call per read."""
+        wall = self.ctx.wall_ms
+        if cython.compiled and wall is now_ms:
+            return blynk_wall_ms()  # noqa: F821 - C, declared in _connection_c.pxd
+        return wall()
 
     def _charge_read(self, frames: int, msg_id: int) -> None:
         """Charge a read's frames and the frames sent in answer to them (a sync naming many pins
@@ -562,7 +577,7 @@ class DeviceConnection:
     def _write_value(self, key: str, raw: bytes, msg_id: int) -> None:
         """A well-formed pin write of this read, stored by the domain at the read's time (or its
         group's); a refused value is answered ILLEGAL_COMMAND (the log rate-limited)."""
-        done = self.ctx.domain.write_value(self.device, key, raw, self._group_ts or self._batch_ms)
+        done = self.ctx.pins.write(self.device, key, raw, self._group_ts or self._batch_ms)
         if isinstance(done, InvalidValue):
             self._refused_write(msg_id, key, done)
 
@@ -944,7 +959,7 @@ class DeviceConnection:
             self._reply(msg_id, Status.ILLEGAL_COMMAND)
             return
         if what == "begin":
-            self._group_ts = ts or self.ctx.wall_ms()
+            self._group_ts = ts or self._wall_ms()
         else:
             self._group_ts = None
 

@@ -44,6 +44,7 @@ class SessionContext:
       connection (None: HTTP is not served on the device port);
     - ``login_hooks``: called with each session that logs in (a failing hook is logged, not raised);
     - ``mailer``: queues a device's EMAIL (None: e-mail is off, the device gets status 14);
+    - ``pins``: the domain's pin writer (``Domain.pins``), called once per well-formed pin write;
     - ``wall_ms``: the wall clock in UTC milliseconds, for stored timestamps (a test may give its own).
     """
 
@@ -51,6 +52,7 @@ class SessionContext:
         "settings",
         "stats",
         "domain",
+        "pins",
         "hub",
         "loop",
         "deadlines",
@@ -78,6 +80,7 @@ class SessionContext:
         pure core: a compiled ``HardwareStats`` reads its message counts as copies to Python code)."""
         self.settings = settings
         self.domain = domain
+        self.pins = domain.pins  # the domain's PinWriter: a device's pin write is one call to its ``write``
         self.hub = hub
         self.loop = loop
         self.stats = HardwareStats() if stats is None else stats

@@ -519,7 +519,12 @@ class SqliteStore:
     # Python code; a row stored after the swap would sit in a batch already taken.
 
     def put_value(self, device_id: int, pin: str, value: bytes, ts: int) -> None:
-        key, row = (device_id, pin), (value, ts)
+        self.put_row(device_id, pin, (value, ts))
+
+    def put_row(self, device_id: int, pin: str, row: tuple[bytes, int]) -> None:
+        """``put_value`` of a ``(value, ts)`` row the caller keeps too (the device's ``values``): one
+        tuple per write instead of two."""
+        key = (device_id, pin)
         self._pending.values[key] = row
 
     def put_property(self, device_id: int, pin: str, name: str, value: bytes, ts: int) -> None:

@@ -22,6 +22,7 @@ from blynk_server.hardware.connection import (
     TIMER,
     DeviceConnection,
 )
+from blynk_server.model import now_ms
 from protocol import Command, Decoder, Status, encode_frame
 from protocol.body import join_fields
 from tests.unit import fakes
@@ -270,6 +271,17 @@ def test_stored_timestamps_come_from_the_contexts_wall_clock(world):
     core = login(world)
     core.receive_data(encode_frame(Command.HARDWARE, 2, join_fields("vw", 1, "3.5")), T0)
     assert world.pending_value(world.device_id, "v1") == (b"3.5", WALL_MS)
+
+
+def test_the_default_wall_clock_is_the_real_one(world):
+    """Compiled, the default clock (``model.now_ms``) is read in C: the same clock, to the millisecond."""
+    assert world.ctx.wall_ms is now_ms
+    core = login(world)
+    before = now_ms()
+    core.receive_data(encode_frame(Command.HARDWARE, 2, join_fields("vw", 1, "3.5")), T0)
+    after = now_ms()
+    value, ts = world.pending_value(world.device_id, "v1")
+    assert value == b"3.5" and before <= ts <= after
 
 
 def test_a_newer_login_with_the_same_token_closes_the_older_connection(world):

@@ -120,3 +120,9 @@ def test_the_imported_hot_path_matches_the_selection():
         assert hotpath.HardwareSession.__mro__[1] is hotpath.DeviceConnection
     else:
         assert hotpath.HardwareSession is session.HardwareSession
+    from blynk_server import domain
+
+    if twins.extensions_off():
+        assert domain.PINWRITE_IMPLEMENTATION == "python"
+    compiled = domain.PinWriter.__module__ == "blynk_server._pinwrite_c"
+    assert compiled == (domain.PINWRITE_IMPLEMENTATION == "cython")

@@ -1,0 +1,142 @@
+"""``pinwrite``: a device's pin write (the value rules and ``PinWriter.write``), each test on the pure
+twin and, where built, the compiled one (``_pinwrite_c``): the two behave alike."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+from blynk_server.errors import InvalidValue
+from blynk_server.model import MAX_TS_MS, Datastream
+from blynk_server.reactions import VALUE
+from protocol import twins
+
+
+@pytest.fixture(params=["python", "compiled"])
+def pinwrite(request):
+    if request.param == "python":
+        return importlib.import_module("blynk_server.pinwrite")
+    if twins.extensions_off() or importlib.util.find_spec("blynk_server._pinwrite_c") is None:
+        pytest.skip("the compiled pin writer is not built")
+    return importlib.import_module("blynk_server._pinwrite_c")
+
+
+DOUBLE = Datastream(pin="v1", name="t", type="double", min=-40, max=125)
+INT = Datastream(pin="v2", name="n", type="int")
+ENUM = Datastream(pin="v3", name="e", type="enum", enum_values=(0, 1))
+LOCATION = Datastream(pin="v4", name="l", type="location")
+
+CASES = [
+    (None, b" any\0thing ", b" any\0thing "),  # no datastream: as sent
+    (DOUBLE, b"21.5", b"21.5"),
+    (DOUBLE, b" 21.5 ", b"21.5"),
+    (DOUBLE, b"200", b"125"),  # clamped
+    (DOUBLE, b"-1e3", b"-40"),
+    (INT, b"7.6", b"8"),  # rounded
+    (INT, b"1e20", b"100000000000000000000"),
+    (ENUM, b"1", b"1"),
+    (LOCATION, b"13.4\x0052.5", b"13.4\x0052.5"),
+]
+REFUSED = [
+    (DOUBLE, b"abc"),
+    (DOUBLE, b"nan"),
+    (DOUBLE, b"inf"),
+    (ENUM, b"2"),
+    (LOCATION, b"13.4"),
+    (LOCATION, b"200\x000"),
+    (None, b"x" * 1025),
+]
+
+
+@pytest.mark.parametrize(("ds", "raw", "stored"), CASES)
+def test_a_value_is_stored_as_its_datastream_says(pinwrite, ds, raw, stored):
+    assert pinwrite.coerce_value(ds, raw) == stored
+
+
+@pytest.mark.parametrize(("ds", "raw"), REFUSED)
+def test_a_value_its_datastream_refuses(pinwrite, ds, raw):
+    with pytest.raises(InvalidValue):
+        pinwrite.coerce_value(ds, raw)
+
+
+class Store:
+    def __init__(self) -> None:
+        self.values: list[tuple] = []
+        self.rows: list[tuple] = []
+        self.history: list[tuple] = []
+
+    def put_row(self, device_id, pin, row) -> None:
+        self.values.append((device_id, pin, *row))
+        self.rows.append(row)
+
+    def put_history(self, device_id, pin, ts, value) -> None:
+        self.history.append((device_id, pin, ts, value))
+
+
+class Stats:
+    writes = 0
+    invalid_writes = 0
+
+
+class Reactions:
+    depth = 0
+
+    def __init__(self, watched=()) -> None:
+        self.watched = set(watched)
+        self.emitted: list = []
+
+    def emit(self, happening) -> None:
+        self.emitted.append(happening)
+
+
+class Template:
+    id = "TMPL"
+    datastreams = {"v1": DOUBLE, "v5": Datastream(pin="v5", name="h", type="string", history=True)}
+
+
+class Record:
+    id = 42
+
+
+class Device:
+    def __init__(self) -> None:
+        self.deleted = False
+        self.template = Template()
+        self.record = Record()
+        self.values: dict = {}
+
+
+def writer(pinwrite, watched=()):
+    store, stats, reactions = Store(), Stats(), Reactions(watched)
+    return pinwrite.PinWriter(store, stats, reactions), store, stats, reactions
+
+
+def test_a_write_sets_the_value_writes_it_behind_and_counts_it(pinwrite):
+    pins, store, stats, reactions = writer(pinwrite, watched=[("TMPL", "v5")])
+    dev = Device()
+    assert pins.write(dev, "v1", b"300", 1000) == b"125"
+    assert pins.write(dev, "v5", b"on", 2000) == b"on"
+    assert dev.values == {"v1": (b"125", 1000), "v5": (b"on", 2000)}
+    assert store.values == [(42, "v1", b"125", 1000), (42, "v5", b"on", 2000)]
+    assert store.rows[1] is dev.values["v5"]  # one row for the device and the write-behind batch
+    assert store.history == [(42, "v5", 2000, b"on")]  # only v5 keeps history
+    assert stats.writes == 2 and stats.invalid_writes == 0
+    assert [(h.kind, h.pin, h.value) for h in reactions.emitted] == [(VALUE, "v5", b"on")]  # only v5 is watched
+
+
+@pytest.mark.parametrize(("key", "raw", "ts"), [("v1", b"abc", 1000), ("v1", b"1", -1), ("v1", b"1", MAX_TS_MS + 1)])
+def test_a_refused_write_is_returned_counted_and_changes_nothing(pinwrite, key, raw, ts):
+    pins, store, stats, _ = writer(pinwrite)
+    dev = Device()
+    refused = pins.write(dev, key, raw, ts)
+    assert isinstance(refused, InvalidValue)
+    assert dev.values == {} and store.values == [] and stats.invalid_writes == 1 and stats.writes == 0
+
+
+def test_a_deleted_devices_write_is_dropped_uncounted(pinwrite):
+    pins, store, stats, _ = writer(pinwrite)
+    dev = Device()
+    dev.deleted = True
+    assert pins.write(dev, "v1", b"1", 1000) is None
+    assert dev.values == {} and store.values == [] and stats.writes == stats.invalid_writes == 0
