@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--peers",
         default="mosquitto,amqtt",
-        help="comma list of peers to run too: mosquitto, amqtt, floor (a bare uvloop server; ping-pong, idle, login storm) ('' for none)",
+        help="comma list of peers to run too: mosquitto, amqtt, floor (a bare uvloop server; ping-pong, idle, login storm, telemetry), cfloor (the same in C, one epoll loop) ('' for none)",
     )
     p.add_argument(
         "--pin",

@@ -20,6 +20,7 @@ from benchmarks.harness.engine import worker_main
 from benchmarks.harness.targets import (
     AmqttTarget,
     BlynkTarget,
+    CFloorTarget,
     FloorTarget,
     MosquittoTarget,
     Target,
@@ -404,7 +405,7 @@ def _per(cpu_pct: float, rate: float | None) -> float | None:
 def targets_for(peers: list[str], workdir) -> list[Target]:
     out: list[Target] = [BlynkTarget(workdir / "blynk")]
     for name in peers:
-        cls = {"mosquitto": MosquittoTarget, "amqtt": AmqttTarget, "floor": FloorTarget}[name]
+        cls = {"mosquitto": MosquittoTarget, "amqtt": AmqttTarget, "floor": FloorTarget, "cfloor": CFloorTarget}[name]
         why = cls.available()
         if why:
             print(f"# skipping {name}: {why}")

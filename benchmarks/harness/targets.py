@@ -24,7 +24,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from benchmarks.harness import cbuild
 from blynk_server.testing import run_cli, start_server
+
+CFLOOR_SOURCE = Path(__file__).with_name("cfloor.c")
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -262,6 +265,29 @@ class FloorTarget(Target):
 
     def turn_budget(self) -> dict[str, float]:
         return {}  # the floor has none
+
+
+class CFloorTarget(FloorTarget):
+    """``cfloor.c``: the floor's work in C on one epoll loop, no Python (built like ``telegen.c``). The
+    uvloop floor's CPU above it is what uvloop and a Python callback per read cost."""
+
+    name = "cfloor"
+
+    @staticmethod
+    def available() -> str | None:
+        return cbuild.build(CFLOOR_SOURCE)[1] or None
+
+    def start(self, **_: object) -> None:
+        binary, _why = cbuild.build(CFLOOR_SOURCE)
+        self.port = free_port()
+        with open(self.workdir / "cfloor.log", "ab") as err:
+            self.proc = subprocess.Popen(
+                [str(binary), str(self.port), str(self._count_file)],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                preexec_fn=_raise_nofile,
+            )
+        _wait_port(self.port, 10, self.proc)
 
 
 class MosquittoTarget(Target):

@@ -16,63 +16,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
-import os
 import shutil
 import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from benchmarks.harness import cbuild
 from benchmarks.harness.engine import info_frame, login_packet, ping_frame, telemetry_frame
 from benchmarks.harness.targets import proc_cpu_seconds
 
 SOURCE = Path(__file__).with_name("telegen.c")
 _POOL = ThreadPoolExecutor(max_workers=16)  # blocking readline() on the generators' stdout
-_built: tuple[Path | None, str] | None = None
-
-
-def _cache_dir() -> Path:
-    """Per-user cache (not a shared /tmp path another user could plant a binary in)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "blynk-bench"
 
 
 def build() -> tuple[Path | None, str]:
-    """Compile ``telegen.c`` once per source (cached by hash); returns (binary, "") or (None, why not)."""
-    global _built
-    if _built is not None:
-        return _built
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not cc:
-        _built = (None, "no C compiler (cc or gcc) found")
-        return _built
-    digest = hashlib.sha256(SOURCE.read_bytes() + cc.encode()).hexdigest()[:16]
-    try:
-        out_dir = _cache_dir()
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        out_dir = Path(tempfile.mkdtemp(prefix="blynk-telegen-"))
-    binary = out_dir / f"telegen-{digest}"
-    if not binary.exists():
-        tmp = out_dir / f".telegen-{digest}.{os.getpid()}"
-        try:
-            proc = subprocess.run(
-                [cc, "-O2", "-std=c99", "-Wall", "-o", str(tmp), str(SOURCE)],
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            _built = (None, f"{cc} failed: {exc}")
-            return _built
-        if proc.returncode != 0:
-            _built = (None, f"{cc} failed: {(proc.stderr or proc.stdout).strip()[:300]}")
-            return _built
-        os.replace(tmp, binary)  # atomic: a concurrent run sees the old state or the whole binary
-    _built = (binary, "")
-    return _built
+    """``telegen``, compiled once per source (``cbuild``); returns (binary, "") or (None, why not)."""
+    return cbuild.build(SOURCE)
 
 
 class Generators:

@@ -4,8 +4,8 @@ Small N for a couple of seconds against each target: every frame the harness say
 counted by the server's own side (``/metrics`` for blynk-server, ``$SYS`` for the MQTT brokers)
 after a quiet period. The telemetry load runs once on each generator: the C one (``telegen.c``,
 skipped with the reason when it cannot be built) and the Python senders. The MQTT peers skip with the
-reason when they are not installed. Ping-pong runs on both generators too, and so does the floor (a
-bare uvloop server) under telemetry.
+reason when they are not installed. Ping-pong runs on both generators too, and so do the floors (a
+bare uvloop server, and the same in C) under telemetry.
 """
 
 from __future__ import annotations
@@ -30,9 +30,15 @@ atexit.register(shutil.rmtree, _LINKS, ignore_errors=True)  # made at collection
 sys.path.append(str(_LINKS))
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(_LINKS), os.environ.get("PYTHONPATH", "")) if p)
 
-from benchmarks.harness import scenarios, telegen  # noqa: E402
+from benchmarks.harness import cbuild, scenarios, telegen  # noqa: E402
 from benchmarks.harness.scenarios import _sys_value, run_load  # noqa: E402
-from benchmarks.harness.targets import AmqttTarget, BlynkTarget, FloorTarget, MosquittoTarget  # noqa: E402
+from benchmarks.harness.targets import (  # noqa: E402
+    AmqttTarget,
+    BlynkTarget,
+    CFloorTarget,
+    FloorTarget,
+    MosquittoTarget,
+)
 
 # A load run against three servers (about 20 s): in the slow run, not the default one.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
@@ -114,9 +120,13 @@ def test_mqtt_peer_counts(tmp_path, cls, generator):
 
 
 @GENERATORS
-def test_the_floor_counts_telemetry(tmp_path, generator):
+@pytest.mark.parametrize("floor", [FloorTarget, CFloorTarget])
+def test_the_floors_count_telemetry(tmp_path, generator, floor):
     _need(generator)
-    target = FloorTarget(tmp_path / "floor")
+    why = floor.available()
+    if why:
+        pytest.skip(f"{floor.name}: {why}")
+    target = floor(tmp_path / floor.name)
     ids = target.provision(10)
     target.start()
     try:
@@ -131,7 +141,7 @@ def test_the_floor_counts_telemetry(tmp_path, generator):
 
 
 def test_without_a_compiler_the_python_senders_run(monkeypatch, capsys):
-    monkeypatch.setattr(telegen, "_built", None)  # forget this process's build
+    monkeypatch.setattr(cbuild, "_built", {})  # forget this process's builds
     monkeypatch.setenv("CC", "/nonexistent/cc")
     monkeypatch.setattr(scenarios, "_NOTED", set())
     assert scenarios.main_generator("telemetry", "auto") == ("python", None)
