@@ -24,7 +24,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 _HOT = "blynk_server/hardware"
-_TWINNED = ("stats", "budget", "connection", "session")  # each built as _<name>_c from <name>.py
+_TWINNED = ("stats", "budget", "connection", "session", "direct")  # each built as _<name>_c from <name>.py
 _CORE = [
     f"{_HOT}/{name}"
     for name in ("connection.py", "_connection_c.pxd", "stats.py", "_stats_c.pxd", "budget.py", "_budget_c.pxd")
@@ -39,6 +39,14 @@ SOURCES = {
     "blynk_server.hardware._budget_c": _CORE,
     # The compiled adapter cimports the core (its layout and C methods): stale with it, and with its .pxd.
     "blynk_server.hardware._session_c": [*_CORE, f"{_HOT}/session.py", f"{_HOT}/_session_c.pxd"],
+    # The compiled epoll set calls the compiled adapter's C methods: stale with it.
+    "blynk_server.hardware._direct_c": [
+        *_CORE,
+        f"{_HOT}/session.py",
+        f"{_HOT}/_session_c.pxd",
+        f"{_HOT}/direct.py",
+        f"{_HOT}/_direct_c.pxd",
+    ],
     "blynk_server._pinwrite_c": ["blynk_server/pinwrite.py", "blynk_server/_pinwrite_c.pxd"],
 }
 

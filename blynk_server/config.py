@@ -30,6 +30,7 @@ class Settings:
     message_rate: float = 100.0  # messages/s per device before flood control pauses reading
     message_burst: float | None = None  # bucket size; defaults to one second's worth
     quota_warning_period: float = 60.0  # at most one QUOTA_LIMIT per this many seconds
+    direct_reads: bool = True  # plain TCP device sockets read from one epoll set (Linux; direct.py)
     recv_buffer: int = 4096  # bytes read per socket read; small so no socket starves the others
     # Frames of device telemetry handled per event-loop turn; past it, reads wait for a later turn (0: none).
     turn_budget: int = 256

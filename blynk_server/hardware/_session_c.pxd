@@ -6,7 +6,22 @@
 # (it has no instance layout: ``__slots__ = ()``), so ``isinstance`` holds for asyncio's own loops.
 # Fields others set (``_deadline_key``: the shared wheel) stay ``public``; a method another module or a
 # loop callback calls stays a ``def`` in session.py and is not declared here.
+cimport cython
+
 from blynk_server.hardware._connection_c cimport DeviceConnection
+
+cdef extern from *:
+    """
+    #include <errno.h>
+    #include <sys/socket.h>
+    /* recv into the shared buffer's first n bytes; the count, or -errno. */
+    static inline Py_ssize_t blynk_recv(int fd, PyObject *buf, Py_ssize_t n) {
+        Py_ssize_t got;
+        do { got = recv(fd, PyByteArray_AS_STRING(buf), (size_t)n, 0); } while (got < 0 && errno == EINTR);
+        return got < 0 ? -errno : got;
+    }
+    """
+    Py_ssize_t blynk_recv(int fd, bytearray buf, Py_ssize_t n)
 
 
 cdef class HardwareSession(DeviceConnection):
@@ -15,10 +30,17 @@ cdef class HardwareSession(DeviceConnection):
     cdef public object _timer
     cdef public long long _deadline_key  # the bucket on the shared wheel; 0: none
     cdef public Py_ssize_t _offered
-    cdef public bint _granted, _turn_paused
+    cdef public int _direct_fd  # the socket while the listener's epoll set reads it (direct.py); -1
+    cdef public bint _granted, _turn_paused, _direct_paused
 
     cdef void _sync(self)
     cdef void _check_unsent(self)
     cdef void _apply(self)
     cdef void _wait_turn(self)
     cdef void _resume_reading(self)
+    cdef void _on_read(self, Py_ssize_t nbytes)
+    cdef void _pause_reads(self)
+    cdef void _resume_reads(self)
+    @cython.locals(n=Py_ssize_t, fd=int)
+    cdef void _direct_read(self, unsigned int events)
+    cdef void _leave_direct(self)

@@ -37,6 +37,8 @@ class SessionContext:
     - ``decoder``: the frame decoder of every read that ends on a frame boundary (a session holding
       part of a frame takes it over, and a fresh one is put here);
     - ``turns``: the shared receive buffer, the round robin of busy sockets and the deferred reads;
+    - ``direct``: the listener's epoll set that reads plain TCP device sockets (``direct.py``; None: none,
+      each transport reads its own);
     - ``budget``: the frames of telemetry one loop turn handles (``turns`` refills it at the next turn
       once a quarter of it is spent);
     - ``sessions``: the live connections, logged in or not (closed at shutdown, counted by the metrics);
@@ -59,6 +61,7 @@ class SessionContext:
         "guard",
         "decoder",
         "turns",
+        "direct",
         "budget",
         "sessions",
         "http_handoff",
@@ -89,6 +92,7 @@ class SessionContext:
         self.decoder = Decoder(settings.max_frame)
         self.budget = TurnBudget(settings.turn_budget) if budget is None else budget
         self.turns = ReadTurns(loop, settings.recv_buffer, self.budget)
+        self.direct = None  # hotpath.DirectReads: the listener's epoll set of plain TCP device sockets
         self.sessions: set[DeviceLink] = set()
         self.http_handoff: Callable[[], asyncio.Protocol] | None = None
         self.login_hooks: list[Callable[[DeviceLink], None]] = []

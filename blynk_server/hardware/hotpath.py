@@ -1,8 +1,8 @@
 """The device hot path's classes, from one twin: the compiled extensions or their Python sources.
 
-``setup.py`` builds ``_stats_c``, ``_budget_c``, ``_connection_c`` and ``_session_c`` from ``stats.py``,
-``budget.py``, ``connection.py`` and ``session.py`` (typed by their ``.pxd``); ``protocol.twins.select``
-takes the four compiled ones together or the four sources (extensions off, not built, or stale: the
+``setup.py`` builds ``_stats_c``, ``_budget_c``, ``_connection_c``, ``_session_c`` and ``_direct_c`` from
+``stats.py``, ``budget.py``, ``connection.py``, ``session.py`` and ``direct.py`` (typed by their ``.pxd``);
+``protocol.twins.select`` takes the five compiled ones together or the five sources (extensions off, not built, or stale: the
 compiled session derives from the compiled core and writes the compiled counters, so they never mix).
 Everything that creates a session, its counters or its budget takes the classes from here.
 """
@@ -16,10 +16,12 @@ _TWINS = [
     ("blynk_server.hardware._budget_c", "blynk_server.hardware.budget"),
     ("blynk_server.hardware._connection_c", "blynk_server.hardware.connection"),
     ("blynk_server.hardware._session_c", "blynk_server.hardware.session"),
+    ("blynk_server.hardware._direct_c", "blynk_server.hardware.direct"),
 ]
-(_stats, _budget, _connection, _session), IMPLEMENTATION = twins.select(_TWINS)
+(_stats, _budget, _connection, _session, _direct), IMPLEMENTATION = twins.select(_TWINS)
 
 HardwareStats = _stats.HardwareStats
 TurnBudget = _budget.TurnBudget
 DeviceConnection = _connection.DeviceConnection
 HardwareSession = _session.HardwareSession
+DirectReads = _direct.DirectReads

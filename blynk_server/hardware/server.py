@@ -9,8 +9,9 @@ from collections.abc import Callable
 
 from blynk_server.config import Settings
 from blynk_server.domain import Domain
+from blynk_server.hardware import direct
 from blynk_server.hardware.context import SessionContext
-from blynk_server.hardware.hotpath import HardwareSession
+from blynk_server.hardware.hotpath import DirectReads, HardwareSession
 from blynk_server.hardware.sniff import FirstBytes
 from blynk_server.hub import Hub
 
@@ -51,6 +52,8 @@ class HardwareServer:
 
     async def start(self) -> None:
         s = self.settings
+        if s.direct_reads and direct.available():
+            self.context.direct = DirectReads(self.loop)
         server = await self.loop.create_server(self.new_connection, s.host, s.port, backlog=4096, reuse_address=True)
         self._servers.append(server)
         self.address = server.sockets[0].getsockname()[:2]
@@ -84,3 +87,6 @@ class HardwareServer:
             except TimeoutError:
                 log.warning("listener did not close within 5 s")
         self._servers.clear()
+        if self.context.direct is not None:
+            self.context.direct.close()
+            self.context.direct = None

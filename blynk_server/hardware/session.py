@@ -7,7 +7,10 @@ hub's ``DeviceLink``). What the adapter adds is I/O only:
 - reads: the loop reads at most ``recv_buffer`` bytes into the buffer the listener's sessions share
   (``turns.ReadTurns``) and ``buffer_updated`` hands them to the core with the loop's time; when a read
   fills the buffer, reading pauses and the session waits for a later loop turn, so busy sockets cannot
-  starve the others. ``feed`` is the same for bytes that came another way (the WebSocket door);
+  starve the others. ``feed`` is the same for bytes that came another way (the WebSocket door). A
+  plain TCP session is read instead by the listener's epoll set after its first bytes (``go_direct``,
+  ``_direct_read``: ``direct.py``); its pauses then switch its events off there
+  (``_pause_reads``/``_resume_reads``), and at the end of its socket the transport reads again;
 - after every call into the core, ``_sync`` writes what the core produced (``out``) and, only when the
   core flagged something (``dirty``), closes, pauses or resumes reading, and moves timers: the
   login/heartbeat deadline ``hb_at`` on the listener's shared wheel (``deadlines.Deadlines``), the short
@@ -36,8 +39,10 @@ declared in the ``.pxd`` too.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import sys
+from errno import EAGAIN
 from typing import TYPE_CHECKING
 
 from blynk_server.hardware.connection import (  # noqa: F401 - the limits, importable from here as before
@@ -54,6 +59,7 @@ from blynk_server.hardware.connection import (  # noqa: F401 - the limits, impor
     READ,
     TIMER,
 )
+from blynk_server.hardware.direct import ENDED
 
 try:
     import cython  # compiling: Cython's own; with Cython installed, its pure-Python stand-in
@@ -104,6 +110,8 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
         "_offered",
         "_granted",
         "_turn_paused",
+        "_direct_fd",
+        "_direct_paused",
     )
 
     def __init__(self, ctx: SessionContext) -> None:
@@ -120,6 +128,8 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
         self._offered = len(self._buf)
         self._granted = False  # this read was granted by ReadTurns: the full buffer even when busy
         self._turn_paused = False
+        self._direct_fd = -1  # the socket, while ctx.direct reads it (direct.py); -1: the transport reads
+        self._direct_paused = False  # its read events are off there
 
     # --- transport callbacks ------------------------------------------------------------------
 
@@ -143,6 +153,10 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
         return view
 
     def buffer_updated(self, nbytes: int) -> None:
+        self._on_read(nbytes)
+
+    def _on_read(self, nbytes: int) -> None:
+        """``nbytes`` read into the buffer ``get_buffer`` offered (by the transport, or ``_direct_read``)."""
         self.receive_into(nbytes, self.ctx.loop.time())
         out = self.out
         if out is not None and not self.dirty and type(out) is bytes:
@@ -176,6 +190,8 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
         return len(self._buf)
 
     def connection_lost(self, exc) -> None:
+        if self._direct_fd >= 0:
+            self._leave_direct()
         DeviceConnection.connection_lost(self, exc)
         self.ctx.sessions.discard(self)
         self.ctx.deadlines.cancel(self)
@@ -189,7 +205,7 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
     def pause_writing(self) -> None:
         self.writing_paused(self.ctx.loop.time())
         if not self.closed:
-            self.transport.pause_reading()
+            self._pause_reads()
 
     def resume_writing(self) -> None:
         self.writing_resumed(self.ctx.loop.time())
@@ -247,7 +263,7 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
         if dirty & BUDGET:
             self.ctx.turns.drawn()
         if dirty & DEFER and not self.closed:
-            self.transport.pause_reading()
+            self._pause_reads()
             self.ctx.turns.defer_read(self)
         if dirty & DEADLINE:
             if self.hb_at and not self.closed:
@@ -263,9 +279,11 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
                 self._timer = self.ctx.loop.call_at(when, self._on_timer, when)
         if dirty & READ:
             if self.read_blocked():
-                self.transport.pause_reading()
+                self._pause_reads()
             else:
                 self._resume_reading()
+        if dirty & (CLOSE | CLOSE_QUIETLY) and self._direct_fd >= 0:
+            self._leave_direct()  # before the transport closes the descriptor
         if dirty & CLOSE:
             transport = self.transport
             unsent = transport.get_write_buffer_size()
@@ -303,7 +321,7 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
     def _wait_turn(self) -> None:
         """A full buffer: every other socket has its turn before this one is read again."""
         self._turn_paused = True
-        self.transport.pause_reading()
+        self._pause_reads()
         self.ctx.turns.defer(self)
 
     def _resume_turn(self) -> None:
@@ -314,4 +332,74 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
     def _resume_reading(self) -> None:
         """Read again, unless another reason to pause remains (flood, read turn, unsent output)."""
         if not (self._turn_paused or self.read_blocked()):
+            self._resume_reads()
+
+    def _pause_reads(self) -> None:
+        if self._direct_fd < 0:
+            self.transport.pause_reading()
+        elif not self._direct_paused:
+            self._direct_paused = True
+            self.ctx.direct.reading(self._direct_fd, False)
+
+    def _resume_reads(self) -> None:
+        if self._direct_fd < 0:
             self.transport.resume_reading()
+        elif self._direct_paused:
+            self._direct_paused = False
+            self.ctx.direct.reading(self._direct_fd, True)
+
+    # --- reads from the listener's epoll set (direct.py) ---------------------------------------------
+
+    def go_direct(self) -> None:
+        """From now on ``ctx.direct`` reads this socket, if there is one and it is plain TCP; the
+        transport's reading pauses (it still writes and closes)."""
+        direct = self.ctx.direct
+        transport = self.transport
+        if direct is None or self.closed or self._direct_fd >= 0:
+            return
+        if transport.get_extra_info("sslcontext") is not None:
+            return  # TLS: the bytes on the socket are not the protocol's
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return
+        fd = sock.fileno()
+        transport.pause_reading()
+        self._direct_fd = fd
+        self._direct_paused = self._turn_paused or self.read_blocked()
+        direct.add(self, fd, not self._direct_paused)
+
+    def _direct_read(self, events: int) -> None:
+        """The set found this socket ready (``events``): one read, as the transport's would be. At the
+        end of the socket (nothing read, an error, a hang-up) the transport takes the reading back."""
+        fd = self._direct_fd
+        if fd < 0 or self.closed:
+            return
+        if not events & ENDED:
+            if self._direct_paused:
+                return  # paused by a read before it in this wakeup
+            # get_buffer's choice, without the call: all of the buffer, or a little while busy sockets wait
+            view = self._view if self._granted or not self.ctx.turns.waiting else self.ctx.turns.small
+            self._offered = len(view)
+            if cython.compiled:
+                n = blynk_recv(fd, self._buf, self._offered)  # noqa: F821 - C, declared in _session_c.pxd
+                if n == -EAGAIN:
+                    return
+            else:
+                try:
+                    n = os.readv(fd, [view])
+                except BlockingIOError:
+                    return
+                except OSError:
+                    n = -1
+            if n > 0:
+                self._on_read(n)
+                return
+        paused = self._direct_paused
+        self._leave_direct()
+        if not paused:
+            self.transport.resume_reading()
+
+    def _leave_direct(self) -> None:
+        self.ctx.direct.remove(self, self._direct_fd)
+        self._direct_fd = -1
+        self._direct_paused = False

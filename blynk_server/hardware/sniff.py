@@ -35,6 +35,7 @@ class FirstBytes(asyncio.BufferedProtocol):
         session.connection_made(transport)
         if self.ctx.http_handoff is None and not session.closed:
             transport.set_protocol(session)  # nothing to tell apart
+            session.go_direct()
 
     def get_buffer(self, sizehint: int):  # type: ignore[override]
         return self.session.get_buffer(sizehint)
@@ -63,6 +64,7 @@ class FirstBytes(asyncio.BufferedProtocol):
             session.receive_held(self._held)  # fewer than 5 bytes: no frame yet, just buffered
             self._held = b""
         session.buffer_updated(nbytes)
+        session.go_direct()  # the binary protocol: from the next read on, the listener's epoll set reads it
 
     def pause_writing(self) -> None:
         self.session.pause_writing()

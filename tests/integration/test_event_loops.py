@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from blynk_server.devclient import DeviceClient
+from blynk_server.hardware import direct
 from blynk_server.hardware.hotpath import HardwareSession
 from blynk_server.model import Datastream
 from protocol import Command, Status, encode_frame
@@ -53,12 +54,14 @@ async def _scenario(data_dir, crt, key) -> None:
         plain, tls = [await server.provisioning.create_device(template.id, name) for name in ("plain", "tls")]
         client = await DeviceClient.connect(*server.hardware.address, plain.token)
         try:
+            assert (server.hub.link(plain.id)._direct_fd >= 0) == direct.available()  # read from the epoll set
             await _exchange(client, server, plain.token, http)
         finally:
             await client.close()
         tls_context = ssl.create_default_context(cafile=str(crt))
         client = await DeviceClient.connect(*server.hardware.tls_address, tls.token, ssl=tls_context)
         try:
+            assert server.hub.link(tls.id)._direct_fd == -1  # TLS: its transport reads it
             await _exchange(client, server, tls.token, http)
         finally:
             await client.close()

@@ -1,0 +1,119 @@
+"""Plain TCP device sockets read from the listener's epoll set (``hardware/direct.py``), on both event loops
+the server may run on and on whichever twin is imported: a session joins the set after its first bytes,
+leaves it when its socket ends or the server closes it (the transport then finds the end and the
+connection is lost the usual way), and with ``direct_reads`` off every transport reads its own socket."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from blynk_server.devclient import DeviceClient
+from blynk_server.hardware import direct
+from blynk_server.model import Datastream
+from protocol import Command, Status, encode_frame
+
+from .conftest import running
+
+uvloop = pytest.importorskip("uvloop")
+pytestmark = pytest.mark.skipif(not direct.available(), reason="no epoll here: every transport reads its own socket")
+
+LOOPS = {"asyncio": asyncio.SelectorEventLoop, "uvloop": uvloop.new_event_loop}
+
+
+def _run(loop: str, scenario) -> None:
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        runner.run(scenario)
+
+
+async def _device(server, name: str):
+    template = await server.provisioning.create_template(name, [Datastream("v1", "Value", "int", 0, 100)])
+    return await server.provisioning.create_device(template.id, name)
+
+
+def _offline(server, device_id: int) -> asyncio.Event:
+    went = asyncio.Event()
+    server.domain.on_device_offline.append(lambda d: d.id == device_id and went.set())
+    return went
+
+
+async def _reads_from_the_set_until_the_device_closes(data_dir) -> None:
+    async with running(data_dir) as server:
+        dev = await _device(server, "direct")
+        reads = server.hardware.context.direct
+        client = await DeviceClient.connect(*server.hardware.address, dev.token)
+        session = server.hub.link(dev.id)
+        assert session._direct_fd >= 0 and reads.sessions == {session._direct_fd: session}
+        client.virtual_write(1, 42)
+        assert await client.ping() == Status.SUCCESS  # the write before it was read and handled
+        assert server.domain.device_by_token(dev.token).values["v1"][0] == b"42"
+        went = _offline(server, dev.id)
+        await client.close()  # the set sees the end; the transport reads again and finds it
+        await asyncio.wait_for(went.wait(), 5)
+        assert reads.sessions == {} and session._direct_fd == -1 and session.closed
+
+
+async def _a_replaced_session_leaves_the_set(data_dir) -> None:
+    async with running(data_dir) as server:
+        dev = await _device(server, "twice")
+        reads = server.hardware.context.direct
+        first = await DeviceClient.connect(*server.hardware.address, dev.token)
+        older = server.hub.link(dev.id)
+        second = await DeviceClient.connect(*server.hardware.address, dev.token)  # closes the older one
+        newer = server.hub.link(dev.id)
+        try:
+            assert newer is not older and older.closed and older._direct_fd == -1
+            assert list(reads.sessions.values()) == [newer]
+            assert await second.ping() == Status.SUCCESS
+        finally:
+            await first.close()
+            await second.close()
+
+
+async def _a_burst_waits_its_turn_and_is_answered_whole(data_dir) -> None:
+    """More than one read's worth at once: the session pauses its events in the set for its turn, and
+    resumes them, and every frame is answered in order."""
+    async with running(data_dir, message_rate=1e6) as server:
+        dev = await _device(server, "burst")
+        client = await DeviceClient.connect(*server.hardware.address, dev.token)
+        try:
+            burst = 2000  # 10,000 bytes: three reads of recv_buffer (4,096)
+            client.send_raw(b"".join(encode_frame(Command.PING, i) for i in range(1, burst + 1)))
+            answers = [await client.recv() for _ in range(burst)]
+            assert answers == [(Command.RESPONSE, i, Status.SUCCESS) for i in range(1, burst + 1)]
+            assert server.hub.link(dev.id)._direct_fd >= 0
+        finally:
+            await client.close()
+
+
+async def _off_every_transport_reads_its_own(data_dir) -> None:
+    async with running(data_dir, direct_reads=False) as server:
+        dev = await _device(server, "off")
+        assert server.hardware.context.direct is None
+        client = await DeviceClient.connect(*server.hardware.address, dev.token)
+        try:
+            assert server.hub.link(dev.id)._direct_fd == -1
+            assert await client.ping() == Status.SUCCESS
+        finally:
+            await client.close()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_plain_session_is_read_from_the_set_until_its_device_closes(loop, tmp_path):
+    _run(loop, _reads_from_the_set_until_the_device_closes(tmp_path / "data"))
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_replaced_session_leaves_the_set(loop, tmp_path):
+    _run(loop, _a_replaced_session_leaves_the_set(tmp_path / "data"))
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_burst_waits_its_turn_and_is_answered_whole(loop, tmp_path):
+    _run(loop, _a_burst_waits_its_turn_and_is_answered_whole(tmp_path / "data"))
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_with_direct_reads_off_every_transport_reads_its_own(loop, tmp_path):
+    _run(loop, _off_every_transport_reads_its_own(tmp_path / "data"))
