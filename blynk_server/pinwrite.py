@@ -7,8 +7,9 @@ Cython builds the compiled twin ``_pinwrite_c`` from this file (``_pinwrite_c.px
 extension type, ``coerce_value`` and ``write`` C functions as well as Python ones), and
 ``protocol.twins`` picks one of the two for the domain. Compiled, a lone ``vw`` read of the core runs
 about 2,000 instructions fewer, 13.3 k instead of 15.3 k (callgrind, benchmarks/RESULTS.md, issue 12
-step 9); its time is mostly the memory it touches, which compiling does not change. This file is the one source of behaviour and, as it is, the pure-Python twin; it defines no class another
-module tells apart by identity (two twins may be loaded at once): ``InvalidValue`` is ``errors``'.
+step 9); its time is mostly the memory it touches, which compiling does not change. This file is the
+one source of behaviour and, as it is, the pure-Python twin; it defines no class another module tells
+apart by identity (two twins may be loaded at once): ``InvalidValue`` is ``errors``'.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ cdef class HardwareSession(DeviceConnection):
     cdef void _apply(self)
     cdef void _wait_turn(self)
     cdef void _resume_reading(self)
+    cdef object _offer(self)
     cdef void _on_read(self, Py_ssize_t nbytes)
     cdef void _pause_reads(self)
     cdef void _resume_reads(self)

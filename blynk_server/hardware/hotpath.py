@@ -2,8 +2,9 @@
 
 ``setup.py`` builds ``_stats_c``, ``_budget_c``, ``_connection_c``, ``_session_c`` and ``_direct_c`` from
 ``stats.py``, ``budget.py``, ``connection.py``, ``session.py`` and ``direct.py`` (typed by their ``.pxd``);
-``protocol.twins.select`` takes the five compiled ones together or the five sources (extensions off, not built, or stale: the
-compiled session derives from the compiled core and writes the compiled counters, so they never mix).
+``protocol.twins.select`` takes the five compiled ones together or the five sources (extensions off, not
+built, or stale: the compiled session derives from the compiled core and writes the compiled counters,
+and the compiled epoll set calls the compiled session's C methods, so they never mix).
 Everything that creates a session, its counters or its budget takes the classes from here.
 """
 

@@ -143,8 +143,12 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
         self._sync()
 
     def get_buffer(self, sizehint: int):  # type: ignore[override]
-        # While busy sockets wait their turn, a socket not granted one reads a little only: a pile of
-        # sockets turning busy at once (a flood starting) cannot make one loop turn long.
+        return self._offer()
+
+    def _offer(self):
+        """The buffer this read may fill (the transport's or ``_direct_read``'s), its length ``_offered``.
+        While busy sockets wait their turn, a socket not granted one reads a little only: a pile of
+        sockets turning busy at once (a flood starting) cannot make one loop turn long."""
         if self._granted or not self.ctx.turns.waiting:
             self._offered = len(self._buf)  # the whole shared buffer: _view is all of _buf
             return self._view
@@ -377,9 +381,7 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
         if not events & ENDED:
             if self._direct_paused:
                 return  # paused by a read before it in this wakeup
-            # get_buffer's choice, without the call: all of the buffer, or a little while busy sockets wait
-            view = self._view if self._granted or not self.ctx.turns.waiting else self.ctx.turns.small
-            self._offered = len(view)
+            view = self._offer()
             if cython.compiled:
                 n = blynk_recv(fd, self._buf, self._offered)  # noqa: F821 - C, declared in _session_c.pxd
                 if n == -EAGAIN:

@@ -518,12 +518,9 @@ class SqliteStore:
     # storing into it nothing may allocate (a GC run could call a finalizer, and switch) or call
     # Python code; a row stored after the swap would sit in a batch already taken.
 
-    def put_value(self, device_id: int, pin: str, value: bytes, ts: int) -> None:
-        self.put_row(device_id, pin, (value, ts))
-
     def put_row(self, device_id: int, pin: str, row: tuple[bytes, int]) -> None:
-        """``put_value`` of a ``(value, ts)`` row the caller keeps too (the device's ``values``): one
-        tuple per write instead of two."""
+        """The pin's latest ``(value, ts)``: the same tuple the caller keeps (the device's ``values``),
+        one tuple per write instead of two."""
         key = (device_id, pin)
         self._pending.values[key] = row
 

@@ -22,11 +22,6 @@ pytestmark = pytest.mark.skipif(not direct.available(), reason="no epoll here: e
 LOOPS = {"asyncio": asyncio.SelectorEventLoop, "uvloop": uvloop.new_event_loop}
 
 
-def _run(loop: str, scenario) -> None:
-    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
-        runner.run(scenario)
-
-
 async def _device(server, name: str):
     template = await server.provisioning.create_template(name, [Datastream("v1", "Value", "int", 0, 100)])
     return await server.provisioning.create_device(template.id, name)
@@ -99,21 +94,16 @@ async def _off_every_transport_reads_its_own(data_dir) -> None:
             await client.close()
 
 
+SCENARIOS = [
+    _reads_from_the_set_until_the_device_closes,
+    _a_replaced_session_leaves_the_set,
+    _a_burst_waits_its_turn_and_is_answered_whole,
+    _off_every_transport_reads_its_own,
+]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda f: f.__name__.strip("_"))
 @pytest.mark.parametrize("loop", LOOPS)
-def test_a_plain_session_is_read_from_the_set_until_its_device_closes(loop, tmp_path):
-    _run(loop, _reads_from_the_set_until_the_device_closes(tmp_path / "data"))
-
-
-@pytest.mark.parametrize("loop", LOOPS)
-def test_a_replaced_session_leaves_the_set(loop, tmp_path):
-    _run(loop, _a_replaced_session_leaves_the_set(tmp_path / "data"))
-
-
-@pytest.mark.parametrize("loop", LOOPS)
-def test_a_burst_waits_its_turn_and_is_answered_whole(loop, tmp_path):
-    _run(loop, _a_burst_waits_its_turn_and_is_answered_whole(tmp_path / "data"))
-
-
-@pytest.mark.parametrize("loop", LOOPS)
-def test_with_direct_reads_off_every_transport_reads_its_own(loop, tmp_path):
-    _run(loop, _off_every_transport_reads_its_own(tmp_path / "data"))
+def test_direct_reads(loop, scenario, tmp_path):
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        runner.run(scenario(tmp_path / "data"))

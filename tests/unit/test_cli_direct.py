@@ -64,8 +64,8 @@ def test_templates_and_devices(cli):
 
     store = SqliteStore(cli.data)
     device = store.get_device_by_token(token)
-    store.put_value(device.id, "v1", b"7", 1000)
-    store.put_value(device.id, "v2", b"1\x002", 1000)
+    store.put_row(device.id, "v1", (b"7", 1000))
+    store.put_row(device.id, "v2", (b"1\x002", 1000))
     store.close()
     code, out, _ = cli("device", "show", str(device.id))
     shown = json.loads(out)

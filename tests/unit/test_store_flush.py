@@ -30,7 +30,7 @@ def _rows(s: SqliteStore, sql: str, args: tuple = ()) -> list[tuple]:
 
 def test_a_row_sqlite_cannot_hold_is_dropped_alone(store):
     s, (a, b, c) = store
-    s.put_value(a, "v1", b"1", 1000)
+    s.put_row(a, "v1", (b"1", 1000))
     s.put_history(a, "v1", 2**63, b"1")  # over 64 bits: OverflowError when bound
     s.put_history(b, "v1", 1000, b"2")
     s.put_event(c, "\udcff", None, 1000)  # a lone surrogate cannot be encoded
@@ -43,7 +43,7 @@ def test_a_row_sqlite_cannot_hold_is_dropped_alone(store):
     assert _rows(s, "SELECT code FROM events") == [("ok",)]
     assert _rows(s, "SELECT device_id, pin, value FROM pin_values") == [(a, "v1", b"1")]
     assert _rows(s, "SELECT device_id, name, value FROM device_meta") == [(b, "Name", "x")]
-    s.put_value(b, "v2", b"later", 2000)  # the store keeps working after the bad rows
+    s.put_row(b, "v2", (b"later", 2000))  # the store keeps working after the bad rows
     s.flush_now()
     assert _rows(s, "SELECT value FROM pin_values WHERE device_id = ? AND pin = 'v2'", (b,)) == [(b"later",)]
 
@@ -53,7 +53,7 @@ def test_the_writer_thread_survives_bad_rows(store):
     s.start_writer()
     s.put_history(a, "v1", -(2**70), b"x")
     s.flush_now()
-    s.put_value(a, "v1", b"after", 5)
+    s.put_row(a, "v1", (b"after", 5))
     s.flush_now()
     assert s.stats.rows_rejected == 1
     assert _rows(s, "SELECT value FROM pin_values") == [(b"after",)]
@@ -62,13 +62,13 @@ def test_the_writer_thread_survives_bad_rows(store):
 
 def test_a_failing_flush_keeps_its_rows_for_the_next_one(store):
     s, (a, b, _) = store
-    s.put_value(a, "v1", b"old", 1)
+    s.put_row(a, "v1", (b"old", 1))
     s.put_history(a, "v1", 1, b"old")
     s.db.execute("PRAGMA query_only = ON")  # every write now fails as on a read-only file
     s.flush_now()
     assert s.stats.errors == 1
     assert s.pending() == 2
-    s.put_value(a, "v1", b"new", 2)  # newer than the kept row: it wins
+    s.put_row(a, "v1", (b"new", 2))  # newer than the kept row: it wins
     s.db.execute("PRAGMA query_only = OFF")
     s.flush_now()
     assert s.pending() == 0
@@ -124,11 +124,11 @@ def test_a_history_row_refused_by_a_constraint_is_dropped_alone(store):
 def test_pin_values_keep_the_newest_value_of_each_pin_as_a_blob(store):
     """The flush replaces a stored value; bytes are bound as they are (``batch``'s identity adapter)."""
     s, (a, b, _) = store
-    s.put_value(a, "v1", b"old", 1)
-    s.put_value(b, "v1", b"\x00\xff", 1)
+    s.put_row(a, "v1", (b"old", 1))
+    s.put_row(b, "v1", (b"\x00\xff", 1))
     s.flush_now()
-    s.put_value(a, "v1", b"", 2)
-    s.put_value(a, "v2", b"x", 2)
+    s.put_row(a, "v1", (b"", 2))
+    s.put_row(a, "v2", (b"x", 2))
     s.flush_now()
     assert _rows(s, "SELECT device_id, pin, typeof(value), value, ts FROM pin_values ORDER BY device_id, pin") == [
         (a, "v1", "blob", b"", 2),
@@ -156,7 +156,7 @@ def test_a_rowid_pin_values_table_of_an_older_data_dir_becomes_without_rowid(tmp
     assert list(tables) == ["pin_values"] and tables["pin_values"].endswith("WITHOUT ROWID")
     assert s.load_values(1) == {"v1": (b"\x00\xffold", 5), "v2": (b"2", 6)}
     assert s.load_values(2) == {"v1": (b"", 7)}
-    s.put_value(1, "v1", b"new", 8)
+    s.put_row(1, "v1", (b"new", 8))
     s.flush_now()
     assert s.close().ok
     s = SqliteStore(tmp_path / "data")  # a second start finds the table as it is and leaves it
@@ -168,7 +168,7 @@ def test_a_stop_that_cannot_write_saves_a_recovery_file_replayed_next_start(tmp_
     s = SqliteStore(tmp_path / "data")
     tpl = s.create_template("TMPLunit", "Unit")
     dev = s.create_device(tpl.id, "d").id
-    s.put_value(dev, "v1", b"\x00\xffbinary", 7)
+    s.put_row(dev, "v1", (b"\x00\xffbinary", 7))
     s.put_history(dev, "v1", 7, b"\x00\xffbinary")
     s.put_event(dev, "overheat", "too hot", 8)
     s.put_event_clear(dev, "overheat", True, 9)
@@ -232,7 +232,7 @@ def test_data_dir_and_database_are_private_whatever_the_umask(tmp_path):
     old = os.umask(0o022)
     try:
         s = SqliteStore(tmp_path / "data")
-        s.put_value(1, "v1", b"x", 1)
+        s.put_row(1, "v1", (b"x", 1))
         s.flush_now()
     finally:
         os.umask(old)

@@ -65,7 +65,7 @@ def test_sqlite_from_a_forbidden_thread_raises_and_names_the_method(store):
         with pytest.raises(LoopThreadError, match=r"SqliteStore\.db"):
             on_loop(lambda: s.db.execute("SELECT 1"))
         # The write-behind methods and the job queue stay open to the loop thread.
-        on_loop(s.put_value, a, "v1", b"1", 1)
+        on_loop(s.put_row, a, "v1", (b"1", 1))
         on_loop(s.put_history, a, "v1", 1, b"1")
         on_loop(s.put_meta, a, "Name", "x")
         assert on_loop(s.pending) == 3
@@ -140,7 +140,7 @@ def test_close_runs_the_queued_jobs_then_flushes_and_refuses_later_jobs(store):
     s, (a, _) = store
     gate = threading.Event()
     first = s.submit(gate.wait, WAIT)  # holds the writer until the rest is queued
-    queued = [s.submit(s.put_value, a, "v1", str(i).encode(), i) for i in range(3)]
+    queued = [s.submit(s.put_row, a, "v1", (str(i).encode(), i)) for i in range(3)]
     with ThreadPoolExecutor(1) as other:
         closing = other.submit(s.close)
         gate.set()
@@ -231,7 +231,7 @@ def test_events_merge_pending_logs_and_clears_as_the_flush_will_write_them(store
 
 def test_device_reads_see_pending_values_properties_meta_and_last_seen(store):
     s, (a, _) = store
-    s.put_value(a, "v1", b"1", 1)
+    s.put_row(a, "v1", (b"1", 1))
     s.put_property(a, "v1", "label", b"Temp", 1)
     s.put_meta(a, "Location", "garden")
     s.put_device_seen(a, 77, '{"fw": "1.0"}')
@@ -247,7 +247,7 @@ def test_device_reads_see_pending_values_properties_meta_and_last_seen(store):
 
 
 def _fill(s: SqliteStore, device_id: int, ts: int) -> None:
-    s.put_value(device_id, "v1", b"x", ts)
+    s.put_row(device_id, "v1", (b"x", ts))
     s.put_property(device_id, "v1", "label", b"x", ts)
     s.put_history(device_id, "v1", ts, b"x")
     s.put_event(device_id, "hot", None, ts)
@@ -297,12 +297,12 @@ def test_load_all_returns_every_template_device_and_their_state(store):
     s, (a, b) = store
     on_writer(s, s.create_template, "TMPLother", "Other", [Datastream("v7", "Switch", "int", 0, 1)])
     c = on_writer(s, s.create_device, "TMPLother", "c", "tok-c").id
-    s.put_value(a, "v1", b"21.5", 1)
+    s.put_row(a, "v1", (b"21.5", 1))
     s.put_property(a, "v1", "label", b"Temp", 1)
     s.put_meta(b, "Location", "garden")
-    s.put_value(999, "v1", b"orphan", 1)  # a row of no device is left out
+    s.put_row(999, "v1", (b"orphan", 1))  # a row of no device is left out
     on_writer(s, s.flush_now)
-    s.put_value(c, "v7", b"1", 2)  # pending ones are in too
+    s.put_row(c, "v7", (b"1", 2))  # pending ones are in too
     s.put_device_seen(c, 5)
     snap = on_writer(s, s.load_all)
     assert isinstance(snap, Snapshot)
@@ -346,7 +346,7 @@ def test_rows_put_while_the_writer_takes_batches_all_land_in_one(tmp_path):
 
     def loop() -> None:
         for i in range(n):
-            s.put_value(i, "v1", b"x", i)
+            s.put_row(i, "v1", (b"x", i))
             s.put_history(i, "v1", i, b"x")
             s.put_event(i, "e", None, i)
         done.set()
