@@ -1,12 +1,25 @@
 # The compiled twin of pinwrite.py (Cython's pure-Python mode: that file is the source, this one its
-# types). PinWriter is an extension type; ``write`` and ``coerce_value`` are C functions to each other
-# and Python ones to everyone else. A field or method added there must be declared here too.
+# types). DeviceState and PinWriter are extension types (the write reads the state's fields as C fields);
+# ``write`` and ``coerce_value`` are C functions to each other and Python ones to everyone else, and
+# coerce_value's number a C double. A field or method added there must be declared here too.
+
+cimport cython
+
+
+cdef class DeviceState:
+    cdef public object record, template
+    cdef public dict values, properties, meta, last_event_ms
+    cdef public object events_day, events_today
+    cdef public bint online, deleted
+
 
 cdef class PinWriter:
     cdef public object store, stats, reactions
 
-    cpdef object write(self, object dev, str key, object raw, object ts)
+    @cython.locals(datastreams=dict, values=dict)
+    cpdef object write(self, DeviceState dev, str key, object raw, object ts)
 
 
+@cython.locals(x=cython.double, clamped=cython.double, integral=cython.bint)
 cpdef object coerce_value(object ds, object raw)
 cpdef object check_ts(object ts)

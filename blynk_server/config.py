@@ -31,6 +31,9 @@ class Settings:
     message_burst: float | None = None  # bucket size; defaults to one second's worth
     quota_warning_period: float = 60.0  # at most one QUOTA_LIMIT per this many seconds
     direct_reads: bool = True  # plain TCP device sockets read from one epoll set (Linux; direct.py)
+    # Milliseconds the set is left unwatched after a wakeup that read from it, so the next wakeup finds
+    # the reads of that time together (under load: fewer wakeups; a read waits this much at most; 0: off).
+    read_coalesce_ms: float = 1.0
     recv_buffer: int = 4096  # bytes read per socket read; small so no socket starves the others
     # Frames of device telemetry handled per event-loop turn; past it, reads wait for a later turn (0: none).
     turn_budget: int = 256

@@ -15,7 +15,6 @@ import logging
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from blynk_server import metafields
 from blynk_server.config import Settings
@@ -39,9 +38,11 @@ from protocol.body import SEP, Pin, hardware_write_raw
 
 log = logging.getLogger(__name__)
 
-# A pin write (the value rules and the write): pinwrite.py compiled, or as it is (protocol.twins).
+# A pin write (the device state, the value rules and the write): pinwrite.py compiled, or as it is
+# (protocol.twins).
 (_pinwrite,), PINWRITE_IMPLEMENTATION = twins.select([("blynk_server._pinwrite_c", "blynk_server.pinwrite")])
 PinWriter = _pinwrite.PinWriter
+DeviceState = _pinwrite.DeviceState  # a device as the running server sees it; the pin writer's class
 coerce_value = _pinwrite.coerce_value
 check_ts = _pinwrite.check_ts
 
@@ -92,30 +93,6 @@ class EventNotDeclared(EventRejected):
     refused as Blynk does, status 2 on the device, 400 over HTTP."""
 
     status = Status.ILLEGAL_COMMAND
-
-
-@dataclass(slots=True, eq=False)
-class DeviceState:
-    """A device as the running server sees it."""
-
-    record: DeviceRecord
-    template: Template
-    values: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # pin key -> (value, ts ms)
-    properties: dict[tuple[str, str], bytes] = field(default_factory=dict)
-    meta: dict[str, str] = field(default_factory=dict)
-    online: bool = False
-    last_event_ms: dict[str, int] = field(default_factory=dict)  # code -> ts; at most max_event_codes
-    events_day: int = 0  # the UTC day (ms // DAY_MS) events_today counts
-    events_today: int = 0
-    deleted: bool = False  # removed by provisioning: writes still under way are dropped
-
-    @property
-    def id(self) -> int:
-        return self.record.id
-
-    @property
-    def token(self) -> str:
-        return self.record.token
 
 
 def _seconds(ms: int) -> str:

@@ -1,20 +1,21 @@
-"""A device's pin write, the telemetry hot path: the value's rules (``coerce_value``) and the write
-itself (``PinWriter.write``: the pin's value, its write-behind rows, the count, the reaction it may
-cause). ``Domain`` holds one ``PinWriter`` and every pin write goes through it; the device core calls
-it once per well-formed write.
+"""A device's pin write, the telemetry hot path: the device it changes (``DeviceState``), the value's
+rules (``coerce_value``) and the write itself (``PinWriter.write``: the pin's value, its write-behind
+rows, the count, the reaction it may cause). ``Domain`` holds one ``DeviceState`` per device and one
+``PinWriter``, and every pin write goes through it; the device core calls it once per well-formed write.
 
-Cython builds the compiled twin ``_pinwrite_c`` from this file (``_pinwrite_c.pxd``: ``PinWriter`` an
-extension type, ``coerce_value`` and ``write`` C functions as well as Python ones), and
+Cython builds the compiled twin ``_pinwrite_c`` from this file (``_pinwrite_c.pxd``: ``DeviceState`` and
+``PinWriter`` extension types, the state's fields C fields the write reads without an attribute lookup,
+``coerce_value`` and ``write`` C functions as well as Python ones), and
 ``protocol.twins`` picks one of the two for the domain. Compiled, a lone ``vw`` read of the core runs
 about 2,000 instructions fewer, 13.3 k instead of 15.3 k (callgrind, benchmarks/RESULTS.md, issue 12
 step 9); its time is mostly the memory it touches, which compiling does not change. This file is the
-one source of behaviour and, as it is, the pure-Python twin; it defines no class another module tells
-apart by identity (two twins may be loaded at once): ``InvalidValue`` is ``errors``'.
+one source of behaviour and, as it is, the pure-Python twin. Two twins may be loaded at once: only the
+domain makes ``DeviceState`` and ``PinWriter`` objects, of the twin it picked, so a check of a device's
+class (``events.py``) compares like with like; the error both raise, ``InvalidValue``, is ``errors``'.
 """
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 from blynk_server.errors import InvalidValue
@@ -23,7 +24,7 @@ from blynk_server.reactions import VALUE, Happening
 from protocol.body import SEP
 
 if TYPE_CHECKING:
-    from blynk_server.model import Datastream
+    from blynk_server.model import Datastream, DeviceRecord, Template
 
 MAX_STRING_VALUE = 1024  # blynk.cloud limit for one value
 
@@ -58,10 +59,10 @@ def coerce_value(ds: Datastream | None, raw: bytes) -> bytes:
             raise InvalidValue("Value doesn't match the Datastream data type.")
         return raw
     try:
-        x = float(raw)
+        x = float(raw)  # compiled, a C double (``_pinwrite_c.pxd``): no float object unless one is returned
     except ValueError:
         raise InvalidValue("Value doesn't match the Datastream data type.") from None
-    if not math.isfinite(x):
+    if x - x != 0.0:  # NaN or infinite (x - x is NaN): C arithmetic when compiled, not a call of math.isfinite
         raise InvalidValue("Value doesn't match the Datastream data type.")
     integral = kind == "int" or kind == "enum"
     if integral:
@@ -80,6 +81,44 @@ def coerce_value(ds: Datastream | None, raw: bytes) -> bytes:
     return raw.strip() if clamped == x else _format_number(clamped)
 
 
+class DeviceState:
+    """A device as the running server sees it. ``__slots__`` is for the pure twin (compiled, the layout
+    is ``_pinwrite_c.pxd``'s and ``__slots__`` only a class attribute)."""
+
+    __slots__ = (
+        "record",
+        "template",
+        "values",
+        "properties",
+        "meta",
+        "online",
+        "last_event_ms",
+        "events_day",
+        "events_today",
+        "deleted",
+    )
+
+    def __init__(self, record: DeviceRecord, template: Template) -> None:
+        self.record = record
+        self.template = template
+        self.values: dict[str, tuple[bytes, int]] = {}  # pin key -> (value, ts ms)
+        self.properties: dict[tuple[str, str], bytes] = {}
+        self.meta: dict[str, str] = {}
+        self.online = False
+        self.last_event_ms: dict[str, int] = {}  # code -> ts; at most max_event_codes
+        self.events_day = 0  # the UTC day (ms // DAY_MS) events_today counts
+        self.events_today = 0
+        self.deleted = False  # removed by provisioning: writes still under way are dropped
+
+    @property
+    def id(self) -> int:
+        return self.record.id
+
+    @property
+    def token(self) -> str:
+        return self.record.token
+
+
 class PinWriter:
     """What a pin write changes besides the device: the store's write-behind batch, the domain's
     counters, the reactions (automations, webhooks) that watch the pin."""
@@ -91,13 +130,15 @@ class PinWriter:
         self.stats = stats
         self.reactions = reactions
 
-    def write(self, dev, key: str, raw: bytes, ts: int) -> bytes | InvalidValue | None:
+    def write(self, dev: DeviceState, key: str, raw: bytes, ts: int) -> bytes | InvalidValue | None:
         """Pin ``key`` (``"v1"``) of ``dev`` set to ``raw`` at ``ts``, checked against its datastream and
         written behind. Returns the stored value, the refusal (returned, not raised: a device's write
         is answered, not unwound), or None when the device was deleted meanwhile (nothing stored)."""
         if dev.deleted:
             return None
-        ds = dev.template.datastreams.get(key)
+        template = dev.template
+        datastreams = template.datastreams  # compiled, the dicts are typed: C calls, not method lookups
+        ds = datastreams.get(key)
         try:
             check_ts(ts)
             value = coerce_value(ds, raw)
@@ -105,13 +146,14 @@ class PinWriter:
             self.stats.invalid_writes += 1
             return exc
         row = (value, ts)
-        dev.values[key] = row
+        values = dev.values
+        values[key] = row
         device_id = dev.record.id
         self.store.put_row(device_id, key, row)
         if ds is not None and ds.history:
             self.store.put_history(device_id, key, ts, value)
         self.stats.writes += 1
         reactions = self.reactions
-        if reactions.watched and (dev.template.id, key) in reactions.watched:
+        if reactions.watched and (template.id, key) in reactions.watched:
             reactions.emit(Happening(VALUE, dev, ts, pin=key, value=value, depth=reactions.depth))
         return value

@@ -26,12 +26,13 @@ cdef extern from *:
 
 cdef class HardwareSession(DeviceConnection):
     # The loop and the read turns are the context's (ctx.loop, ctx.turns): a pointer less each per session.
+    # After the core's fields, in the order of the struct: first what a read touches (as the core's).
     cdef public object transport
-    cdef public object _timer
-    cdef public long long _deadline_key  # the bucket on the shared wheel; 0: none
     cdef public Py_ssize_t _offered
     cdef public int _direct_fd  # the socket while the listener's epoll set reads it (direct.py); -1
     cdef public bint _granted, _turn_paused, _direct_paused
+    cdef public object _timer
+    cdef public long long _deadline_key  # the bucket on the shared wheel; 0: none
 
     cdef void _sync(self)
     cdef void _check_unsent(self)

@@ -577,7 +577,13 @@ class DeviceConnection:
     def _write_value(self, key: str, raw: bytes, msg_id: int) -> None:
         """A well-formed pin write of this read, stored by the domain at the read's time (or its
         group's); a refused value is answered ILLEGAL_COMMAND (the log rate-limited)."""
-        done = self.ctx.pins.write(self.device, key, raw, self._group_ts or self._batch_ms)
+        if self._group_ts:
+            ts = self._group_ts
+        elif cython.compiled:
+            ts = blynk_ms_object(self._batch_ms)  # noqa: F821 - C (_connection_c.pxd): one int per millisecond
+        else:
+            ts = self._batch_ms
+        done = self.ctx.pins.write(self.device, key, raw, ts)
         if isinstance(done, InvalidValue):
             self._refused_write(msg_id, key, done)
 

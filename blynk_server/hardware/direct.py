@@ -13,14 +13,32 @@ socket (EOF, an error, a hang-up) the session leaves the set and the transport r
 transport finds the end itself and the connection is lost the usual way. TLS sockets and the WebSocket
 door keep their transports' reads.
 
-Its compiled twin ``_direct_c`` (``_direct_c.pxd``) waits with ``epoll_wait`` in C and calls the compiled
-sessions' ``_direct_read`` as a C method; this file is the one source of behaviour and, as it is, the
-pure-Python twin (``select.epoll``). ``settings.direct_reads`` (``BLYNK_DIRECT_READS``) turns it off.
+Its compiled twin ``_direct_c`` (``_direct_c.pxd``) registers each socket with its session in the event's
+data, waits with ``epoll_wait`` in C and calls the ready sessions' ``_direct_read`` as a C method: no
+lookup of the descriptor per read (a dict probe and an int object per read were 3 % of the server's CPU
+at 10k x 2/s). A session that leaves during a wakeup stays referenced until the wakeup ends
+(``_left``), since an event taken before it left may still name it; its ``_direct_read`` then finds it
+gone. This file is the one source of behaviour and, as it is, the pure-Python twin (``select.epoll``,
+the session found by descriptor). ``settings.direct_reads`` (``BLYNK_DIRECT_READS``) turns it off.
+
+Under load a wakeup of the loop costs more than the reads it finds: at 10k devices x 2 msg/s each wakeup
+found a few messages, and the wakeups (the process switched in, two epoll waits, a turn of the loop)
+were over a tenth of the CPU per message (benchmarks/RESULTS.md, issue 12 step 10). So after a wakeup
+that read something, the set rests: unwatched until ``coalesce`` seconds (``settings.read_coalesce_ms``)
+after that poll began, then polled whatever it holds, and rests again while it finds reads. A read thus
+waits ``coalesce`` at most; an idle set is watched as usual, so a lone read is taken at once; and a poll
+that took as long as the rest (the loop saturated) is followed by none, so a rest never leaves the loop
+idle while reads wait. The set rests in a gate, a one-entry epoll set of its own that the loop watches:
+its entry is switched off and on (``epoll_ctl`` MOD). Taking the set itself out of the loop's epoll and
+back would cost far more: adding an epoll set to another makes the kernel walk every socket in it (its
+loop check), 10,000 sockets 500 times a second (24 µs per message).
 """
 
 from __future__ import annotations
 
+import os
 import select
+import time
 
 try:
     import cython  # compiling: Cython's own; with Cython installed, its pure-Python stand-in
@@ -35,6 +53,8 @@ MAX_EVENTS = 1024
 MAX_ROUNDS = 48
 READABLE = 0x001  # EPOLLIN
 ENDED = 0x008 | 0x010  # EPOLLERR | EPOLLHUP: reported even with no events asked for
+MAX_COALESCE = 1.0  # seconds (settings.read_coalesce_ms): a longer rest would near a fast heartbeat's timeout (3 s)
+ADD, DELETE, MODIFY = 1, 2, 3  # epoll_ctl's operations (Linux's EPOLL_CTL_*), for the compiled twin
 
 
 def available() -> bool:
@@ -45,54 +65,108 @@ def available() -> bool:
 class DirectReads:
     """The listener's epoll set of device sockets, watched by ``loop`` as one descriptor."""
 
-    __slots__ = ("loop", "_epoll", "_fd", "sessions")
+    __slots__ = ("loop", "_epoll", "_fd", "sessions", "_polling", "_left", "coalesce", "_gate", "_rest")
 
-    def __init__(self, loop) -> None:
+    def __init__(self, loop, coalesce: float = 0.0) -> None:
+        if not 0 <= coalesce <= MAX_COALESCE:
+            raise ValueError(f"read_coalesce_ms must be 0..{MAX_COALESCE * 1000:g}, not {coalesce * 1000:g}")
         self.loop = loop
         self._epoll = select.epoll()
         self._fd = self._epoll.fileno()
         self.sessions: dict = {}  # socket descriptor -> the session reading it
-        loop.add_reader(self._fd, self.poll)
+        self._polling = False
+        self._left: list = []  # sessions that left during this wakeup (compiled: events may name them)
+        self.coalesce = coalesce  # seconds the set rests after a wakeup that read from it (0: never)
+        self._rest = None  # the timer that ends a rest
+        self._gate = None
+        watched = self._fd
+        if coalesce > 0:
+            self._gate = select.epoll()  # the set's one entry, switched off while it rests
+            self._gate.register(self._fd, READABLE)
+            watched = self._gate.fileno()
+        loop.add_reader(watched, self.poll)
 
     def add(self, session, fd: int, reading: bool) -> None:
+        self._control(ADD, fd, session, READABLE if reading else 0)
         self.sessions[fd] = session
-        self._epoll.register(fd, READABLE if reading else 0)
 
-    def reading(self, fd: int, on: bool) -> None:
-        """Switch ``fd``'s read events on or off (a session pausing or resuming its reads)."""
-        self._epoll.modify(fd, READABLE if on else 0)
+    def reading(self, session, fd: int, on: bool) -> None:
+        """Switch ``fd``'s read events on or off (``session`` pausing or resuming its reads)."""
+        self._control(MODIFY, fd, session, READABLE if on else 0)
+
+    def _control(self, op: int, fd: int, session, events: int) -> None:
+        if cython.compiled:
+            err = blynk_epoll_control(self._fd, op, fd, session, events)  # noqa: F821 - C, in _direct_c.pxd
+            if err:
+                raise OSError(err, os.strerror(err))
+        elif op == ADD:
+            self._epoll.register(fd, events)
+        else:
+            self._epoll.modify(fd, events)
 
     def remove(self, session, fd: int) -> None:
         """``session`` leaves the set. Only its own entry: once its transport closed the descriptor, the
         number may already be a newer connection's (closing drops it from the set by itself)."""
         if self.sessions.get(fd) is session:
             del self.sessions[fd]
-            try:
-                self._epoll.unregister(fd)
-            except OSError:  # closed already
-                pass
+            if self._polling:
+                self._left.append(session)
+            if cython.compiled:
+                blynk_epoll_control(self._fd, DELETE, fd, None, 0)  # noqa: F821 - closed already: ignored
+            else:
+                try:
+                    self._epoll.unregister(fd)
+                except OSError:  # closed already
+                    pass
 
     def poll(self) -> None:
-        """The set is ready: each ready socket's session reads it once."""
+        """The set is ready (or its rest ended): each ready socket's session reads it once."""
         sessions = self.sessions
-        for _ in range(MAX_ROUNDS):
-            if cython.compiled:
-                n = blynk_epoll_wait(self._fd)  # noqa: F821 - C, declared in _direct_c.pxd
-                for i in range(n):
-                    session = sessions.get(blynk_event_fd(i))  # noqa: F821
-                    if session is not None:
+        self._polling = True
+        read = 0
+        started = time.monotonic() if self._gate is not None else 0.0
+        try:
+            for _ in range(MAX_ROUNDS):
+                if cython.compiled:
+                    n = blynk_epoll_wait(self._fd)  # noqa: F821 - C, declared in _direct_c.pxd
+                    for i in range(n):
+                        session = blynk_event_session(i)  # noqa: F821 - the session the socket was added with
                         session._direct_read(blynk_event_mask(i))  # noqa: F821
-            else:
-                ready = self._epoll.poll(0, MAX_EVENTS)
-                n = len(ready)
-                for fd, events in ready:
-                    session = sessions.get(fd)
-                    if session is not None:
-                        session._direct_read(events)
-            if n < MAX_EVENTS:
-                return
+                else:
+                    ready = self._epoll.poll(0, MAX_EVENTS)
+                    n = len(ready)
+                    for fd, events in ready:
+                        session = sessions.get(fd)
+                        if session is not None:
+                            session._direct_read(events)
+                read += n
+                if n < MAX_EVENTS:
+                    break
+        finally:
+            self._polling = False
+            if self._left:
+                self._left.clear()
+        if read and self._gate is not None and self._rest is None:
+            # Rest until ``coalesce`` after this poll began: what comes meanwhile is read together when
+            # it ends. A poll as long as that (the loop saturated) is followed by none: no idle gap.
+            wait = started + self.coalesce - time.monotonic()
+            if wait > 0:
+                self._gate.modify(self._fd, 0)
+                self._rest = self.loop.call_later(wait, self._rested)
+
+    def _rested(self) -> None:
+        self._rest = None
+        self._gate.modify(self._fd, READABLE)
+        self.poll()  # rests again if it reads anything; else the set is watched until a socket is ready
 
     def close(self) -> None:
         """Stop watching (the listener stopped; its sessions have left)."""
-        self.loop.remove_reader(self._fd)
+        if self._rest is not None:
+            self._rest.cancel()
+            self._rest = None
+        if self._gate is not None:
+            self.loop.remove_reader(self._gate.fileno())
+            self._gate.close()
+        else:
+            self.loop.remove_reader(self._fd)
         self._epoll.close()

@@ -53,7 +53,7 @@ class HardwareServer:
     async def start(self) -> None:
         s = self.settings
         if s.direct_reads and direct.available():
-            self.context.direct = DirectReads(self.loop)
+            self.context.direct = DirectReads(self.loop, s.read_coalesce_ms / 1000)
         server = await self.loop.create_server(self.new_connection, s.host, s.port, backlog=4096, reuse_address=True)
         self._servers.append(server)
         self.address = server.sockets[0].getsockname()[:2]

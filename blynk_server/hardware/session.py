@@ -343,14 +343,14 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
             self.transport.pause_reading()
         elif not self._direct_paused:
             self._direct_paused = True
-            self.ctx.direct.reading(self._direct_fd, False)
+            self.ctx.direct.reading(self, self._direct_fd, False)
 
     def _resume_reads(self) -> None:
         if self._direct_fd < 0:
             self.transport.resume_reading()
         elif self._direct_paused:
             self._direct_paused = False
-            self.ctx.direct.reading(self._direct_fd, True)
+            self.ctx.direct.reading(self, self._direct_fd, True)
 
     # --- reads from the listener's epoll set (direct.py) ---------------------------------------------
 

@@ -1,7 +1,8 @@
 """Plain TCP device sockets read from the listener's epoll set (``hardware/direct.py``), on both event loops
 the server may run on and on whichever twin is imported: a session joins the set after its first bytes,
 leaves it when its socket ends or the server closes it (the transport then finds the end and the
-connection is lost the usual way), and with ``direct_reads`` off every transport reads its own socket."""
+connection is lost the usual way), a set that read rests before it reads again (``read_coalesce_ms``),
+and with ``direct_reads`` off every transport reads its own socket."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import asyncio
 import pytest
 
 from blynk_server.devclient import DeviceClient
-from blynk_server.hardware import direct
+from blynk_server.hardware import direct, hotpath
 from blynk_server.model import Datastream
 from protocol import Command, Status, encode_frame
 
@@ -82,6 +83,52 @@ async def _a_burst_waits_its_turn_and_is_answered_whole(data_dir) -> None:
             await client.close()
 
 
+def _end_rest(reads) -> None:
+    """What the rest's timer does when it fires (its own firing cancelled)."""
+    reads._rest.cancel()
+    reads._rested()
+
+
+async def _a_set_that_read_rests_and_then_reads_what_came(data_dir) -> None:
+    """Coalescing: after a wakeup that read, the set is not watched until its rest ends (a timer, ended
+    here by the test, long before its 1 s); what came meanwhile is read then, and the set
+    rests again. An idle set is read at once: the first ping is answered without a rest's end."""
+    async with running(data_dir, read_coalesce_ms=1000) as server:
+        dev = await _device(server, "rests")
+        reads = server.hardware.context.direct
+        client = await DeviceClient.connect(*server.hardware.address, dev.token)
+        try:
+            if reads._rest is not None:  # the info message after the login was read from the set
+                _end_rest(reads)
+            assert reads._rest is None  # that poll read nothing: the set is watched again
+            assert await client.ping() == Status.SUCCESS  # read at once
+            rest = reads._rest
+            assert rest is not None  # it read: it rests
+            client.virtual_write(1, 42)
+            pong = asyncio.ensure_future(client.ping())
+            for _ in range(20):  # loop turns: the bytes are on the socket, and nothing reads them
+                await asyncio.sleep(0)
+            values = server.domain.device_by_token(dev.token).values
+            assert not pong.done() and "v1" not in values
+            _end_rest(reads)
+            assert await pong == Status.SUCCESS and values["v1"][0] == b"42"
+            assert reads._rest is not None and reads._rest is not rest  # it read again: another rest
+        finally:
+            await client.close()
+
+
+async def _no_rest_with_coalescing_off(data_dir) -> None:
+    async with running(data_dir, read_coalesce_ms=0) as server:
+        dev = await _device(server, "norest")
+        reads = server.hardware.context.direct
+        client = await DeviceClient.connect(*server.hardware.address, dev.token)
+        try:
+            assert await client.ping() == Status.SUCCESS
+            assert reads._gate is None and reads._rest is None
+        finally:
+            await client.close()
+
+
 async def _off_every_transport_reads_its_own(data_dir) -> None:
     async with running(data_dir, direct_reads=False) as server:
         dev = await _device(server, "off")
@@ -98,6 +145,8 @@ SCENARIOS = [
     _reads_from_the_set_until_the_device_closes,
     _a_replaced_session_leaves_the_set,
     _a_burst_waits_its_turn_and_is_answered_whole,
+    _a_set_that_read_rests_and_then_reads_what_came,
+    _no_rest_with_coalescing_off,
     _off_every_transport_reads_its_own,
 ]
 
@@ -107,3 +156,13 @@ SCENARIOS = [
 def test_direct_reads(loop, scenario, tmp_path):
     with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
         runner.run(scenario(tmp_path / "data"))
+
+
+@pytest.mark.parametrize("coalesce", [-0.001, 1.5])
+def test_a_rest_outside_0_to_1_s_is_refused(coalesce):
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(ValueError, match="read_coalesce_ms"):
+            hotpath.DirectReads(loop, coalesce)
+    finally:
+        loop.close()

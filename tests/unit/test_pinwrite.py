@@ -34,6 +34,8 @@ CASES = [
     (DOUBLE, b"200", b"125"),  # clamped
     (DOUBLE, b"-1e3", b"-40"),
     (INT, b"7.6", b"8"),  # rounded
+    (INT, b"2.5", b"2"),  # half to even, as Python's round()
+    (INT, b"-2.5", b"-2"),
     (INT, b"1e20", b"100000000000000000000"),
     (ENUM, b"1", b"1"),
     (LOCATION, b"13.4\x0052.5", b"13.4\x0052.5"),
@@ -42,6 +44,8 @@ REFUSED = [
     (DOUBLE, b"abc"),
     (DOUBLE, b"nan"),
     (DOUBLE, b"inf"),
+    (DOUBLE, b"-inf"),
+    (DOUBLE, b"1e400"),  # infinite once parsed
     (ENUM, b"2"),
     (LOCATION, b"13.4"),
     (LOCATION, b"200\x000"),
@@ -99,12 +103,9 @@ class Record:
     id = 42
 
 
-class Device:
-    def __init__(self) -> None:
-        self.deleted = False
-        self.template = Template()
-        self.record = Record()
-        self.values: dict = {}
+def device(pinwrite):
+    """A device of the twin under test (its ``DeviceState``: the compiled writer takes no other)."""
+    return pinwrite.DeviceState(Record(), Template())
 
 
 def writer(pinwrite, watched=()):
@@ -114,7 +115,7 @@ def writer(pinwrite, watched=()):
 
 def test_a_write_sets_the_value_writes_it_behind_and_counts_it(pinwrite):
     pins, store, stats, reactions = writer(pinwrite, watched=[("TMPL", "v5")])
-    dev = Device()
+    dev = device(pinwrite)
     assert pins.write(dev, "v1", b"300", 1000) == b"125"
     assert pins.write(dev, "v5", b"on", 2000) == b"on"
     assert dev.values == {"v1": (b"125", 1000), "v5": (b"on", 2000)}
@@ -128,7 +129,7 @@ def test_a_write_sets_the_value_writes_it_behind_and_counts_it(pinwrite):
 @pytest.mark.parametrize(("key", "raw", "ts"), [("v1", b"abc", 1000), ("v1", b"1", -1), ("v1", b"1", MAX_TS_MS + 1)])
 def test_a_refused_write_is_returned_counted_and_changes_nothing(pinwrite, key, raw, ts):
     pins, store, stats, _ = writer(pinwrite)
-    dev = Device()
+    dev = device(pinwrite)
     refused = pins.write(dev, key, raw, ts)
     assert isinstance(refused, InvalidValue)
     assert dev.values == {} and store.values == [] and stats.invalid_writes == 1 and stats.writes == 0
@@ -136,7 +137,7 @@ def test_a_refused_write_is_returned_counted_and_changes_nothing(pinwrite, key, 
 
 def test_a_deleted_devices_write_is_dropped_uncounted(pinwrite):
     pins, store, stats, _ = writer(pinwrite)
-    dev = Device()
+    dev = device(pinwrite)
     dev.deleted = True
     assert pins.write(dev, "v1", b"1", 1000) is None
     assert dev.values == {} and store.values == [] and stats.writes == stats.invalid_writes == 0
