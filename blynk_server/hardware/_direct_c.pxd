@@ -48,5 +48,5 @@ cdef class DirectReads:
     cdef public double coalesce
     cdef readonly object _gate, _rest  # read by the tests
 
-    @cython.locals(session=HardwareSession, n=int, i=int, ready=list, read=int, started=double, wait=double)
+    @cython.locals(session=HardwareSession, n=int, i=int, ready=list, read=int, started=double, wait=double, now=double)
     cpdef void poll(self)

@@ -125,20 +125,21 @@ class DirectReads:
         self._polling = True
         read = 0
         started = time.monotonic() if self._gate is not None else 0.0
+        now = self.loop.time()  # one reading for the wakeup (uvloop's own is the same within a turn)
         try:
             for _ in range(MAX_ROUNDS):
                 if cython.compiled:
                     n = blynk_epoll_wait(self._fd)  # noqa: F821 - C, declared in _direct_c.pxd
                     for i in range(n):
                         session = blynk_event_session(i)  # noqa: F821 - the session the socket was added with
-                        session._direct_read(blynk_event_mask(i))  # noqa: F821
+                        session._direct_read(blynk_event_mask(i), now)  # noqa: F821
                 else:
                     ready = self._epoll.poll(0, MAX_EVENTS)
                     n = len(ready)
                     for fd, events in ready:
                         session = sessions.get(fd)
                         if session is not None:
-                            session._direct_read(events)
+                            session._direct_read(events, now)
                 read += n
                 if n < MAX_EVENTS:
                     break

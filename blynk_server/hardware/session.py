@@ -157,11 +157,12 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
         return view
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._on_read(nbytes)
+        self._on_read(nbytes, self.ctx.loop.time())
 
-    def _on_read(self, nbytes: int) -> None:
-        """``nbytes`` read into the buffer ``get_buffer`` offered (by the transport, or ``_direct_read``)."""
-        self.receive_into(nbytes, self.ctx.loop.time())
+    def _on_read(self, nbytes: int, now: float) -> None:
+        """``nbytes`` read at ``now`` into the buffer ``get_buffer`` offered (by the transport, or
+        ``_direct_read``)."""
+        self.receive_into(nbytes, now)
         out = self.out
         if out is not None and not self.dirty and type(out) is bytes:
             self.out = None  # a read's usual single answer (a PING's, a vw's): _sync, inlined
@@ -372,9 +373,10 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
         self._direct_paused = self._turn_paused or self.read_blocked()
         direct.add(self, fd, not self._direct_paused)
 
-    def _direct_read(self, events: int) -> None:
-        """The set found this socket ready (``events``): one read, as the transport's would be. At the
-        end of the socket (nothing read, an error, a hang-up) the transport takes the reading back."""
+    def _direct_read(self, events: int, now: float) -> None:
+        """The set found this socket ready (``events``) at ``now`` (the loop's time, read once per
+        wakeup): one read, as the transport's would be. At the end of the socket (nothing read, an
+        error, a hang-up) the transport takes the reading back."""
         fd = self._direct_fd
         if fd < 0 or self.closed:
             return
@@ -394,7 +396,7 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
                 except OSError:
                     n = -1
             if n > 0:
-                self._on_read(n)
+                self._on_read(n, now)
                 return
         paused = self._direct_paused
         self._leave_direct()
