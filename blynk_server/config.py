@@ -183,4 +183,14 @@ def load(config_file: Path | None = None, env: dict | None = None, overrides: di
     for name, value in (overrides or {}).items():
         if value is not None:
             values[name] = _convert(name, value)
-    return dataclasses.replace(Settings(), **values)
+    return check(dataclasses.replace(Settings(), **values))
+
+
+MAX_READ_COALESCE_MS = 1000.0  # a longer rest would near a fast heartbeat's read timeout (3 s at h-beat 1)
+
+
+def check(settings: Settings) -> Settings:
+    """Refuse a setting out of its range before anything starts (a clear error, not a half-started server)."""
+    if not 0 <= settings.read_coalesce_ms <= MAX_READ_COALESCE_MS:
+        raise ValueError(f"read_coalesce_ms must be 0..{MAX_READ_COALESCE_MS:g}, not {settings.read_coalesce_ms:g}")
+    return settings

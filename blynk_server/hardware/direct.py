@@ -40,6 +40,8 @@ import os
 import select
 import time
 
+from blynk_server.config import MAX_READ_COALESCE_MS
+
 try:
     import cython  # compiling: Cython's own; with Cython installed, its pure-Python stand-in
 except ImportError:  # no Cython here: this is the pure-Python twin
@@ -53,7 +55,6 @@ MAX_EVENTS = 1024
 MAX_ROUNDS = 48
 READABLE = 0x001  # EPOLLIN
 ENDED = 0x008 | 0x010  # EPOLLERR | EPOLLHUP: reported even with no events asked for
-MAX_COALESCE = 1.0  # seconds (settings.read_coalesce_ms): a longer rest would near a fast heartbeat's timeout (3 s)
 ADD, DELETE, MODIFY = 1, 2, 3  # epoll_ctl's operations (Linux's EPOLL_CTL_*), for the compiled twin
 
 
@@ -68,8 +69,8 @@ class DirectReads:
     __slots__ = ("loop", "_epoll", "_fd", "sessions", "_polling", "_left", "coalesce", "_gate", "_rest")
 
     def __init__(self, loop, coalesce: float = 0.0) -> None:
-        if not 0 <= coalesce <= MAX_COALESCE:
-            raise ValueError(f"read_coalesce_ms must be 0..{MAX_COALESCE * 1000:g}, not {coalesce * 1000:g}")
+        if not 0 <= coalesce * 1000 <= MAX_READ_COALESCE_MS:  # settings.read_coalesce_ms, in seconds
+            raise ValueError(f"read_coalesce_ms must be 0..{MAX_READ_COALESCE_MS:g}, not {coalesce * 1000:g}")
         self.loop = loop
         self._epoll = select.epoll()
         self._fd = self._epoll.fileno()

@@ -10,6 +10,7 @@ import asyncio
 
 import pytest
 
+from blynk_server import config
 from blynk_server.devclient import DeviceClient
 from blynk_server.hardware import direct, hotpath
 from blynk_server.model import Datastream
@@ -166,3 +167,13 @@ def test_a_rest_outside_0_to_1_s_is_refused(coalesce):
             hotpath.DirectReads(loop, coalesce)
     finally:
         loop.close()
+
+
+@pytest.mark.parametrize(("raw", "ok"), [("0", True), ("1", True), ("1000", True), ("1001", False), ("-1", False)])
+def test_the_rest_setting_is_checked_when_the_settings_load(raw, ok):
+    env = {"BLYNK_READ_COALESCE_MS": raw}
+    if ok:
+        assert config.load(env=env).read_coalesce_ms == float(raw)
+    else:
+        with pytest.raises(ValueError, match="read_coalesce_ms must be 0..1000"):
+            config.load(env=env)
