@@ -191,6 +191,11 @@ MAX_READ_COALESCE_MS = 1000.0  # a longer rest would near a fast heartbeat's rea
 
 def check(settings: Settings) -> Settings:
     """Refuse a setting out of its range before anything starts (a clear error, not a half-started server)."""
-    if not 0 <= settings.read_coalesce_ms <= MAX_READ_COALESCE_MS:
-        raise ValueError(f"read_coalesce_ms must be 0..{MAX_READ_COALESCE_MS:g}, not {settings.read_coalesce_ms:g}")
+    check_read_coalesce_ms(settings.read_coalesce_ms)
     return settings
+
+
+def check_read_coalesce_ms(ms: float) -> None:
+    """The range of ``read_coalesce_ms``: here when the settings load, and where the device set is made."""
+    if not 0 <= ms <= MAX_READ_COALESCE_MS:
+        raise ValueError(f"read_coalesce_ms must be 0..{MAX_READ_COALESCE_MS:g}, not {ms:g}")

@@ -40,7 +40,7 @@ import os
 import select
 import time
 
-from blynk_server.config import MAX_READ_COALESCE_MS
+from blynk_server.config import check_read_coalesce_ms
 
 try:
     import cython  # compiling: Cython's own; with Cython installed, its pure-Python stand-in
@@ -69,8 +69,7 @@ class DirectReads:
     __slots__ = ("loop", "_epoll", "_fd", "sessions", "_polling", "_left", "coalesce", "_gate", "_rest")
 
     def __init__(self, loop, coalesce: float = 0.0) -> None:
-        if not 0 <= coalesce * 1000 <= MAX_READ_COALESCE_MS:  # settings.read_coalesce_ms, in seconds
-            raise ValueError(f"read_coalesce_ms must be 0..{MAX_READ_COALESCE_MS:g}, not {coalesce * 1000:g}")
+        check_read_coalesce_ms(coalesce * 1000)  # settings.read_coalesce_ms, here in seconds
         self.loop = loop
         self._epoll = select.epoll()
         self._fd = self._epoll.fileno()
