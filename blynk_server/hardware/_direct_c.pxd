@@ -41,7 +41,7 @@ cdef extern from *:
 cdef class DirectReads:
     cdef public object loop
     cdef object _epoll
-    cdef int _fd
+    cdef readonly int _fd  # read by the tests, as _gate and _rest
     cdef public dict sessions
     cdef bint _polling
     cdef list _left

@@ -7,6 +7,8 @@ and with ``direct_reads`` off every transport reads its own socket."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import select
 
 import pytest
 
@@ -29,6 +31,18 @@ async def _device(server, name: str):
     return await server.provisioning.create_device(template.id, name)
 
 
+@contextlib.asynccontextmanager
+async def _logged_in(server, name: str):
+    """A device of a template of its own, logged in on the device port; closed at the end (closing a
+    client twice is harmless, so a test may close it first)."""
+    dev = await _device(server, name)
+    client = await DeviceClient.connect(*server.hardware.address, dev.token)
+    try:
+        yield dev, client
+    finally:
+        await client.close()
+
+
 def _offline(server, device_id: int) -> asyncio.Event:
     went = asyncio.Event()
     server.domain.on_device_offline.append(lambda d: d.id == device_id and went.set())
@@ -36,10 +50,8 @@ def _offline(server, device_id: int) -> asyncio.Event:
 
 
 async def _reads_from_the_set_until_the_device_closes(data_dir) -> None:
-    async with running(data_dir) as server:
-        dev = await _device(server, "direct")
+    async with running(data_dir) as server, _logged_in(server, "direct") as (dev, client):
         reads = server.hardware.context.direct
-        client = await DeviceClient.connect(*server.hardware.address, dev.token)
         session = server.hub.link(dev.id)
         assert session._direct_fd >= 0 and reads.sessions == {session._direct_fd: session}
         client.virtual_write(1, 42)
@@ -52,10 +64,8 @@ async def _reads_from_the_set_until_the_device_closes(data_dir) -> None:
 
 
 async def _a_replaced_session_leaves_the_set(data_dir) -> None:
-    async with running(data_dir) as server:
-        dev = await _device(server, "twice")
+    async with running(data_dir) as server, _logged_in(server, "twice") as (dev, _):
         reads = server.hardware.context.direct
-        first = await DeviceClient.connect(*server.hardware.address, dev.token)
         older = server.hub.link(dev.id)
         second = await DeviceClient.connect(*server.hardware.address, dev.token)  # closes the older one
         newer = server.hub.link(dev.id)
@@ -64,24 +74,18 @@ async def _a_replaced_session_leaves_the_set(data_dir) -> None:
             assert list(reads.sessions.values()) == [newer]
             assert await second.ping() == Status.SUCCESS
         finally:
-            await first.close()
             await second.close()
 
 
 async def _a_burst_waits_its_turn_and_is_answered_whole(data_dir) -> None:
     """More than one read's worth at once: the session pauses its events in the set for its turn, and
     resumes them, and every frame is answered in order."""
-    async with running(data_dir, message_rate=1e6) as server:
-        dev = await _device(server, "burst")
-        client = await DeviceClient.connect(*server.hardware.address, dev.token)
-        try:
-            burst = 2000  # 10,000 bytes: three reads of recv_buffer (4,096)
-            client.send_raw(b"".join(encode_frame(Command.PING, i) for i in range(1, burst + 1)))
-            answers = [await client.recv() for _ in range(burst)]
-            assert answers == [(Command.RESPONSE, i, Status.SUCCESS) for i in range(1, burst + 1)]
-            assert server.hub.link(dev.id)._direct_fd >= 0
-        finally:
-            await client.close()
+    async with running(data_dir, message_rate=1e6) as server, _logged_in(server, "burst") as (dev, client):
+        burst = 2000  # 10,000 bytes: three reads of recv_buffer (4,096)
+        client.send_raw(b"".join(encode_frame(Command.PING, i) for i in range(1, burst + 1)))
+        answers = [await client.recv() for _ in range(burst)]
+        assert answers == [(Command.RESPONSE, i, Status.SUCCESS) for i in range(1, burst + 1)]
+        assert server.hub.link(dev.id)._direct_fd >= 0
 
 
 def _end_rest(reads) -> None:
@@ -94,40 +98,30 @@ async def _a_set_that_read_rests_and_then_reads_what_came(data_dir) -> None:
     """Coalescing: after a wakeup that read, the set is not watched until its rest ends (a timer, ended
     here by the test, long before its 1 s); what came meanwhile is read then, and the set
     rests again. An idle set is read at once: the first ping is answered without a rest's end."""
-    async with running(data_dir, read_coalesce_ms=1000) as server:
-        dev = await _device(server, "rests")
+    async with running(data_dir, read_coalesce_ms=1000) as server, _logged_in(server, "rests") as (dev, client):
         reads = server.hardware.context.direct
-        client = await DeviceClient.connect(*server.hardware.address, dev.token)
-        try:
-            if reads._rest is not None:  # the info message after the login was read from the set
-                _end_rest(reads)
-            assert reads._rest is None  # that poll read nothing: the set is watched again
-            assert await client.ping() == Status.SUCCESS  # read at once
-            rest = reads._rest
-            assert rest is not None  # it read: it rests
-            client.virtual_write(1, 42)
-            pong = asyncio.ensure_future(client.ping())
-            for _ in range(20):  # loop turns: the bytes are on the socket, and nothing reads them
-                await asyncio.sleep(0)
-            values = server.domain.device_by_token(dev.token).values
-            assert not pong.done() and "v1" not in values
+        if reads._rest is not None:  # the info message after the login was read from the set
             _end_rest(reads)
-            assert await pong == Status.SUCCESS and values["v1"][0] == b"42"
-            assert reads._rest is not None and reads._rest is not rest  # it read again: another rest
-        finally:
-            await client.close()
+        assert reads._rest is None  # that poll read nothing: the set is watched again
+        assert await client.ping() == Status.SUCCESS  # read at once
+        rest = reads._rest
+        assert rest is not None  # it read: it rests
+        client.virtual_write(1, 42)  # on the server's socket once sent (loopback)
+        assert select.select([reads._fd], [], [], 5)[0] == [reads._fd]  # the set holds a ready socket...
+        assert reads._gate.poll(0) == []  # ... and the loop, watching the gate, is not woken for it
+        values = server.domain.device_by_token(dev.token).values
+        assert "v1" not in values
+        _end_rest(reads)
+        assert values["v1"][0] == b"42"  # read by the poll that ended the rest
+        assert reads._rest is not None and reads._rest is not rest  # it read again: another rest
+        assert await client.ping() == Status.SUCCESS
 
 
 async def _no_rest_with_coalescing_off(data_dir) -> None:
-    async with running(data_dir, read_coalesce_ms=0) as server:
-        dev = await _device(server, "norest")
+    async with running(data_dir, read_coalesce_ms=0) as server, _logged_in(server, "norest") as (_, client):
         reads = server.hardware.context.direct
-        client = await DeviceClient.connect(*server.hardware.address, dev.token)
-        try:
-            assert await client.ping() == Status.SUCCESS
-            assert reads._gate is None and reads._rest is None
-        finally:
-            await client.close()
+        assert await client.ping() == Status.SUCCESS
+        assert reads._gate is None and reads._rest is None
 
 
 async def _off_every_transport_reads_its_own(data_dir) -> None:
