@@ -77,6 +77,7 @@ class Settings:
     http_connections_per_ip: int = 64  # concurrent HTTP connections from one IP on the device port
     http_request_rate: float = 50.0  # device API requests/s per token (blynk.cloud: 50 req/s per device)
     http_request_burst: int = 100  # requests one token may make at once
+    http_short_path: bool = True  # plain GET /external/api/update answered before aiohttp (http/shortpath.py)
     data_get_max_points: int = 10_000  # raw points or buckets one data/get call returns at most
     data_export_ttl: float = 3600.0  # seconds a data/get FILE link (or a legacy data/{pin} file) stays valid
     data_export_max_files: int = 100  # export files kept at once; over it the oldest are removed

@@ -331,6 +331,11 @@ def _http(h: HttpStats) -> Iterator[Metric]:
     yield CounterMetricFamily(
         "blynk_http_throttled", "Device API requests answered 429: over the per-device rate", value=h.throttled
     )
+    yield CounterMetricFamily(
+        "blynk_http_short_path",
+        "Device API update requests answered by the short path, not aiohttp (also in blynk_http_requests)",
+        value=h.short_path,
+    )
 
 
 def build_registry(sources: Sources) -> CollectorRegistry:

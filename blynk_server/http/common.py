@@ -23,6 +23,7 @@ PIN_RE = re.compile(r"^([vVdDaA])([0-9]{1,3})$")  # ASCII digits only (``\d`` ta
 # each would be a new label value).
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 INT64_MAX = 2**63 - 1
+INTERNAL_ERROR = "Internal server error."
 MAX_BATCH = 10_000  # points in one batch/update or legacy extra/pin body  # JSON integers beyond SQLite's 64-bit range are refused, never stored
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -96,6 +97,17 @@ class LogBudget:
         self._used += 1
         dropped, self._dropped = self._dropped, 0
         return dropped
+
+
+_refused_log = LogBudget()  # refused requests are logged at most 20 per 10 s (a bad-token flood is one line)
+
+
+def log_refused(route: str, error: ApiError) -> None:
+    """One line for a refused request, rate-limited (``_refused_log``); ``route`` is the route's pattern,
+    never the path (legacy paths hold the token)."""
+    if (dropped := _refused_log.take(time.monotonic())) is not None:
+        more = f" ({dropped} more not logged)" if dropped else ""
+        log.info("http error route=%s status=%d message=%s%s", route, error.status, error.message, more)
 
 
 def route_name(request: web.Request) -> str:

@@ -121,6 +121,22 @@ def _write(domain: Domain, dev: DeviceState, pin: Pin, values: list[str]) -> Non
         raise ApiError(str(exc)) from None
 
 
+def update_pins(domain: Domain, dev: DeviceState, q: MultiDictProxy) -> None:
+    """``update``: the pins its query names (``&v1=..``, or ``pin=``/``dataStreamId=`` with ``value=``)
+    written and delivered; ApiError with Blynk's message otherwise. Also the HTTP short path's."""
+    if "pin" in q or "dataStreamId" in q:
+        values = q.getall("value", [])
+        if not values:
+            raise ApiError("Wrong request format.")
+        _write(domain, dev, _pin_param(domain, dev, q), values)
+        return
+    pins = _bare_pins(q, {"token"})
+    if not pins:
+        raise ApiError("Wrong pin format.")
+    for name, pin in pins:
+        _write(domain, dev, pin, q.getall(name))
+
+
 class DailyPoints:
     """Timestamped points each device imported today (UTC), for ``batch_points_per_day``: kept in memory
     (a restart starts the day's count again), one entry per device that imported today."""
@@ -206,19 +222,7 @@ def add_routes(
         return web.json_response(out)
 
     async def update(request: web.Request) -> web.Response:
-        q = request.query
-        dev = _device(domain, request)
-        if "pin" in q or "dataStreamId" in q:
-            values = q.getall("value", [])
-            if not values:
-                raise ApiError("Wrong request format.")
-            _write(domain, dev, _pin_param(domain, dev, q), values)
-            return web.Response(text="")
-        pins = _bare_pins(q, {"token"})
-        if not pins:
-            raise ApiError("Wrong pin format.")
-        for name, pin in pins:
-            _write(domain, dev, pin, q.getall(name))
+        update_pins(domain, _device(domain, request), request.query)
         return web.Response(text="")
 
     async def batch_update(request: web.Request) -> web.Response:
@@ -476,4 +480,4 @@ def _csv_value(value: object) -> object:
     return value
 
 
-__all__ = ["add_routes", "json_error"]
+__all__ = ["add_routes", "json_error", "update_pins"]

@@ -3,7 +3,8 @@
 The device app has no listening socket of its own: the hardware listener sniffs the first bytes of
 a connection and, for HTTP, swaps in a protocol made by ``http_handoff`` on the same transport. That
 factory makes ``limits.GuardedHandler`` (aiohttp's ``RequestHandler`` plus the per-IP connection cap
-and the header-read timeout) for the ``AppRunner``'s low-level server, with the keep-alive timeout.
+and the header-read timeout) for the ``AppRunner``'s low-level server, with the keep-alive timeout,
+and gives it the short path of ``update`` requests (``shortpath.UpdateShortPath``) when it is on.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 from collections.abc import Callable, Iterable
 
 from aiohttp import web
@@ -23,8 +23,17 @@ from blynk_server.export import Exports
 from blynk_server.hardware.hotpath import HardwareSession
 from blynk_server.http import device_api, legacy_api, websocket
 from blynk_server.http import files as file_routes
-from blynk_server.http.common import ApiError, Handler, LogBudget, counted, json_error, route_name
+from blynk_server.http.common import (
+    INTERNAL_ERROR,
+    ApiError,
+    Handler,
+    counted,
+    json_error,
+    log_refused,
+    route_name,
+)
 from blynk_server.http.limits import REQUEST_RATE, ConnectionGuard, GuardedHandler, RequestRate, Throttled
+from blynk_server.http.shortpath import UpdateShortPath
 from blynk_server.http.stats import HttpStats
 from blynk_server.hub import Hub
 from blynk_server.mailer import Mailer
@@ -34,10 +43,7 @@ from blynk_server.uploads import Uploads
 
 log = logging.getLogger(__name__)
 DEVICE_APP_MAX_BODY = 4 * 1024 * 1024  # a 10,000-point batch fits with room to spare
-
-
-INTERNAL_ERROR = "Internal server error."
-_error_log = LogBudget()  # refused requests are logged at most 20 per 10 s (a bad-token flood is one line)
+SHORT_PATH = web.AppKey("short_path", UpdateShortPath)  # set when settings.http_short_path
 
 
 def device_handler(stats: HttpStats, handle: Handler) -> Handler:
@@ -77,9 +83,8 @@ def error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
             response = web.Response(text=exc.message, status=exc.status)
         if isinstance(exc, Throttled):
             response.headers["Retry-After"] = str(exc.retry_after)  # counted in metrics, not logged
-        elif (dropped := _error_log.take(time.monotonic())) is not None:
-            more = f" ({dropped} more not logged)" if dropped else ""
-            log.info("http error route=%s status=%d message=%s%s", route_name(request), exc.status, exc.message, more)
+        else:
+            log_refused(route_name(request), exc)
         return response
     if isinstance(exc, web.HTTPException):
         if exc.status >= 400 and external:
@@ -109,7 +114,9 @@ def build_device_app(
     ``extensions`` add other routes (the Platform API when enabled) before the legacy catch-alls.
     It has no middleware: ``HttpFrontend`` serves it through ``device_handler`` (errors, metrics)."""
     app = web.Application(client_max_size=DEVICE_APP_MAX_BODY)
-    app[REQUEST_RATE] = RequestRate(settings.http_request_rate, settings.http_request_burst, stats)
+    app[REQUEST_RATE] = rate = RequestRate(settings.http_request_rate, settings.http_request_burst, stats)
+    if settings.http_short_path:
+        app[SHORT_PATH] = UpdateShortPath(domain, rate, stats)
     websocket.add_routes(app, new_session, settings.max_frame)
     files = device_api.Files(exports, uploads, settings.external_url)
     device_api.add_routes(app, domain, hub, settings.data_get_max_points, files, settings.batch_points_per_day)
@@ -145,6 +152,7 @@ class HttpFrontend:
             guard=ConnectionGuard(s.http_connections_per_ip, self.stats),
             header_timeout=s.http_header_timeout,
             stats=self.stats,
+            short=self._runner.app.get(SHORT_PATH),
             loop=asyncio.get_running_loop(),
             keepalive_timeout=s.http_keepalive_timeout,
             access_log=None,

@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -52,6 +52,13 @@ REFUSED_RESPONSE = (
     b"Connection: close\r\n"
     b"Content-Length: " + str(len(_REFUSED_BODY)).encode() + b"\r\n\r\n" + _REFUSED_BODY
 )
+
+
+class ShortPath(Protocol):
+    """What answers some requests before aiohttp (``shortpath.UpdateShortPath``)."""
+
+    def answer(self, data: bytes) -> bytes | None:
+        """The answer to the request ``data`` holds, given; None: aiohttp's to answer."""
 
 
 class ConnectionGuard:
@@ -92,14 +99,23 @@ class GuardedHandler(RequestHandler):
         "_header_timeout",
         "_header_timer",
         "_ip",
+        "_short",
         "_stats",
     )
 
     def __init__(
-        self, manager: Server, *, guard: ConnectionGuard, header_timeout: float, stats: HttpStats, **kwargs: Any
+        self,
+        manager: Server,
+        *,
+        guard: ConnectionGuard,
+        header_timeout: float,
+        stats: HttpStats,
+        short: ShortPath | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(manager, **kwargs)
         self._guard = guard
+        self._short = short  # offered each chunk until aiohttp has read one: then aiohttp reads them all
         self._header_timeout = header_timeout
         self._header_timer: asyncio.TimerHandle | None = None
         self._ip: str | None = None  # set once admitted: a refused connection never reaches aiohttp
@@ -126,6 +142,14 @@ class GuardedHandler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if self._ip is None:
             return
+        if self._short is not None:
+            answer = self._short.answer(data)
+            if answer is not None and self.transport is not None:
+                self.transport.write(answer)
+                self._idle_again()
+                return
+            # aiohttp's parser takes this connection from here on: it may hold part of a request now.
+            self._short = None
         parsed = self._request_count
         super().data_received(data)
         if self._request_count != parsed:
@@ -153,6 +177,14 @@ class GuardedHandler(RequestHandler):
         self._guard.release(self._ip)
         self._ip = None
         super().connection_lost(exc)
+
+    def _idle_again(self) -> None:
+        """After a short-path answer, the keep-alive timeout runs again from now, as after aiohttp's."""
+        if self._keepalive_timeout > 0:
+            close_time = self._loop.time() + self._keepalive_timeout
+            self._next_keepalive_close_time = close_time
+            if self._keepalive_handle is None:
+                self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
 
     def _arm_header_timer(self) -> None:
         if self._header_timeout > 0:
@@ -264,12 +296,17 @@ REQUEST_RATE = web.AppKey("request_rate", RequestRate)
 
 
 def token_device(domain: Domain, request: web.Request, token: str | None) -> DeviceState:
-    """The device a request names by ``token`` (query or path), as a login would find it (an expired
-    provision token opens nothing), after spending one request of its rate (``http_request_rate``)."""
+    """The device a request names by ``token`` (query or path): ``rated_device`` with the app's rate."""
+    return rated_device(domain, request.app[REQUEST_RATE], token)
+
+
+def rated_device(domain: Domain, rate: RequestRate, token: str | None) -> DeviceState:
+    """The device of ``token``, as a login would find it (an expired provision token opens nothing),
+    after spending one request of its rate (``http_request_rate``); ApiError or Throttled otherwise."""
     if not token:
         raise ApiError("No token provided.")
     dev = domain.authenticate(token)
     if dev is None:
         raise ApiError("Invalid token.")
-    request.app[REQUEST_RATE].check(dev.id, time.monotonic())
+    rate.check(dev.id, time.monotonic())
     return dev

@@ -20,6 +20,7 @@ class HttpStats:
         "body_timeouts",
         "bad_requests",
         "throttled",
+        "short_path",
     )
 
     def __init__(self) -> None:
@@ -33,6 +34,7 @@ class HttpStats:
         self.body_timeouts = 0  # closed for sending a request body slower than limits.MIN_BODY_RATE
         self.bad_requests = 0  # requests aiohttp could not parse (answered 4xx by aiohttp, then closed)
         self.throttled = 0  # device API requests answered 429 (over http_request_rate)
+        self.short_path = 0  # requests answered by http/shortpath.py, not aiohttp (counted in requests too)
 
     def observe(self, app: str, route: str, method: str, status: int, seconds: float) -> None:
         key = (app, route, method, status)
