@@ -92,6 +92,8 @@ async def test_metrics_exact_after_known_traffic(make_server):
         value(m, "blynk_http_requests_total", app="device", route="/external/api/update", method="GET", status="200")
         == 1
     )
+    # 0: that update came on the keep-alive connection of the three gets, which aiohttp had read
+    assert value(m, "blynk_http_short_path_total") == 0
     assert value(m, "blynk_http_request_duration_seconds_count", app="device", route="/external/api/get") == 3
     assert (
         value(m, "blynk_http_request_duration_seconds_bucket", app="device", route="/external/api/get", le="+Inf") == 3
