@@ -1,12 +1,20 @@
 # The compiled twin of pinwrite.py (Cython's pure-Python mode: that file is the source, this one its
-# types). DeviceState and PinWriter are extension types (the write reads the state's fields as C fields);
-# ``write`` and ``coerce_value`` are C functions to each other and Python ones to everyone else, and
-# coerce_value's number a C double. A field or method added there must be declared here too.
+# types). DomainStats, DeviceState and PinWriter are extension types (the write reads the state's fields
+# and adds to the counters as C fields); ``write`` and ``coerce_value`` are C functions to each other and
+# Python ones to everyone else, and coerce_value's number a C double. A field or method added there must
+# be declared here too.
 
 cimport cython
 
 
+cdef class DomainStats:
+    cdef public long long writes, invalid_writes, events, events_rejected, events_undeclared
+    cdef public long long properties_rejected, meta_rejected, http_writes_delivered
+    cdef public long long info_cache_bytes, info_cache_entries
+
+
 cdef class DeviceState:
+    cdef readonly long long id
     cdef public object record, template
     cdef public dict values, properties, meta, last_event_ms
     cdef public object events_day, events_today
@@ -14,7 +22,8 @@ cdef class DeviceState:
 
 
 cdef class PinWriter:
-    cdef public object store, stats, reactions
+    cdef public object store, reactions
+    cdef public DomainStats stats
 
     @cython.locals(datastreams=dict, values=dict)
     cpdef object write(self, DeviceState dev, str key, object raw, object ts)

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 (_pinwrite,), PINWRITE_IMPLEMENTATION = twins.select([("blynk_server._pinwrite_c", "blynk_server.pinwrite")])
 PinWriter = _pinwrite.PinWriter
 DeviceState = _pinwrite.DeviceState  # a device as the running server sees it; the pin writer's class
+DomainStats = _pinwrite.DomainStats  # the domain's counters; the pin writer's class (C integers compiled)
 coerce_value = _pinwrite.coerce_value
 check_ts = _pinwrite.check_ts
 
@@ -115,35 +116,6 @@ def check_text(text: str, limit: int, what: str) -> None:
         raise InvalidValue(f"{what} is not valid UTF-8.") from None
     if size > limit:
         raise LimitExceeded(f"{what} is longer than {limit} bytes.")
-
-
-class DomainStats:
-    """Plain counters; the metrics collector reads them at scrape time."""
-
-    __slots__ = (
-        "writes",
-        "invalid_writes",
-        "events",
-        "events_rejected",
-        "events_undeclared",
-        "properties_rejected",
-        "meta_rejected",
-        "http_writes_delivered",
-        "info_cache_bytes",
-        "info_cache_entries",
-    )
-
-    def __init__(self) -> None:
-        self.writes = 0
-        self.invalid_writes = 0  # includes out-of-range timestamps
-        self.events = 0
-        self.events_rejected = 0  # every refused event, undeclared codes included
-        self.events_undeclared = 0
-        self.properties_rejected = 0
-        self.meta_rejected = 0
-        self.http_writes_delivered = 0
-        self.info_cache_bytes = 0  # estimated bytes of the shared info messages (gauge)
-        self.info_cache_entries = 0
 
 
 def _info_cost(as_json: str) -> int:

@@ -1,6 +1,6 @@
 """A device's pin write, the telemetry hot path: the device it changes (``DeviceState``), the value's
 rules (``coerce_value``) and the write itself (``PinWriter.write``: the pin's value, its write-behind
-rows, the count, the reaction it may cause). ``Domain`` holds one ``DeviceState`` per device and one
+rows, the count, the reaction it may cause) and the domain's counters (``DomainStats``). ``Domain`` holds one ``DeviceState`` per device and one
 ``PinWriter``, and every pin write goes through it; the device core calls it once per well-formed write.
 
 Cython builds the compiled twin ``_pinwrite_c`` from this file (``_pinwrite_c.pxd``: ``DeviceState`` and
@@ -81,11 +81,42 @@ def coerce_value(ds: Datastream | None, raw: bytes) -> bytes:
     return raw.strip() if clamped == x else _format_number(clamped)
 
 
+class DomainStats:
+    """The domain's counters; the metrics collector reads them at scrape time. Here, not in domain.py,
+    so that compiled they are C integers the pin write adds to without an attribute lookup."""
+
+    __slots__ = (
+        "writes",
+        "invalid_writes",
+        "events",
+        "events_rejected",
+        "events_undeclared",
+        "properties_rejected",
+        "meta_rejected",
+        "http_writes_delivered",
+        "info_cache_bytes",
+        "info_cache_entries",
+    )
+
+    def __init__(self) -> None:
+        self.writes = 0
+        self.invalid_writes = 0  # includes out-of-range timestamps
+        self.events = 0
+        self.events_rejected = 0  # every refused event, undeclared codes included
+        self.events_undeclared = 0
+        self.properties_rejected = 0
+        self.meta_rejected = 0
+        self.http_writes_delivered = 0
+        self.info_cache_bytes = 0  # estimated bytes of the shared info messages (gauge)
+        self.info_cache_entries = 0
+
+
 class DeviceState:
     """A device as the running server sees it. ``__slots__`` is for the pure twin (compiled, the layout
     is ``_pinwrite_c.pxd``'s and ``__slots__`` only a class attribute)."""
 
     __slots__ = (
+        "id",
         "record",
         "template",
         "values",
@@ -99,6 +130,7 @@ class DeviceState:
     )
 
     def __init__(self, record: DeviceRecord, template: Template) -> None:
+        self.id: int = record.id  # a device's id never changes; compiled, a C field
         self.record = record
         self.template = template
         self.values: dict[str, tuple[bytes, int]] = {}  # pin key -> (value, ts ms)
@@ -109,10 +141,6 @@ class DeviceState:
         self.events_day = 0  # the UTC day (ms // DAY_MS) events_today counts
         self.events_today = 0
         self.deleted = False  # removed by provisioning: writes still under way are dropped
-
-    @property
-    def id(self) -> int:
-        return self.record.id
 
     @property
     def token(self) -> str:
@@ -148,7 +176,7 @@ class PinWriter:
         row = (value, ts)
         values = dev.values
         values[key] = row
-        device_id = dev.record.id
+        device_id = dev.id
         self.store.put_row(device_id, key, row)
         if ds is not None and ds.history:
             self.store.put_history(device_id, key, ts, value)

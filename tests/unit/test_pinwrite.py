@@ -78,11 +78,6 @@ class Store:
         self.history.append((device_id, pin, ts, value))
 
 
-class Stats:
-    writes = 0
-    invalid_writes = 0
-
-
 class Reactions:
     depth = 0
 
@@ -109,7 +104,7 @@ def device(pinwrite):
 
 
 def writer(pinwrite, watched=()):
-    store, stats, reactions = Store(), Stats(), Reactions(watched)
+    store, stats, reactions = Store(), pinwrite.DomainStats(), Reactions(watched)
     return pinwrite.PinWriter(store, stats, reactions), store, stats, reactions
 
 
