@@ -32,3 +32,5 @@ cdef class PinWriter:
 @cython.locals(x=cython.double, clamped=cython.double, integral=cython.bint)
 cpdef object coerce_value(object ds, object raw)
 cpdef object check_ts(object ts)
+@cython.locals(n=Py_ssize_t, start=Py_ssize_t, i=Py_ssize_t, c=cython.uchar)
+cdef bint _canonical_int(bytes raw)

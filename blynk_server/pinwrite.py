@@ -77,8 +77,26 @@ def coerce_value(ds: Datastream | None, raw: bytes) -> bytes:
     if high is not None and clamped > high:
         clamped = high
     if integral:
+        if clamped == x and type(raw) is bytes and _canonical_int(raw):
+            return raw  # already as str(int) writes it: kept, not made again
         return str(int(clamped)).encode()
     return raw.strip() if clamped == x else _format_number(clamped)
+
+
+def _canonical_int(raw: bytes) -> bool:
+    """``raw`` is an integer as ``str(int)`` writes it (``-12``, ``0``; no sign ``+``, no leading zero,
+    no space) of at most 15 digits, which a double holds exactly: ``str(int(float(raw)))`` is ``raw``."""
+    n = len(raw)
+    start = 1 if n > 1 and raw[0] == 45 else 0  # b"-"
+    if n == start or n - start > 15:
+        return False
+    if raw[start] == 48:  # b"0": only "0" itself
+        return n == 1
+    for i in range(start, n):
+        c = raw[i]
+        if c < 48 or c > 57:
+            return False
+    return True
 
 
 class DomainStats:

@@ -58,6 +58,19 @@ def test_a_value_is_stored_as_its_datastream_says(pinwrite, ds, raw, stored):
     assert pinwrite.coerce_value(ds, raw) == stored
 
 
+INTEGERS = [b"42", b"-42", b"0", b"-0", b"007", b"-007", b"+5", b" 5", b"5 ", b"9" * 15, b"-" + b"9" * 15]
+INTEGERS += [b"9" * 16, b"1234567890123456789", b"5.0", b"1e3", b"0x10".replace(b"x", b"")]
+
+
+@pytest.mark.parametrize("raw", INTEGERS)
+def test_an_integer_is_stored_as_str_of_int_writes_it(pinwrite, raw):
+    """An int datastream stores ``str(int(...))`` of the parsed number; a value already written that
+    way (at most 15 digits: a double holds it exactly) is kept as it came, the same object."""
+    stored = pinwrite.coerce_value(INT, raw)
+    assert stored == str(int(float(raw))).encode()
+    assert (stored is raw) == (stored == raw)
+
+
 @pytest.mark.parametrize(("ds", "raw"), REFUSED)
 def test_a_value_its_datastream_refuses(pinwrite, ds, raw):
     with pytest.raises(InvalidValue):
