@@ -14,7 +14,7 @@ cdef class DomainStats:
 
 
 cdef class DeviceState:
-    cdef readonly long long id
+    cdef readonly object id  # the record's int object, shared: a C integer would make one per read
     cdef public object record, template
     cdef public dict values, properties, meta, last_event_ms
     cdef public object events_day, events_today
