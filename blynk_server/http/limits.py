@@ -143,9 +143,12 @@ class GuardedHandler(RequestHandler):
         if self._ip is None:
             return
         if self._short is not None:
-            answer = self._short.answer(data)
-            if answer is not None and self.transport is not None:
-                self.transport.write(answer)
+            # A client that does not read its answers (writing paused) is aiohttp's, which waits for the
+            # answers to drain before it reads the next request: the short path writes and moves on.
+            transport = self.transport
+            answer = None if self.writing_paused or transport is None else self._short.answer(data)
+            if answer is not None:
+                transport.write(answer)
                 self._idle_again()
                 return
             # aiohttp's parser takes this connection from here on: it may hold part of a request now.

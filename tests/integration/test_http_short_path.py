@@ -152,6 +152,28 @@ async def test_after_aiohttp_has_read_a_connection_it_reads_the_rest(tmp_path):
         assert srv.http.stats.short_path == 0
 
 
+async def test_a_client_that_does_not_read_its_answers_is_aiohttps(tmp_path):
+    """With the connection's writing paused (its answers not read), the next request goes to aiohttp,
+    whose answer waits for the client to read: the short path never writes past the transport's limit."""
+    async with running(tmp_path / "short") as srv:
+        dev = await _device(srv)
+        client = await DeviceClient.connect(*srv.hardware.address, dev.token)
+        reader, writer = await asyncio.open_connection(*srv.hardware.address)
+        try:
+            writer.write(_get(f"token={dev.token}&v1=1"))
+            assert (await _answer(reader))[0] == OK
+            (handler,) = srv.http._runner.server.connections
+            handler.pause_writing()  # what the transport does over its high-water mark
+            writer.write(_get(f"token={dev.token}&v1=2"))
+            await client.expect(lambda f: f[0] == Command.HARDWARE and f[-1] == b"vw\x001\x002")  # handled
+            handler.resume_writing()
+            assert (await _answer(reader))[0] == OK
+            assert srv.http.stats.short_path == 1
+        finally:
+            writer.close()
+            await client.close()
+
+
 async def test_an_idle_connection_is_closed_after_the_keepalive_timeout(tmp_path):
     async with running(tmp_path / "short", http_keepalive_timeout=0.2) as srv:
         dev = await _device(srv)
