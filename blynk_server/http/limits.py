@@ -2,7 +2,7 @@
 concurrent connections per IP, and the per-device request rate of the device API.
 
 The hardware listener hands an HTTP connection to a protocol made by ``HttpFrontend``'s factory;
-that protocol is ``GuardedHandler``, aiohttp's ``RequestHandler`` with three additions:
+that protocol is ``GuardedHandler``, aiohttp's ``RequestHandler`` with these additions:
 
 * a connection over the per-IP cap is answered ``429`` at once and closed (the request is not read);
 * a timer runs from the first byte of each request (the connection's start for the first one) until
@@ -11,7 +11,9 @@ that protocol is ``GuardedHandler``, aiohttp's ``RequestHandler`` with three add
 * a request body must then come at ``MIN_BODY_RATE`` bytes/s on average, after a grace of the same
   timeout (checked every such period), or the connection is closed: a stalled body is closed within
   two periods, and trickling costs the sender real bandwidth;
-* aiohttp's own keep-alive timer, given ``http_keepalive_timeout``, closes idle connections.
+* aiohttp's own keep-alive timer, given ``http_keepalive_timeout``, closes idle connections;
+* each chunk is first offered to the short path of plain ``update`` requests (``shortpath.py``) until
+  one is not its kind (or the client stops reading its answers): from then on aiohttp reads them all.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ chunk a connection receives to ``UpdateShortPath.answer`` first. A chunk that is
 request in its plainest form is answered here: the same rules (``rated_device``, ``update_pins``), the
 same bytes as aiohttp's answer, counted and logged the same way. Anything else (another path or method,
 a request split over two reads or two in one, a header that changes how a request is read or answered,
-anything aiohttp might refuse) returns None, and from then on aiohttp reads that connection as before.
+anything aiohttp might refuse) returns None, and from then on aiohttp reads that connection as before;
+so does a chunk that comes while the client is not reading its answers (``GuardedHandler``).
 """
 
 from __future__ import annotations
