@@ -22,6 +22,7 @@ from http import HTTPStatus
 
 from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.http_parser import SINGLETON_HEADERS
 from yarl import URL
 
 from blynk_server.domain import Domain
@@ -33,6 +34,7 @@ from blynk_server.http.stats import HttpStats
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 8190  # aiohttp's limit of a request line: a longer head is aiohttp's to answer
+MAX_HEADERS = 128  # aiohttp's limit of header lines: more are aiohttp's to refuse
 # The request line: a target of RFC 3986 characters only (no fragment), HTTP/1.1 (1.0 is not kept alive).
 _REQUEST_LINE = re.compile(rb"GET (/external/api/update/?)\?([A-Za-z0-9._~!$&'()*+,;=:@/?%-]*) HTTP/1\.1")
 # A header line: a token, a colon, visible ASCII, spaces and tabs (no obs-fold, no obs-text).
@@ -41,21 +43,30 @@ _HEADER = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[\t\x20-\x7e]*")
 HANDED_OVER = frozenset(
     {b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"expect", b"te", b"keep-alive"}
 )
+_SINGLETONS = frozenset(name.encode() for name in SINGLETON_HEADERS)  # aiohttp refuses two of one (400)
 
 
 def parse_head(data: bytes) -> tuple[str, str] | None:
     """The route and the query string of ``data`` when it is exactly one ``update`` request the short
-    path takes (its head and nothing more), else None."""
+    path takes (its head and nothing more, one ``Host``, no header aiohttp allows once given twice),
+    else None."""
     if len(data) > MAX_HEAD or not data.endswith(b"\r\n\r\n"):
         return None
     lines = data[:-4].split(b"\r\n")  # a second request in ``data`` leaves an empty line: no header
     request = _REQUEST_LINE.fullmatch(lines[0])
-    if request is None:
+    if request is None or len(lines) > MAX_HEADERS + 1:
         return None
+    seen = set()
     for line in lines[1:]:
         header = _HEADER.fullmatch(line)
-        if header is None or header[1].lower() in HANDED_OVER:
+        if header is None:
             return None
+        name = header[1].lower()
+        if name in HANDED_OVER or (name in seen and name in _SINGLETONS):
+            return None
+        seen.add(name)
+    if b"host" not in seen:  # aiohttp refuses an HTTP/1.1 request without one
+        return None
     return request[1].decode(), request[2].decode()
 
 

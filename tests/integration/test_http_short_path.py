@@ -116,8 +116,10 @@ async def test_throttled_answer_matches_aiohttps(tmp_path):
         (_get("token={token}&v1=9").replace(b"HTTP/1.1", b"HTTP/1.0"), b"HTTP/1.0 200 OK"),
         (_get("token={token}&v1=9#frag"), OK),
         (_get("token={token}&v1=9", "Host: x\r\nX-Odd : y\r\n"), b"HTTP/1.0 400 Bad Request"),
+        (_get("token={token}&v1=9", "Accept: */*\r\n"), b"HTTP/1.0 400 Bad Request"),
+        (_get("token={token}&v1=9", "Host: x\r\nHost: y\r\n"), b"HTTP/1.0 400 Bad Request"),
     ],
-    ids=["connection-close", "content-length", "http-1.0", "fragment", "malformed-header"],
+    ids=["connection-close", "content-length", "http-1.0", "fragment", "malformed-header", "no-host", "two-hosts"],
 )
 async def test_what_the_short_path_does_not_take_aiohttp_answers(tmp_path, request_, status):
     async with running(tmp_path / "short") as srv:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from blynk_server.http.shortpath import MAX_HEAD, parse_head
+from blynk_server.http.shortpath import MAX_HEAD, MAX_HEADERS, parse_head
 
 PLAIN = b"GET /external/api/update?token=abc&v1=1 HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -13,17 +13,27 @@ PLAIN = b"GET /external/api/update?token=abc&v1=1 HTTP/1.1\r\nHost: x\r\n\r\n"
     ("data", "head"),
     [
         (PLAIN, ("/external/api/update", "token=abc&v1=1")),
-        (b"GET /external/api/update/?token=a&V1=%20+ HTTP/1.1\r\n\r\n", ("/external/api/update/", "token=a&V1=%20+")),
+        (
+            b"GET /external/api/update/?token=a&V1=%20+ HTTP/1.1\r\nhost: x\r\n\r\n",
+            ("/external/api/update/", "token=a&V1=%20+"),
+        ),
         (
             b"GET /external/api/update?token=a&v1=1 HTTP/1.1\r\nHost: x\r\nUser-Agent: curl/8.5\r\nAccept: */*\r\n\r\n",
             ("/external/api/update", "token=a&v1=1"),
         ),
-        (b"GET /external/api/update?token=a HTTP/1.1\r\nAccept:\t*/* \r\n\r\n", ("/external/api/update", "token=a")),
+        (
+            b"GET /external/api/update?token=a HTTP/1.1\r\nHost: x\r\nAccept:\t*/* \r\nX: 1\r\nX: 2\r\n\r\n",
+            ("/external/api/update", "token=a"),
+        ),
     ],
-    ids=["plain", "trailing-slash", "curl", "tab-and-trailing-space"],
+    ids=["plain", "trailing-slash-lowercase-host", "curl", "tab-trailing-space-repeated-header"],
 )
 def test_taken(data, head):
     assert parse_head(data) == head
+
+
+def test_as_many_headers_as_aiohttp_takes():
+    assert parse_head(PLAIN.replace(b"Host: x", b"\r\n".join([b"Host: x"] + [b"X: 1"] * (MAX_HEADERS - 1)))) is not None
 
 
 @pytest.mark.parametrize(
@@ -53,7 +63,11 @@ def test_taken(data, head):
         PLAIN.replace(b"Host: x", b"Connection: keep-alive"),
         PLAIN.replace(b"Host: x", b"Expect: 100-continue"),
         PLAIN.replace(b"Host: x", b"Upgrade: websocket"),
+        PLAIN.replace(b"Host: x", b"Accept: */*"),  # no Host: aiohttp's 400
+        PLAIN.replace(b"Host: x", b"Host: x\r\nHOST: y"),  # two: aiohttp's 400
+        PLAIN.replace(b"Host: x", b"Host: x\r\nUser-Agent: a\r\nUser-Agent: b"),
         PLAIN.replace(b"v1=1", b"v1=" + b"1" * MAX_HEAD),  # aiohttp's limit of a line
+        PLAIN.replace(b"Host: x", b"\r\n".join([b"Host: x"] + [b"X: 1"] * MAX_HEADERS)),  # over aiohttp's limit
     ],
 )
 def test_handed_to_aiohttp(data):
