@@ -1,11 +1,12 @@
 """A device's pin write, the telemetry hot path: the device it changes (``DeviceState``), the value's
-rules (``coerce_value``) and the write itself (``PinWriter.write``: the pin's value, its write-behind
-rows, the count, the reaction it may cause) and the domain's counters (``DomainStats``). ``Domain`` holds one ``DeviceState`` per device and one
-``PinWriter``, and every pin write goes through it; the device core calls it once per well-formed write.
+rules (``coerce_value``), the write itself (``PinWriter.write``: the pin's value, its write-behind rows,
+the count, the reaction it may cause) and the counters it adds to (``DomainStats``). ``Domain`` holds
+one ``DeviceState`` per device, one ``DomainStats`` and one ``PinWriter``, and every pin write goes
+through it; the device core calls it once per well-formed write.
 
-Cython builds the compiled twin ``_pinwrite_c`` from this file (``_pinwrite_c.pxd``: ``DeviceState`` and
-``PinWriter`` extension types, the state's fields C fields the write reads without an attribute lookup,
-``coerce_value`` and ``write`` C functions as well as Python ones), and
+Cython builds the compiled twin ``_pinwrite_c`` from this file (``_pinwrite_c.pxd``: ``DomainStats``,
+``DeviceState`` and ``PinWriter`` extension types whose fields the write reads and adds to without an
+attribute lookup, ``coerce_value`` and ``write`` C functions as well as Python ones), and
 ``protocol.twins`` picks one of the two for the domain. Compiled, a lone ``vw`` read of the core runs
 about 2,000 instructions fewer, 13.3 k instead of 15.3 k (callgrind, benchmarks/RESULTS.md, issue 12
 step 9); its time is mostly the memory it touches, which compiling does not change. This file is the
@@ -148,7 +149,7 @@ class DeviceState:
     )
 
     def __init__(self, record: DeviceRecord, template: Template) -> None:
-        self.id: int = record.id  # a device's id never changes; compiled, a C field
+        self.id: int = record.id  # never changes; the record's own int object, read without a lookup
         self.record = record
         self.template = template
         self.values: dict[str, tuple[bytes, int]] = {}  # pin key -> (value, ts ms)

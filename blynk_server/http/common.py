@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -57,9 +58,14 @@ async def json_object(request: web.Request, empty_ok: bool = False) -> dict:
     return body
 
 
+def error_body(message: str) -> bytes:
+    """The Blynk cloud's error body, ``{"error": {"message": ...}}``: the one shape every door answers."""
+    return json.dumps({"error": {"message": message}}).encode()
+
+
 def json_error(message: str, status: int = 400) -> web.Response:
-    """The Blynk cloud's error body: ``{"error": {"message": ...}}``."""
-    return web.json_response({"error": {"message": message}}, status=status)
+    """A JSON error answer (``error_body``)."""
+    return web.Response(body=error_body(message), status=status, content_type="application/json", charset="utf-8")
 
 
 _PIN_NAMES: dict[str, Pin] = {}  # valid names parsed once each: PIN_RE admits a few thousand at most

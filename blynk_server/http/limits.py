@@ -19,7 +19,6 @@ that protocol is ``GuardedHandler``, aiohttp's ``RequestHandler`` with these add
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
@@ -33,7 +32,7 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
 from blynk_server.domain import DeviceState, Domain
-from blynk_server.http.common import ApiError, LogBudget
+from blynk_server.http.common import ApiError, LogBudget, error_body
 
 if TYPE_CHECKING:
     from aiohttp.web_server import Server
@@ -45,7 +44,7 @@ _bad_request_log = LogBudget()  # malformed requests: at most 20 lines per 10 s
 
 MIN_BODY_RATE = 1024  # bytes/s a request body must average once the grace period is over
 
-_REFUSED_BODY = json.dumps({"error": {"message": "Too many connections from this address."}}).encode()
+_REFUSED_BODY = error_body("Too many connections from this address.")
 REFUSED_RESPONSE = (
     b"HTTP/1.1 429 Too Many Requests\r\n"
     b"Content-Type: application/json\r\n"

@@ -14,7 +14,6 @@ so does a chunk that comes while the client is not reading its answers (``Guarde
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -26,7 +25,7 @@ from aiohttp.http_parser import SINGLETON_HEADERS
 from yarl import URL
 
 from blynk_server.domain import Domain
-from blynk_server.http.common import INTERNAL_ERROR, ApiError, log_refused
+from blynk_server.http.common import INTERNAL_ERROR, ApiError, error_body, log_refused
 from blynk_server.http.device_api import update_pins
 from blynk_server.http.limits import RequestRate, Throttled, rated_device
 from blynk_server.http.stats import HttpStats
@@ -92,21 +91,17 @@ class UpdateShortPath:
             q = URL.build(path=route, query_string=query, encoded=True).query  # as aiohttp's parser builds it
             update_pins(self.domain, rated_device(self.domain, self.rate, q.get("token")), q)
         except ApiError as exc:
-            status, body = exc.status, _error_body(exc.message)
+            status, body = exc.status, error_body(exc.message)
             if isinstance(exc, Throttled):
                 retry_after = exc.retry_after  # counted in metrics, not logged
             else:
                 log_refused(route, exc)
         except Exception:
             log.exception("http handler failed route=%s", route)
-            status, body = 500, _error_body(INTERNAL_ERROR)
+            status, body = 500, error_body(INTERNAL_ERROR)
         self.stats.observe("device", route, "GET", status, time.perf_counter() - start)
         self.stats.short_path += 1
         return _response(status, body, retry_after)
-
-
-def _error_body(message: str) -> bytes:
-    return json.dumps({"error": {"message": message}}).encode()  # as common.json_error's
 
 
 def _response(status: int, body: bytes, retry_after: int | None) -> bytes:
