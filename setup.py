@@ -26,8 +26,11 @@ from setuptools.command.build_ext import build_ext
 _HOT = "blynk_server/hardware"
 _TWINNED = ("stats", "budget", "connection", "session", "direct")  # each built as _<name>_c from <name>.py
 _CORE = [
-    f"{_HOT}/{name}"
-    for name in ("connection.py", "_connection_c.pxd", "stats.py", "_stats_c.pxd", "budget.py", "_budget_c.pxd")
+    *(
+        f"{_HOT}/{name}"
+        for name in ("connection.py", "_connection_c.pxd", "stats.py", "_stats_c.pxd", "budget.py", "_budget_c.pxd")
+    ),
+    "blynk_server/_pinwrite_c.pxd",  # the core calls the compiled PinWriter's write in C: built against its layout
 ]
 # Each extension's sources, which protocol.twins compares with the files beside the installed module.
 SOURCES = {

@@ -29,8 +29,12 @@ cdef class PinWriter:
     cpdef object write(self, DeviceState dev, str key, object raw, object ts)
 
 
-@cython.locals(x=cython.double, clamped=cython.double, integral=cython.bint)
+cdef int STRING, LOCATION, INT, ENUM, NUMBER
+cdef dict _KINDS
+cdef double _NOT_INT
+
+@cython.locals(x=cython.double, clamped=cython.double, integral=cython.bint, canonical=cython.bint, kind=cython.int)
 cpdef object coerce_value(object ds, object raw)
 cpdef object check_ts(object ts)
-@cython.locals(n=Py_ssize_t, start=Py_ssize_t, i=Py_ssize_t, c=cython.uchar)
-cdef bint _canonical_int(bytes raw)
+@cython.locals(n=Py_ssize_t, start=Py_ssize_t, i=Py_ssize_t, c=cython.uchar, value=cython.double)
+cdef double _int_value(bytes raw)

@@ -7,9 +7,10 @@ through it; the device core calls it once per well-formed write.
 Cython builds the compiled twin ``_pinwrite_c`` from this file (``_pinwrite_c.pxd``: ``DomainStats``,
 ``DeviceState`` and ``PinWriter`` extension types whose fields the write reads and adds to without an
 attribute lookup, ``coerce_value`` and ``write`` C functions as well as Python ones), and
-``protocol.twins`` picks one of the two for the domain. Compiled, a lone ``vw`` read of the core runs
-about 2,000 instructions fewer, 13.3 k instead of 15.3 k (callgrind, benchmarks/RESULTS.md, issue 12
-step 9); its time is mostly the memory it touches, which compiling does not change. This file is the
+``protocol.twins`` picks one of the two for the domain; the compiled device core calls the compiled
+``write`` in C. A lone ``vw`` read of the compiled core runs about 4,400 instructions, the write most
+of them (callgrind, benchmarks/RESULTS.md, issue 12 step 12); its time is mostly the memory it touches,
+which compiling does not change. This file is the
 one source of behaviour and, as it is, the pure-Python twin. Two twins may be loaded at once: only the
 domain makes ``DeviceState`` and ``PinWriter`` objects, of the twin it picked, so a check of a device's
 class (``events.py``) compares like with like; the error both raise, ``InvalidValue``, is ``errors``'.
@@ -41,16 +42,23 @@ def _format_number(x: float) -> bytes:
     return str(int(x)).encode() if x == int(x) and abs(x) < 1e15 else repr(x).encode()
 
 
+# The datastream types coerce_value tells apart, as small ints: one lookup per write, not up to five
+# string comparisons. Any other type is a number.
+STRING, LOCATION, INT, ENUM, NUMBER = 0, 1, 2, 3, 4
+_KINDS = {"string": STRING, "location": LOCATION, "int": INT, "enum": ENUM}
+_NOT_INT = float("nan")
+
+
 def coerce_value(ds: Datastream | None, raw: bytes) -> bytes:
     """Validate ``raw`` against the datastream: type check, min/max clamp. No datastream: as-is.
 
     Every type is capped at ``MAX_STRING_VALUE`` bytes: a number with 30,000 decimals is stored as sent."""
     if len(raw) > MAX_STRING_VALUE:
         raise InvalidValue(f"Value is longer than {MAX_STRING_VALUE} bytes.")
-    kind = ds.type if ds is not None else "string"
-    if kind == "string":
+    kind = _KINDS.get(ds.type, NUMBER) if ds is not None else STRING
+    if kind == STRING:
         return raw
-    if kind == "location":
+    if kind == LOCATION:
         parts = raw.split(SEP)
         try:
             lon, lat = [float(p) for p in parts]  # a list, not a generator: Cython compiles no closure here
@@ -59,18 +67,21 @@ def coerce_value(ds: Datastream | None, raw: bytes) -> bytes:
         if not (-180 <= lon <= 180 and -90 <= lat <= 90):
             raise InvalidValue("Value doesn't match the Datastream data type.")
         return raw
-    try:
-        x = float(raw)  # compiled, a C double (``_pinwrite_c.pxd``): no float object unless one is returned
-    except ValueError:
-        raise InvalidValue("Value doesn't match the Datastream data type.") from None
-    if x - x != 0.0:  # NaN or infinite (x - x is NaN): C arithmetic when compiled, not a call of math.isfinite
-        raise InvalidValue("Value doesn't match the Datastream data type.")
-    integral = kind == "int" or kind == "enum"
-    if integral:
-        if x != int(x):
-            x = float(round(x))
-        if kind == "enum" and ds.enum_values and int(x) not in ds.enum_values:
+    integral = kind in (INT, ENUM)
+    # An integer as str(int) writes it ("1234", the usual telemetry) is read without float()'s parser.
+    x = _int_value(raw) if type(raw) is bytes else _NOT_INT
+    canonical = x == x
+    if not canonical:
+        try:
+            x = float(raw)  # compiled, a C double (``_pinwrite_c.pxd``): no float object unless one is returned
+        except ValueError:
+            raise InvalidValue("Value doesn't match the Datastream data type.") from None
+        if x - x != 0.0:  # NaN or infinite (x - x is NaN): C arithmetic when compiled, not a call of math.isfinite
             raise InvalidValue("Value doesn't match the Datastream data type.")
+        if integral and x != int(x):
+            x = float(round(x))
+    if kind == ENUM and ds.enum_values and int(x) not in ds.enum_values:
+        raise InvalidValue("Value doesn't match the Datastream data type.")
     clamped = x
     low, high = ds.min, ds.max
     if low is not None and clamped < low:
@@ -78,26 +89,29 @@ def coerce_value(ds: Datastream | None, raw: bytes) -> bytes:
     if high is not None and clamped > high:
         clamped = high
     if integral:
-        if clamped == x and type(raw) is bytes and _canonical_int(raw):
+        if clamped == x and canonical:
             return raw  # already as str(int) writes it: kept, not made again
         return str(int(clamped)).encode()
     return raw.strip() if clamped == x else _format_number(clamped)
 
 
-def _canonical_int(raw: bytes) -> bool:
-    """``raw`` is an integer as ``str(int)`` writes it (``-12``, ``0``; no sign ``+``, no leading zero,
-    no space) of at most 15 digits, which a double holds exactly: ``str(int(float(raw)))`` is ``raw``."""
+def _int_value(raw: bytes) -> float:
+    """The value of ``raw`` when it is an integer as ``str(int)`` writes it (``-12``, ``0``; no sign
+    ``+``, no leading zero, no space) of at most 15 digits, which a double holds exactly, so that
+    ``str(int(float(raw)))`` is ``raw``; NaN for anything else."""
     n = len(raw)
     start = 1 if n > 1 and raw[0] == 45 else 0  # b"-"
     if n == start or n - start > 15:
-        return False
+        return _NOT_INT
     if raw[start] == 48:  # b"0": only "0" itself
-        return n == 1
+        return 0.0 if n == 1 else _NOT_INT
+    value = 0.0
     for i in range(start, n):
         c = raw[i]
         if c < 48 or c > 57:
-            return False
-    return True
+            return _NOT_INT
+        value = value * 10.0 + (c - 48)  # exact: below 10**15 < 2**53
+    return -value if start else value
 
 
 class DomainStats:
@@ -196,7 +210,11 @@ class PinWriter:
         values = dev.values
         values[key] = row
         device_id = dev.id
-        self.store.put_row(device_id, key, row)
+        # The store's write-behind, stored into as its put_row does, without the call (a Python one, the
+        # store being Python). The key is made first: between reading the store's dict and storing into
+        # it nothing may allocate (SqliteStore._take swaps the dict at any switch of threads).
+        pending_key = (device_id, key)
+        self.store.pending_values[pending_key] = row
         if ds is not None and ds.history:
             self.store.put_history(device_id, key, ts, value)
         self.stats.writes += 1

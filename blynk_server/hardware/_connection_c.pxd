@@ -43,6 +43,8 @@ cdef extern from *:
 
 from blynk_server.hardware._budget_c cimport TurnBudget
 from blynk_server.hardware._stats_c cimport HardwareStats
+# The compiled pin writer, called in C when the domain uses it (a domain on the pure twin: a method call).
+from blynk_server._pinwrite_c cimport PinWriter as CPinWriter
 
 
 cdef class DeviceConnection:
@@ -62,6 +64,7 @@ cdef class DeviceConnection:
     cdef public long long _batch_ms, _arrived_ms
     cdef public int dirty, _reply_cost
     cdef public bint closed, _flood_paused, write_blocked
+    cdef public int _max_body  # the decoder's body limit, read once: in what was padding (the object no larger)
     # The rest: logins, held pushes, pacing, bridges, timers.
     cdef public int buff_in, login_command, _msg_id, port
     cdef public bint _pending, info_acked

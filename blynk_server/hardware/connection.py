@@ -158,6 +158,7 @@ class DeviceConnection:
         "budget",
         "deferred",
         "_arrived_ms",
+        "_max_body",
     )
 
     def __init__(self, ctx: SessionContext) -> None:
@@ -203,6 +204,7 @@ class DeviceConnection:
         self.budget = ctx.budget  # the listener's frames per loop turn (budget.TurnBudget)
         self.deferred: bytes | None = None  # a read kept for a later turn: the budget was spent
         self._arrived_ms = 0  # the wall time a deferred read arrived (its values' timestamp); 0: now
+        self._max_body = ctx.decoder.max_body  # the decoder's body limit (max_frame), read once, not per read
 
     # --- inputs -----------------------------------------------------------------------------------
 
@@ -472,7 +474,7 @@ class DeviceConnection:
             return False
         if self.device is None or self.decoder is not None or (buf[5] | 0x20) != 0x76 or buf[6] != 0x77 or buf[7]:
             return False
-        if nbytes - 5 > self.ctx.decoder.max_body:  # the decoder's answer: too large, closed
+        if nbytes - 5 > self._max_body:  # the decoder's answer: too large, closed
             return False
         pin = 0
         pos = 8
@@ -583,8 +585,12 @@ class DeviceConnection:
             ts = blynk_ms_object(self._batch_ms)  # noqa: F821 - C (_connection_c.pxd): one int per millisecond
         else:
             ts = self._batch_ms
-        done = self.ctx.pins.write(self.device, key, raw, ts)
-        if isinstance(done, InvalidValue):
+        pins = self.ctx.pins
+        if cython.compiled and type(pins) is CPinWriter:  # noqa: F821 - _connection_c.pxd: a C call, not a method's
+            done = cython.cast(CPinWriter, pins).write(self.device, key, raw, ts)  # noqa: F821
+        else:
+            done = pins.write(self.device, key, raw, ts)
+        if type(done) is not bytes and isinstance(done, InvalidValue):  # a stored value is bytes: no isinstance
             self._refused_write(msg_id, key, done)
 
     def _refused_write(self, msg_id: int, key: str, exc: InvalidValue) -> None:

@@ -37,7 +37,10 @@ CASES = [
     (INT, b"2.5", b"2"),  # half to even, as Python's round()
     (INT, b"-2.5", b"-2"),
     (INT, b"1e20", b"100000000000000000000"),
+    (DOUBLE, b"-41", b"-40"),
+    (DOUBLE, b"125", b"125"),
     (ENUM, b"1", b"1"),
+    (ENUM, b"01", b"1"),
     (LOCATION, b"13.4\x0052.5", b"13.4\x0052.5"),
 ]
 REFUSED = [
@@ -71,6 +74,14 @@ def test_an_integer_is_stored_as_str_of_int_writes_it(pinwrite, raw):
     assert (stored is raw) == (stored == raw)
 
 
+@pytest.mark.parametrize("raw", INTEGERS)
+def test_a_number_datastream_stores_an_integer_as_sent(pinwrite, raw):
+    """A number (double) datastream without limits stores the value as sent, spaces stripped, whether
+    it is read by the integers' own parser (``42``) or by ``float()`` (``007``, ``1e3``)."""
+    plain = Datastream(pin="v6", name="d", type="double")
+    assert pinwrite.coerce_value(plain, raw) == raw.strip()
+
+
 @pytest.mark.parametrize(("ds", "raw"), REFUSED)
 def test_a_value_its_datastream_refuses(pinwrite, ds, raw):
     with pytest.raises(InvalidValue):
@@ -78,14 +89,12 @@ def test_a_value_its_datastream_refuses(pinwrite, ds, raw):
 
 
 class Store:
-    def __init__(self) -> None:
-        self.values: list[tuple] = []
-        self.rows: list[tuple] = []
-        self.history: list[tuple] = []
+    """The store as the pin writer uses it: ``pending_values`` (stored into, as ``SqliteStore.put_row``
+    does) and ``put_history``."""
 
-    def put_row(self, device_id, pin, row) -> None:
-        self.values.append((device_id, pin, *row))
-        self.rows.append(row)
+    def __init__(self) -> None:
+        self.pending_values: dict[tuple, tuple] = {}
+        self.history: list[tuple] = []
 
     def put_history(self, device_id, pin, ts, value) -> None:
         self.history.append((device_id, pin, ts, value))
@@ -127,8 +136,8 @@ def test_a_write_sets_the_value_writes_it_behind_and_counts_it(pinwrite):
     assert pins.write(dev, "v1", b"300", 1000) == b"125"
     assert pins.write(dev, "v5", b"on", 2000) == b"on"
     assert dev.values == {"v1": (b"125", 1000), "v5": (b"on", 2000)}
-    assert store.values == [(42, "v1", b"125", 1000), (42, "v5", b"on", 2000)]
-    assert store.rows[1] is dev.values["v5"]  # one row for the device and the write-behind batch
+    assert store.pending_values == {(42, "v1"): (b"125", 1000), (42, "v5"): (b"on", 2000)}
+    assert store.pending_values[42, "v5"] is dev.values["v5"]  # one row for the device and the write-behind batch
     assert store.history == [(42, "v5", 2000, b"on")]  # only v5 keeps history
     assert stats.writes == 2 and stats.invalid_writes == 0
     assert [(h.kind, h.pin, h.value) for h in reactions.emitted] == [(VALUE, "v5", b"on")]  # only v5 is watched
@@ -140,7 +149,7 @@ def test_a_refused_write_is_returned_counted_and_changes_nothing(pinwrite, key, 
     dev = device(pinwrite)
     refused = pins.write(dev, key, raw, ts)
     assert isinstance(refused, InvalidValue)
-    assert dev.values == {} and store.values == [] and stats.invalid_writes == 1 and stats.writes == 0
+    assert dev.values == {} and store.pending_values == {} and stats.invalid_writes == 1 and stats.writes == 0
 
 
 def test_a_deleted_devices_write_is_dropped_uncounted(pinwrite):
@@ -148,4 +157,4 @@ def test_a_deleted_devices_write_is_dropped_uncounted(pinwrite):
     dev = device(pinwrite)
     dev.deleted = True
     assert pins.write(dev, "v1", b"1", 1000) is None
-    assert dev.values == {} and store.values == [] and stats.writes == stats.invalid_writes == 0
+    assert dev.values == {} and store.pending_values == {} and stats.writes == stats.invalid_writes == 0
