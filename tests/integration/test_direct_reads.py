@@ -1,7 +1,8 @@
 """Plain TCP device sockets read from the listener's epoll set (``hardware/direct.py``), on both event loops
 the server may run on and on whichever twin is imported: a session joins the set after its first bytes,
 leaves it when its socket ends or the server closes it (the transport then finds the end and the
-connection is lost the usual way), a set that read rests before it reads again (``read_coalesce_ms``),
+connection is lost the usual way), bytes that came while a session was paused are read when it
+resumes, a set that read rests before it reads again (``read_coalesce_ms``),
 and with ``direct_reads`` off every transport reads its own socket."""
 
 from __future__ import annotations
@@ -88,6 +89,34 @@ async def _a_burst_waits_its_turn_and_is_answered_whole(data_dir) -> None:
         assert server.hub.link(dev.id)._direct_fd >= 0
 
 
+async def _bytes_that_came_while_paused_are_read_when_it_resumes(data_dir) -> None:
+    """Bytes that arrived while the session's events were off in the set (the flood bucket spent) are
+    read once they are switched on again."""
+    async with (
+        running(data_dir, message_rate=100, message_burst=10) as server,
+        _logged_in(server, "paused") as (dev, client),
+    ):
+        client.send_raw(b"".join(encode_frame(Command.PING, i) for i in range(1, 61)))  # 50 over: 0.5 s
+        assert await _answered_up_to(client, 60) == list(range(1, 61))
+        session = server.hub.link(dev.id)
+        assert session._flood_paused and session._direct_paused  # its events are off in the set
+        client.send_raw(b"".join(encode_frame(Command.PING, i) for i in range(61, 66)))
+        assert [i for i in await _answered_up_to(client, 65) if i > 60] == list(range(61, 66))
+        assert session._direct_fd >= 0  # read from the set, once its events were on again
+
+
+async def _answered_up_to(client, last: int) -> list[int]:
+    """The msg ids of the answers received until the one of ``last``, each once (the frame that spent
+    the bucket is answered twice: its own answer and QUOTA_LIMIT)."""
+    ids: list[int] = []
+    while not ids or ids[-1] != last:
+        command, msg_id, _ = await client.recv()
+        assert command == Command.RESPONSE
+        if msg_id not in ids:
+            ids.append(msg_id)
+    return ids
+
+
 def _end_rest(reads) -> None:
     """What the rest's timer does when it fires (its own firing cancelled)."""
     reads._rest.cancel()
@@ -140,6 +169,7 @@ SCENARIOS = [
     _reads_from_the_set_until_the_device_closes,
     _a_replaced_session_leaves_the_set,
     _a_burst_waits_its_turn_and_is_answered_whole,
+    _bytes_that_came_while_paused_are_read_when_it_resumes,
     _a_set_that_read_rests_and_then_reads_what_came,
     _no_rest_with_coalescing_off,
     _off_every_transport_reads_its_own,
