@@ -47,6 +47,7 @@ cdef class DirectReads:
     cdef list _left
     cdef public double coalesce
     cdef readonly object _gate, _rest  # read by the tests
+    cdef readonly bint _gate_on
 
     @cython.locals(session=HardwareSession, n=int, i=int, ready=list, read=int, started=double, wait=double, now=double)
     cpdef void poll(self)

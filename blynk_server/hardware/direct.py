@@ -29,9 +29,10 @@ after that poll began, then polled whatever it holds, and rests again while it f
 waits ``coalesce`` at most; an idle set is watched as usual, so a lone read is taken at once; and a poll
 that took as long as the rest (the loop saturated) is followed by none, so a rest never leaves the loop
 idle while reads wait. The set rests in a gate, a one-entry epoll set of its own that the loop watches:
-its entry is switched off and on (``epoll_ctl`` MOD). Taking the set itself out of the loop's epoll and
-back would cost far more: adding an epoll set to another makes the kernel walk every socket in it (its
-loop check), 10,000 sockets 500 times a second (24 µs per message).
+its entry is switched off for a rest and on again once a poll finds nothing or leaves no time to rest
+(``epoll_ctl`` MOD; under a steady load it stays off from one rest to the next). Taking the set itself
+out of the loop's epoll and back would cost far more: adding an epoll set to another makes the kernel
+walk every socket in it (its loop check), 10,000 sockets 500 times a second (24 µs per message).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def available() -> bool:
 class DirectReads:
     """The listener's epoll set of device sockets, watched by ``loop`` as one descriptor."""
 
-    __slots__ = ("loop", "_epoll", "_fd", "sessions", "_polling", "_left", "coalesce", "_gate", "_rest")
+    __slots__ = ("loop", "_epoll", "_fd", "sessions", "_polling", "_left", "coalesce", "_gate", "_gate_on", "_rest")
 
     def __init__(self, loop, coalesce: float = 0.0) -> None:
         check_read_coalesce_ms(coalesce * 1000)  # settings.read_coalesce_ms, here in seconds
@@ -79,10 +80,12 @@ class DirectReads:
         self.coalesce = coalesce  # seconds the set rests after a wakeup that read from it (0: never)
         self._rest = None  # the timer that ends a rest
         self._gate = None
+        self._gate_on = False  # the gate's entry is on: the loop wakes for the set (while it does not rest)
         watched = self._fd
         if coalesce > 0:
             self._gate = select.epoll()  # the set's one entry, switched off while it rests
             self._gate.register(self._fd, READABLE)
+            self._gate_on = True
             watched = self._gate.fileno()
         loop.add_reader(watched, self.poll)
 
@@ -147,17 +150,25 @@ class DirectReads:
             self._polling = False
             if self._left:
                 self._left.clear()
-        if read and self._gate is not None and self._rest is None:
+        if self._gate is not None and self._rest is None:
             # Rest until ``coalesce`` after this poll began: what comes meanwhile is read together when
             # it ends. A poll as long as that (the loop saturated) is followed by none: no idle gap.
-            wait = started + self.coalesce - time.monotonic()
+            wait = started + self.coalesce - time.monotonic() if read else 0.0
             if wait > 0:
-                self._gate.modify(self._fd, 0)
+                self._watch(False)
                 self._rest = self.loop.call_later(wait, self._rested)
+            else:
+                self._watch(True)
+
+    def _watch(self, on: bool) -> None:
+        """Switch the gate's entry, the loop's wakeups for the set, on or off unless it is so already: rests
+        one after another (a steady load) keep it off, with no ``epoll_ctl`` between them."""
+        if on != self._gate_on:
+            self._gate.modify(self._fd, READABLE if on else 0)
+            self._gate_on = on
 
     def _rested(self) -> None:
         self._rest = None
-        self._gate.modify(self._fd, READABLE)
         self.poll()  # rests again if it reads anything; else the set is watched until a socket is ready
 
     def close(self) -> None:

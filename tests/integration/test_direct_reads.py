@@ -142,7 +142,10 @@ async def _a_set_that_read_rests_and_then_reads_what_came(data_dir) -> None:
         assert "v1" not in values
         _end_rest(reads)
         assert values["v1"][0] == b"42"  # read by the poll that ended the rest
-        assert reads._rest is not None and reads._rest is not rest  # it read again: another rest
+        assert reads._rest is not None and reads._rest is not rest  # it read again: another rest...
+        assert not reads._gate_on  # ... and the gate stayed off from one rest to the next
+        _end_rest(reads)
+        assert reads._rest is None and reads._gate_on  # a poll that read nothing: watched again
         assert await client.ping() == Status.SUCCESS
 
 
