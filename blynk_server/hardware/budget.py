@@ -20,7 +20,7 @@ from __future__ import annotations
 
 
 class TurnBudget:
-    __slots__ = ("limit", "left", "mark", "deferred_reads", "exhausted_turns")
+    __slots__ = ("limit", "left", "mark", "deferred_reads", "exhausted_turns", "turns_waiting")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit  # frames per turn; 0: no limit (nothing is ever deferred)
@@ -30,6 +30,9 @@ class TurnBudget:
         self.mark = limit - max(1, limit // 4)
         self.deferred_reads = 0  # reads kept for a later turn (a counter, for /metrics)
         self.exhausted_turns = 0  # turns that spent the whole budget
+        # Busy sockets wait for a read turn (ReadTurns.waiting is not empty; set by ReadTurns): every
+        # read asks, and here, typed, that is a C field, not two attribute lookups and a deque's length.
+        self.turns_waiting = False
 
     def spent(self) -> bool:
         """Is this turn's budget gone? (Never, with no limit.)"""

@@ -149,7 +149,7 @@ class HardwareSession(DeviceConnection, asyncio.BufferedProtocol):
         """The buffer this read may fill (the transport's or ``_direct_read``'s), its length ``_offered``.
         While busy sockets wait their turn, a socket not granted one reads a little only: a pile of
         sockets turning busy at once (a flood starting) cannot make one loop turn long."""
-        if self._granted or not self.ctx.turns.waiting:
+        if self._granted or not self.budget.turns_waiting:  # the listener's ReadTurns.waiting, as a C field
             self._offered = len(self._buf)  # the whole shared buffer: _view is all of _buf
             return self._view
         view = self.ctx.turns.small

@@ -46,6 +46,7 @@ class ReadTurns:
 
     def defer(self, session: Reader) -> None:
         self.waiting.append(session)
+        self.budget.turns_waiting = True
         if not self.scheduled:
             self.scheduled = True
             self.loop.call_soon(self._turn)
@@ -58,6 +59,7 @@ class ReadTurns:
             self.loop.call_soon(self._turn)  # runs on the next turn, after this turn's reads
         else:
             self.scheduled = False
+            self.budget.turns_waiting = False
 
     # --- the turn budget ------------------------------------------------------------------------------
 
