@@ -10,10 +10,10 @@ attribute lookup, ``coerce_value`` and ``write`` C functions as well as Python o
 ``protocol.twins`` picks one of the two for the domain; the compiled device core calls the compiled
 ``write`` in C. A lone ``vw`` read of the compiled core runs about 4,400 instructions, the write most
 of them (callgrind, benchmarks/RESULTS.md, issue 12 step 12); its time is mostly the memory it touches,
-which compiling does not change. This file is the
-one source of behaviour and, as it is, the pure-Python twin. Two twins may be loaded at once: only the
-domain makes ``DeviceState`` and ``PinWriter`` objects, of the twin it picked, so a check of a device's
-class (``events.py``) compares like with like; the error both raise, ``InvalidValue``, is ``errors``'.
+which compiling does not change. This file is the one source of behaviour and, as it is, the
+pure-Python twin. Two twins may be loaded at once: only the domain makes ``DeviceState`` and
+``PinWriter`` objects, of the twin it picked, so a check of a device's class (``events.py``) compares
+like with like; the error both raise, ``InvalidValue``, is ``errors``'.
 """
 
 from __future__ import annotations

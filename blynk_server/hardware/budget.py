@@ -30,8 +30,9 @@ class TurnBudget:
         self.mark = limit - max(1, limit // 4)
         self.deferred_reads = 0  # reads kept for a later turn (a counter, for /metrics)
         self.exhausted_turns = 0  # turns that spent the whole budget
-        # Busy sockets wait for a read turn (ReadTurns.waiting is not empty; set by ReadTurns): every
-        # read asks, and here, typed, that is a C field, not two attribute lookups and a deque's length.
+        # Busy sockets wait for a read turn (ReadTurns.waiting is not empty, and a turn is scheduled; kept
+        # by ReadTurns): every read asks, and here, typed, that is a C field, not two attribute lookups
+        # and a deque's length.
         self.turns_waiting = False
 
     def spent(self) -> bool:

@@ -36,7 +36,6 @@ class ReadTurns:
     def __init__(self, loop: asyncio.AbstractEventLoop, size: int, budget: TurnBudget) -> None:
         self.loop = loop
         self.waiting: collections.deque[Reader] = collections.deque()
-        self.scheduled = False
         self.buf = bytearray(size)  # the receive buffer every session of this listener shares
         self.view = memoryview(self.buf)
         self.small = self.view[:SMALL_READ]
@@ -46,9 +45,9 @@ class ReadTurns:
 
     def defer(self, session: Reader) -> None:
         self.waiting.append(session)
-        self.budget.turns_waiting = True
-        if not self.scheduled:
-            self.scheduled = True
+        budget = self.budget
+        if not budget.turns_waiting:  # sockets wait while a turn is scheduled: one flag for both
+            budget.turns_waiting = True
             self.loop.call_soon(self._turn)
 
     def _turn(self) -> None:
@@ -58,7 +57,6 @@ class ReadTurns:
         if waiting:
             self.loop.call_soon(self._turn)  # runs on the next turn, after this turn's reads
         else:
-            self.scheduled = False
             self.budget.turns_waiting = False
 
     # --- the turn budget ------------------------------------------------------------------------------
