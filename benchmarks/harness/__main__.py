@@ -112,6 +112,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run the servers under test on CPU 0 and the load generator on the others (Linux)",
     )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="telemetry/command: split the window into ROUNDS windows per target, the targets' windows in turn"
+        " (all targets up at once), so that the machine's slow minutes fall on all of them alike",
+    )
     p.add_argument("--json", help="also write the results to this file")
     args = p.parse_args(argv)
     d_devices, d_duration = DEFAULTS[args.scenario]

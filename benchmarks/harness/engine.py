@@ -252,6 +252,7 @@ class Worker:
         self.sys_samples: list[tuple[float, str, float]] = []
         self.new_login_lat: list[float] = []
         self.new_login_errors = 0
+        self.new_ids = list(spec.get("new_ids", ()))  # the fresh logins not made yet
         self.skipped = 0
         self.measured_pongs = 0
         self.running = False
@@ -329,7 +330,9 @@ class Worker:
     # workloads
     async def run(self, duration: float) -> dict:
         mode = self.spec["mode"]
-        self.rtts, self.measured_pongs = [], 0  # per run (a worker may run several windows)
+        # Per run (a worker may run several windows): what it measured in this one.
+        self.rtts, self.measured_pongs, self.cmd_lat = [], 0, []
+        self.new_login_lat, self.new_login_errors = [], 0
         self.running = True
         self.measuring = True
         t0 = time.perf_counter()
@@ -433,7 +436,7 @@ class Worker:
         """Quiet probes: one ping every ``interval`` s per probe, staggered; plus fresh logins."""
         interval = self.spec.get("interval", 0.1)
         n = len(self.devices)
-        new_ids = list(self.spec.get("new_ids", ()))
+        new_ids = self.new_ids  # each logs in once, whichever window it falls in
         login_every = self.spec.get("login_every", 0.25)
         next_login = time.perf_counter()
         start = time.perf_counter()

@@ -225,97 +225,126 @@ def _login_summary(conn: list[dict]) -> dict:
     }
 
 
-async def run_load(
-    target: Target,
-    *,
-    mode: str,
-    ids: list[str],
-    duration: float,
-    workers: int = 2,
-    batch: int = 32,
-    rate: float = 10.0,
-    probes: list[str] = (),
-    new_ids: list[str] = (),
-    command_ids: list[str] = (),
-    concurrency: int = 500,
-    connect_at: float | None = None,
-    probe_interval: float = 0.1,
-    generator: str = "auto",
-) -> dict:
-    """One timed run of ``mode`` over ``ids`` (plus quiet probes and fresh logins) against a started target.
+class Load:
+    """One target's main load, quiet probes, fresh logins and commands, connected once (``start``).
 
-    The telemetry main load runs on ``telegen.c`` unless ``generator`` says "python" or no C compiler is
-    there (see :func:`main_generator`); probes, fresh logins and commands always run in Python workers.
+    ``window`` runs one measured window of it and can run again on the same connections: ``--rounds``
+    takes the windows of two targets in turn, so that both see the same machine, minute by minute.
+    ``summary`` adds the windows up. The main load runs on ``telegen.c`` unless ``generator`` says
+    "python" or no C compiler is there (see :func:`main_generator`); probes, fresh logins and commands
+    always run in Python workers.
     """
-    gen_kind, binary = main_generator(mode, generator)
-    host, port, kind = "127.0.0.1", target.port, target.kind
-    specs = [
-        {
-            "kind": kind,
-            "host": host,
-            "port": port,
-            "ids": part,
-            "mode": mode,
-            "batch": batch,
-            "rate": rate,
-            "concurrency": concurrency,
-            "connect_at": connect_at,
-            "sndbuf": 32768 if mode == "flood" else 0,
-        }
-        for part in split(list(ids), workers)
-    ]
-    extra: list[dict] = []
-    if probes or new_ids:
-        extra.append(
+
+    def __init__(
+        self,
+        target: Target,
+        *,
+        mode: str,
+        ids: list[str],
+        workers: int = 2,
+        batch: int = 32,
+        rate: float = 10.0,
+        probes: list[str] = (),
+        new_ids: list[str] = (),
+        command_ids: list[str] = (),
+        concurrency: int = 500,
+        connect_at: float | None = None,
+        probe_interval: float = 0.1,
+        generator: str = "auto",
+    ) -> None:
+        self.target, self.mode, self.ids = target, mode, ids
+        self.gen_kind, self.binary = main_generator(mode, generator)
+        host, port, kind = "127.0.0.1", target.port, target.kind
+        self.specs = [
             {
                 "kind": kind,
                 "host": host,
                 "port": port,
-                "ids": list(probes),
-                "mode": "probe",
-                "new_ids": list(new_ids),
-                "interval": probe_interval,
-                "concurrency": 100,
+                "ids": part,
+                "mode": mode,
+                "batch": batch,
+                "rate": rate,
+                "concurrency": concurrency,
+                "connect_at": connect_at,
+                "sndbuf": 32768 if mode == "flood" else 0,
             }
-        )
-    if command_ids:
-        extra.append(
-            {
-                "kind": kind,
-                "host": host,
-                "port": port,
-                "ids": list(command_ids),
-                "mode": "command",
-                "interval": 0.02,
-                "concurrency": 50,
-            }
-        )
-    if kind == "mqtt":
-        extra.append(
-            {"kind": kind, "host": host, "port": port, "ids": ["sysmon"], "mode": "sys", "subscribe": target.sys_topic}
-        )
-    rss_empty = rss_bytes(target.pid)
-    main_pool = telegen.Generators(binary, specs) if gen_kind == "c" else Workers(specs)
-    try:
-        pool = Pools(main_pool, Workers(extra))
-    except BaseException:
-        await main_pool.close()
-        raise
-    try:
-        conn = await pool.gather(300)
+            for part in split(list(ids), workers)
+        ]
+        self.extra: list[dict] = []
+        self.probing = bool(probes or new_ids)
+        if self.probing:
+            self.extra.append(
+                {
+                    "kind": kind,
+                    "host": host,
+                    "port": port,
+                    "ids": list(probes),
+                    "mode": "probe",
+                    "new_ids": list(new_ids),
+                    "interval": probe_interval,
+                    "concurrency": 100,
+                }
+            )
+        self.commanding = bool(command_ids)
+        if self.commanding:
+            self.extra.append(
+                {
+                    "kind": kind,
+                    "host": host,
+                    "port": port,
+                    "ids": list(command_ids),
+                    "mode": "command",
+                    "interval": 0.02,
+                    "concurrency": 50,
+                }
+            )
+        if kind == "mqtt":
+            self.extra.append(
+                {
+                    "kind": kind,
+                    "host": host,
+                    "port": port,
+                    "ids": ["sysmon"],
+                    "mode": "sys",
+                    "subscribe": target.sys_topic,
+                }
+            )
+        self.pool: Pools | None = None
+        self.main_pool = None
+        self.head: dict = {}
+        self.base = 0.0  # blynk-server's processed counter before the first window
+
+    async def start(self) -> None:
+        """Connect every device and probe, let the logins settle, and note the memory they took."""
+        target = self.target
+        rss_empty = rss_bytes(target.pid)
+        self.main_pool = telegen.Generators(self.binary, self.specs) if self.gen_kind == "c" else Workers(self.specs)
+        try:
+            self.pool = Pools(self.main_pool, Workers(self.extra))
+        except BaseException:
+            await self.main_pool.close()
+            raise
+        conn = await self.pool.gather(300)
         out: dict = {
             "target": target.name,
-            "mode": mode,
-            "devices": len(ids),
-            "generator": gen_kind,
-            **_login_summary(conn[: len(specs)]),
+            "mode": self.mode,
+            "devices": len(self.ids),
+            "generator": self.gen_kind,
+            **_login_summary(conn[: len(self.specs)]),
         }
-        await asyncio.sleep(2.0 if len(ids) > 2000 else 0.5)  # let logins, info messages and GC settle
+        await asyncio.sleep(2.0 if len(self.ids) > 2000 else 0.5)  # let logins, info messages and GC settle
         out["rss_empty_mb"] = round(rss_empty / 2**20, 1)
         out["rss_loaded_mb"] = round(rss_bytes(target.pid) / 2**20, 1)
         if out["logged_in"]:
             out["rss_per_session_kb"] = round((rss_bytes(target.pid) - rss_empty) / out["logged_in"] / 1024, 3)
-        base = target.processed() if kind == "blynk" else None
+        self.head = out
+        if target.kind == "blynk":
+            self.base = target.processed()
+
+    async def window(self, duration: float) -> dict:
+        """One measured window: the server's CPU over it (and with its drain: what the window's messages
+        cost after it), the processed counter sampled about once a second, and the workers' results."""
+        target, pool, main_pool = self.target, self.pool, self.main_pool
         sampler = Sampler(target)
         stop = asyncio.Event()
         sampling = asyncio.create_task(sampler.run(stop))
@@ -328,30 +357,52 @@ async def run_load(
         end = asyncio.create_task(at_window_end())
         res = await pool.run(duration)
         cpu1, hcpu1, gcpu1, t1 = await end
+        cpu_drained = proc_cpu_split(target.pid)
         stop.set()
         await sampling
-        main = res[: len(specs)]
-        elapsed = max(r["elapsed"] for r in main) if main else duration
+        return {
+            "t0": t0,
+            "t1": t1,
+            "cpu": (cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]),
+            "cpu_drained": (cpu_drained[0] - cpu0[0], cpu_drained[1] - cpu0[1]),
+            "harness_cpu": hcpu1 - hcpu0,
+            "generator_cpu": gcpu1 - gcpu0,
+            "samples": sampler.samples,
+            "res": res,
+        }
+
+    async def summary(self, windows: list[dict]) -> dict:
+        """The figures of the windows together: their counts added, their latencies pooled."""
+        target, mode, n = self.target, self.mode, len(self.specs)
+        out = dict(self.head)
+        main = [r for w in windows for r in w["res"][:n]]
+        last = windows[-1]["res"]  # counts since the start: dropped, statuses, alive
+        elapsed = sum(max((r["elapsed"] for r in w["res"][:n]), default=w["t1"] - w["t0"]) for w in windows)
+        span = sum(w["t1"] - w["t0"] for w in windows)
         sent = sum(r["sent"] for r in main)
+        user = sum(w["cpu"][0] for w in windows)
+        cpu = user + sum(w["cpu"][1] for w in windows)
         out.update(
             {
                 "duration_s": round(elapsed, 2),
                 "sent": sent,
                 "sent_per_s": round(sent / elapsed),
-                "server_cpu_pct": round(100 * (sum(cpu1) - sum(cpu0)) / (t1 - t0), 1),
+                "server_cpu_pct": round(100 * cpu / span, 1),
                 # user space apart: the kernel's share swings with how many messages a wakeup finds
-                "server_user_pct": round(100 * (cpu1[0] - cpu0[0]) / (t1 - t0), 1),
-                "harness_cpu_pct": round(100 * (hcpu1 - hcpu0) / (t1 - t0), 1),
-                "generator_cpu_pct": round(100 * (gcpu1 - gcpu0) / (t1 - t0), 1),
+                "server_user_pct": round(100 * user / span, 1),
+                "harness_cpu_pct": round(100 * sum(w["harness_cpu"] for w in windows) / span, 1),
+                "generator_cpu_pct": round(100 * sum(w["generator_cpu"] for w in windows) / span, 1),
                 "rss_end_mb": round(rss_bytes(target.pid) / 2**20, 1),
-                "dropped_connections": sum(r["dropped"] for r in res),
-                "alive": sum(r["alive"] for r in main),
-                "bad_status": {k: v for r in res for k, v in r["bad_status"].items()},
+                "dropped_connections": sum(r["dropped"] for r in last),
+                "alive": sum(r["alive"] for r in last[:n]),
+                "bad_status": {k: v for r in last for k, v in r["bad_status"].items()},
             }
         )
+        if len(windows) > 1:
+            out["rounds"] = len(windows)
         if mode == "telemetry":
             out["skipped_behind_schedule"] = sum(r["skipped"] for r in main)
-            if gen_kind == "c":  # the Python senders do not count it
+            if self.gen_kind == "c":  # the Python senders do not count it
                 out["send_blocked"] = sum(r["blocked"] for r in main)
         if mode == "pingpong":
             rtts = [x for r in main for x in r["rtts"]]
@@ -360,37 +411,81 @@ async def run_load(
             # does not hide, as pongs_per_s does.
             out["server_cpu_us_per_pong"] = _per(out["server_cpu_pct"], out["pongs_per_s"])
             out["rtt_p50_ms"], out["rtt_p99_ms"] = ms(pct(rtts, 50)), ms(pct(rtts, 99))
-        if extra and (probes or new_ids):
-            pr = res[len(specs)]
-            out["probe_pings"] = len(pr["rtts"])
-            out["probe_p50_ms"], out["probe_p99_ms"] = ms(pct(pr["rtts"], 50)), ms(pct(pr["rtts"], 99))
-            out["probe_max_ms"] = ms(max(pr["rtts"]) if pr["rtts"] else None)
-            out["new_logins"] = len(pr["new_login_lat"])
-            out["new_login_errors"] = pr["new_login_errors"]
-            out["new_login_p50_ms"] = ms(pct(pr["new_login_lat"], 50))
-            out["new_login_max_ms"] = ms(max(pr["new_login_lat"]) if pr["new_login_lat"] else None)
-        if command_ids:
-            cr = res[len(specs) + (1 if (probes or new_ids) else 0)]
-            out["commands_delivered"] = len(cr["cmd_lat"])
-            out["commands_sent"] = cr["sent"]
-            out["command_p50_ms"], out["command_p99_ms"] = ms(pct(cr["cmd_lat"], 50)), ms(pct(cr["cmd_lat"], 99))
-        # processed, from the server's own side
-        if kind == "blynk" and mode in ("flood", "telemetry"):
-            out["processed_per_s"] = _r(Sampler.rate(sampler.samples, t0 + 1, t0 + elapsed + 0.5))
-            out["processed_total"] = await _settle_blynk(target, sent, base)
+        extra = [w["res"][n:] for w in windows]
+        if self.probing:
+            rtts = [x for e in extra for x in e[0]["rtts"]]
+            logins = [x for e in extra for x in e[0]["new_login_lat"]]
+            out["probe_pings"] = len(rtts)
+            out["probe_p50_ms"], out["probe_p99_ms"] = ms(pct(rtts, 50)), ms(pct(rtts, 99))
+            out["probe_max_ms"] = ms(max(rtts) if rtts else None)
+            out["new_logins"] = len(logins)
+            out["new_login_errors"] = sum(e[0]["new_login_errors"] for e in extra)
+            out["new_login_p50_ms"] = ms(pct(logins, 50))
+            out["new_login_max_ms"] = ms(max(logins) if logins else None)
+        if self.commanding:
+            i = 1 if self.probing else 0
+            lat = [x for e in extra for x in e[i]["cmd_lat"]]
+            out["commands_delivered"] = len(lat)
+            out["commands_sent"] = sum(e[i]["sent"] for e in extra)
+            out["command_p50_ms"], out["command_p99_ms"] = ms(pct(lat, 50)), ms(pct(lat, 99))
+        if mode in ("flood", "telemetry"):
+            await self._processed(out, windows, sent, elapsed)
+        return out
+
+    async def _processed(self, out: dict, windows: list[dict], sent: int, elapsed: float) -> None:
+        """What the server says it processed, and the CPU per message. One window: the rate of its
+        counter over the window (as it was before ``--rounds``). Several: the counter's whole change
+        over the windows, and the CPU of each window with its drain, where the rest of its messages'
+        work falls (the store's flush of the last second's values); that of both targets alike."""
+        target = self.target
+        if len(windows) == 1:
+            w = windows[0]
+            if target.kind == "blynk":
+                out["processed_per_s"] = _r(Sampler.rate(w["samples"], w["t0"] + 1, w["t0"] + elapsed + 0.5))
+            else:
+                samples = [(t, v) for t, _, v in w["res"][-1]["sys_samples"]]
+                out["processed_per_s"] = _r(Sampler.rate(samples, w["t0"] + 1, w["t0"] + elapsed + 0.5))
+        if target.kind == "blynk":
+            out["processed_total"] = await _settle_blynk(target, sent, self.base)
             out["sent_equals_processed"] = out["processed_total"] == sent
             out.update(await asyncio.get_running_loop().run_in_executor(_POOL, target.turn_budget))
             out["metrics_source"] = target.metrics_source
-        elif kind == "mqtt" and mode in ("flood", "telemetry"):
-            samples = [(t, v) for t, _, v in res[-1]["sys_samples"]]
-            out["processed_per_s"] = _r(Sampler.rate(samples, t0 + 1, t0 + elapsed + 0.5))
+        else:
+            if len(windows) > 1:  # $SYS comes once a second: its last value before the first window, and at the end
+                before = [v for t, _, v in windows[-1]["res"][-1]["sys_samples"] if t < windows[0]["t0"]]
+                end = await _sys_value(None, target)
+                if end is not None:
+                    out["processed_total"] = round(end - (before[-1] if before else 0.0))
+                    # the broker counts the command probe's publishes too
+                    out["sent_equals_processed"] = out["processed_total"] == sent + out.get("commands_sent", 0)
             out["metrics_source"] = target.sys_topic
-        if mode in ("flood", "telemetry") and out.get("processed_per_s"):
+        if len(windows) > 1 and out.get("processed_total"):
+            out["processed_per_s"] = round(out["processed_total"] / elapsed)
+            processed = out["processed_total"]
+            user = sum(w["cpu_drained"][0] for w in windows)
+            out["server_cpu_us_per_msg"] = round(
+                1e6 * (user + sum(w["cpu_drained"][1] for w in windows)) / processed, 2
+            )
+            out["server_user_us_per_msg"] = round(1e6 * user / processed, 2)
+        elif out.get("processed_per_s"):
             out["server_cpu_us_per_msg"] = _per(out["server_cpu_pct"], out["processed_per_s"])
             out["server_user_us_per_msg"] = _per(out["server_user_pct"], out["processed_per_s"])
-        return out
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+        elif self.main_pool is not None:
+            await self.main_pool.close()
+
+
+async def run_load(target: Target, *, duration: float, **kw) -> dict:
+    """One timed run of a :class:`Load` (its keyword arguments) against a started target."""
+    load = Load(target, **kw)
+    try:
+        await load.start()
+        return await load.summary([await load.window(duration)])
     finally:
-        await pool.close()
+        await load.close()
 
 
 def _r(x: float | None) -> float | None:
@@ -414,38 +509,51 @@ def targets_for(peers: list[str], workdir) -> list[Target]:
     return out
 
 
+def _ids(target: Target, name: str, args) -> tuple[list[str], list[str], list[str], list[str]]:
+    """Provision the devices of one run: the main load, the quiet probes, the fresh logins, the
+    commands' devices."""
+    n_main = args.devices
+    n_probe = args.probes if name in ("flood", "telemetry", "command") else 0
+    n_new = int(args.duration / 0.25) + 10 if name in ("flood", "telemetry", "command") else 0
+    n_cmd = 20 if name == "command" else 0
+    ids = target.provision(n_main + n_probe + n_new + n_cmd)
+    main, probes = ids[:n_main], ids[n_main : n_main + n_probe]
+    return main, probes, ids[n_main + n_probe : n_main + n_probe + n_new], ids[n_main + n_probe + n_new :]
+
+
+def _no_command_api(target: Target) -> dict:
+    return {
+        "target": target.name,
+        "mode": "command",
+        "status": "pending: the device HTTP API (/external/api/update) is not served on the device port yet",
+    }
+
+
 async def scenario(name: str, args) -> list[dict]:
     """Run scenario ``name`` on blynk-server and each peer; returns one result dict per run."""
     workdir = make_workdir()
     results: list[dict] = []
     try:
+        targets = []
         for target in targets_for(args.peers, workdir):
             if name not in getattr(target, "scenarios", (name,)):
                 print(f"# skipping {target.name}: it has no {name} scenario")
                 continue
+            targets.append(target)
+        if getattr(args, "rounds", 1) > 1:
+            if name not in ("telemetry", "command"):
+                raise ValueError(f"--rounds is for telemetry and command, not {name}")
+            return await _in_turn(name, targets, args)
+        for target in targets:
             runs = [("", args.message_rate)]
             if name == "flood" and target.kind == "blynk" and not args.no_default_limit:
                 runs.append((" (default --message-rate 100)", None))
-            n_main = args.devices
-            n_probe = args.probes if name in ("flood", "telemetry", "command") else 0
-            n_new = int(args.duration / 0.25) + 10 if name in ("flood", "telemetry", "command") else 0
-            n_cmd = 20 if name == "command" else 0
             for label, message_rate in runs:
-                ids = target.provision(n_main + n_probe + n_new + n_cmd)
-                main, probes = ids[:n_main], ids[n_main : n_main + n_probe]
-                new_ids = ids[n_main + n_probe : n_main + n_probe + n_new]
-                cmd_ids = ids[n_main + n_probe + n_new :]
+                main, probes, new_ids, cmd_ids = _ids(target, name, args)
                 target.start(message_rate=message_rate)
                 try:
                     if name == "command" and target.kind == "blynk" and not target.has_http_api():
-                        results.append(
-                            {
-                                "target": target.name,
-                                "mode": "command",
-                                "status": "pending: the device"
-                                " HTTP API (/external/api/update) is not served on the device port yet",
-                            }
-                        )
+                        results.append(_no_command_api(target))
                         continue
                     kw: dict = {"workers": args.workers, "duration": args.duration}
                     if name == "flood":
@@ -483,3 +591,47 @@ async def scenario(name: str, args) -> list[dict]:
         if not os.environ.get("BENCH_KEEP"):  # data dirs and server logs; keep them with BENCH_KEEP=1
             cleanup(workdir)
     return results
+
+
+async def _in_turn(name: str, targets: list[Target], args) -> list[dict]:
+    """``--rounds N``: every target started and its load connected at once, then N windows of
+    ``duration / N`` each, the targets' windows in turn, so that a slow or noisy minute of the machine
+    falls on all of them alike; one result per target, its windows added up (``Load.summary``)."""
+    started: list[Target] = []
+    loads: list[Load] = []
+    results: list[dict] = []
+    try:
+        for target in targets:
+            main, probes, new_ids, cmd_ids = _ids(target, name, args)
+            target.start(message_rate=args.message_rate)
+            started.append(target)
+            if name == "command" and target.kind == "blynk" and not target.has_http_api():
+                results.append(_no_command_api(target))
+                continue
+            load = Load(
+                target,
+                mode="telemetry",
+                ids=main,
+                rate=args.rate,
+                command_ids=cmd_ids,
+                probes=probes,
+                new_ids=new_ids,
+                generator=args.generator,
+                workers=args.workers,
+            )
+            loads.append(load)
+            await load.start()
+        windows: list[list[dict]] = [[] for _ in loads]
+        for _ in range(args.rounds):
+            for load, done in zip(loads, windows, strict=True):
+                done.append(await load.window(args.duration / args.rounds))
+        for load, done in zip(loads, windows, strict=True):
+            res = await load.summary(done)
+            res["message_rate_flag"] = args.message_rate if load.target.kind == "blynk" else None
+            results.append(res)
+        return results
+    finally:
+        for load in loads:
+            await load.close()
+        for target in started:
+            target.stop()

@@ -24,9 +24,10 @@
  *      and sends it again as soon as the answer comes, for the whole window (a Python sender, ~10 us
  *      per ping, set the pace of both servers at 1,000 connections); the answers received in the
  *      window are counted and the first MAX_RTTS round trips kept;
- *   3. keeps reading for --drain s, prints one JSON line with the counts, and holds the connections
- *      until "close" or the end of stdin, then writes what the kernel refused earlier (at most 10 s),
- *      closes them and exits.
+ *   3. keeps reading for --drain s and prints one JSON line with the counts (those of this window;
+ *      dropped connections, frames received and statuses since the start), then holds the connections
+ *      until the next "go" (another window: the harness's --rounds) or until "close" or the end of
+ *      stdin, then writes what the kernel refused earlier (at most 10 s), closes them and exits.
  * Every device keeps being read throughout, so the server never sees a slow reader.
  */
 #define _GNU_SOURCE
@@ -586,67 +587,72 @@ int main(int argc, char **argv) {
     printf("]}\n");
     fflush(stdout);
 
-    /* 2. wait for "go", reading the sockets meanwhile */
-    while (!go_requested && !close_requested) poll_once(1000);
-    if (go_duration >= 0) duration = go_duration;
-
-    uint32_t *live = malloc((logged_in + 1) * sizeof(uint32_t)), nlive = 0;
+    uint32_t *live = malloc((logged_in + 1) * sizeof(uint32_t));
     if (!live) die("out of memory");
-    for (uint32_t i = 0; i < ndev; i++)
-        if (devs[i].state == S_READY) live[nlive++] = i;
+    for (;;) { /* one window per "go", until "close" */
+        /* 2. wait for "go", reading the sockets meanwhile */
+        while (!go_requested && !close_requested) poll_once(1000);
+        if (close_requested) break;
+        go_requested = 0;
+        if (go_duration >= 0) duration = go_duration;
+        sent = skipped = pongs = blocked = 0; /* per window; dropped, hw_received and the statuses add up */
+        nrtts = 0;
+        uint32_t nlive = 0;
+        for (uint32_t i = 0; i < ndev; i++)
+            if (devs[i].state == S_READY) live[nlive++] = i;
 
-    /* 3. the window: ping-pong (each answer sends the next ping), or paced (Worker._telemetry's semantics) */
-    double start = mono(), deadline = start + duration, next_tick = start, per_sec = nlive * rate;
-    uint64_t issued = 0, idx = 0;
-    if (pingpong) {
-        pinging = 1;
-        for (uint32_t i = 0; i < nlive; i++)
-            if (devs[live[i]].state == S_READY) send_ping(&devs[live[i]], mono());
-        while (!close_requested && mono() < deadline) poll_once(ms_until(deadline));
-        pinging = 0;
-    } else while (!close_requested && nlive) {
-        double now = mono();
-        if (now >= deadline) break;
-        uint64_t due = (uint64_t)((now - start) * per_sec) - issued;
-        issued += due;
-        uint64_t k = due < 2ull * nlive ? due : 2ull * nlive; /* more than two rounds behind: skip, never burst */
-        skipped += due - k;
-        for (uint64_t j = 0; j < k; j++) {
-            device *d = &devs[live[idx]];
-            idx = idx + 1 < nlive ? idx + 1 : 0;
-            if (d->state == S_READY) send_frame(d);
+        /* 3. the window: ping-pong (each answer sends the next ping), or paced (Worker._telemetry's semantics) */
+        double start = mono(), deadline = start + duration, next_tick = start, per_sec = nlive * rate;
+        uint64_t issued = 0, idx = 0;
+        if (pingpong) {
+            pinging = 1;
+            for (uint32_t i = 0; i < nlive; i++)
+                if (devs[live[i]].state == S_READY) send_ping(&devs[live[i]], mono());
+            while (!close_requested && mono() < deadline) poll_once(ms_until(deadline));
+            pinging = 0;
+        } else while (!close_requested && nlive) {
+            double now = mono();
+            if (now >= deadline) break;
+            uint64_t due = (uint64_t)((now - start) * per_sec) - issued;
+            issued += due;
+            uint64_t k = due < 2ull * nlive ? due : 2ull * nlive; /* more than two rounds behind: skip, never burst */
+            skipped += due - k;
+            for (uint64_t j = 0; j < k; j++) {
+                device *d = &devs[live[idx]];
+                idx = idx + 1 < nlive ? idx + 1 : 0;
+                if (d->state == S_READY) send_frame(d);
+            }
+            next_tick += tick;
+            if (next_tick < now) next_tick = now + tick;
+            int wait = ms_until(next_tick < deadline ? next_tick : deadline);
+            do
+                poll_once(wait);
+            while (!close_requested && (wait = ms_until(next_tick < deadline ? next_tick : deadline)) > 0);
         }
-        next_tick += tick;
-        if (next_tick < now) next_tick = now + tick;
-        int wait = ms_until(next_tick < deadline ? next_tick : deadline);
-        do
-            poll_once(wait);
-        while (!close_requested && (wait = ms_until(next_tick < deadline ? next_tick : deadline)) > 0);
+        double elapsed = mono() - start;
+        double drain_end = mono() + drain;
+        while (!close_requested && mono() < drain_end) poll_once(ms_until(drain_end));
+
+        uint32_t alive = 0;
+        for (uint32_t i = 0; i < ndev; i++) alive += devs[i].state == S_READY;
+        qsort(lat, logged_in, sizeof(double), cmp_double);
+        printf("{\"sent\":%llu,\"skipped\":%llu,\"elapsed\":%.6f,\"dropped\":%llu,\"alive\":%u,\"hw_received\":%llu,"
+               "\"blocked\":%llu,\"bad_status\":{",
+               (unsigned long long)sent, (unsigned long long)skipped, elapsed, (unsigned long long)dropped, alive,
+               (unsigned long long)hw_received, (unsigned long long)blocked);
+        for (int i = 0; i < nstatuses; i++) printf("%s\"%d\":%d", i ? "," : "", statuses[i][0], statuses[i][1]);
+        printf("},\"pongs\":%llu,\"rtts\":[", (unsigned long long)pongs);
+        for (uint32_t i = 0; i < nrtts; i++) printf("%s%.7f", i ? "," : "", rtts[i]);
+        printf("],\"logged_in\":%u,\"login_errors\":%u,\"login_error_samples\":", logged_in, login_errors);
+        print_errors();
+        if (logged_in)
+            printf(",\"login_p50_ms\":%.3f,\"login_p99_ms\":%.3f", pct(lat, logged_in, 50) * 1e3,
+                   pct(lat, logged_in, 99) * 1e3);
+        printf(",\"login_wall_s\":%.3f}\n", t_all - t_connect);
+        fflush(stdout);
     }
-    double elapsed = mono() - start;
-    double drain_end = mono() + drain;
-    while (!close_requested && mono() < drain_end) poll_once(ms_until(drain_end));
 
-    uint32_t alive = 0;
-    for (uint32_t i = 0; i < ndev; i++) alive += devs[i].state == S_READY;
-    qsort(lat, logged_in, sizeof(double), cmp_double);
-    printf("{\"sent\":%llu,\"skipped\":%llu,\"elapsed\":%.6f,\"dropped\":%llu,\"alive\":%u,\"hw_received\":%llu,"
-           "\"blocked\":%llu,\"bad_status\":{",
-           (unsigned long long)sent, (unsigned long long)skipped, elapsed, (unsigned long long)dropped, alive,
-           (unsigned long long)hw_received, (unsigned long long)blocked);
-    for (int i = 0; i < nstatuses; i++) printf("%s\"%d\":%d", i ? "," : "", statuses[i][0], statuses[i][1]);
-    printf("},\"pongs\":%llu,\"rtts\":[", (unsigned long long)pongs);
-    for (uint32_t i = 0; i < nrtts; i++) printf("%s%.7f", i ? "," : "", rtts[i]);
-    printf("],\"logged_in\":%u,\"login_errors\":%u,\"login_error_samples\":", logged_in, login_errors);
-    print_errors();
-    if (logged_in)
-        printf(",\"login_p50_ms\":%.3f,\"login_p99_ms\":%.3f", pct(lat, logged_in, 50) * 1e3,
-               pct(lat, logged_in, 99) * 1e3);
-    printf(",\"login_wall_s\":%.3f}\n", t_all - t_connect);
-    fflush(stdout);
-
-    /* 4. hold the connections until "close" (or the end of stdin), then close them */
-    while (!close_requested) poll_once(1000);
+    /* 4. "close" (or the end of stdin): close the connections */
     closing = 1;
     double flush_end = mono() + 10; /* what was counted as sent reaches the kernel before the close */
     for (int owed = 1; owed && mono() < flush_end;) {

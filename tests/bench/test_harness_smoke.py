@@ -10,6 +10,7 @@ bare uvloop server, and the same in C) under telemetry.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import atexit
 import os
@@ -150,3 +151,37 @@ def test_without_a_compiler_the_python_senders_run(monkeypatch, capsys):
         scenarios.main_generator("telemetry", "c")  # asked for C: no silent fallback
     assert scenarios.main_generator("pingpong", "auto") == ("python", None)
     assert scenarios.main_generator("flood", "auto") == ("python", None)  # telemetry and ping-pong have a C one
+
+
+@GENERATORS
+@pytest.mark.parametrize(
+    ("peer", "name"), [(FloorTarget, "telemetry"), (MosquittoTarget, "command")], ids=["floor", "mosquitto"]
+)
+def test_windows_in_turn_add_up(peer, name, generator):
+    """``--rounds``: both servers loaded at once, their windows in turn; each one's counts add up over
+    its windows (every frame sent counted by the server), and every window's probes are there."""
+    why = peer.available()
+    if why:
+        pytest.skip(why)
+    _need(generator)
+    args = argparse.Namespace(
+        devices=20,
+        duration=2.0,
+        rounds=2,
+        rate=20,
+        probes=5,
+        workers=1,
+        generator=generator,
+        peers=[peer.name],
+        message_rate=1e9,
+        no_default_limit=True,
+    )
+    results = asyncio.run(scenarios.scenario(name, args))
+    assert [r["target"] for r in results] == ["blynk-server", peer.name]
+    for res in results:
+        assert res["rounds"] == 2 and res["logged_in"] == 20 and res["alive"] == 20, res
+        assert res["sent"] > 0 and res["sent_equals_processed"] is True, res
+        assert res["server_cpu_us_per_msg"] > 0
+        assert res["probe_pings"] > 0 and res["new_logins"] >= 2 and res["new_login_errors"] == 0
+    if name == "command":
+        assert all(r["commands_delivered"] == r["commands_sent"] > 0 for r in results), results
