@@ -24,8 +24,10 @@ cdef class DeviceState:
 cdef class PinWriter:
     cdef public object store, reactions
     cdef public DomainStats stats
+    cdef public list pending
+    cdef public set watched
 
-    @cython.locals(datastreams=dict, values=dict)
+    @cython.locals(datastreams=dict, values=dict, pending=dict, watched=set)
     cpdef object write(self, DeviceState dev, str key, object raw, object ts)
 
 

@@ -184,12 +184,17 @@ class PinWriter:
     """What a pin write changes besides the device: the store's write-behind batch, the domain's
     counters, the reactions (automations, webhooks) that watch the pin."""
 
-    __slots__ = ("store", "stats", "reactions")
+    __slots__ = ("store", "stats", "reactions", "pending", "watched")
 
     def __init__(self, store, stats, reactions) -> None:
         self.store = store
         self.stats = stats
         self.reactions = reactions
+        # Held here so that a write looks neither up (compiled: C fields): the store's one-item list
+        # holding its pending batch's values (re-pointed when the writer takes the batch), and the set
+        # of watched pins (changed in place, never replaced).
+        self.pending = store.pending_cell
+        self.watched = reactions.watched
 
     def write(self, dev: DeviceState, key: str, raw: bytes, ts: int) -> bytes | InvalidValue | None:
         """Pin ``key`` (``"v1"``) of ``dev`` set to ``raw`` at ``ts``, checked against its datastream and
@@ -214,11 +219,13 @@ class PinWriter:
         # store being Python). The key is made first: between reading the store's dict and storing into
         # it nothing may allocate (SqliteStore._take swaps the dict at any switch of threads).
         pending_key = (device_id, key)
-        self.store.pending_values[pending_key] = row
+        pending = self.pending[0]
+        pending[pending_key] = row
         if ds is not None and ds.history:
             self.store.put_history(device_id, key, ts, value)
         self.stats.writes += 1
-        reactions = self.reactions
-        if reactions.watched and (template.id, key) in reactions.watched:
+        watched = self.watched
+        if watched and (template.id, key) in watched:
+            reactions = self.reactions
             reactions.emit(Happening(VALUE, dev, ts, pin=key, value=value, depth=reactions.depth))
         return value

@@ -45,7 +45,9 @@ Listener = Callable[[Happening], None]
 class Reactions:
     def __init__(self) -> None:
         self.listeners: list[Listener] = []
-        self.watched: set[tuple[str, str]] = set()  # (template id, pin key) whose values are emitted
+        # (template id, pin key) whose values are emitted. Changed in place, never replaced: the pin
+        # writer holds this set (compiled, no attribute lookup per write).
+        self.watched: set[tuple[str, str]] = set()
         self._watches: dict[str, set[tuple[str, str]]] = {}  # by listener name
         # Raised while an automation's actions run, so what they cause carries it (``Happening.depth``).
         self.depth = 0
@@ -57,7 +59,8 @@ class Reactions:
         """What ``owner`` (a listener's name) wants value happenings of: (template id, pin key) pairs,
         replacing what it asked before. Listeners call it whenever their definitions change."""
         self._watches[owner] = set(pairs)
-        self.watched = set().union(*self._watches.values())
+        self.watched.clear()
+        self.watched.update(*self._watches.values())
 
     def emit(self, happening: Happening) -> None:
         for listener in self.listeners:

@@ -272,9 +272,10 @@ class SqliteStore:
             raise StoreUnavailable(f"cannot use the data dir {self.data_dir}: {_reason(exc)}") from None
         # Pending write-behind rows (see batch.Batch); taken whole, on the writer thread only.
         self._pending = Batch()
-        # The batch's pin values, the hot table. The pin writer (pinwrite.py) stores into this dict
-        # itself, as ``put_row`` does: compiled, one C statement instead of a Python call per write.
-        self.pending_values = self._pending.values
+        # The batch's pin values, the hot table, as the one item of a list that ``_take`` re-points:
+        # the pin writer (pinwrite.py) holds the list and stores into its item itself, as ``put_row``
+        # does (compiled: no Python call and no attribute lookup per write).
+        self.pending_cell: list[dict] = [self._pending.values]
         self.stats = FlushStats()
         self._writer: threading.Thread | None = None
         self._writer_ident: int | None = None
@@ -454,7 +455,7 @@ class SqliteStore:
     def _take(self) -> Batch:
         # One attribute swapped, atomic under the GIL: the loop goes on appending to the fresh batch.
         batch, self._pending = self._pending, Batch()
-        self.pending_values = self._pending.values  # a value stored just before went into ``batch``: taken too
+        self.pending_cell[0] = self._pending.values  # a value stored just before went into ``batch``: taken too
         if self._deleted:
             dropped = batch.drop_devices(self._deleted)
             if dropped:
@@ -526,7 +527,7 @@ class SqliteStore:
         """The pin's latest ``(value, ts)``: the same tuple the caller keeps (the device's ``values``),
         one tuple per write instead of two."""
         key = (device_id, pin)
-        self.pending_values[key] = row
+        self.pending_cell[0][key] = row
 
     def put_property(self, device_id: int, pin: str, name: str, value: bytes, ts: int) -> None:
         key, row = (device_id, pin, name), (value, ts)

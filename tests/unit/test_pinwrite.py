@@ -89,11 +89,12 @@ def test_a_value_its_datastream_refuses(pinwrite, ds, raw):
 
 
 class Store:
-    """The store as the pin writer uses it: ``pending_values`` (stored into, as ``SqliteStore.put_row``
-    does) and ``put_history``."""
+    """The store as the pin writer uses it: ``pending_cell`` (its item stored into, as
+    ``SqliteStore.put_row`` does) and ``put_history``."""
 
     def __init__(self) -> None:
         self.pending_values: dict[tuple, tuple] = {}
+        self.pending_cell = [self.pending_values]
         self.history: list[tuple] = []
 
     def put_history(self, device_id, pin, ts, value) -> None:
