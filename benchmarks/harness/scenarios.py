@@ -521,6 +521,20 @@ def _ids(target: Target, name: str, args) -> tuple[list[str], list[str], list[st
     return main, probes, ids[n_main + n_probe : n_main + n_probe + n_new], ids[n_main + n_probe + n_new :]
 
 
+def _telemetry(args, main: list[str], probes: list[str], new_ids: list[str], cmd_ids: list[str]) -> dict:
+    """The telemetry and command scenarios' ``Load`` keywords."""
+    return {
+        "mode": "telemetry",
+        "ids": main,
+        "rate": args.rate,
+        "command_ids": cmd_ids,
+        "probes": probes,
+        "new_ids": new_ids,
+        "generator": args.generator,
+        "workers": args.workers,
+    }
+
+
 def _no_command_api(target: Target) -> dict:
     return {
         "target": target.name,
@@ -562,15 +576,7 @@ async def scenario(name: str, args) -> list[dict]:
                         )
                     elif name in ("telemetry", "command"):
                         res = await run_load(
-                            target,
-                            mode="telemetry",
-                            ids=main,
-                            rate=args.rate,
-                            command_ids=cmd_ids,
-                            probes=probes,
-                            new_ids=new_ids,
-                            generator=args.generator,
-                            **kw,
+                            target, duration=args.duration, **_telemetry(args, main, probes, new_ids, cmd_ids)
                         )
                     elif name == "pingpong":
                         res = await run_load(target, mode="pingpong", ids=main, **kw)
@@ -608,17 +614,7 @@ async def _in_turn(name: str, targets: list[Target], args) -> list[dict]:
             if name == "command" and target.kind == "blynk" and not target.has_http_api():
                 results.append(_no_command_api(target))
                 continue
-            load = Load(
-                target,
-                mode="telemetry",
-                ids=main,
-                rate=args.rate,
-                command_ids=cmd_ids,
-                probes=probes,
-                new_ids=new_ids,
-                generator=args.generator,
-                workers=args.workers,
-            )
+            load = Load(target, **_telemetry(args, main, probes, new_ids, cmd_ids))
             loads.append(load)
             await load.start()
         windows: list[list[dict]] = [[] for _ in loads]
