@@ -8,8 +8,8 @@ Cython builds the compiled twin ``_pinwrite_c`` from this file (``_pinwrite_c.px
 ``DeviceState`` and ``PinWriter`` extension types whose fields the write reads and adds to without an
 attribute lookup, ``coerce_value`` and ``write`` C functions as well as Python ones), and
 ``protocol.twins`` picks one of the two for the domain; the compiled device core calls the compiled
-``write`` in C. A lone ``vw`` read of the compiled core runs about 4,400 instructions, the write most
-of them (callgrind, benchmarks/RESULTS.md, issue 12 step 12); its time is mostly the memory it touches,
+``write`` in C. A lone ``vw`` read of the compiled core runs about 4,000 instructions, the write most
+of them (callgrind, benchmarks/RESULTS.md, issue 12 step 13); its time is mostly the memory it touches,
 which compiling does not change. This file is the one source of behaviour and, as it is, the
 pure-Python twin. Two twins may be loaded at once: only the domain makes ``DeviceState`` and
 ``PinWriter`` objects, of the twin it picked, so a check of a device's class (``events.py``) compares
