@@ -440,11 +440,8 @@ class Load:
         target = self.target
         if len(windows) == 1:
             w = windows[0]
-            if target.kind == "blynk":
-                out["processed_per_s"] = _r(Sampler.rate(w["samples"], w["t0"] + 1, w["t0"] + elapsed + 0.5))
-            else:
-                samples = [(t, v) for t, _, v in w["res"][-1]["sys_samples"]]
-                out["processed_per_s"] = _r(Sampler.rate(samples, w["t0"] + 1, w["t0"] + elapsed + 0.5))
+            samples = w["samples"] if target.kind == "blynk" else [(t, v) for t, _, v in w["res"][-1]["sys_samples"]]
+            out["processed_per_s"] = _r(Sampler.rate(samples, w["t0"] + 1, w["t0"] + elapsed + 0.5))
         if target.kind == "blynk":
             out["processed_total"] = await _settle_blynk(target, sent, self.base)
             out["sent_equals_processed"] = out["processed_total"] == sent

@@ -453,9 +453,11 @@ class SqliteStore:
             time.sleep(0.2 * (attempt + 1))
 
     def _take(self) -> Batch:
-        # One attribute swapped, atomic under the GIL: the loop goes on appending to the fresh batch.
+        # The batch swapped, then the pin writer's cell re-pointed at its values: each one statement,
+        # atomic under the GIL. The loop goes on storing into the fresh batch; a value stored through
+        # the cell between the two went into ``batch``: taken too.
         batch, self._pending = self._pending, Batch()
-        self.pending_cell[0] = self._pending.values  # a value stored just before went into ``batch``: taken too
+        self.pending_cell[0] = self._pending.values
         if self._deleted:
             dropped = batch.drop_devices(self._deleted)
             if dropped:
