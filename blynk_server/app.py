@@ -23,6 +23,7 @@ from blynk_server.automations import Automations
 from blynk_server.automations import add_admin_routes as add_automation_routes
 from blynk_server.config import Settings
 from blynk_server.control import CONTROL_SOCKET, DataDirBusy, DataDirLock, listen_socket
+from blynk_server.cpuslice import request_slice
 from blynk_server.device_provisioning import DeviceProvisioning
 from blynk_server.device_provisioning import add_admin_routes as add_provision_routes
 from blynk_server.domain import PINWRITE_IMPLEMENTATION, Domain
@@ -376,9 +377,9 @@ async def serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    tune_threads(settings.loop_slice_us)  # before start: its log line comes before the ready line
     await server.start()
     tune_gc()
-    tune_threads()
     try:
         await stop.wait()
     finally:
@@ -408,15 +409,22 @@ def tune_gc() -> None:
 GIL_SWITCH_INTERVAL = 0.001
 
 
-def tune_threads() -> None:
-    """Hand the GIL back to the event loop sooner when a worker thread (the store writer, retention, a
-    data/get query) runs Python code.
+def tune_threads(loop_slice_us: int) -> None:
+    """Hand the GIL and the CPU back to the event loop sooner when a worker thread (the store writer,
+    retention, a data/get query) runs: called on the loop's thread.
 
     The loop asks for the GIL after every poll; at the default interval it could wait 5 ms each time a
     worker held it. With 1,000 devices pinging while data/get calls of 10,000 points ran back to back,
     their ping p99 was 35 ms at 5 ms and 13 ms at 1 ms (benchmarks/RESULTS.md, "Hostile devices").
-    Only threads that compete pay for the extra switches; the loop alone never does."""
+    Only threads that compete pay for the extra switches; the loop alone never does. The short
+    scheduler slice does the same for the CPU, where the worker shares the loop's core (``cpuslice``)."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+    if loop_slice_us:
+        why_not = request_slice(loop_slice_us)
+        if why_not is None:
+            log.info("event loop thread: a %d microsecond scheduler slice", loop_slice_us)
+        else:
+            log.info("event loop thread keeps the kernel's scheduler slice: %s", why_not)
 
 
 def run(settings: Settings) -> int:

@@ -8,6 +8,8 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from blynk_server.cpuslice import check_slice_us
+
 
 @dataclass(slots=True)
 class Settings:
@@ -25,6 +27,9 @@ class Settings:
     # Linux: the store writer thread's nice value above the event loop's, so a flush does not take the
     # CPU the loop needs on a small machine (0: the same priority).
     store_writer_nice: int = 10
+    # Linux 6.12+: the event loop thread's scheduler slice in microseconds (0.1..100 ms; 0: the kernel's),
+    # short so that on waking it preempts a thread of the server running on its core (cpuslice.py).
+    loop_slice_us: int = 100
     login_timeout: float = 10.0  # seconds a connection may take to log in
     default_heartbeat: int = 10  # seconds, before the info message says otherwise (legacy default)
     message_rate: float = 100.0  # messages/s per device before flood control pauses reading
@@ -193,6 +198,7 @@ MAX_READ_COALESCE_MS = 1000.0  # a longer rest would near a fast heartbeat's rea
 def check(settings: Settings) -> Settings:
     """Refuse a setting out of its range before anything starts (a clear error, not a half-started server)."""
     check_read_coalesce_ms(settings.read_coalesce_ms)
+    check_slice_us(settings.loop_slice_us)
     return settings
 
 

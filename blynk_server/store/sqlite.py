@@ -338,7 +338,8 @@ class SqliteStore:
     def start_writer(self, nice: int = 0) -> None:
         """Start the writer thread (the server does; a CLI command works inline without it). From now on
         the connection is used on that thread only. ``nice`` > 0 lowers its CPU priority below the
-        event loop's (Linux, per thread): a flush then takes CPU the loop does not want."""
+        event loop's (Linux, per thread): under saturation a flush gets the smaller share of the core.
+        That the loop, woken, preempts a running flush is the loop's short slice (``cpuslice``)."""
         with self._cond:
             if self._closed:
                 raise StoreClosed(f"the store {self.path} is closed")
