@@ -193,6 +193,9 @@ def load(config_file: Path | None = None, env: dict | None = None, overrides: di
 
 
 MAX_READ_COALESCE_MS = 1000.0  # a longer rest would near a fast heartbeat's read timeout (3 s at h-beat 1)
+# uvloop rounds a timer's delay to whole milliseconds and runs one under half a millisecond at once: a
+# shorter rest would end as soon as it began, a loop turn for nothing after every read.
+MIN_READ_COALESCE_MS = 1.0
 
 
 def check(settings: Settings) -> Settings:
@@ -204,5 +207,8 @@ def check(settings: Settings) -> Settings:
 
 def check_read_coalesce_ms(ms: float) -> None:
     """The range of ``read_coalesce_ms``: here when the settings load, and where the device set is made."""
-    if not 0 <= ms <= MAX_READ_COALESCE_MS:
-        raise ValueError(f"read_coalesce_ms must be 0..{MAX_READ_COALESCE_MS:g}, not {ms:g}")
+    if ms != 0 and not MIN_READ_COALESCE_MS <= ms <= MAX_READ_COALESCE_MS:
+        raise ValueError(
+            f"read_coalesce_ms must be 0 or {MIN_READ_COALESCE_MS:g}..{MAX_READ_COALESCE_MS:g} (the loop's timers"
+            f" count whole milliseconds), not {ms:g}"
+        )

@@ -186,8 +186,8 @@ def test_direct_reads(loop, scenario, tmp_path):
         runner.run(scenario(tmp_path / "data"))
 
 
-@pytest.mark.parametrize("coalesce", [-0.001, 1.5])
-def test_a_rest_outside_0_to_1_s_is_refused(coalesce):
+@pytest.mark.parametrize("coalesce", [-0.001, 0.0005, 1.5])
+def test_a_rest_outside_0_or_1_ms_to_1_s_is_refused(coalesce):
     loop = asyncio.new_event_loop()
     try:
         with pytest.raises(ValueError, match="read_coalesce_ms"):
@@ -196,11 +196,15 @@ def test_a_rest_outside_0_to_1_s_is_refused(coalesce):
         loop.close()
 
 
-@pytest.mark.parametrize(("raw", "ok"), [("0", True), ("1", True), ("1000", True), ("1001", False), ("-1", False)])
+@pytest.mark.parametrize(
+    ("raw", "ok"), [("0", True), ("1", True), ("1000", True), ("1001", False), ("-1", False), ("0.5", False)]
+)
 def test_the_rest_setting_is_checked_when_the_settings_load(raw, ok):
     env = {"BLYNK_READ_COALESCE_MS": raw}
     if ok:
         assert config.load(env=env).read_coalesce_ms == float(raw)
     else:
-        with pytest.raises(ValueError, match="read_coalesce_ms must be 0..1000"):
+        with pytest.raises(
+            ValueError, match=r"read_coalesce_ms must be 0 or 1..1000 \(the loop's timers count whole milliseconds\)"
+        ):
             config.load(env=env)
