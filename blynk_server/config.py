@@ -24,8 +24,8 @@ class Settings:
     # Public base URL devices use to reach this server (OTA download links); derived when unset.
     external_url: str | None = None
     flush_interval: float = 1.0  # seconds between write-behind flushes
-    # Linux: the store writer thread's nice value above the event loop's, so a flush does not take the
-    # CPU the loop needs on a small machine (0: the same priority).
+    # Linux: the store writer thread's nice value above the event loop's, so that under saturation a
+    # flush gets the smaller share of a core they share (0: the same priority).
     store_writer_nice: int = 10
     # Linux 6.12+: the event loop thread's scheduler slice in microseconds (0.1..100 ms; 0: the kernel's),
     # short so that on waking it preempts a thread of the server running on its core (cpuslice.py).

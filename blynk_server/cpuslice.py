@@ -35,15 +35,24 @@ def check_slice_us(us: int) -> None:
         raise ValueError(f"loop_slice_us must be 0 or {MIN_SLICE_US}..{MAX_SLICE_US}, not {us}")
 
 
+def _syscalls() -> tuple[int, int] | None:
+    return _SYSCALLS.get(platform.machine()) if sys.platform == "linux" else None
+
+
+def _syscall(number: int, *args) -> int:
+    """``syscall(2)`` with every argument a C long, as the kernel takes them; -1 on failure (errno set)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.syscall(ctypes.c_long(number), *(a if isinstance(a, ctypes.Array) else ctypes.c_long(a) for a in args))
+
+
 def thread_slice_ns() -> int | None:
     """The calling thread's slice in nanoseconds as the kernel reports it; None where it reports none
     (a kernel before 6.12 says 0 for an ordinary thread, other systems have no such call)."""
-    numbers = _SYSCALLS.get(platform.machine()) if sys.platform == "linux" else None
+    numbers = _syscalls()
     if numbers is None:
         return None
-    libc = ctypes.CDLL(None, use_errno=True)
     buf = ctypes.create_string_buffer(_ATTR.size)
-    if libc.syscall(numbers[1], 0, buf, _ATTR.size, 0) != 0:
+    if _syscall(numbers[1], 0, buf, _ATTR.size, 0) != 0:
         return None
     return _ATTR.unpack(buf.raw)[5] or None
 
@@ -52,16 +61,17 @@ def request_slice(us: int) -> str | None:
     """Ask for a ``us`` microsecond slice for the calling thread, its policy and nice value kept.
     Returns None once the kernel reports the slice granted, else why it is not."""
     check_slice_us(us)
-    numbers = _SYSCALLS.get(platform.machine()) if sys.platform == "linux" else None
+    numbers = _syscalls()
     if numbers is None:
         return f"no per-thread slice on {sys.platform}/{platform.machine()}"
     policy = os.sched_getscheduler(0)
     if policy not in (os.SCHED_OTHER, os.SCHED_BATCH, os.SCHED_IDLE):
         return "the thread has a real-time policy, which preempts ordinary threads anyway"
     nice = os.getpriority(os.PRIO_PROCESS, 0)  # on Linux: this thread's
-    attr = _ATTR.pack(_ATTR.size, policy, SCHED_FLAG_RESET_ON_FORK, nice, 0, us * 1000, 0, 0)
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.syscall(numbers[0], 0, ctypes.c_char_p(attr), 0) != 0:
+    attr = ctypes.create_string_buffer(
+        _ATTR.pack(_ATTR.size, policy, SCHED_FLAG_RESET_ON_FORK, nice, 0, us * 1000, 0, 0)
+    )
+    if _syscall(numbers[0], 0, attr, 0) != 0:
         return f"sched_setattr: {os.strerror(ctypes.get_errno())}"
     granted = thread_slice_ns()
     if granted != us * 1000:
