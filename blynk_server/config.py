@@ -8,7 +8,7 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from blynk_server.cpuslice import check_slice_us
+from blynk_server.cpuslice import DEFAULT_SLICE_US, check_slice_us
 
 
 @dataclass(slots=True)
@@ -29,7 +29,7 @@ class Settings:
     store_writer_nice: int = 10
     # Linux 6.12+: the event loop thread's scheduler slice in microseconds (0.1..100 ms; 0: the kernel's),
     # short so that on waking it preempts a thread of the server running on its core (cpuslice.py).
-    loop_slice_us: int = 100
+    loop_slice_us: int = DEFAULT_SLICE_US
     login_timeout: float = 10.0  # seconds a connection may take to log in
     default_heartbeat: int = 10  # seconds, before the info message says otherwise (legacy default)
     message_rate: float = 100.0  # messages/s per device before flood control pauses reading

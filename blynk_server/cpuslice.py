@@ -22,6 +22,7 @@ import sys
 
 MIN_SLICE_US = 100  # the kernel clamps a requested slice to 0.1..100 ms
 MAX_SLICE_US = 100_000
+DEFAULT_SLICE_US = 100  # the event loop's (``loop_slice_us``) and the load harness's probes'
 
 # sched_setattr / sched_getattr by architecture (asm-generic numbers on arm64 and riscv).
 _SYSCALLS = {"x86_64": (314, 315), "aarch64": (274, 275), "riscv64": (274, 275)}

@@ -15,7 +15,7 @@ import socket
 import time
 from typing import Any
 
-from blynk_server.cpuslice import request_slice
+from blynk_server.cpuslice import DEFAULT_SLICE_US, request_slice
 from protocol import Command, Decoder, encode_frame, encode_response
 from protocol.body import join_fields
 
@@ -28,7 +28,6 @@ MQTT_PAYLOAD = BLYNK_BODY  # the same 9 bytes as the Blynk body
 PINGREQ = b"\xc0\x00"
 COMMAND_TOPIC = b"cmd/"  # + the device's client id: the MQTT command probe's topics
 INSTRUMENTS = ("probe", "command")  # the workers that time answers: pings, fresh logins, commands
-INSTRUMENT_SLICE_US = 100
 MAX_PUMP_WRITES = 8  # writes per device per loop turn in flood mode: bounded, then yield to the loop
 
 
@@ -612,7 +611,7 @@ def worker_main(conn, spec: dict) -> None:
     if spec.get("mode") in INSTRUMENTS:
         # The probes measure latency: woken by an answer, take the core from the load's generator at
         # once instead of after its slice (Linux 6.12+; the same for every server measured).
-        request_slice(INSTRUMENT_SLICE_US)
+        request_slice(DEFAULT_SLICE_US)  # the server's event loop asks for the same
     try:
         import uvloop
 

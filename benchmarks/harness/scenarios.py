@@ -254,12 +254,11 @@ class Load:
     ) -> None:
         self.target, self.mode, self.ids = target, mode, ids
         self.gen_kind, self.binary = main_generator(mode, generator)
-        host, port, kind = "127.0.0.1", target.port, target.kind
+        kind = target.kind
+        where = {"kind": kind, "host": "127.0.0.1", "port": target.port}  # every worker's
         self.specs = [
             {
-                "kind": kind,
-                "host": host,
-                "port": port,
+                **where,
                 "ids": part,
                 "mode": mode,
                 "batch": batch,
@@ -275,9 +274,7 @@ class Load:
         if self.probing:
             self.extra.append(
                 {
-                    "kind": kind,
-                    "host": host,
-                    "port": port,
+                    **where,
                     "ids": list(probes),
                     "mode": "probe",
                     "new_ids": list(new_ids),
@@ -289,9 +286,7 @@ class Load:
         if self.commanding:
             self.extra.append(
                 {
-                    "kind": kind,
-                    "host": host,
-                    "port": port,
+                    **where,
                     "ids": list(command_ids),
                     "mode": "command",
                     "interval": 0.02,
@@ -299,16 +294,7 @@ class Load:
                 }
             )
         if kind == "mqtt":
-            self.extra.append(
-                {
-                    "kind": kind,
-                    "host": host,
-                    "port": port,
-                    "ids": ["sysmon"],
-                    "mode": "sys",
-                    "subscribe": target.sys_topic,
-                }
-            )
+            self.extra.append({**where, "ids": ["sysmon"], "mode": "sys", "subscribe": target.sys_topic})
         self.pool: Pools | None = None
         self.main_pool = None
         self.head: dict = {}
