@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from benchmarks.harness import telegen
+from benchmarks.harness import targets, telegen
 from benchmarks.harness.engine import worker_main
 from benchmarks.harness.targets import (
     AmqttTarget,
@@ -25,9 +25,11 @@ from benchmarks.harness.targets import (
     MosquittoTarget,
     Target,
     cleanup,
+    cpu_steal,
     make_workdir,
     proc_cpu_seconds,
     proc_cpu_split,
+    steal_ms,
 )
 from blynk_server.testing import rss_bytes
 
@@ -318,6 +320,10 @@ class Load:
             "generator": self.gen_kind,
             **_login_summary(conn[: len(self.specs)]),
         }
+        if self.extra:  # how the timing workers are scheduled (engine.instrument_scheduling)
+            out["instrument_scheduling"] = next(
+                (c["scheduling"] for c in conn[len(self.specs) :] if c["scheduling"]), None
+            )
         await asyncio.sleep(2.0 if len(self.ids) > 2000 else 0.5)  # let logins, info messages and GC settle
         out["rss_empty_mb"] = round(rss_empty / 2**20, 1)
         out["rss_loaded_mb"] = round(rss_bytes(target.pid) / 2**20, 1)
@@ -334,15 +340,16 @@ class Load:
         sampler = Sampler(target)
         stop = asyncio.Event()
         sampling = asyncio.create_task(sampler.run(stop))
+        steal0 = cpu_steal()
         cpu0, hcpu0, gcpu0, t0 = proc_cpu_split(target.pid), pool.cpu(), main_pool.cpu(), time.time()
 
-        async def at_window_end() -> tuple[tuple[float, float], float, float, float]:
+        async def at_window_end() -> tuple[tuple[float, float], float, float, float, dict[int, float]]:
             await asyncio.sleep(duration)  # CPU over the window only, not the drain after it
-            return proc_cpu_split(target.pid), pool.cpu(), main_pool.cpu(), time.time()
+            return proc_cpu_split(target.pid), pool.cpu(), main_pool.cpu(), time.time(), cpu_steal()
 
         end = asyncio.create_task(at_window_end())
         res = await pool.run(duration)
-        cpu1, hcpu1, gcpu1, t1 = await end
+        cpu1, hcpu1, gcpu1, t1, steal1 = await end
         cpu_drained = proc_cpu_split(target.pid)
         stop.set()
         await sampling
@@ -353,6 +360,7 @@ class Load:
             "cpu_drained": (cpu_drained[0] - cpu0[0], cpu_drained[1] - cpu0[1]),
             "harness_cpu": hcpu1 - hcpu0,
             "generator_cpu": gcpu1 - gcpu0,
+            "steal": (steal0, steal1),
             "samples": sampler.samples,
             "res": res,
         }
@@ -384,6 +392,7 @@ class Load:
                 "bad_status": {k: v for r in last for k, v in r["bad_status"].items()},
             }
         )
+        out.update(_steal(windows))
         if len(windows) > 1:
             out["rounds"] = len(windows)
         if mode == "telemetry":
@@ -459,6 +468,22 @@ class Load:
             await self.pool.close()
         elif self.main_pool is not None:
             await self.main_pool.close()
+
+
+def _steal(windows: list[dict]) -> dict:
+    """What the hypervisor took of the CPUs over the windows (``cpu_steal``): of the servers' CPUs and
+    of the harness's apart under ``--pin``."""
+    pairs = [w["steal"] for w in windows]
+    server = targets.SERVER_CPUS
+
+    def total(cpus: set[int] | None) -> float | None:
+        each = [steal_ms(before, after, cpus) for before, after in pairs]
+        return None if None in each else sum(each)
+
+    if server is None:
+        return {"host_steal_ms": total(None)}
+    harness = set(pairs[0][0]) - server
+    return {"host_steal_ms_server_cpus": total(server), "host_steal_ms_harness_cpus": total(harness)}
 
 
 async def run_load(target: Target, *, duration: float, **kw) -> dict:

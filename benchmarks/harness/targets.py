@@ -68,6 +68,25 @@ def proc_cpu_split(pid: int) -> tuple[float, float]:
     return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
+def cpu_steal() -> dict[int, float]:
+    """Seconds of each CPU the hypervisor gave to another guest while this one had work for it
+    (``/proc/stat``'s steal, in 10 ms ticks); {} without /proc/stat. A server's latency over a window
+    counts such a stretch, however short its own work: the figure says how much of that a window had."""
+    try:
+        with open("/proc/stat") as fh:
+            lines = [line.split() for line in fh if line.startswith("cpu") and line[3].isdigit()]
+    except OSError:
+        return {}
+    return {int(f[0][3:]): int(f[8]) / CLK_TCK for f in lines if len(f) > 8}
+
+
+def steal_ms(before: dict[int, float], after: dict[int, float], cpus: set[int] | None) -> float | None:
+    """Milliseconds stolen from ``cpus`` (all of them: None) between two ``cpu_steal`` readings."""
+    if not before or not after:
+        return None
+    return round(1000 * sum(after[c] - before[c] for c in after if c in before and (cpus is None or c in cpus)))
+
+
 def proc_cpu_seconds(pid: int) -> float:
     """utime + stime of a process."""
     return sum(proc_cpu_split(pid))
