@@ -39,6 +39,8 @@ from benchmarks.harness.targets import (  # noqa: E402
     CFloorTarget,
     FloorTarget,
     MosquittoTarget,
+    cpu_steal,
+    steal_ms,
 )
 
 # A load run against three servers (about 20 s): in the slow run, not the default one.
@@ -81,6 +83,9 @@ def test_blynk_counts_and_probes(tmp_path, generator):
         assert res["metrics_source"] == "/metrics"
         assert res["probe_pings"] > 0 and res["probe_p99_ms"] is not None
         assert res["new_logins"] >= 1 and res["new_login_errors"] == 0
+        # the timing workers say how they are scheduled (fifo where permitted, else the slice or why not)
+        assert res["instrument_scheduling"].startswith(("fifo", "slice 100 us", "default: ")), res
+        assert res["host_steal_ms"] is None or res["host_steal_ms"] >= 0  # not pinned: all CPUs' steal
         pp = asyncio.run(run_load(target, mode="pingpong", ids=ids[:10], duration=1.0, workers=1, generator=generator))
         assert pp["generator"] == generator
         assert pp["logged_in"] == 10 and pp["alive"] == 10
@@ -88,6 +93,16 @@ def test_blynk_counts_and_probes(tmp_path, generator):
         assert pp["pongs_per_s"] > 0 and pp["rtt_p50_ms"] <= pp["rtt_p99_ms"]
     finally:
         target.stop()
+
+
+def test_steal_is_counted_by_cpu():
+    before = {0: 10.0, 1: 20.0}
+    after = {0: 10.25, 1: 21.0, 2: 5.0}  # a CPU that came online in between is not counted
+    assert steal_ms(before, after, None) == 1250
+    assert steal_ms(before, after, {0}) == 250 and steal_ms(before, after, {1}) == 1000
+    assert steal_ms({}, after, None) is None  # no /proc/stat
+    now = cpu_steal()
+    assert all(isinstance(c, int) and s >= 0 for c, s in now.items())
 
 
 @GENERATORS
