@@ -26,6 +26,7 @@ DEFAULTS = {  # scenario: (devices, duration)
     "idle": (15000, 10),
     "loginstorm": (10000, 5),
 }
+NOT_IN_TABLE = ("target", "mode", "login_error_samples", "bad_status", "windows")  # the JSON line has them
 RATIO_KEYS = (
     "processed_per_s",
     "sent_per_s",
@@ -61,9 +62,9 @@ def table(results: list[dict]) -> str:
     """Side by side: one column per run, and blynk-server / mosquitto where both have the number."""
     if not results:
         return ""
-    keys = [k for k in results[0] if k not in ("target", "mode", "login_error_samples", "bad_status")]
+    keys = [k for k in results[0] if k not in NOT_IN_TABLE]
     for r in results[1:]:
-        keys += [k for k in r if k not in keys and k not in ("target", "mode", "login_error_samples", "bad_status")]
+        keys += [k for k in r if k not in keys and k not in NOT_IN_TABLE]
     names = [r["target"] for r in results]
     blynk = next((r for r in results if r["target"] == "blynk-server"), None)
     mosq = next((r for r in results if r["target"] == "mosquitto"), None)

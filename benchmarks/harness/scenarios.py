@@ -425,6 +425,21 @@ class Load:
             out["command_p50_ms"], out["command_p99_ms"] = ms(pct(lat, 50)), ms(pct(lat, 99))
         if mode in ("flood", "telemetry"):
             await self._processed(out, windows, sent, elapsed)
+        if len(windows) > 1:
+            out["windows"] = [self._latencies(w) for w in windows]
+        return out
+
+    def _latencies(self, window: dict) -> dict:
+        """One window's steal and latency tails (``--rounds``): which window a pooled maximum came from,
+        and whether the host took the server's core then."""
+        out = _steal([window])
+        extra = window["res"][len(self.specs) :]
+        if self.probing:
+            rtts, logins = extra[0]["rtts"], extra[0]["new_login_lat"]
+            out["probe_p99_ms"], out["probe_max_ms"] = ms(pct(rtts, 99)), ms(max(rtts) if rtts else None)
+            out["new_login_max_ms"] = ms(max(logins) if logins else None)
+        if self.commanding:
+            out["command_p99_ms"] = ms(pct(extra[1 if self.probing else 0]["cmd_lat"], 99))
         return out
 
     async def _processed(self, out: dict, windows: list[dict], sent: int, elapsed: float) -> None:

@@ -198,5 +198,9 @@ def test_windows_in_turn_add_up(peer, name, generator):
         assert res["sent"] > 0 and res["sent_equals_processed"] is True, res
         assert res["server_cpu_us_per_msg"] > 0
         assert res["probe_pings"] > 0 and res["new_logins"] >= 2 and res["new_login_errors"] == 0
+        # each window's own tails, the pooled maximum among them
+        assert len(res["windows"]) == 2 and all("host_steal_ms" in w for w in res["windows"]), res
+        assert max(w["probe_max_ms"] for w in res["windows"]) == res["probe_max_ms"]
     if name == "command":
+        assert all(all(w["command_p99_ms"] is not None for w in r["windows"]) for r in results), results
         assert all(r["commands_delivered"] == r["commands_sent"] > 0 for r in results), results
