@@ -406,22 +406,21 @@ class Load:
             # does not hide, as pongs_per_s does.
             out["server_cpu_us_per_pong"] = _per(out["server_cpu_pct"], out["pongs_per_s"])
             out["rtt_p50_ms"], out["rtt_p99_ms"] = ms(pct(rtts, 50)), ms(pct(rtts, 99))
-        extra = [w["res"][n:] for w in windows]
-        if self.probing:
-            rtts = [x for e in extra for x in e[0]["rtts"]]
-            logins = [x for e in extra for x in e[0]["new_login_lat"]]
+        probes, commands = self._instruments(windows)
+        if probes:
+            rtts = [x for p in probes for x in p["rtts"]]
+            logins = [x for p in probes for x in p["new_login_lat"]]
             out["probe_pings"] = len(rtts)
             out["probe_p50_ms"], out["probe_p99_ms"] = ms(pct(rtts, 50)), ms(pct(rtts, 99))
             out["probe_max_ms"] = ms(max(rtts) if rtts else None)
             out["new_logins"] = len(logins)
-            out["new_login_errors"] = sum(e[0]["new_login_errors"] for e in extra)
+            out["new_login_errors"] = sum(p["new_login_errors"] for p in probes)
             out["new_login_p50_ms"] = ms(pct(logins, 50))
             out["new_login_max_ms"] = ms(max(logins) if logins else None)
-        if self.commanding:
-            i = 1 if self.probing else 0
-            lat = [x for e in extra for x in e[i]["cmd_lat"]]
+        if commands:
+            lat = [x for c in commands for x in c["cmd_lat"]]
             out["commands_delivered"] = len(lat)
-            out["commands_sent"] = sum(e[i]["sent"] for e in extra)
+            out["commands_sent"] = sum(c["sent"] for c in commands)
             out["command_p50_ms"], out["command_p99_ms"] = ms(pct(lat, 50)), ms(pct(lat, 99))
         if mode in ("flood", "telemetry"):
             await self._processed(out, windows, sent, elapsed)
@@ -429,17 +428,24 @@ class Load:
             out["windows"] = [self._latencies(w) for w in windows]
         return out
 
+    def _instruments(self, windows: list[dict]) -> tuple[list[dict], list[dict]]:
+        """The probe worker's results and the command worker's, one per window (none: empty)."""
+        n = len(self.specs)  # the main load's workers come first, then the probe's, then the command's
+        probes = [w["res"][n] for w in windows] if self.probing else []
+        commands = [w["res"][n + self.probing] for w in windows] if self.commanding else []
+        return probes, commands
+
     def _latencies(self, window: dict) -> dict:
         """One window's steal and latency tails (``--rounds``): which window a pooled maximum came from,
         and whether the host took the server's core then."""
         out = _steal([window])
-        extra = window["res"][len(self.specs) :]
-        if self.probing:
-            rtts, logins = extra[0]["rtts"], extra[0]["new_login_lat"]
+        probes, commands = self._instruments([window])
+        if probes:
+            rtts, logins = probes[0]["rtts"], probes[0]["new_login_lat"]
             out["probe_p99_ms"], out["probe_max_ms"] = ms(pct(rtts, 99)), ms(max(rtts) if rtts else None)
             out["new_login_max_ms"] = ms(max(logins) if logins else None)
-        if self.commanding:
-            out["command_p99_ms"] = ms(pct(extra[1 if self.probing else 0]["cmd_lat"], 99))
+        if commands:
+            out["command_p99_ms"] = ms(pct(commands[0]["cmd_lat"], 99))
         return out
 
     async def _processed(self, out: dict, windows: list[dict], sent: int, elapsed: float) -> None:
