@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import urllib.request
 from pathlib import Path
 from urllib.parse import quote
@@ -251,3 +252,19 @@ async def _until_ping(client, timeout: float = 5.0) -> list[tuple]:
 def until_ping():
     """``await until_ping(client)``: the frames the server sends before answering a PING sent now."""
     return _until_ping
+
+
+def _in_thread(fn):
+    """``fn()`` run in a new thread, its result returned (what holds per thread, as a scheduler slice)."""
+    out = []
+    t = threading.Thread(target=lambda: out.append(fn()))
+    t.start()
+    t.join(10)
+    assert not t.is_alive()
+    return out[0]
+
+
+@pytest.fixture
+def in_thread():
+    """``in_thread(fn)``: ``fn()`` run in a thread of its own, its result returned."""
+    return _in_thread

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
@@ -22,16 +21,8 @@ def _slices(pid: int) -> dict[str, int]:
     return out
 
 
-def _kernel_slice() -> int | None:
-    got: list[int | None] = []
-    t = threading.Thread(target=lambda: got.append(cpuslice.thread_slice_ns()))
-    t.start()
-    t.join(10)
-    return got[0]
-
-
-def test_the_loop_thread_has_the_short_slice_and_says_so(make_server):
-    default = _kernel_slice()
+def test_the_loop_thread_has_the_short_slice_and_says_so(make_server, in_thread):
+    default = in_thread(cpuslice.thread_slice_ns)
     srv = make_server()
     log = srv.stderr()
     if default is None:
@@ -44,8 +35,8 @@ def test_the_loop_thread_has_the_short_slice_and_says_so(make_server):
     assert slices and set(slices.values()) == {default}, slices  # the store writer and the rest: the kernel's
 
 
-def test_a_slice_of_0_leaves_the_kernels(make_server):
-    default = _kernel_slice()
+def test_a_slice_of_0_leaves_the_kernels(make_server, in_thread):
+    default = in_thread(cpuslice.thread_slice_ns)
     srv = make_server(env={"BLYNK_LOOP_SLICE_US": "0"})
     assert "scheduler slice" not in srv.stderr()
     if default is not None:

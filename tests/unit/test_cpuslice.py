@@ -3,33 +3,21 @@ this kernel; its range checked when the settings load; refused with a reason whe
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from blynk_server import config, cpuslice
 
 
-def _in_thread(fn):
-    """``fn()`` run in a thread of its own (a slice is per thread: the test process keeps its own)."""
-    out = []
-    t = threading.Thread(target=lambda: out.append(fn()))
-    t.start()
-    t.join(10)
-    assert not t.is_alive()
-    return out[0]
-
-
-def test_the_slice_is_the_requesting_threads_alone():
-    default = _in_thread(cpuslice.thread_slice_ns)
+def test_the_slice_is_the_requesting_threads_alone(in_thread):
+    default = in_thread(cpuslice.thread_slice_ns)
     if default is None:
         pytest.skip("this kernel reports no per-thread slice (Linux 6.12+ on x86_64, aarch64, riscv64)")
 
     def ask():
         why_not = cpuslice.request_slice(250)
-        return why_not, cpuslice.thread_slice_ns(), _in_thread(cpuslice.thread_slice_ns)
+        return why_not, cpuslice.thread_slice_ns(), in_thread(cpuslice.thread_slice_ns)
 
-    why_not, mine, started_by_me = _in_thread(ask)
+    why_not, mine, started_by_me = in_thread(ask)
     assert why_not is None
     assert mine == 250_000
     assert started_by_me == default  # SCHED_FLAG_RESET_ON_FORK: later threads keep the kernel's slice
