@@ -29,6 +29,7 @@ from benchmarks.harness.targets import (
     make_workdir,
     proc_cpu_seconds,
     proc_cpu_split,
+    run_delay_ms,
     steal_ms,
 )
 from blynk_server.testing import rss_bytes
@@ -340,16 +341,23 @@ class Load:
         sampler = Sampler(target)
         stop = asyncio.Event()
         sampling = asyncio.create_task(sampler.run(stop))
-        steal0 = cpu_steal()
+        steal0, delay0 = cpu_steal(), run_delay_ms(target.pid)
         cpu0, hcpu0, gcpu0, t0 = proc_cpu_split(target.pid), pool.cpu(), main_pool.cpu(), time.time()
 
-        async def at_window_end() -> tuple[tuple[float, float], float, float, float, dict[int, float]]:
+        async def at_window_end() -> tuple:
             await asyncio.sleep(duration)  # CPU over the window only, not the drain after it
-            return proc_cpu_split(target.pid), pool.cpu(), main_pool.cpu(), time.time(), cpu_steal()
+            return (
+                proc_cpu_split(target.pid),
+                pool.cpu(),
+                main_pool.cpu(),
+                time.time(),
+                cpu_steal(),
+                run_delay_ms(target.pid),
+            )
 
         end = asyncio.create_task(at_window_end())
         res = await pool.run(duration)
-        cpu1, hcpu1, gcpu1, t1, steal1 = await end
+        cpu1, hcpu1, gcpu1, t1, steal1, delay1 = await end
         cpu_drained = proc_cpu_split(target.pid)
         stop.set()
         await sampling
@@ -361,6 +369,7 @@ class Load:
             "harness_cpu": hcpu1 - hcpu0,
             "generator_cpu": gcpu1 - gcpu0,
             "steal": (steal0, steal1),
+            "run_delay": (delay0, delay1),
             "samples": sampler.samples,
             "res": res,
         }
@@ -392,7 +401,7 @@ class Load:
                 "bad_status": {k: v for r in last for k, v in r["bad_status"].items()},
             }
         )
-        out.update(_steal(windows))
+        out.update(_waits(windows))
         if len(windows) > 1:
             out["rounds"] = len(windows)
         if mode == "telemetry":
@@ -436,9 +445,9 @@ class Load:
         return probes, commands
 
     def _latencies(self, window: dict) -> dict:
-        """One window's steal and latency tails (``--rounds``): which window a pooled maximum came from,
-        and whether the host took the server's core then."""
-        out = _steal([window])
+        """One window's waits and latency tails (``--rounds``): which window a pooled maximum came from,
+        and whether the server was kept from its core then."""
+        out = _waits([window])
         probes, commands = self._instruments([window])
         if probes:
             rtts, logins = probes[0]["rtts"], probes[0]["new_login_lat"]
@@ -491,9 +500,10 @@ class Load:
             await self.main_pool.close()
 
 
-def _steal(windows: list[dict]) -> dict:
-    """What the hypervisor took of the CPUs over the windows (``cpu_steal``): of the servers' CPUs and
-    of the harness's apart under ``--pin``."""
+def _waits(windows: list[dict]) -> dict:
+    """How long the server could not run over the windows: what the hypervisor took of the CPUs
+    (``cpu_steal``; of the servers' CPUs and of the harness's apart under ``--pin``), and the server's
+    main thread's wait for its CPU (``run_delay_ms``), which also counts what that steal misses."""
     pairs = [w["steal"] for w in windows]
     server = targets.SERVER_CPUS
 
@@ -501,10 +511,13 @@ def _steal(windows: list[dict]) -> dict:
         each = [steal_ms(before, after, cpus) for before, after in pairs]
         return None if None in each else sum(each)
 
+    delays = [w["run_delay"] for w in windows]
+    known = None not in (ms_ for pair in delays for ms_ in pair)
+    waited = {"server_run_delay_ms": round(sum(after - before for before, after in delays)) if known else None}
     if server is None:
-        return {"host_steal_ms": total(None)}
+        return {"host_steal_ms": total(None), **waited}
     harness = set(pairs[0][0]) - server
-    return {"host_steal_ms_server_cpus": total(server), "host_steal_ms_harness_cpus": total(harness)}
+    return {"host_steal_ms_server_cpus": total(server), "host_steal_ms_harness_cpus": total(harness), **waited}
 
 
 async def run_load(target: Target, *, duration: float, **kw) -> dict:

@@ -15,6 +15,7 @@ import asyncio
 import atexit
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -40,6 +41,7 @@ from benchmarks.harness.targets import (  # noqa: E402
     FloorTarget,
     MosquittoTarget,
     cpu_steal,
+    run_delay_ms,
     steal_ms,
 )
 
@@ -86,6 +88,7 @@ def test_blynk_counts_and_probes(tmp_path, generator):
         # the timing workers say how they are scheduled (fifo where permitted, else the slice or why not)
         assert res["instrument_scheduling"].startswith(("fifo", "slice 100 us", "default: ")), res
         assert res["host_steal_ms"] is None or res["host_steal_ms"] >= 0  # not pinned: all CPUs' steal
+        assert res["server_run_delay_ms"] is None or res["server_run_delay_ms"] >= 0
         pp = asyncio.run(run_load(target, mode="pingpong", ids=ids[:10], duration=1.0, workers=1, generator=generator))
         assert pp["generator"] == generator
         assert pp["logged_in"] == 10 and pp["alive"] == 10
@@ -103,6 +106,30 @@ def test_steal_is_counted_by_cpu():
     assert steal_ms({}, after, None) is None  # no /proc/stat
     now = cpu_steal()
     assert all(isinstance(c, int) and s >= 0 for c, s in now.items())
+
+
+def test_run_delay_is_the_main_threads_wait_for_a_cpu(tmp_path):
+    """``/proc/<pid>/schedstat``'s second field: it never goes back, and a thread that waits behind a
+    busy one on a single CPU adds to it."""
+    if run_delay_ms(os.getpid()) is None:
+        pytest.skip("no /proc/<pid>/schedstat on this kernel")
+    # A child pinned to one CPU beside a busy sibling: its waits for that CPU are counted.
+    code = (
+        "import os, time, multiprocessing as mp\n"
+        "cpu = min(os.sched_getaffinity(0)); os.sched_setaffinity(0, {cpu})\n"
+        "def spin():\n"
+        "    end = time.monotonic() + 0.5\n"
+        "    while time.monotonic() < end: pass\n"
+        "p = mp.get_context('fork').Process(target=spin); p.start()\n"
+        "end = time.monotonic() + 0.5\n"
+        "while time.monotonic() < end: pass\n"
+        "p.join(); print(open('/proc/self/schedstat').read().split()[1])\n"
+    )
+    before = run_delay_ms(os.getpid())
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
+    assert int(out.stdout) > 0  # two spinners on one CPU: each waited for the other
+    assert run_delay_ms(os.getpid()) >= before
+    assert run_delay_ms(2**22 + 12345) is None  # no such process
 
 
 @GENERATORS
@@ -200,6 +227,10 @@ def test_windows_in_turn_add_up(peer, name, generator):
         assert res["probe_pings"] > 0 and res["new_logins"] >= 2 and res["new_login_errors"] == 0
         # each window's own tails, the pooled maximum among them
         assert len(res["windows"]) == 2 and all("host_steal_ms" in w for w in res["windows"]), res
+        # the main thread's wait for its CPU: the windows' own add up to the run's
+        delays = [w["server_run_delay_ms"] for w in res["windows"]]
+        if None not in delays:
+            assert min(delays) >= 0 and abs(sum(delays) - res["server_run_delay_ms"]) <= 2, res
         assert max(w["probe_max_ms"] for w in res["windows"]) == res["probe_max_ms"]
     if name == "command":
         assert all(all(w["command_p99_ms"] is not None for w in r["windows"]) for r in results), results
