@@ -7,6 +7,15 @@
 cimport cython
 
 
+cdef extern from *:
+    """
+    /* Out of the cyclic collector's sight: for a tuple of atomic objects only, which no cycle can pass
+       through (what the collector itself does to such a tuple at its next pass). */
+    static inline void blynk_untrack(PyObject *op) { PyObject_GC_UnTrack(op); }
+    """
+    void blynk_untrack(tuple op)
+
+
 cdef class DomainStats:
     cdef public long long writes, invalid_writes, events, events_rejected, events_undeclared
     cdef public long long properties_rejected, meta_rejected, http_writes_delivered

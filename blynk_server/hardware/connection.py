@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 try:
     import cython  # compiling: Cython's own; with Cython installed, its pure-Python stand-in
 except ImportError:  # no Cython here: this is the pure-Python twin
-    from blynk_server.hardware import nocython as cython
+    from blynk_server import nocython as cython
 
 from blynk_server.config import read_timeout
 from blynk_server.domain import DeviceState, InvalidValue, device_timezone

@@ -46,7 +46,7 @@ from blynk_server.config import check_read_coalesce_ms
 try:
     import cython  # compiling: Cython's own; with Cython installed, its pure-Python stand-in
 except ImportError:  # no Cython here: this is the pure-Python twin
-    from blynk_server.hardware import nocython as cython
+    from blynk_server import nocython as cython
 
 # Ready sockets taken per epoll_wait, and waits per wakeup while each comes back full: libuv's figures.
 # Every ready socket is read in the turn that finds it (its frames handled or deferred by the turn

@@ -64,7 +64,7 @@ from blynk_server.hardware.direct import ENDED
 try:
     import cython  # compiling: Cython's own; with Cython installed, its pure-Python stand-in
 except ImportError:  # no Cython here: this is the pure-Python twin
-    from blynk_server.hardware import nocython as cython
+    from blynk_server import nocython as cython
 
 if cython.compiled:  # each twin derives from the core of its kind (the compiled one as _session_c.pxd says)
     from blynk_server.hardware._connection_c import DeviceConnection

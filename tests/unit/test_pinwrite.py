@@ -3,6 +3,7 @@ twin and, where built, the compiled one (``_pinwrite_c``): the two behave alike.
 
 from __future__ import annotations
 
+import gc
 import importlib
 
 import pytest
@@ -142,6 +143,22 @@ def test_a_write_sets_the_value_writes_it_behind_and_counts_it(pinwrite):
     assert store.history == [(42, "v5", 2000, b"on")]  # only v5 keeps history
     assert stats.writes == 2 and stats.invalid_writes == 0
     assert [(h.kind, h.pin, h.value) for h in reactions.emitted] == [(VALUE, "v5", b"on")]  # only v5 is watched
+
+
+def test_a_write_leaves_the_collector_nothing_to_walk(pinwrite):
+    """Compiled, a write's row and batch key (atomic objects only) are untracked when made, so the
+    device's values and the batch stay out of young collections; the pure twin leaves that to the
+    collector's next pass. Either way the collector finds no cycle through them."""
+    pins, store, _, _ = writer(pinwrite)
+    dev = device(pinwrite)
+    pins.write(dev, "v1", b"21.5", 1000)
+    row = dev.values["v1"]
+    (key,) = store.pending_values
+    compiled = pinwrite.__name__.endswith("_c")
+    assert gc.is_tracked(row) is not compiled and gc.is_tracked(key) is not compiled
+    assert gc.is_tracked(dev.values) is not compiled  # a dict of untracked values is not tracked either
+    gc.collect()
+    assert not gc.is_tracked(dev.values["v1"]) and dev.values == {"v1": (b"21.5", 1000)}  # the collector agrees
 
 
 @pytest.mark.parametrize(("key", "raw", "ts"), [("v1", b"abc", 1000), ("v1", b"1", -1), ("v1", b"1", MAX_TS_MS + 1)])
