@@ -344,7 +344,7 @@ class Load:
         steal0, delay0 = cpu_steal(), run_delay_ms(target.pid)
         cpu0, hcpu0, gcpu0, t0 = proc_cpu_split(target.pid), pool.cpu(), main_pool.cpu(), time.time()
 
-        async def at_window_end() -> tuple:
+        async def at_window_end() -> tuple[tuple[float, float], float, float, float, dict[int, float], float | None]:
             await asyncio.sleep(duration)  # CPU over the window only, not the drain after it
             return (
                 proc_cpu_split(target.pid),

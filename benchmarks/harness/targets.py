@@ -90,11 +90,9 @@ def steal_ms(before: dict[int, float], after: dict[int, float], cpus: set[int] |
 def run_delay_ms(pid: int) -> float | None:
     """Milliseconds the main thread of ``pid`` (an event loop's; mosquitto's only thread) has spent
     ready to run but not running, since it started (``/proc/<pid>/schedstat``'s second field); None
-    where the kernel has no such file. On this VM it grows by each stretch the hypervisor took the core
-    while the thread was on it, which ``/proc/stat``'s steal mostly misses: in one run, over 14 stalls of
-    blynk-server's loop of 13-38 ms (``perf sched`` showed it on CPU 0 throughout, its own CPU time grew
-    by 0.4-3.3 ms) this grew by 7-26 ms each, 209 ms in all, and the steal by 20 ms (RESULTS, issue 12
-    step 16)."""
+    where the kernel has no such file. On this VM it also grows by each stretch the hypervisor took the
+    core while the thread was on it, which ``/proc/stat``'s steal mostly misses (209 ms against 20 ms
+    of steal in one run: RESULTS, issue 12 step 16)."""
     try:
         with open(f"/proc/{pid}/schedstat") as fh:
             return int(fh.read().split()[1]) / 1e6

@@ -108,7 +108,7 @@ def test_steal_is_counted_by_cpu():
     assert all(isinstance(c, int) and s >= 0 for c, s in now.items())
 
 
-def test_run_delay_is_the_main_threads_wait_for_a_cpu(tmp_path):
+def test_run_delay_is_the_main_threads_wait_for_a_cpu():
     """``/proc/<pid>/schedstat``'s second field: it never goes back, and a thread that waits behind a
     busy one on a single CPU adds to it."""
     if run_delay_ms(os.getpid()) is None:

@@ -148,7 +148,7 @@ def test_a_write_sets_the_value_writes_it_behind_and_counts_it(pinwrite):
 def test_a_write_leaves_the_collector_nothing_to_walk(pinwrite):
     """Compiled, a write's row and batch key (atomic objects only) are untracked when made, so the
     device's values and the batch stay out of young collections; the pure twin leaves that to the
-    collector's next pass. Either way the collector finds no cycle through them."""
+    collector's next pass, after which neither twin's value is tracked."""
     pins, store, _, _ = writer(pinwrite)
     dev = device(pinwrite)
     pins.write(dev, "v1", b"21.5", 1000)
